@@ -1,0 +1,1 @@
+"""fedtune's Flower ClientApp (component ``client_app.app:app``)."""

@@ -1,0 +1,210 @@
+"""The ``fedtune`` command: simulate, generate, export, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fedtune.config import Config, ConfigError, load_recipe, parse_overrides
+
+DEFAULT_CLIENTS = 8
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Defaults <- recipe <- --run-config <- explicit options (last wins)."""
+    flat: dict[str, Any] = {}
+    if args.recipe:
+        flat.update(load_recipe(args.recipe))
+    if args.run_config:
+        flat.update(parse_overrides(args.run_config))
+    for key, value in (("algorithm", args.algorithm), ("num-server-rounds", args.rounds),
+                       ("model", args.model), ("data", args.data), ("run-name", args.name),
+                       ("output-dir", args.output_dir)):
+        if value is not None:
+            flat[key] = value
+    return Config.from_flat(flat)
+
+
+def _write_app_dir(cfg: Config, where: Path) -> Path:
+    """A Flower app folder whose pyproject carries this run's resolved config.
+
+    Flower's simulation engine gives each ClientApp the app's ``[tool.flwr.app.config]``; this
+    lets the installed apps run from any folder with the user's overrides.
+    """
+    where.mkdir(parents=True, exist_ok=True)
+    lines = [
+        '[project]', 'name = "fedtune-run"', 'version = "0.0.0"', '',
+        '[tool.flwr.app]', 'publisher = "fedtune"', '',
+        '[tool.flwr.app.components]', 'serverapp = "server_app.app:app"',
+        'clientapp = "client_app.app:app"', '', '[tool.flwr.app.config]',
+    ] + [f'{key} = {_toml_value(value)}' for key, value in cfg.to_flat().items()]
+    (where / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return where
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def simulate(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    num_clients = args.num_clients
+    if num_clients < 1:
+        raise ConfigError(f"--num-clients={num_clients} must be at least 1.")
+    if cfg.server.min_train_nodes > num_clients:
+        raise ConfigError(f"min-train-nodes={cfg.server.min_train_nodes} exceeds --num-clients="
+                          f"{num_clients}; lower it or add clients.")
+    from fedtune.results import new_run_dir
+
+    cfg.output.run_dir = str(new_run_dir(cfg).resolve())
+    cfg.server.min_available_nodes = num_clients
+    if cfg.train.algorithm == "local":
+        from fedtune.local import run_local
+
+        run_local(cfg, num_clients)
+        return 0
+    return _run_flower_simulation(cfg, num_clients, args)
+
+
+def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespace) -> int:
+    import torch
+    from flwr.app import Context, RecordDict
+    from flwr.simulation.run_simulation import EventType, _run_simulation
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    gpus = args.client_gpus
+    if gpus is None:  # Ray hides GPUs from clients given none: share one by default
+        gpus = 0.5 if torch.cuda.is_available() else 0.0
+    backend = {
+        "client_resources": {"num_cpus": args.client_cpus, "num_gpus": gpus},
+        "init_args": {"logging_level": "INFO" if args.verbose else "ERROR",
+                      "log_to_driver": bool(args.verbose)},
+    }
+    flat = cfg.to_flat()
+    with tempfile.TemporaryDirectory(prefix="fedtune-app-") as tmp:
+        app_dir = _write_app_dir(cfg, Path(tmp))
+        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
+                          run_config=flat)
+        _run_simulation(
+            num_supernodes=num_clients,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app_attr="client_app.app:app",
+            server_app_attr="server_app.app:app",
+            server_app_context=context,
+            backend_name="ray",
+            backend_config=backend,
+            app_dir=str(app_dir),
+            is_app=True,
+            verbose_logging=args.verbose,
+        )
+    summary = Path(cfg.output.run_dir) / "summary.json"
+    if not summary.exists():
+        print(f"fedtune: the simulation ended without a summary; see {cfg.output.run_dir}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_model(run_dir: Path):
+    """(model with the run's final adapter merged in, tokenizer)."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    adapter = run_dir / "adapter"
+    if not adapter.is_dir():
+        raise ConfigError(f"'{run_dir}' has no adapter folder; pass a finished FedIT run folder.")
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def generate_cmd(args: argparse.Namespace) -> int:
+    from fedtune.data.example import Example
+    from fedtune.data.template import render_prompt
+    from fedtune.eval.generate import generate
+
+    model, tokenizer = _run_model(Path(args.run))
+    prompt = render_prompt(Example(instruction=args.prompt, input=args.input or "", output=""))
+    print(generate(model, tokenizer, [prompt], args.max_new_tokens)[0].strip())
+    return 0
+
+
+def export_cmd(args: argparse.Namespace) -> int:
+    model, tokenizer = _run_model(Path(args.run))
+    out = Path(args.out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"merged model written to {out} (load with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def config_cmd(args: argparse.Namespace) -> int:
+    del args
+    for key, value in Config().to_flat().items():
+        print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedtune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="run a local multi-client simulation (Flower)")
+    sim.add_argument("--recipe", help="TOML file of config keys")
+    sim.add_argument("--algorithm", help="fedit (default) or local (each client alone)")
+    sim.add_argument("--num-clients", type=int, default=DEFAULT_CLIENTS)
+    sim.add_argument("--rounds", type=int, help="num-server-rounds")
+    sim.add_argument("--model", help="'tiny', a local folder or a Hugging Face id")
+    sim.add_argument("--data", help="'builtin' or a .json/.jsonl(.gz) file")
+    sim.add_argument("--name", help="run name (folder prefix)")
+    sim.add_argument("--output-dir", help="where run folders go (default: runs)")
+    sim.add_argument("--run-config", help='overrides, e.g. "lr=1e-3 lora-r=8"')
+    sim.add_argument("--client-cpus", type=float, default=1.0)
+    sim.add_argument("--client-gpus", type=float, default=None,
+                     help="GPU share per client (default 0.5 when CUDA is present)")
+    sim.add_argument("--verbose", action="store_true", help="Flower and Ray logs too")
+    sim.set_defaults(func=simulate)
+
+    gen = sub.add_parser("generate", help="answer a prompt with a run's final model")
+    gen.add_argument("run")
+    gen.add_argument("--prompt", required=True, help="the instruction")
+    gen.add_argument("--input", help="optional input for the instruction")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.set_defaults(func=generate_cmd)
+
+    exp = sub.add_parser("export", help="write a run's final model as a merged HF folder")
+    exp.add_argument("run")
+    exp.add_argument("out")
+    exp.set_defaults(func=export_cmd)
+
+    conf = sub.add_parser("config", help="list every config key with its default")
+    conf.set_defaults(func=config_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"fedtune: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

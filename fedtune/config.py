@@ -1,0 +1,244 @@
+"""One typed configuration, built from Flower's flat ``run_config``.
+
+Every key is ``kebab-case`` and unique across sections, so the same names work in
+``pyproject.toml``'s ``[tool.flwr.app.config]``, in ``--run-config "key=value ..."`` and in
+recipe files. :func:`Config.from_flat` validates and explains any mistake in one sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import shlex
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("fedit", "local")
+OBJECTIVES = ("sft",)
+LR_SCHEDULES = ("constant", "cosine", "linear")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message says what and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    model: str = "tiny"  # "tiny" (built in, no download), a Hugging Face hub id, or a local folder
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    max_seq_len: int = 128
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraSection:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"  # comma list, or peft's "all-linear"
+    # "auto": train embeddings and LM head too when the base is randomly initialised (the
+    # `tiny` preset), since LoRA alone barely moves a random base; "" for none; or a comma list.
+    lora_modules_to_save: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    data: str = "builtin"  # built-in synthetic tasks, or a .json/.jsonl(.gz) Alpaca/Dolly file
+    eval_data: str = ""  # centralized held-out file; default: a seeded sample of `data`
+    examples_per_client: int = 160
+    eval_examples: int = 96  # held-out examples for centralized evaluation (all categories)
+    client_eval_examples: int = 16  # held-out examples per client for federated evaluation
+
+
+@dataclass
+class TrainConfig:
+    algorithm: str = "fedit"
+    objective: str = "sft"
+    local_steps: int = 15
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"  # across rounds; constant within a round
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class ServerConfig:
+    num_server_rounds: int = 8
+    fraction_train: float = 0.5
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2  # wait for this many nodes before round 1 (simulate: all)
+    fraction_evaluate: float = 0.25
+    min_evaluate_nodes: int = 1
+    round_timeout: float = 600.0  # seconds to wait for replies before aggregating what arrived
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int = 1
+    eval_batch_size: int = 32
+    max_new_tokens: int = 16
+
+
+@dataclass
+class OutputConfig:
+    output_dir: str = "runs"
+    run_name: str = ""  # default: "<algorithm>-<objective>"
+    run_dir: str = ""  # set by `fedtune simulate`; otherwise output-dir/run-name-timestamp
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "lora": LoraSection,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "server": ServerConfig,
+    "eval": EvalConfig,
+    "output": OutputConfig,
+}
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass
+class Config:
+    """The resolved configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # ---- flat <-> typed ------------------------------------------------------------------
+    @staticmethod
+    def keys() -> dict[str, tuple[str, dataclasses.Field]]:
+        """Flat key -> (section name, dataclass field)."""
+        out: dict[str, tuple[str, dataclasses.Field]] = {}
+        for section, cls in SECTIONS.items():
+            for f in fields(cls):
+                out[_key(f.name)] = (section, f)
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> Config:
+        """Build from a flat mapping (Flower's run_config); unknown keys and bad values raise."""
+        cfg = cls()
+        known = cls.keys()
+        for key, value in flat.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+                raise ConfigError(
+                    f"Unknown config key '{key}'.{suggestion} "
+                    "Run `fedtune config` to list every key with its default."
+                )
+            section, f = known[key]
+            setattr(getattr(cfg, section), f.name, _coerce(key, value, f.type))
+        cfg.validate()
+        return cfg
+
+    def to_flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, (section, f) in self.keys().items():
+            out[key] = getattr(getattr(self, section), f.name)
+        return out
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    # ---- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        t, s, m, lo = self.train, self.server, self.model, self.lora
+        need(t.algorithm in ALGORITHMS,
+             f"algorithm='{t.algorithm}' is not supported; use one of {', '.join(ALGORITHMS)}.")
+        need(t.objective in OBJECTIVES,
+             f"objective='{t.objective}' is not supported; use one of {', '.join(OBJECTIVES)}.")
+        need(t.lr_schedule in LR_SCHEDULES,
+             f"lr-schedule='{t.lr_schedule}' is unknown; use one of {', '.join(LR_SCHEDULES)}.")
+        need(m.dtype in DTYPES, f"dtype='{m.dtype}' is unknown; use one of {', '.join(DTYPES)}.")
+        need(m.device == "auto" or m.device.split(":")[0] in ("cpu", "cuda", "mps"),
+             f"device='{m.device}' is unknown; use auto, cpu, cuda or cuda:N.")
+        for key, val in (("num-server-rounds", s.num_server_rounds),
+                         ("local-steps", t.local_steps), ("batch-size", t.batch_size),
+                         ("grad-accum", t.grad_accum), ("lora-r", lo.lora_r),
+                         ("max-seq-len", m.max_seq_len), ("eval-every", self.eval.eval_every),
+                         ("examples-per-client", self.data.examples_per_client),
+                         ("eval-batch-size", self.eval.eval_batch_size)):
+            need(val >= 1, f"{key}={val} must be at least 1.")
+        need(t.lr > 0, f"lr={t.lr} must be positive.")
+        need(0 < t.min_lr_ratio <= 1, f"min-lr-ratio={t.min_lr_ratio} must be in (0, 1].")
+        need(0 <= lo.lora_dropout < 1, f"lora-dropout={lo.lora_dropout} must be in [0, 1).")
+        need(0 < s.fraction_train <= 1, f"fraction-train={s.fraction_train} must be in (0, 1].")
+        need(0 <= s.fraction_evaluate <= 1,
+             f"fraction-evaluate={s.fraction_evaluate} must be in [0, 1].")
+        need(s.min_train_nodes >= 1, f"min-train-nodes={s.min_train_nodes} must be at least 1.")
+        need(s.round_timeout > 0, f"round-timeout={s.round_timeout} must be positive seconds.")
+
+    @property
+    def name(self) -> str:
+        return self.output.run_name or f"{self.train.algorithm}-{self.train.objective}"
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    """Convert a run_config value (TOML scalar or string from the command line) to the type."""
+    t = type_name if isinstance(type_name, str) else type_name.__name__
+    try:
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if t == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a valid {t}; give a {t} value.") from None
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """Parse ``"key=value key2='text'"`` (Flower's --run-config syntax) into a dict."""
+    out: dict[str, Any] = {}
+    for item in shlex.split(text):
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' has no '='; write it as key=value.")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw  # bare word, e.g. model=tiny
+    return out
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe: a flat table of config keys (optionally under [config])."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Recipe file '{p}' does not exist; pass an existing .toml file.")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"Recipe '{p}' is not valid TOML ({err}); fix the syntax.") from None
+    return dict(data.get("config", data))

@@ -1,0 +1,59 @@
+"""Server-side FedIT: the initial global adapter, centralized evaluation, saving the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedtune.config import Config
+from fedtune.data import eval_split
+from fedtune.data.tokenize import encode_examples
+from fedtune.eval import exact_match, heldout_loss
+from fedtune.fedit.model import peft_model_for
+from fedtune.lora import adapter_spec, adapter_state, load_adapter_state
+from fedtune.models import build_tiny, is_tiny
+
+
+class FedITServer:
+    """Owns the server's copy of the model, used for evaluation and for saving the adapter."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.model, self.tokenizer = peft_model_for(cfg)
+        self.eval_examples = eval_split(cfg.data, cfg.server.seed)
+        self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        return adapter_state(self.model)
+
+    def spec(self) -> dict[str, tuple[int, ...]]:
+        return adapter_spec(self.model)
+
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """Held-out loss, perplexity and exact match of the global adapter (all categories)."""
+        load_adapter_state(self.model, arrays)
+        loss = heldout_loss(self.model, self.eval_data, self.tokenizer.pad_token_id,
+                            self.cfg.eval.eval_batch_size)
+        metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
+        metrics.update(exact_match(self.model, self.tokenizer, self.eval_examples,
+                                   self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size))
+        return metrics
+
+    def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:
+        """Write the PEFT adapter folder (and, for `tiny`, the base model + tokenizer)."""
+        load_adapter_state(self.model, arrays)
+        out = run_dir / "adapter"
+        if is_tiny(self.cfg.model.model):
+            base_dir = run_dir / "base-model"
+            build_tiny().save_pretrained(base_dir)  # frozen base == the deterministic preset
+            self.tokenizer.save_pretrained(base_dir)
+            base_ref = str(base_dir.resolve())
+        else:
+            base_ref = self.cfg.model.model
+        self.model.peft_config["default"].base_model_name_or_path = base_ref
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / "fedtune.json").write_text(json.dumps({"base_model": base_ref}, indent=2))
+        return out

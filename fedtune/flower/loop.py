@@ -1,0 +1,215 @@
+"""fedtune's server round loop on a Flower Grid.
+
+Flower's ``Strategy.start`` always counts from round 1, samples with an unseeded
+``random.sample`` and waits for nodes without a timeout. This loop keeps Flower's strategies for
+what they are good at (``configure_*`` builds the messages, ``aggregate_*`` does the math) and
+owns the rest: nodes named by something stable, sampling from the run's seeded RNG, a timeout
+per round, reply validation before aggregation, replies in a stable order, centralized
+evaluation (round 0 included), measured bytes and the results folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedtune.config import Config
+from fedtune.flower.records import content_bytes, from_arrayrecord, to_arrayrecord
+from fedtune.flower.validate import check_metrics, check_train_reply
+from fedtune.lora import WIRE_DTYPE
+from fedtune.seeding import rng
+from fedtune.train.schedule import round_lr
+
+log = logging.getLogger("fedtune")
+
+IDENTIFY = "query.identify"
+
+
+class ServerAlgorithm(Protocol):
+    """What the loop needs from an algorithm's server side (pure library code)."""
+
+    def initial_arrays(self) -> dict[str, np.ndarray]: ...
+
+    def spec(self) -> dict[str, tuple[int, ...]]: ...
+
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]: ...
+
+
+class SampledGrid:
+    """A view of a Grid that exposes only the nodes fedtune sampled.
+
+    Flower's strategies sample inside ``configure_train``; given this view with fraction 1.0
+    they address exactly fedtune's seeded sample and never wait.
+    """
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
+        self._grid = grid
+        self._ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+@dataclass
+class NodeRegistry:
+    """Flower node id -> stable name (partition id in simulation, node-name in deployment)."""
+
+    grid: Grid
+    timeout: float
+    names: dict[int, str] = field(default_factory=dict)
+
+    def refresh(self, min_nodes: int, wait: float) -> None:
+        """Wait (up to ``wait`` s) for ``min_nodes`` nodes, then ask new nodes for their name."""
+        deadline = time.monotonic() + wait
+        while len(ids := list(self.grid.get_node_ids())) < min_nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(ids)} of the {min_nodes} nodes needed connected within {wait:.0f} s; "
+                    "start more SuperNodes or lower min-train-nodes"
+                )
+            time.sleep(0.5)
+        new = [i for i in ids if i not in self.names]
+        if not new:
+            return
+        msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=i,
+                        message_type=IDENTIFY) for i in new]
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error() or "node" not in reply.content.config_records:
+                log.warning("node %d did not identify itself; it will not be sampled", node_id)
+                continue
+            self.names[node_id] = str(reply.content.config_records["node"]["name"])
+        dupes = {n for n in self.names.values() if list(self.names.values()).count(n) > 1}
+        if dupes:
+            raise RuntimeError(f"several nodes share the name(s) {sorted(dupes)}; give each "
+                               "SuperNode a unique node-name / partition-id")
+
+    def sorted_ids(self) -> list[int]:
+        live = set(self.grid.get_node_ids())
+        return sorted((i for i in self.names if i in live), key=lambda i: self.names[i])
+
+    def name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node-{node_id}")
+
+
+def sample(ids: list[int], fraction: float, min_nodes: int, *seed_parts: int | str) -> list[int]:
+    """Seeded sample over nodes in stable (name) order."""
+    k = min(len(ids), max(min_nodes, int(len(ids) * fraction)))
+    picks = rng(*seed_parts).choice(len(ids), size=k, replace=False)
+    return [ids[i] for i in sorted(picks)]
+
+
+@dataclass
+class RoundReplies:
+    valid: list[Message]
+    dropped: int
+    missing: int
+    bytes_up: float
+
+
+def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout: float,
+            check: Callable[[RecordDict], str | None]) -> RoundReplies:
+    """Send, wait at most ``timeout``, drop (and log) failed or invalid replies, sort by name."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    valid, dropped = [], 0
+    up = [content_bytes(r.content) for r in replies if not r.has_error()]
+    for reply in replies:
+        who = registry.name(reply.metadata.src_node_id)
+        reason = reply.error.reason if reply.has_error() else check(reply.content)
+        if reason:
+            log.warning("dropped reply from %s: %s", who, reason)
+            dropped += 1
+        else:
+            valid.append(reply)
+    valid.sort(key=lambda r: registry.name(r.metadata.src_node_id))
+    return RoundReplies(valid, dropped, len(messages) - len(replies),
+                        float(np.mean(up)) if up else 0.0)
+
+
+def _as_float32(reply: Message) -> Message:
+    """Aggregate in float32 whatever 16-bit dtype crossed the wire."""
+    arrays = from_arrayrecord(reply.content.array_records["arrays"])
+    reply.content["arrays"] = to_arrayrecord(arrays)
+    return reply
+
+
+def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strategy,
+               on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0
+               ) -> dict[str, np.ndarray]:
+    """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays."""
+    s = cfg.server
+    registry = NodeRegistry(grid, timeout=s.round_timeout)
+    arrays = algo.initial_arrays()
+    spec = algo.spec()
+    start = time.perf_counter()
+    on_round({"round": 0, **_row_defaults(cfg), **algo.evaluate(arrays),
+              "seconds": time.perf_counter() - start})
+
+    for rnd in range(1, s.num_server_rounds + 1):
+        start = time.perf_counter()
+        registry.refresh(max(s.min_train_nodes, s.min_available_nodes), wait_for_nodes)
+        ids = registry.sorted_ids()
+        chosen = sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
+        lr = round_lr(cfg.train.lr, rnd, s.num_server_rounds, cfg.train.lr_schedule,
+                      cfg.train.min_lr_ratio)
+        wire = to_arrayrecord(arrays, WIRE_DTYPE)
+        msgs = list(strategy.configure_train(rnd, wire, ConfigRecord({"lr": lr}),
+                                             SampledGrid(grid, chosen)))
+        down = float(np.mean([content_bytes(m.content) for m in msgs])) if msgs else 0.0
+        got = collect(grid, msgs, registry, s.round_timeout,
+                      lambda c: check_train_reply(c, spec))
+        row: dict[str, Any] = {"round": rnd, **_row_defaults(cfg), "lr": lr,
+                               "clients": len(got.valid), "sampled": len(msgs),
+                               "dropped": got.dropped, "timed_out": got.missing,
+                               "bytes_down_per_client": down, "bytes_up_per_client": got.bytes_up}
+        if len(got.valid) < s.min_train_nodes:
+            log.warning("round %d skipped: %d valid replies, %d needed (min-train-nodes)",
+                        rnd, len(got.valid), s.min_train_nodes)
+            row["skipped"] = True
+        else:
+            new, metrics = strategy.aggregate_train(rnd, [_as_float32(r) for r in got.valid])
+            arrays = from_arrayrecord(new)
+            row["train_loss"] = metrics.get("train-loss") if metrics else None
+        row.update(_federated_eval(grid, cfg, strategy, registry, ids, arrays, rnd))
+        if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
+            row.update(algo.evaluate(arrays))
+        row["seconds"] = time.perf_counter() - start
+        on_round(row)
+    return arrays
+
+
+def _row_defaults(cfg: Config) -> dict[str, Any]:
+    return {"algorithm": cfg.train.algorithm, "objective": cfg.train.objective,
+            "train_loss": None, "eval_loss": None, "bytes_down_per_client": 0,
+            "bytes_up_per_client": 0, "clients": 0}
+
+
+def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, registry: NodeRegistry,
+                    ids: list[int], arrays: dict[str, np.ndarray], rnd: int) -> dict[str, Any]:
+    """Clients evaluate the new global adapter on their own held-out examples."""
+    s = cfg.server
+    if s.fraction_evaluate == 0 or not ids:
+        return {}
+    chosen = sample(ids, s.fraction_evaluate, s.min_evaluate_nodes, s.seed, "evaluate", rnd)
+    msgs = list(strategy.configure_evaluate(rnd, to_arrayrecord(arrays, WIRE_DTYPE),
+                                            ConfigRecord({}), SampledGrid(grid, chosen)))
+    got = collect(grid, msgs, registry, s.round_timeout,
+                  lambda c: check_metrics(c, "num-examples"))
+    metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None
+    if not metrics:
+        return {}
+    return {"fed_eval_loss": metrics.get("eval-loss"), "fed_eval_clients": len(got.valid)}
+
+
+MESSAGE_TYPES = (MessageType.TRAIN, MessageType.EVALUATE, IDENTIFY)

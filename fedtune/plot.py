@@ -1,0 +1,42 @@
+"""A PNG of the metrics per round (losses and the task metric)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
+    """Left: train / eval loss per round. Right: exact match (overall and per category)."""
+    rounds = [r["round"] for r in rows]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, style in (("eval_loss", "o-"), ("train_loss", "s--"), ("fed_eval_loss", "^:")):
+        pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax_loss.plot(*zip(*pts, strict=True), style, label=key)
+    ax_loss.set_xlabel("round")
+    ax_loss.set_ylabel("loss (response tokens)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    metric_keys = sorted({k for r in rows for k in r if k.startswith("exact_match")})
+    for key in metric_keys:
+        pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        ax_metric.plot(*zip(*pts, strict=True), "o-" if key == "exact_match" else ".:",
+                       label=key, linewidth=2.5 if key == "exact_match" else 1)
+    ax_metric.set_xlabel("round")
+    ax_metric.set_ylabel("exact match (held-out)")
+    ax_metric.set_ylim(-0.02, 1.02)
+    if metric_keys:
+        ax_metric.legend(fontsize=8)
+    ax_metric.grid(alpha=0.3)
+    ax_loss.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,35 @@
+"""Human-readable progress: one line per round and a final round-0-vs-last table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mb(n: Any) -> str:
+    return "-" if not n else f"{n / 1e6:.2f}MB" if n >= 1e5 else f"{n / 1e3:.1f}KB"
+
+
+def round_line(row: dict[str, Any], num_rounds: int) -> str:
+    return (
+        f"round {row['round']:>3}/{num_rounds} | clients {row.get('clients', 0):>2}"
+        f" | train_loss {_fmt(row.get('train_loss'))}"
+        f" | eval_loss {_fmt(row.get('eval_loss'))}"
+        f" | exact_match {_fmt(row.get('exact_match'))}"
+        f" | down {_mb(row.get('bytes_down_per_client'))} up {_mb(row.get('bytes_up_per_client'))}"
+        f" | {row.get('seconds', 0):.1f}s"
+    )
+
+
+def final_table(first: dict[str, Any], last: dict[str, Any]) -> str:
+    keys = ["eval_loss", "perplexity", "exact_match"] + sorted(
+        k for k in last if k.startswith("exact_match/"))
+    lines = [f"{'metric':<24}{'round 0':>12}{'round ' + str(last['round']):>12}"]
+    for k in keys:
+        if first.get(k) is None and last.get(k) is None:
+            continue
+        lines.append(f"{k:<24}{_fmt(first.get(k), '.4f'):>12}{_fmt(last.get(k), '.4f'):>12}")
+    return "\n".join(lines)

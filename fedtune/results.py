@@ -1,0 +1,70 @@
+"""The run folder contract: config.json, metrics.jsonl, summary.json, plot, final model."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from fedtune.config import Config
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """``output-dir/<name>-<timestamp>`` unless ``run-dir`` is set; never reuses a folder."""
+    if cfg.output.run_dir:
+        return Path(cfg.output.run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output.output_dir) / f"{cfg.name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+class RunWriter:
+    """Appends one JSON line per round; writes the config and the summary."""
+
+    def __init__(self, run_dir: Path, cfg: Config) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        (self.dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (self.dir / "metrics.jsonl").write_text("")
+
+    def log_round(self, row: dict[str, Any]) -> None:
+        row = _clean(row)
+        self.rows.append(row)
+        with (self.dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def write_summary(self, extra: dict[str, Any]) -> dict[str, Any]:
+        first, last = self.rows[0], self.rows[-1]
+        summary = {
+            "rounds": last["round"],
+            "initial": first,
+            "final": last,
+            "total_bytes_per_client": sum(
+                (r.get("bytes_down_per_client") or 0) + (r.get("bytes_up_per_client") or 0)
+                for r in self.rows
+            ),
+            "total_seconds": sum(r.get("seconds") or 0 for r in self.rows),
+            **extra,
+        }
+        (self.dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2))
+        return summary
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

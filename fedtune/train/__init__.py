@@ -1,0 +1,1 @@
+"""Local training rounds (SFT now; the objectives are shared by LoRA and zeroth-order)."""

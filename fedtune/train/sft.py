@@ -1,0 +1,96 @@
+"""One local SFT round: a fixed number of optimizer steps on a client's private examples.
+
+The optimizer (AdamW) starts fresh every round, so no optimizer state crosses rounds: the
+server decides the learning rate of the round (a schedule over rounds) and nothing else needs
+to persist on a client between rounds (deployment starts a new process per message).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fedtune.data.tokenize import EncodedSet, collate
+from fedtune.seeding import derive_seed, rng
+
+
+@dataclass
+class SFTSettings:
+    steps: int
+    batch_size: int
+    lr: float
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RoundStats:
+    train_loss: float
+    steps: int
+    examples_seen: int
+    tokens: int  # non-padding tokens processed
+    seconds: float
+
+
+def batches(n: int, batch_size: int, count: int, *seed_parts: int | str):
+    """``count`` index batches that walk seeded permutations of ``range(n)`` epoch by epoch."""
+    gen = rng(*seed_parts)
+    order: list[int] = []
+    for _ in range(count):
+        while len(order) < batch_size:
+            order += gen.permutation(n).tolist()
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings, pad_id: int,
+                seed_parts: tuple[int | str, ...]) -> RoundStats:
+    """Run ``settings.steps`` AdamW steps of next-token loss on response tokens."""
+    if len(data) == 0:
+        raise ValueError("no trainable examples: every response was truncated away or data is "
+                         "empty; raise max-seq-len or check the data file")
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    model.train()
+    losses: list[float] = []
+    tokens = 0
+    start = time.perf_counter()
+    micro = batches(len(data), settings.batch_size, settings.steps * settings.grad_accum,
+                    *seed_parts)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(derive_seed("dropout", *seed_parts))
+        for _ in range(settings.steps):
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(settings.grad_accum):
+                batch = collate([data.items[i] for i in next(micro)], pad_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                tokens += int(batch["attention_mask"].sum())
+                loss = model(**batch).loss / settings.grad_accum
+                loss.backward()
+                step_loss += loss.item()
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            opt.step()
+            losses.append(step_loss)
+    model.eval()
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    finite = [x for x in losses if math.isfinite(x)]
+    return RoundStats(
+        train_loss=sum(finite) / len(finite) if finite else float("nan"),
+        steps=settings.steps,
+        examples_seen=settings.steps * settings.grad_accum * settings.batch_size,
+        tokens=tokens,
+        seconds=time.perf_counter() - start,
+    )

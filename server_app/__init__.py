@@ -1,0 +1,1 @@
+"""fedtune's Flower ServerApp (component ``server_app.app:app``)."""

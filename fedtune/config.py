@@ -58,10 +58,10 @@ class DataConfig:
 class TrainConfig:
     algorithm: str = "fedit"
     objective: str = "sft"
-    local_steps: int = 15
+    local_steps: int = 20
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 3e-3
+    lr: float = 2e-3
     lr_schedule: str = "cosine"  # across rounds; constant within a round
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -70,7 +70,7 @@ class TrainConfig:
 
 @dataclass
 class ServerConfig:
-    num_server_rounds: int = 8
+    num_server_rounds: int = 12
     fraction_train: float = 0.5
     min_train_nodes: int = 2
     min_available_nodes: int = 2  # wait for this many nodes before round 1 (simulate: all)
@@ -215,7 +215,8 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {t}; give a {t} value.") from None
+        article = "an" if t == "int" else "a"
+        raise ConfigError(f"{key}={value} is not a valid {t}; give {article} {t} value.") from None
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

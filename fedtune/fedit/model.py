@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from peft import PeftModel
 
 from fedtune.config import Config
-from fedtune.lora import add_lora
+from fedtune.lora import adapter_state, add_lora
 from fedtune.models import choose_placement, is_tiny, load_model, load_tokenizer
 from fedtune.seeding import derive_seed
 
@@ -29,12 +30,25 @@ def _cached(model: str, device: str, dtype: str, lora_key: tuple, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "lora-init"))
         peft_model = add_lora(base, cfg.lora, base_is_random=is_tiny(model))
-    return peft_model, tokenizer
+    return peft_model, tokenizer, adapter_state(peft_model)
 
 
 def peft_model_for(cfg: Config) -> tuple[PeftModel, object]:
-    """(LoRA model, tokenizer) for this config, shared within the process."""
+    """(LoRA model, tokenizer) for this config, shared within the process.
+
+    The adapter weights are whatever was loaded last: callers load the arrays they need.
+    """
+    model, tokenizer, _ = _cached(*_key(cfg))
+    return model, tokenizer
+
+
+def initial_adapter(cfg: Config) -> dict[str, np.ndarray]:
+    """The run's initial global adapter (seeded by the run seed), as created."""
+    return {k: v.copy() for k, v in _cached(*_key(cfg))[2].items()}
+
+
+def _key(cfg: Config) -> tuple:
     lo = cfg.lora
-    key = (lo.lora_r, lo.lora_alpha, lo.lora_dropout, lo.lora_target_modules,
-           lo.lora_modules_to_save)
-    return _cached(cfg.model.model, cfg.model.device, cfg.model.dtype, key, cfg.server.seed)
+    lora_key = (lo.lora_r, lo.lora_alpha, lo.lora_dropout, lo.lora_target_modules,
+                lo.lora_modules_to_save)
+    return cfg.model.model, cfg.model.device, cfg.model.dtype, lora_key, cfg.server.seed

@@ -11,8 +11,8 @@ from fedtune.config import Config
 from fedtune.data import eval_split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval import exact_match, heldout_loss
-from fedtune.fedit.model import peft_model_for
-from fedtune.lora import adapter_spec, adapter_state, load_adapter_state
+from fedtune.fedit.model import initial_adapter, peft_model_for
+from fedtune.lora import adapter_spec, load_adapter_state
 from fedtune.models import build_tiny, is_tiny
 
 
@@ -26,7 +26,7 @@ class FedITServer:
         self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
-        return adapter_state(self.model)
+        return initial_adapter(self.cfg)
 
     def spec(self) -> dict[str, tuple[int, ...]]:
         return adapter_spec(self.model)

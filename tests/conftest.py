@@ -1,0 +1,42 @@
+"""Shared fixtures: Flower task identity, small configs, paths to ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+STORIES = SHARED / "models" / "stories260k"
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower Messages read the current task's identity; set one as a test process would."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+
+
+def small_config(**overrides):
+    """A fast FedIT config on `tiny` for tests."""
+    from fedtune.config import Config
+
+    flat = {"local-steps": 4, "examples-per-client": 32, "eval-examples": 16,
+            "client-eval-examples": 8, "max-new-tokens": 4, "num-server-rounds": 2,
+            "lr": 2e-3, "lr-schedule": "constant", "min-train-nodes": 1,
+            "min-available-nodes": 1}
+    flat.update(overrides)
+    return Config.from_flat(flat)
+
+
+@pytest.fixture
+def stories_path() -> Path:
+    if not (STORIES / "config.json").exists():
+        pytest.skip("../shared/models/stories260k is not available")
+    return STORIES

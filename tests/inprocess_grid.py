@@ -1,0 +1,66 @@
+"""A Flower Grid that delivers messages to ClientApps in this process (no Ray, no network).
+
+Each node has its own Context (node_config with partition-id / num-partitions), exactly what
+the simulation engine gives a virtual SuperNode. ``tamper`` lets a test corrupt a node's reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+
+Tamper = Callable[[int, Message], Message]
+
+
+class InProcessGrid(Grid):
+    def __init__(self, app: ClientApp, num_nodes: int, run_config: dict,
+                 tamper: Tamper | None = None, first_id: int = 1001) -> None:
+        self.app = app
+        self.tamper = tamper
+        self.contexts = {
+            first_id + 7919 * p: Context(
+                run_id=1, node_id=first_id + 7919 * p,
+                node_config={"partition-id": p, "num-partitions": num_nodes},
+                state=RecordDict(), run_config=dict(run_config))
+            for p in range(num_nodes)
+        }
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            try:
+                reply = self.app(msg, self.contexts[node])
+            except Exception as err:  # the engine turns a ClientApp crash into an error reply
+                reply = Message(Error(code=1, reason=f"ClientApp raised {err!r}"), reply_to=msg)
+            replies.append(self.tamper(node, reply) if self.tamper else reply)
+        return replies
+
+    # Unused by fedtune's loop.
+    def set_run(self, run):  # noqa: D102
+        raise NotImplementedError
+
+    @property
+    def run(self):  # noqa: D102
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # noqa: D102
+        raise NotImplementedError
+
+    def get_nodes(self):  # noqa: D102
+        raise NotImplementedError
+
+    def push_messages(self, messages):  # noqa: D102
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # noqa: D102
+        raise NotImplementedError

@@ -1,0 +1,33 @@
+import tomllib
+
+import pytest
+
+from fedtune.config import Config, ConfigError, parse_overrides
+from tests.conftest import ROOT
+
+
+def test_pyproject_lists_every_default():
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert table == Config().to_flat()
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError, match="Did you mean 'lora-r'"):
+        Config.from_flat({"lora_r": 8})
+
+
+def test_bad_values_are_one_clear_sentence():
+    with pytest.raises(ConfigError, match="local-steps=abc is not a valid int"):
+        Config.from_flat({"local-steps": "abc"})
+    with pytest.raises(ConfigError, match="fraction-train=1.5 must be in"):
+        Config.from_flat({"fraction-train": 1.5})
+    with pytest.raises(ConfigError, match="algorithm='fedsgd' is not supported"):
+        Config.from_flat({"algorithm": "fedsgd"})
+
+
+def test_overrides_parse_like_flower_run_config():
+    flat = parse_overrides("lr=1e-3 lora-r=8 model='../shared/models/x' gradient-checkpointing=true")
+    assert flat == {"lr": 1e-3, "lora-r": 8, "model": "../shared/models/x",
+                    "gradient-checkpointing": True}
+    cfg = Config.from_flat(flat)
+    assert cfg.train.lr == 1e-3 and cfg.lora.lora_r == 8 and cfg.model.gradient_checkpointing

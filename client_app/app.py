@@ -8,8 +8,10 @@ from flwr.clientapp import ClientApp
 from fedtune.config import Config
 from fedtune.fedit import client as fedit
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord
+from fedtune.logs import quiet_third_party
 from fedtune.lora import WIRE_DTYPE
 
+quiet_third_party()
 app = ClientApp()
 
 

@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fedtune.logs import quiet_third_party
+
+    quiet_third_party()
     try:
         return args.func(args)
     except ConfigError as err:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import shlex
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 ALGORITHMS = ("fedit", "local")
 OBJECTIVES = ("sft",)

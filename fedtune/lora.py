@@ -11,8 +11,13 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from peft import set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from transformers import PreTrainedModel
 
 from fedtune.config import LoraSection
@@ -63,10 +68,11 @@ def load_adapter_state(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
     expected = get_peft_model_state_dict(model)
     missing, extra = set(expected) - set(arrays), set(arrays) - set(expected)
     if missing or extra:
-        raise KeyError(f"adapter keys differ: missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}")
+        raise KeyError(f"adapter keys differ: missing {sorted(missing)[:3]}, "
+                       f"extra {sorted(extra)[:3]}")
     ref = next(iter(expected.values()))
     tensors = {
-        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(device=ref.device, dtype=expected[k].dtype)
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(ref.device, expected[k].dtype)
         for k, v in arrays.items()
     }
     set_peft_model_state_dict(model, tensors)

@@ -7,8 +7,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtune.config import Config
 from fedtune.flower.server import run_server
+from fedtune.logs import quiet_third_party
 from server_app.strategies import fedit_strategy
 
+quiet_third_party()
 app = ServerApp()
 
 

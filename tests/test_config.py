@@ -1,6 +1,5 @@
-import tomllib
-
 import pytest
+import tomllib
 
 from fedtune.config import Config, ConfigError, parse_overrides
 from tests.conftest import ROOT
@@ -26,7 +25,8 @@ def test_bad_values_are_one_clear_sentence():
 
 
 def test_overrides_parse_like_flower_run_config():
-    flat = parse_overrides("lr=1e-3 lora-r=8 model='../shared/models/x' gradient-checkpointing=true")
+    flat = parse_overrides(
+        "lr=1e-3 lora-r=8 model='../shared/models/x' gradient-checkpointing=true")
     assert flat == {"lr": 1e-3, "lora-r": 8, "model": "../shared/models/x",
                     "gradient-checkpointing": True}
     cfg = Config.from_flat(flat)

@@ -12,8 +12,8 @@ from fedtune.data import client_split
 from fedtune.data.tokenize import EncodedSet, encode_examples
 from fedtune.eval import heldout_loss
 from fedtune.fedit.model import peft_model_for
-from fedtune.models import load_tokenizer
 from fedtune.lora import adapter_state, load_adapter_state
+from fedtune.models import load_tokenizer
 from fedtune.train.sft import SFTSettings, train_round
 
 

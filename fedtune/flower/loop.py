@@ -75,8 +75,8 @@ class NodeRegistry:
         while len(ids := list(self.grid.get_node_ids())) < min_nodes:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"only {len(ids)} of the {min_nodes} nodes needed connected within {wait:.0f} s; "
-                    "start more SuperNodes or lower min-train-nodes"
+                    f"only {len(ids)} of the {min_nodes} nodes needed connected within "
+                    f"{wait:.0f} s; start more SuperNodes or lower min-available-nodes"
                 )
             time.sleep(0.5)
         new = [i for i in ids if i not in self.names]

@@ -27,10 +27,18 @@ def small_config(**overrides):
     """A fast FedIT config on `tiny` for tests."""
     from fedtune.config import Config
 
-    flat = {"local-steps": 4, "examples-per-client": 32, "eval-examples": 16,
-            "client-eval-examples": 8, "max-new-tokens": 4, "num-server-rounds": 2,
-            "lr": 2e-3, "lr-schedule": "constant", "min-train-nodes": 1,
-            "min-available-nodes": 1}
+    flat = {
+        "local-steps": 4,
+        "examples-per-client": 32,
+        "eval-examples": 16,
+        "client-eval-examples": 8,
+        "max-new-tokens": 4,
+        "num-server-rounds": 2,
+        "lr": 2e-3,
+        "lr-schedule": "constant",
+        "min-train-nodes": 1,
+        "min-available-nodes": 1,
+    }
     flat.update(overrides)
     return Config.from_flat(flat)
 

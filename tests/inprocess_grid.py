@@ -16,15 +16,24 @@ Tamper = Callable[[int, Message], Message]
 
 
 class InProcessGrid(Grid):
-    def __init__(self, app: ClientApp, num_nodes: int, run_config: dict,
-                 tamper: Tamper | None = None, first_id: int = 1001) -> None:
+    def __init__(
+        self,
+        app: ClientApp,
+        num_nodes: int,
+        run_config: dict,
+        tamper: Tamper | None = None,
+        first_id: int = 1001,
+    ) -> None:
         self.app = app
         self.tamper = tamper
         self.contexts = {
             first_id + 7919 * p: Context(
-                run_id=1, node_id=first_id + 7919 * p,
+                run_id=1,
+                node_id=first_id + 7919 * p,
                 node_config={"partition-id": p, "num-partitions": num_nodes},
-                state=RecordDict(), run_config=dict(run_config))
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
             for p in range(num_nodes)
         }
         self.sent: list[Message] = []
@@ -32,8 +41,9 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         replies = []
         for msg in messages:
             self.sent.append(msg)

@@ -26,8 +26,13 @@ def test_bad_values_are_one_clear_sentence():
 
 def test_overrides_parse_like_flower_run_config():
     flat = parse_overrides(
-        "lr=1e-3 lora-r=8 model='../shared/models/x' gradient-checkpointing=true")
-    assert flat == {"lr": 1e-3, "lora-r": 8, "model": "../shared/models/x",
-                    "gradient-checkpointing": True}
+        "lr=1e-3 lora-r=8 model='../shared/models/x' gradient-checkpointing=true"
+    )
+    assert flat == {
+        "lr": 1e-3,
+        "lora-r": 8,
+        "model": "../shared/models/x",
+        "gradient-checkpointing": True,
+    }
     cfg = Config.from_flat(flat)
     assert cfg.train.lr == 1e-3 and cfg.lora.lora_r == 8 and cfg.model.gradient_checkpointing

@@ -14,10 +14,15 @@ from tests.conftest import small_config
 
 
 def _reply(arrays, n, loss=1.0, node=7):
-    instruction = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node,
-                          message_type="train")
-    content = RecordDict({"arrays": to_arrayrecord(arrays, WIRE_DTYPE),
-                          "metrics": MetricRecord({"num-examples": n, "train-loss": loss})})
+    instruction = Message(
+        RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type="train"
+    )
+    content = RecordDict(
+        {
+            "arrays": to_arrayrecord(arrays, WIRE_DTYPE),
+            "metrics": MetricRecord({"num-examples": n, "train-loss": loss}),
+        }
+    )
     return Message(content, reply_to=instruction)
 
 
@@ -25,8 +30,9 @@ def test_adapter_round_trips_through_records_in_16_bit():
     cfg = small_config()
     model, _ = peft_model_for(cfg)
     rng = np.random.default_rng(0)
-    sent = {k: rng.normal(0, 0.1, v.shape).astype(np.float32)
-            for k, v in adapter_state(model).items()}
+    sent = {
+        k: rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in adapter_state(model).items()
+    }
     record = to_arrayrecord(sent, WIRE_DTYPE)
     assert all(a.dtype == "float16" for a in record.values())
     load_adapter_state(model, from_arrayrecord(record))
@@ -51,8 +57,9 @@ def test_validation_names_the_problem():
     shape = {**good, "a": np.ones((3, 2), np.float32)}
     assert "shape (3, 2)" in check_train_reply(_reply(shape, 5).content, spec)
     content = _reply(good, 5).content
-    content["arrays"] = ArrayRecord({"a": to_arrayrecord(good)["a"],
-                                     "b": to_arrayrecord({"b": np.zeros(4, np.int64)})["b"]})
+    content["arrays"] = ArrayRecord(
+        {"a": to_arrayrecord(good)["a"], "b": to_arrayrecord({"b": np.zeros(4, np.int64)})["b"]}
+    )
     assert "dtype int64" in check_train_reply(content, spec)
     assert "not a positive number" in check_train_reply(_reply(good, 0).content, spec)
     assert "not finite" in check_train_reply(_reply(good, 3, loss=float("inf")).content, spec)
@@ -63,8 +70,10 @@ def test_fedavg_weighted_by_examples_matches_hand_computation():
     a2 = {"w": np.array([[5.0, 6.0], [7.0, 8.0]], np.float32), "v": np.array([-1.0], np.float32)}
     a3 = {"w": np.array([[0.5, 0.25], [0.0, -2.0]], np.float32), "v": np.array([3.0], np.float32)}
     n = [10, 30, 60]
-    replies = [_as_float32(_reply(a, k, loss=float(i))) for i, (a, k) in
-               enumerate(zip((a1, a2, a3), n, strict=True))]
+    replies = [
+        _as_float32(_reply(a, k, loss=float(i)))
+        for i, (a, k) in enumerate(zip((a1, a2, a3), n, strict=True))
+    ]
     arrays, metrics = fedit_strategy(small_config()).aggregate_train(1, replies)
     got = from_arrayrecord(arrays)
     for key in ("w", "v"):

@@ -15,8 +15,9 @@ from tests.inprocess_grid import InProcessGrid
 def _run(cfg, tamper=None, first_id=1001):
     grid = InProcessGrid(client_app, 3, cfg.to_flat(), tamper=tamper, first_id=first_id)
     rows = []
-    arrays = run_rounds(grid, cfg, FedITServer(cfg), fedit_strategy(cfg), rows.append,
-                        wait_for_nodes=1)
+    arrays = run_rounds(
+        grid, cfg, FedITServer(cfg), fedit_strategy(cfg), rows.append, wait_for_nodes=1
+    )
     return rows, arrays, grid
 
 
@@ -33,6 +34,7 @@ def test_nan_reply_is_dropped_and_the_run_completes(caplog):
             broken = arrays[key].numpy().copy()
             broken.flat[0] = np.nan
             from flwr.app import Array
+
             arrays[key] = Array(broken)
         return reply
 
@@ -54,8 +56,9 @@ def test_same_config_same_result_whatever_flower_node_ids():
     for key in arrays_a:
         assert np.array_equal(arrays_a[key], arrays_b[key]), key
     drop = {"seconds"}
-    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in rows_b]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows_b
+    ]
     assert all(math.isfinite(r["eval_loss"]) for r in rows_a)
     assert rows_a[1]["bytes_down_per_client"] > 0 and rows_a[1]["bytes_up_per_client"] > 0
 

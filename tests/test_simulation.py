@@ -7,15 +7,32 @@ import sys
 import pytest
 import torch
 
-SMALL = ("local-steps=10 examples-per-client=48 eval-examples=32 client-eval-examples=8 "
-         "max-new-tokens=4 fraction-train=1.0")
-ROW_KEYS = {"round", "algorithm", "objective", "train_loss", "eval_loss", "exact_match",
-            "bytes_down_per_client", "bytes_up_per_client", "clients", "seconds"}
+SMALL = (
+    "local-steps=10 examples-per-client=48 eval-examples=32 client-eval-examples=8 "
+    "max-new-tokens=4 fraction-train=1.0"
+)
+ROW_KEYS = {
+    "round",
+    "algorithm",
+    "objective",
+    "train_loss",
+    "eval_loss",
+    "exact_match",
+    "bytes_down_per_client",
+    "bytes_up_per_client",
+    "clients",
+    "seconds",
+}
 
 
 def fedtune(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "fedtune.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedtune.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -23,8 +40,20 @@ def fedtune(*args, cwd):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    stdout = fedtune("simulate", "--num-clients", "3", "--rounds", "2", "--output-dir", str(out),
-                     "--name", "e2e", "--run-config", SMALL, cwd=out)
+    stdout = fedtune(
+        "simulate",
+        "--num-clients",
+        "3",
+        "--rounds",
+        "2",
+        "--output-dir",
+        str(out),
+        "--name",
+        "e2e",
+        "--run-config",
+        SMALL,
+        cwd=out,
+    )
     assert "round   2/2" in stdout and "exact_match" in stdout
     (run,) = out.glob("e2e-*")
     return run
@@ -53,8 +82,9 @@ def test_adapter_loads_with_peft_and_gives_the_reported_loss(run_dir):
     from fedtune.eval import heldout_loss
 
     base_ref = json.loads((run_dir / "adapter" / "fedtune.json").read_text())["base_model"]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_ref),
-                                      run_dir / "adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_ref), run_dir / "adapter"
+    )
     tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
     data = encode_examples(tok, eval_examples(32, 0), 128)
     loss = heldout_loss(model, data, tok.pad_token_id)
@@ -74,8 +104,17 @@ def test_generate_and_export_match_the_adapter(run_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
     prompt = render_prompt(Example("Is the number even or odd?", "", "12"))
     want = generate(peft_model, tok, [prompt], max_new_tokens=4)[0].strip()
-    answer = fedtune("generate", str(run_dir), "--prompt", "Is the number even or odd?",
-                     "--input", "12", "--max-new-tokens", "4", cwd=tmp_path)
+    answer = fedtune(
+        "generate",
+        str(run_dir),
+        "--prompt",
+        "Is the number even or odd?",
+        "--input",
+        "12",
+        "--max-new-tokens",
+        "4",
+        cwd=tmp_path,
+    )
     assert answer.strip() == want
 
     fedtune("export", str(run_dir), str(tmp_path / "merged"), cwd=tmp_path)
@@ -83,5 +122,4 @@ def test_generate_and_export_match_the_adapter(run_dir, tmp_path):
     assert not any("lora" in name for name, _ in merged.named_parameters())
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)

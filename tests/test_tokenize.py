@@ -17,8 +17,8 @@ def test_prompt_tokens_are_masked_and_response_plus_eos_is_labelled():
     response_ids = tok(EX.output, add_special_tokens=False)["input_ids"]
     assert enc.prompt_len == len(prompt_ids) + 1  # + BOS
     assert enc.labels[: enc.prompt_len] == [IGNORE_INDEX] * enc.prompt_len
-    assert enc.labels[enc.prompt_len:] == response_ids + [tok.eos_token_id]
-    assert enc.input_ids[enc.prompt_len:] == response_ids + [tok.eos_token_id]
+    assert enc.labels[enc.prompt_len :] == response_ids + [tok.eos_token_id]
+    assert enc.input_ids[enc.prompt_len :] == response_ids + [tok.eos_token_id]
 
 
 def test_truncation_keeps_some_response_or_drops_and_counts():
@@ -42,6 +42,7 @@ def test_batch_loss_is_finite_and_padding_ignored():
     model = load_model("tiny", choose_placement("cpu", "float32"))
     loss = model(**batch).loss
     assert math.isfinite(loss.item())
-    assert torch.equal(batch["input_ids"][1, len(data.items[1].input_ids):],
-                       torch.full_like(batch["input_ids"][1, len(data.items[1].input_ids):],
-                                       tok.pad_token_id))
+    assert torch.equal(
+        batch["input_ids"][1, len(data.items[1].input_ids) :],
+        torch.full_like(batch["input_ids"][1, len(data.items[1].input_ids) :], tok.pad_token_id),
+    )

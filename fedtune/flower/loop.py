@@ -137,6 +137,23 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
                         float(np.mean(up)) if up else 0.0)
 
 
+def _to_wire(messages: Iterable[Message]) -> list[Message]:
+    """Cast outgoing arrays to the 16-bit wire dtype.
+
+    Strategies get the float32 master (server optimizers such as FedAdam keep it as x_t); only
+    what crosses the wire is 16-bit.
+    """
+    msgs = list(messages)
+    done: set[int] = set()
+    for msg in msgs:
+        content = msg.content
+        if id(content) in done or "arrays" not in content.array_records:
+            continue
+        content["arrays"] = to_arrayrecord(from_arrayrecord(content["arrays"]), WIRE_DTYPE)
+        done.add(id(content))
+    return msgs
+
+
 def _as_float32(reply: Message) -> Message:
     """Aggregate in float32 whatever 16-bit dtype crossed the wire."""
     arrays = from_arrayrecord(reply.content.array_records["arrays"])
@@ -163,9 +180,9 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
         chosen = sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
         lr = round_lr(cfg.train.lr, rnd, s.num_server_rounds, cfg.train.lr_schedule,
                       cfg.train.min_lr_ratio)
-        wire = to_arrayrecord(arrays, WIRE_DTYPE)
-        msgs = list(strategy.configure_train(rnd, wire, ConfigRecord({"lr": lr}),
-                                             SampledGrid(grid, chosen)))
+        msgs = _to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
+                                                 ConfigRecord({"lr": lr}),
+                                                 SampledGrid(grid, chosen)))
         down = float(np.mean([content_bytes(m.content) for m in msgs])) if msgs else 0.0
         got = collect(grid, msgs, registry, s.round_timeout,
                       lambda c: check_train_reply(c, spec))
@@ -202,8 +219,8 @@ def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, registry: NodeR
     if s.fraction_evaluate == 0 or not ids:
         return {}
     chosen = sample(ids, s.fraction_evaluate, s.min_evaluate_nodes, s.seed, "evaluate", rnd)
-    msgs = list(strategy.configure_evaluate(rnd, to_arrayrecord(arrays, WIRE_DTYPE),
-                                            ConfigRecord({}), SampledGrid(grid, chosen)))
+    msgs = _to_wire(strategy.configure_evaluate(rnd, to_arrayrecord(arrays), ConfigRecord({}),
+                                                SampledGrid(grid, chosen)))
     got = collect(grid, msgs, registry, s.round_timeout,
                   lambda c: check_metrics(c, "num-examples"))
     metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None

@@ -36,3 +36,9 @@ def test_overrides_parse_like_flower_run_config():
     }
     cfg = Config.from_flat(flat)
     assert cfg.train.lr == 1e-3 and cfg.lora.lora_r == 8 and cfg.model.gradient_checkpointing
+
+
+def test_readme_documents_every_key():
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in Config().to_flat() if f"| `{k}` |" not in readme]
+    assert not missing, f"README's config table lacks {missing}"

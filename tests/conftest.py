@@ -48,3 +48,16 @@ def stories_path() -> Path:
     if not (STORIES / "config.json").exists():
         pytest.skip("../shared/models/stories260k is not available")
     return STORIES
+
+
+def run_fedit(grid, cfg, on_round):
+    """fedtune's FedIT round loop on ``grid`` (what the ServerApp runs, minus the run folder)."""
+    from fedtune.fedit.server import FedITServer
+    from fedtune.flower.loop import run_rounds
+    from fedtune.flower.validate import check_train_reply
+    from server_app.strategies import fedit_strategy
+
+    algo = FedITServer(cfg)
+    spec = algo.spec()
+    return run_rounds(grid, cfg, algo, fedit_strategy(cfg), lambda c: check_train_reply(c, spec),
+                      on_round, wait_for_nodes=1)

@@ -3,11 +3,8 @@
 import torch
 
 from client_app.app import app as client_app
-from fedtune.fedit.server import FedITServer
-from fedtune.flower.loop import run_rounds
 from fedtune.models import build_tiny, choose_placement, load_model, load_tokenizer
-from server_app.strategies import fedit_strategy
-from tests.conftest import small_config
+from tests.conftest import run_fedit, small_config
 from tests.inprocess_grid import InProcessGrid
 
 
@@ -38,6 +35,6 @@ def test_stories260k_trains_in_a_federated_round(stories_path):
     )
     grid = InProcessGrid(client_app, 2, cfg.to_flat())
     rows = []
-    run_rounds(grid, cfg, FedITServer(cfg), fedit_strategy(cfg), rows.append, wait_for_nodes=1)
+    run_fedit(grid, cfg, rows.append)
     assert rows[-1]["clients"] == 2
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]

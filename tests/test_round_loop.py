@@ -5,19 +5,15 @@ import math
 import numpy as np
 
 from client_app.app import app as client_app
-from fedtune.fedit.server import FedITServer
-from fedtune.flower.loop import run_rounds, sample
-from server_app.strategies import fedit_strategy
-from tests.conftest import small_config
+from fedtune.flower.loop import sample
+from tests.conftest import run_fedit, small_config
 from tests.inprocess_grid import InProcessGrid
 
 
 def _run(cfg, tamper=None, first_id=1001):
     grid = InProcessGrid(client_app, 3, cfg.to_flat(), tamper=tamper, first_id=first_id)
     rows = []
-    arrays = run_rounds(
-        grid, cfg, FedITServer(cfg), fedit_strategy(cfg), rows.append, wait_for_nodes=1
-    )
+    arrays = run_fedit(grid, cfg, rows.append)
     return rows, arrays, grid
 
 

@@ -12,12 +12,15 @@ from fedtune.data import eval_split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval import exact_match, heldout_loss
 from fedtune.fedit.model import initial_adapter, peft_model_for
-from fedtune.lora import adapter_spec, load_adapter_state
+from fedtune.lora import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.models import build_tiny, is_tiny
+from fedtune.train.schedule import round_lr
 
 
 class FedITServer:
     """Owns the server's copy of the model, used for evaluation and for saving the adapter."""
+
+    wire_dtype = WIRE_DTYPE
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -30,6 +33,12 @@ class FedITServer:
 
     def spec(self) -> dict[str, tuple[int, ...]]:
         return adapter_spec(self.model)
+
+    def train_config(self, server_round: int) -> dict[str, float]:
+        """The round's learning rate (the schedule runs over rounds, on the server)."""
+        t = self.cfg.train
+        return {"lr": round_lr(t.lr, server_round, self.cfg.server.num_server_rounds,
+                               t.lr_schedule, t.min_lr_ratio)}
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """Held-out loss, perplexity and exact match of the global adapter (all categories)."""

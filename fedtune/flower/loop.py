@@ -23,10 +23,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtune.config import Config
 from fedtune.flower.records import content_bytes, from_arrayrecord, to_arrayrecord
-from fedtune.flower.validate import check_metrics, check_train_reply
-from fedtune.lora import WIRE_DTYPE
+from fedtune.flower.validate import check_metrics
 from fedtune.seeding import rng
-from fedtune.train.schedule import round_lr
 
 log = logging.getLogger("fedtune")
 
@@ -34,11 +32,14 @@ IDENTIFY = "query.identify"
 
 
 class ServerAlgorithm(Protocol):
-    """What the loop needs from an algorithm's server side (pure library code)."""
+    """What the loop needs from an algorithm's server side."""
+
+    #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)
+    wire_dtype: type | None
 
     def initial_arrays(self) -> dict[str, np.ndarray]: ...
 
-    def spec(self) -> dict[str, tuple[int, ...]]: ...
+    def train_config(self, server_round: int) -> dict[str, Any]: ...
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]: ...
 
@@ -137,38 +138,45 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
                         float(np.mean(up)) if up else 0.0)
 
 
-def _to_wire(messages: Iterable[Message]) -> list[Message]:
-    """Cast outgoing arrays to the 16-bit wire dtype.
+def _to_wire(messages: Iterable[Message], dtype: type | None) -> list[Message]:
+    """Cast outgoing arrays to the wire dtype (FedIT: 16-bit).
 
     Strategies get the float32 master (server optimizers such as FedAdam keep it as x_t); only
-    what crosses the wire is 16-bit.
+    what crosses the wire is cast.
     """
     msgs = list(messages)
+    if dtype is None:
+        return msgs
     done: set[int] = set()
     for msg in msgs:
         content = msg.content
         if id(content) in done or "arrays" not in content.array_records:
             continue
-        content["arrays"] = to_arrayrecord(from_arrayrecord(content["arrays"]), WIRE_DTYPE)
+        content["arrays"] = to_arrayrecord(from_arrayrecord(content["arrays"]), dtype)
         done.add(id(content))
     return msgs
 
 
 def _as_float32(reply: Message) -> Message:
     """Aggregate in float32 whatever 16-bit dtype crossed the wire."""
+    if "arrays" not in reply.content.array_records:
+        return reply
     arrays = from_arrayrecord(reply.content.array_records["arrays"])
     reply.content["arrays"] = to_arrayrecord(arrays)
     return reply
 
 
 def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strategy,
+               check_reply: Callable[[RecordDict], str | None],
                on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0
                ) -> dict[str, np.ndarray]:
-    """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays."""
+    """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
+
+    ``check_reply`` returns why a train reply must be dropped, or None to aggregate it.
+    """
     s = cfg.server
     registry = NodeRegistry(grid, timeout=s.round_timeout)
     arrays = algo.initial_arrays()
-    spec = algo.spec()
     start = time.perf_counter()
     on_round({"round": 0, **_row_defaults(cfg), **algo.evaluate(arrays),
               "seconds": time.perf_counter() - start})
@@ -178,15 +186,13 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
         registry.refresh(max(s.min_train_nodes, s.min_available_nodes), wait_for_nodes)
         ids = registry.sorted_ids()
         chosen = sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
-        lr = round_lr(cfg.train.lr, rnd, s.num_server_rounds, cfg.train.lr_schedule,
-                      cfg.train.min_lr_ratio)
+        train_config = algo.train_config(rnd)
         msgs = _to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
-                                                 ConfigRecord({"lr": lr}),
-                                                 SampledGrid(grid, chosen)))
+                                                 ConfigRecord(train_config),
+                                                 SampledGrid(grid, chosen)), algo.wire_dtype)
         down = float(np.mean([content_bytes(m.content) for m in msgs])) if msgs else 0.0
-        got = collect(grid, msgs, registry, s.round_timeout,
-                      lambda c: check_train_reply(c, spec))
-        row: dict[str, Any] = {"round": rnd, **_row_defaults(cfg), "lr": lr,
+        got = collect(grid, msgs, registry, s.round_timeout, check_reply)
+        row: dict[str, Any] = {"round": rnd, **_row_defaults(cfg), "lr": train_config.get("lr"),
                                "clients": len(got.valid), "sampled": len(msgs),
                                "dropped": got.dropped, "timed_out": got.missing,
                                "bytes_down_per_client": down, "bytes_up_per_client": got.bytes_up}
@@ -198,7 +204,8 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
             new, metrics = strategy.aggregate_train(rnd, [_as_float32(r) for r in got.valid])
             arrays = from_arrayrecord(new)
             row["train_loss"] = metrics.get("train-loss") if metrics else None
-        row.update(_federated_eval(grid, cfg, strategy, registry, ids, arrays, rnd))
+        row.update(_federated_eval(grid, cfg, strategy, registry, ids, arrays, rnd,
+                                   algo.wire_dtype))
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
             row.update(algo.evaluate(arrays))
         row["seconds"] = time.perf_counter() - start
@@ -213,14 +220,15 @@ def _row_defaults(cfg: Config) -> dict[str, Any]:
 
 
 def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, registry: NodeRegistry,
-                    ids: list[int], arrays: dict[str, np.ndarray], rnd: int) -> dict[str, Any]:
+                    ids: list[int], arrays: dict[str, np.ndarray], rnd: int,
+                    wire_dtype: type | None) -> dict[str, Any]:
     """Clients evaluate the new global adapter on their own held-out examples."""
     s = cfg.server
     if s.fraction_evaluate == 0 or not ids:
         return {}
     chosen = sample(ids, s.fraction_evaluate, s.min_evaluate_nodes, s.seed, "evaluate", rnd)
     msgs = _to_wire(strategy.configure_evaluate(rnd, to_arrayrecord(arrays), ConfigRecord({}),
-                                                SampledGrid(grid, chosen)))
+                                                SampledGrid(grid, chosen)), wire_dtype)
     got = collect(grid, msgs, registry, s.round_timeout,
                   lambda c: check_metrics(c, "num-examples"))
     metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None

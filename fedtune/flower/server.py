@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import Strategy
 from fedtune.config import Config
 from fedtune.fedit.server import FedITServer
 from fedtune.flower.loop import run_rounds
+from fedtune.flower.validate import check_train_reply
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
@@ -28,7 +29,8 @@ def run_server(grid: Grid, cfg: Config, strategy: Strategy) -> Path:
         writer.log_round(row)
         print(round_line(row, cfg.server.num_server_rounds), flush=True)
 
-    arrays = run_rounds(grid, cfg, algo, strategy, on_round)
+    spec = algo.spec()
+    arrays = run_rounds(grid, cfg, algo, strategy, lambda c: check_train_reply(c, spec), on_round)
     adapter_dir = algo.save(arrays, run_dir)
     writer.write_summary({"adapter": str(adapter_dir)})
     plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: {cfg.model.model}")

@@ -234,11 +234,21 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "simulations" / "recipes"
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a TOML recipe: a flat table of config keys (optionally under [config])."""
+    """Read a TOML recipe: a flat table of config keys (optionally under [config]).
+
+    ``path`` is a file, or the name of a recipe shipped in ``simulations/recipes``.
+    """
     p = Path(path)
+    if not p.is_file() and (RECIPES / f"{path}.toml").is_file():
+        p = RECIPES / f"{path}.toml"
     if not p.is_file():
-        raise ConfigError(f"Recipe file '{p}' does not exist; pass an existing .toml file.")
+        shipped = sorted(f.stem for f in RECIPES.glob("*.toml"))
+        raise ConfigError(f"Recipe '{p}' does not exist; pass a .toml file or one of "
+                          f"{', '.join(shipped) or 'the shipped recipes'}.")
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as err:

@@ -42,3 +42,15 @@ def test_readme_documents_every_key():
     readme = (ROOT / "README.md").read_text()
     missing = [k for k in Config().to_flat() if f"| `{k}` |" not in readme]
     assert not missing, f"README's config table lacks {missing}"
+
+
+def test_shipped_recipes_are_valid_and_found_by_name():
+    from fedtune.config import RECIPES, load_recipe
+
+    names = sorted(p.stem for p in RECIPES.glob("*.toml"))
+    assert "fedit-tiny" in names
+    for name in names:
+        Config.from_flat(load_recipe(name))
+    assert Config.from_flat(load_recipe("fedit-tiny")).to_flat() == Config().to_flat()
+    with pytest.raises(ConfigError, match="fedit-tiny"):
+        load_recipe("no-such-recipe")

@@ -61,6 +61,19 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float,
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
+def _set_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off; transformers 5 renamed the methods."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings, pad_id: int,
                 seed_parts: tuple[int | str, ...]) -> RoundStats:
     """Run ``settings.steps`` AdamW steps of next-token loss on response tokens."""
@@ -71,7 +84,7 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, settings.lr, settings.weight_decay)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_checkpointing(model, True)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train()
@@ -98,7 +111,7 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
             losses.append(step_loss)
     model.eval()
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        _set_checkpointing(model, False)
     finite = [x for x in losses if math.isfinite(x)]
     return RoundStats(
         train_loss=sum(finite) / len(finite) if finite else float("nan"),

@@ -1,0 +1,51 @@
+"""FedKSeed (Qin et al., ICML 2024): zeroth-order full-parameter tuning with a finite seed pool.
+
+``rng`` makes z(seed) bit-identical on every device, ``step`` takes one ZO step, ``pool`` holds the
+K seeds and FedKSeed-Pro's sampling plus the wire formats, ``replay`` rebuilds the global model
+w = w0 - lr * sum_s A_s z(s). Plain torch + numpy; no Flower imports.
+"""
+
+from fedtune.zo.pool import (
+    PRO_CLIP,
+    SeedPool,
+    accumulate_,
+    derive_seeds,
+    pack_accumulated,
+    pack_pairs,
+    sample_seed_indices,
+    unpack_accumulated,
+    unpack_pairs,
+)
+from fedtune.zo.replay import apply_delta_, float32_snapshot, replay_
+from fedtune.zo.rng import (
+    NORMAL_TABLE,
+    add_perturbation_,
+    perturbation,
+    perturbations,
+    zo_named_parameters,
+    zo_parameters,
+)
+from fedtune.zo.step import ZOStepResult, zo_step
+
+__all__ = [
+    "NORMAL_TABLE",
+    "PRO_CLIP",
+    "SeedPool",
+    "ZOStepResult",
+    "accumulate_",
+    "add_perturbation_",
+    "apply_delta_",
+    "derive_seeds",
+    "float32_snapshot",
+    "pack_accumulated",
+    "pack_pairs",
+    "perturbation",
+    "perturbations",
+    "replay_",
+    "sample_seed_indices",
+    "unpack_accumulated",
+    "unpack_pairs",
+    "zo_named_parameters",
+    "zo_parameters",
+    "zo_step",
+]

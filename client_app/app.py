@@ -1,48 +1,66 @@
-"""ClientApp: one handler per message type; the work itself lives in ``fedtune.fedit.client``."""
+"""ClientApp: one handler per message type; the work itself lives in the library
+(``fedtune.fedit.client`` for LoRA, ``fedtune.fedkseed.client`` for zeroth-order)."""
 
 from __future__ import annotations
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedtune.config import Config
+from fedtune.config import ZO_ALGORITHMS, Config
 from fedtune.fedit import client as fedit
+from fedtune.fedkseed import client as fedkseed
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord
 from fedtune.logs import quiet_third_party
 from fedtune.lora import WIRE_DTYPE
+from fedtune.node import Node
+from fedtune.zo import pack_pairs
 
 quiet_third_party()
 app = ClientApp()
 
 
-def _node(context: Context) -> fedit.Node:
+def _node(context: Context) -> Node:
     """The node's stable identity: its partition in simulation, its node-name in deployment."""
     nc = context.node_config
     pid = int(nc.get("partition-id", 0))
     name = str(nc.get("node-name") or f"client-{pid:04d}")
-    return fedit.Node(name=name, partition_id=pid, num_partitions=int(nc.get("num-partitions", 1)))
+    return Node(name=name, partition_id=pid, num_partitions=int(nc.get("num-partitions", 1)))
+
+
+def _reply(msg: Message, **records) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
 
 
 @app.query("identify")
 def identify(msg: Message, context: Context) -> Message:
-    return Message(RecordDict({"node": ConfigRecord({"name": _node(context).name})}), reply_to=msg)
+    return _reply(msg, node=ConfigRecord({"name": _node(context).name}))
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = Config.from_flat(dict(context.run_config))
     conf = msg.content["config"]
-    result = fedit.train(cfg, from_arrayrecord(msg.content["arrays"]),
-                         server_round=int(conf["server-round"]), lr=float(conf["lr"]),
-                         node=_node(context))
-    metrics = MetricRecord({"num-examples": result.num_examples, **result.metrics})
-    content = RecordDict({"arrays": to_arrayrecord(result.arrays, WIRE_DTYPE), "metrics": metrics})
-    return Message(content, reply_to=msg)
+    rnd = int(conf["server-round"])
+    if cfg.train.algorithm in ZO_ALGORITHMS:
+        importance = conf.get("importance")
+        res = fedkseed.train(cfg, msg.content["arrays"]["accumulated"].numpy(), rnd,
+                             _node(context), fingerprint=int(conf["pool"]),
+                             importance=importance if isinstance(importance, bytes) else None)
+        pairs = pack_pairs(res.seed_indices, res.scalars, cfg.zo.zo_seeds)
+        return _reply(msg, zo=ConfigRecord({"pairs": pairs}),
+                      metrics=MetricRecord({"num-examples": res.num_examples, **res.metrics}))
+    result = fedit.train(cfg, from_arrayrecord(msg.content["arrays"]), server_round=rnd,
+                         lr=float(conf["lr"]), node=_node(context))
+    return _reply(msg, arrays=to_arrayrecord(result.arrays, WIRE_DTYPE),
+                  metrics=MetricRecord({"num-examples": result.num_examples, **result.metrics}))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = Config.from_flat(dict(context.run_config))
-    loss, n = fedit.evaluate(cfg, from_arrayrecord(msg.content["arrays"]), _node(context))
-    return Message(RecordDict({"metrics": MetricRecord({"eval-loss": loss, "num-examples": n})}),
-                   reply_to=msg)
+    if cfg.train.algorithm in ZO_ALGORITHMS:
+        loss, n = fedkseed.evaluate(cfg, msg.content["arrays"]["accumulated"].numpy(),
+                                    _node(context))
+    else:
+        loss, n = fedit.evaluate(cfg, from_arrayrecord(msg.content["arrays"]), _node(context))
+    return _reply(msg, metrics=MetricRecord({"eval-loss": loss, "num-examples": n}))

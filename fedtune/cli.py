@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedtune.config import Config, ConfigError, load_recipe, parse_overrides
+from fedtune.config import ZO_ALGORITHMS, Config, ConfigError, load_recipe, parse_overrides
 
 DEFAULT_CLIENTS = 8
 
@@ -68,6 +68,8 @@ def simulate(args: argparse.Namespace) -> int:
 
     cfg.output.run_dir = str(new_run_dir(cfg).resolve())
     cfg.server.min_available_nodes = num_clients
+    if cfg.train.algorithm in ZO_ALGORITHMS and not cfg.zo.zo_cache_dir:
+        cfg.zo.zo_cache_dir = str(Path(cfg.output.run_dir) / "zo-cache")
     if cfg.train.algorithm == "local":
         from fedtune.local import run_local
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import tomllib
 
-ALGORITHMS = ("fedit", "local")
+ALGORITHMS = ("fedit", "fedkseed", "fedkseed-pro", "local")
+ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro")
 OBJECTIVES = ("sft",)
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -70,6 +71,23 @@ class TrainConfig:
 
 
 @dataclass
+class ZOConfig:
+    """FedKSeed (Qin et al., ICML 2024). Paper defaults: K=4096, tau=200, eps=5e-4, lr=3e-7
+    for 1.3B parameters; 0 means "pick for the model size" (see fedtune.fedkseed.defaults)."""
+
+    zo_seeds: int = 4096  # K, the fixed seed pool
+    zo_steps: int = 200  # tau, ZO steps per client per round (batch: batch-size)
+    zo_lr: float = 0.0  # constant; 0 = auto from the parameter count
+    zo_eps: float = 0.0  # perturbation scale; 0 = auto
+    zo_clip: float = 0.0  # skip a step whose |g| exceeds this (0 = never)
+    zo_equal_weights: bool = False  # aggregate clients equally instead of by examples
+    save_full_model: bool = False  # FedKSeed: also write the replayed model as an HF folder
+    # Where replayed versions are shared between processes on one machine ("" = no sharing;
+    # `fedtune simulate` points it into the run folder).
+    zo_cache_dir: str = ""
+
+
+@dataclass
 class ServerConfig:
     num_server_rounds: int = 12
     fraction_train: float = 0.5
@@ -100,6 +118,7 @@ SECTIONS = {
     "lora": LoraSection,
     "data": DataConfig,
     "train": TrainConfig,
+    "zo": ZOConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
@@ -118,6 +137,7 @@ class Config:
     lora: LoraSection = field(default_factory=LoraSection)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    zo: ZOConfig = field(default_factory=ZOConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -189,6 +209,11 @@ class Config:
         need(0 <= s.fraction_evaluate <= 1,
              f"fraction-evaluate={s.fraction_evaluate} must be in [0, 1].")
         need(s.min_train_nodes >= 1, f"min-train-nodes={s.min_train_nodes} must be at least 1.")
+        z = self.zo
+        need(1 <= z.zo_seeds <= 2**32, f"zo-seeds={z.zo_seeds} must be in [1, 2^32].")
+        need(z.zo_steps >= 1, f"zo-steps={z.zo_steps} must be at least 1.")
+        need(z.zo_lr >= 0 and z.zo_eps >= 0 and z.zo_clip >= 0,
+             "zo-lr, zo-eps and zo-clip must be >= 0 (0 = auto / off).")
         need(s.round_timeout > 0, f"round-timeout={s.round_timeout} must be positive seconds.")
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 from fedtune.config import Config
 from fedtune.fedit import client as fedit_client
 from fedtune.fedit.server import FedITServer
+from fedtune.node import Node
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
@@ -37,7 +38,7 @@ def run_local(cfg: Config, num_clients: int) -> Path:
     run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else new_run_dir(cfg)
     writer = RunWriter(run_dir, cfg)
     server = FedITServer(cfg)
-    nodes = [fedit_client.Node(f"client-{p:04d}", p, num_clients) for p in range(num_clients)]
+    nodes = [Node(f"client-{p:04d}", p, num_clients) for p in range(num_clients)]
     arrays = {n.name: server.initial_arrays() for n in nodes}
     rounds = cfg.server.num_server_rounds
     print(f"fedtune: local baseline, {num_clients} clients alone on '{cfg.model.model}', "

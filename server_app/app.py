@@ -6,9 +6,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtune.config import Config
-from fedtune.flower.server import run_server
+from fedtune.flower.server import run_server, server_side
 from fedtune.logs import quiet_third_party
-from server_app.strategies import fedit_strategy
+from server_app.strategies import make_strategy
 
 quiet_third_party()
 app = ServerApp()
@@ -17,4 +17,5 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = Config.from_flat(dict(context.run_config))
-    run_server(grid, cfg, fedit_strategy(cfg))
+    algo, check = server_side(cfg)
+    run_server(grid, cfg, algo, check, make_strategy(cfg, algo))

@@ -1,18 +1,98 @@
 """Flower strategies for fedtune's algorithms.
 
-fedtune's round loop does the sampling, so every strategy is built with fraction 1.0 over the
-nodes fedtune hands it (see ``fedtune.flower.loop.SampledGrid``).
+fedtune's round loop does the sampling, so every strategy addresses exactly the nodes fedtune
+hands it (see ``fedtune.flower.loop.SampledGrid``); Flower's own strategies are built with
+fraction 1.0 for that reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore import log
 
 from fedtune.config import Config
+from fedtune.fedkseed.server import FedKSeedServer
+from fedtune.zo import unpack_pairs
 
 
 def fedit_strategy(cfg: Config) -> Strategy:
     """FedIT: FedAvg (McMahan et al., 2017) of LoRA adapters weighted by local examples."""
-    del cfg  # FedAvg has no tunable parameters here; other strategies will read cfg
+    del cfg  # FedAvg has no tunable parameters here
     return FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
                   min_evaluate_nodes=1, min_available_nodes=1, weighted_by_key="num-examples")
+
+
+class FedKSeedStrategy(Strategy):
+    """FedKSeed (Qin et al., ICML 2024, Alg. 1, server side).
+
+    The global state is the accumulated-scalar vector A (one float32 per seed of the pool),
+    carried as ``arrays["accumulated"]``. A round sends A (and, for FedKSeed-Pro, the seeds'
+    importance as K bytes) and receives tau packed (seed index, scalar) pairs per client;
+    aggregation is A_s += sum_i w_i * sum_t [s_it = s] g_it with w_i the client's share of the
+    examples (or 1/n), in the stable reply order the loop provides. Replies are validated before
+    they reach this class.
+    """
+
+    def __init__(self, server: FedKSeedServer) -> None:
+        self.server = server
+        self.current: np.ndarray | None = None
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FedKSeed%s: K=%d", "-Pro" if self.server.pro else "", self.server.pool.k)
+
+    def _messages(self, rnd: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                  message_type: str) -> list[Message]:
+        config["server-round"] = rnd
+        content = RecordDict({"arrays": arrays, "config": config})
+        return [Message(content, dst_node_id=node, message_type=message_type)
+                for node in grid.get_node_ids()]
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.current = arrays["accumulated"].numpy()
+        return self._messages(server_round, arrays, config, grid, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if not replies or self.current is None:
+            return None, None
+        k = self.server.pool.k
+        parsed = []
+        for reply in replies:
+            indices, scalars = unpack_pairs(reply.content["zo"]["pairs"], k)
+            parsed.append((indices, scalars, int(reply.content["metrics"]["num-examples"])))
+        new = self.server.aggregate(self.current, parsed)
+        metrics = aggregate_metricrecords([r.content for r in replies], "num-examples")
+        return ArrayRecord({"accumulated": Array(new)}), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._messages(server_round, arrays, config, grid, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        contents = [r.content for r in replies]
+        return aggregate_metricrecords(contents, "num-examples") if contents else None
+
+
+def make_strategy(cfg: Config, algo: object) -> Strategy:
+    """The strategy for ``algo`` (the algorithm's server side from ``server_side(cfg)``)."""
+    if isinstance(algo, FedKSeedServer):
+        return FedKSeedStrategy(algo)
+    return fedit_strategy(cfg)

@@ -50,14 +50,12 @@ def stories_path() -> Path:
     return STORIES
 
 
-def run_fedit(grid, cfg, on_round):
-    """fedtune's FedIT round loop on ``grid`` (what the ServerApp runs, minus the run folder)."""
-    from fedtune.fedit.server import FedITServer
+def run_loop(grid, cfg, on_round):
+    """fedtune's round loop on ``grid`` (what the ServerApp runs, minus the run folder)."""
     from fedtune.flower.loop import run_rounds
-    from fedtune.flower.validate import check_train_reply
-    from server_app.strategies import fedit_strategy
+    from fedtune.flower.server import server_side
+    from server_app.strategies import make_strategy
 
-    algo = FedITServer(cfg)
-    spec = algo.spec()
-    return run_rounds(grid, cfg, algo, fedit_strategy(cfg), lambda c: check_train_reply(c, spec),
-                      on_round, wait_for_nodes=1)
+    algo, check = server_side(cfg)
+    return run_rounds(grid, cfg, algo, make_strategy(cfg, algo), check, on_round,
+                      wait_for_nodes=1)

@@ -4,7 +4,7 @@ import torch
 
 from client_app.app import app as client_app
 from fedtune.models import build_tiny, choose_placement, load_model, load_tokenizer
-from tests.conftest import run_fedit, small_config
+from tests.conftest import run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 
 
@@ -35,6 +35,6 @@ def test_stories260k_trains_in_a_federated_round(stories_path):
     )
     grid = InProcessGrid(client_app, 2, cfg.to_flat())
     rows = []
-    run_fedit(grid, cfg, rows.append)
+    run_loop(grid, cfg, rows.append)
     assert rows[-1]["clients"] == 2
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]

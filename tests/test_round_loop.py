@@ -6,14 +6,14 @@ import numpy as np
 
 from client_app.app import app as client_app
 from fedtune.flower.loop import sample
-from tests.conftest import run_fedit, small_config
+from tests.conftest import run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 
 
 def _run(cfg, tamper=None, first_id=1001):
     grid = InProcessGrid(client_app, 3, cfg.to_flat(), tamper=tamper, first_id=first_id)
     rows = []
-    arrays = run_fedit(grid, cfg, rows.append)
+    arrays = run_loop(grid, cfg, rows.append)
     return rows, arrays, grid
 
 

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from fedtune.config import Config, DataConfig
-from fedtune.data import client_split
-from fedtune.data.tokenize import EncodedSet, encode_examples
+from fedtune.config import Config
 from fedtune.eval import heldout_loss
 from fedtune.fedit.model import peft_model_for
 from fedtune.lora import adapter_state, load_adapter_state
-from fedtune.models import load_tokenizer
+from fedtune.node import Node, node_data
 from fedtune.train.sft import SFTSettings, train_round
-
-
-@dataclass(frozen=True)
-class Node:
-    """Who this client is: a stable name and its data partition (never Flower's node id)."""
-
-    name: str
-    partition_id: int
-    num_partitions: int
 
 
 @dataclass
@@ -31,20 +19,6 @@ class TrainResult:
     arrays: dict[str, np.ndarray]
     num_examples: int
     metrics: dict[str, float]
-
-
-@functools.lru_cache(maxsize=64)
-def _encoded(data_key: tuple, node: Node, seed: int, held_out: bool, model: str,
-             max_len: int) -> EncodedSet:
-    examples = client_split(DataConfig(*data_key), node.partition_id, node.num_partitions, seed,
-                            held_out)
-    return encode_examples(load_tokenizer(model), examples, max_len)
-
-
-def node_data(cfg: Config, node: Node, held_out: bool = False) -> EncodedSet:
-    """This node's tokenized examples, cached for the life of the process."""
-    return _encoded(astuple(cfg.data), node, cfg.server.seed, held_out, cfg.model.model,
-                    cfg.model.max_seq_len)
 
 
 def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: float,

@@ -22,7 +22,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.config import Config
-from fedtune.flower.records import content_bytes, from_arrayrecord, to_arrayrecord
+from fedtune.flower.records import (
+    content_bytes,
+    from_arrayrecord,
+    payload_bytes,
+    to_arrayrecord,
+)
 from fedtune.flower.validate import check_metrics
 from fedtune.seeding import rng
 
@@ -117,6 +122,7 @@ class RoundReplies:
     dropped: int
     missing: int
     bytes_up: float
+    payload_up: float
 
 
 def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout: float,
@@ -124,7 +130,7 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
     """Send, wait at most ``timeout``, drop (and log) failed or invalid replies, sort by name."""
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     valid, dropped = [], 0
-    up = [content_bytes(r.content) for r in replies if not r.has_error()]
+    ok = [r for r in replies if not r.has_error()]
     for reply in replies:
         who = registry.name(reply.metadata.src_node_id)
         reason = reply.error.reason if reply.has_error() else check(reply.content)
@@ -135,7 +141,12 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
             valid.append(reply)
     valid.sort(key=lambda r: registry.name(r.metadata.src_node_id))
     return RoundReplies(valid, dropped, len(messages) - len(replies),
-                        float(np.mean(up)) if up else 0.0)
+                        _mean([content_bytes(r.content) for r in ok]),
+                        _mean([payload_bytes(r.content) for r in ok]))
+
+
+def _mean(values: list[int]) -> float:
+    return float(np.mean(values)) if values else 0.0
 
 
 def _to_wire(messages: Iterable[Message], dtype: type | None) -> list[Message]:
@@ -190,12 +201,15 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
         msgs = _to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
                                                  ConfigRecord(train_config),
                                                  SampledGrid(grid, chosen)), algo.wire_dtype)
-        down = float(np.mean([content_bytes(m.content) for m in msgs])) if msgs else 0.0
+        down = _mean([content_bytes(m.content) for m in msgs])
+        down_payload = _mean([payload_bytes(m.content) for m in msgs])
         got = collect(grid, msgs, registry, s.round_timeout, check_reply)
         row: dict[str, Any] = {"round": rnd, **_row_defaults(cfg), "lr": train_config.get("lr"),
                                "clients": len(got.valid), "sampled": len(msgs),
                                "dropped": got.dropped, "timed_out": got.missing,
-                               "bytes_down_per_client": down, "bytes_up_per_client": got.bytes_up}
+                               "bytes_down_per_client": down, "bytes_up_per_client": got.bytes_up,
+                               "payload_down_per_client": down_payload,
+                               "payload_up_per_client": got.payload_up}
         if len(got.valid) < s.min_train_nodes:
             log.warning("round %d skipped: %d valid replies, %d needed (min-train-nodes)",
                         rnd, len(got.valid), s.min_train_nodes)

@@ -25,3 +25,12 @@ def from_arrayrecord(record: ArrayRecord, dtype: type = np.float32) -> dict[str,
 def content_bytes(content: RecordDict) -> int:
     """Size of the serialized message content: what crosses the wire for this message."""
     return recorddict_to_proto(content).ByteSize()
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of data the content carries: array buffers and ``bytes`` config values (no keys,
+    dtypes, shapes or protobuf framing). FedKSeed's "under 18 KB" counts exactly these."""
+    arrays = sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
+    blobs = sum(len(v) for rec in content.config_records.values() for v in rec.values()
+                if isinstance(v, bytes))
+    return arrays + blobs

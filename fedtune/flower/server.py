@@ -1,27 +1,43 @@
-"""Run a whole FedIT job on a Grid: results folder, progress, final adapter and plot."""
+"""Run a whole job on a Grid: results folder, progress, the final model and the plot."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedtune.config import Config
+from fedtune.config import ZO_ALGORITHMS, Config
 from fedtune.fedit.server import FedITServer
+from fedtune.fedkseed.server import FedKSeedServer
 from fedtune.flower.loop import run_rounds
-from fedtune.flower.validate import check_train_reply
+from fedtune.flower.validate import check_train_reply, check_zo_reply
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
 
+Check = Callable[[RecordDict], str | None]
 
-def run_server(grid: Grid, cfg: Config, strategy: Strategy) -> Path:
+
+def server_side(cfg: Config) -> tuple[FedITServer | FedKSeedServer, Check]:
+    """The algorithm's server object and the check its train replies must pass."""
+    if cfg.train.algorithm in ZO_ALGORITHMS:
+        zo = FedKSeedServer(cfg)
+        return zo, lambda c: check_zo_reply(c, cfg.zo.zo_seeds, cfg.zo.zo_steps)
+    lora = FedITServer(cfg)
+    spec = lora.spec()
+    return lora, lambda c: check_train_reply(c, spec)
+
+
+def run_server(grid: Grid, cfg: Config, algo: FedITServer | FedKSeedServer, check: Check,
+               strategy: Strategy) -> Path:
     """Everything the ServerApp does; returns the run folder."""
     run_dir = new_run_dir(cfg)
     writer = RunWriter(run_dir, cfg)
-    algo = FedITServer(cfg)
     print(f"fedtune: {cfg.train.algorithm}/{cfg.train.objective} on '{cfg.model.model}', "
           f"results in {run_dir}", flush=True)
 
@@ -29,11 +45,13 @@ def run_server(grid: Grid, cfg: Config, strategy: Strategy) -> Path:
         writer.log_round(row)
         print(round_line(row, cfg.server.num_server_rounds), flush=True)
 
-    spec = algo.spec()
-    arrays = run_rounds(grid, cfg, algo, strategy, lambda c: check_train_reply(c, spec), on_round)
-    adapter_dir = algo.save(arrays, run_dir)
-    writer.write_summary({"adapter": str(adapter_dir)})
+    arrays = run_rounds(grid, cfg, algo, strategy, check, on_round)
+    saved = algo.save(arrays, run_dir)
+    cache = Path(cfg.zo.zo_cache_dir) if cfg.zo.zo_cache_dir else None
+    if cache is not None and cache.resolve().is_relative_to(run_dir.resolve()):
+        shutil.rmtree(cache, ignore_errors=True)  # shared replays of this run only
+    writer.write_summary({"result": str(saved)})
     plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: {cfg.model.model}")
     print(final_table(writer.rows[0], writer.rows[-1]), flush=True)
-    print(f"adapter: {adapter_dir}\nplot: {run_dir / 'metrics.png'}", flush=True)
+    print(f"result: {saved}\nplot: {run_dir / 'metrics.png'}", flush=True)
     return run_dir

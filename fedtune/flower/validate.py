@@ -53,3 +53,19 @@ def check_train_reply(content: RecordDict, spec: Mapping[str, tuple[int, ...]],
     if "arrays" not in content.array_records:
         return "no 'arrays' record"
     return check_arrays(content.array_records["arrays"], spec) or check_metrics(content, weight_key)
+
+
+def check_zo_reply(content: RecordDict, k: int, steps: int) -> str | None:
+    """A FedKSeed reply: exactly ``steps`` (seed index < K, finite scalar) pairs, packed."""
+    from fedtune.zo import unpack_pairs
+
+    record = content.config_records.get("zo")
+    if record is None or not isinstance(record.get("pairs"), bytes):
+        return "no 'zo' record with packed 'pairs' bytes"
+    try:
+        indices, _ = unpack_pairs(record["pairs"], k)
+    except ValueError as err:
+        return f"bad seed pairs: {err}"
+    if len(indices) != steps:
+        return f"{len(indices)} seed pairs, expected zo-steps={steps}"
+    return check_metrics(content, "num-examples")

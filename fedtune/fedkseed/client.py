@@ -1,0 +1,75 @@
+"""A FedKSeed client's work: take tau zeroth-order steps from the global model's version."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedtune.config import Config
+from fedtune.data.tokenize import collate
+from fedtune.eval import heldout_loss
+from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.fedkseed.pro import probabilities_from
+from fedtune.node import Node, node_data
+from fedtune.seeding import rng
+from fedtune.train.sft import batches
+from fedtune.zo import sample_seed_indices, zo_step
+
+
+@dataclass
+class ZOResult:
+    seed_indices: np.ndarray  # int64, tau entries
+    scalars: np.ndarray  # float32, tau entries; a skipped step is 0.0
+    num_examples: int
+    metrics: dict[str, float]
+
+
+def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
+          fingerprint: int, importance: bytes | None = None) -> ZOResult:
+    """tau ZO-SGD steps on the SFT loss of this node's data (FedKSeed, Alg. 1, client side)."""
+    zm = zo_model_for(cfg)
+    if fingerprint != pool_fingerprint(zm.seeds):
+        raise ValueError("the server's seed pool differs from this client's: run both with the "
+                         "same seed and zo-seeds")
+    zm.load(accumulated, cfg.zo.zo_cache_dir)
+    data = node_data(cfg, node)
+    if len(data) == 0:
+        raise ValueError("no trainable examples on this node (all truncated away or no data)")
+    k, tau = cfg.zo.zo_seeds, cfg.zo.zo_steps
+    gen = rng(cfg.server.seed, "zo-seeds", server_round, node.name)
+    probs = probabilities_from(importance, k) if importance is not None else None
+    indices = sample_seed_indices(k, tau, gen, probs)
+    scalars = np.zeros(tau, dtype=np.float32)
+    pad = zm.tokenizer.pad_token_id
+    device = zm.params[0].device
+    losses, skipped = [], 0
+    order = batches(len(data), cfg.train.batch_size, tau, cfg.server.seed, server_round,
+                    node.name)
+    for t, idx in enumerate(indices):
+        batch = {key: v.to(device)
+                 for key, v in collate([data.items[i] for i in next(order)], pad).items()}
+        step = zo_step(zm.params, lambda b=batch: zm.model(**b).loss, seed=int(zm.seeds[idx]),
+                       seed_index=int(idx), eps=zm.eps, lr=zm.lr,
+                       clip=cfg.zo.zo_clip or None)
+        if step.skipped:
+            skipped += 1
+        else:
+            scalars[t] = step.g
+            losses.append(step.loss)
+    finite = [x for x in losses if math.isfinite(x)]
+    return ZOResult(indices, scalars, len(data), {
+        "train-loss": float(np.mean(finite)) if finite else 0.0,
+        "skipped-steps": skipped,
+        "dropped-examples": data.dropped,
+    })
+
+
+def evaluate(cfg: Config, accumulated: np.ndarray, node: Node) -> tuple[float, int]:
+    """Held-out loss of the global model of this version on the node's own held-out examples."""
+    zm = zo_model_for(cfg)
+    zm.load(accumulated, cfg.zo.zo_cache_dir)
+    data = node_data(cfg, node, held_out=True)
+    return heldout_loss(zm.model, data, zm.tokenizer.pad_token_id,
+                        cfg.eval.eval_batch_size), len(data)

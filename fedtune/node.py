@@ -1,0 +1,34 @@
+"""A client node's identity and its private data, shared by every algorithm's client."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import astuple, dataclass
+
+from fedtune.config import Config, DataConfig
+from fedtune.data import client_split
+from fedtune.data.tokenize import EncodedSet, encode_examples
+from fedtune.models import load_tokenizer
+
+
+@dataclass(frozen=True)
+class Node:
+    """Who this client is: a stable name and its data partition (never Flower's node id)."""
+
+    name: str
+    partition_id: int
+    num_partitions: int
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded(data_key: tuple, node: Node, seed: int, held_out: bool, model: str,
+             max_len: int) -> EncodedSet:
+    examples = client_split(DataConfig(*data_key), node.partition_id, node.num_partitions, seed,
+                            held_out)
+    return encode_examples(load_tokenizer(model), examples, max_len)
+
+
+def node_data(cfg: Config, node: Node, held_out: bool = False) -> EncodedSet:
+    """This node's tokenized examples, cached for the life of the process."""
+    return _encoded(astuple(cfg.data), node, cfg.server.seed, held_out, cfg.model.model,
+                    cfg.model.max_seq_len)

@@ -121,13 +121,18 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
 
 
 def _run_model(run_dir: Path):
-    """(model with the run's final adapter merged in, tokenizer)."""
+    """(the run's final model, tokenizer): FedIT's adapter merged in, or FedKSeed replayed."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
+    from fedtune.fedkseed.export import is_fedkseed_run, materialize
+
+    if is_fedkseed_run(run_dir):
+        return materialize(run_dir)
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
-        raise ConfigError(f"'{run_dir}' has no adapter folder; pass a finished FedIT run folder.")
+        raise ConfigError(f"'{run_dir}' has neither an adapter folder nor FedKSeed state; pass "
+                          "a finished run folder.")
     model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     if tokenizer.pad_token_id is None:

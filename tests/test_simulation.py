@@ -123,3 +123,28 @@ def test_generate_and_export_match_the_adapter(run_dir, tmp_path):
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_fedkseed_pro_runs_in_the_simulation_engine(tmp_path):
+    stdout = fedtune("simulate", "--algorithm", "fedkseed-pro", "--num-clients", "3", "--rounds",
+                     "2", "--output-dir", str(tmp_path), "--run-config",
+                     SMALL + " zo-seeds=512 zo-steps=20 batch-size=2 save-full-model=true",
+                     cwd=tmp_path)
+    assert "round   2/2" in stdout
+    (run,) = tmp_path.glob("fedkseed-pro-sft-*")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+    # 512 float32 (npy buffer) + 512 importance bytes down; 20 x (uint16 + float32) up
+    assert rows[1]["payload_up_per_client"] == 20 * 6
+    assert rows[1]["payload_down_per_client"] == 512 * 4 + 128 + 512
+    assert (run / "fedkseed-state.npz").exists() and not (run / "zo-cache").exists()
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(run / "model")
+    fedtune("export", str(run), str(tmp_path / "exported"), cwd=tmp_path)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    for (name, a), (_, b) in zip(saved.named_parameters(), exported.named_parameters(),
+                                 strict=True):
+        assert torch.equal(a, b), name  # export replays the same canonical model
+    base = AutoModelForCausalLM.from_pretrained(run / "base-model")
+    assert not torch.equal(base.lm_head.weight, exported.lm_head.weight)

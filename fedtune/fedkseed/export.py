@@ -1,0 +1,32 @@
+"""Materialize a finished FedKSeed run as a model: the base, replayed with the saved scalars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fedtune.fedkseed.server import STATE_FILE
+from fedtune.zo import replay_, zo_parameters
+
+
+def is_fedkseed_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / "fedkseed.json").exists()
+
+
+def materialize(run_dir: Path):
+    """(model, tokenizer) of the run's final global model, float32, on CPU."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "fedkseed.json").read_text())
+    base = run_dir / "base-model" if (run_dir / "base-model").is_dir() else meta["base_model"]
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32").eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    state = np.load(run_dir / STATE_FILE)
+    for p in model.parameters():
+        p.requires_grad_(True)  # zo_parameters lists the tuned (trainable) tensors
+    replay_(zo_parameters(model), None, state["accumulated"], state["seeds"], float(state["lr"]))
+    return model, tokenizer

@@ -1,0 +1,145 @@
+"""FedKSeed through fedtune's round loop and the real ClientApp (in-process Grid, no Ray)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord
+
+from client_app.app import app as client_app
+from fedtune.fedkseed import client as fedkseed_client
+from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.fedkseed.pro import encode_importance, probabilities_from
+from fedtune.node import Node
+from fedtune.zo import SeedPool, pack_pairs
+from tests.conftest import ROOT, run_loop, small_config
+from tests.inprocess_grid import InProcessGrid
+
+
+def zo_config(**overrides):
+    flat = {"algorithm": "fedkseed", "zo-seeds": 256, "zo-steps": 6, "batch-size": 2,
+            "fraction-evaluate": 0.0, "max-new-tokens": 2, "eval-examples": 8}
+    flat.update(overrides)
+    return small_config(**flat)
+
+
+def _run(cfg, num_nodes=3, tamper=None):
+    rows = []
+    grid = InProcessGrid(client_app, num_nodes, cfg.to_flat(), tamper=tamper)
+    accumulated = run_loop(grid, cfg, rows.append)["accumulated"]
+    return rows, accumulated, grid
+
+
+def test_payload_is_under_18_kilobytes_at_paper_scale():
+    """K=4096, tau=200: 4096 float32 down + 200 (uint16, float32) pairs up <= 17,984 B."""
+    cfg = zo_config(**{"zo-seeds": 4096, "zo-steps": 200, "batch-size": 1,
+                       "num-server-rounds": 1, "fraction-train": 1.0})
+    rows, _, _ = _run(cfg, num_nodes=2)
+    r = rows[1]
+    payload = r["payload_down_per_client"] + r["payload_up_per_client"]
+    whole = r["bytes_down_per_client"] + r["bytes_up_per_client"]
+    assert payload <= 17_984, r
+    assert whole <= 1.05 * payload, r
+    print(f"FedKSeed K=4096 tau=200: payload {payload:.0f} B, whole messages {whole:.0f} B")
+
+
+def test_pro_sends_importance_as_one_byte_per_seed():
+    cfg = zo_config(algorithm="fedkseed-pro", **{"num-server-rounds": 2})
+    rows, _, grid = _run(cfg)
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert all(len(m.content["config"]["importance"]) == 256 for m in sent)
+    zo = rows[2]["payload_down_per_client"] - _run(zo_config(**{"num-server-rounds": 2}))[0][2][
+        "payload_down_per_client"]
+    assert zo == 256
+
+
+def test_pro_probabilities_survive_quantization():
+    pool = SeedPool.from_run_seed(0, 64)
+    rng = np.random.default_rng(0)
+    pool.update(rng.integers(0, 64, 300), rng.normal(0, 5, 300).astype(np.float32))
+    exact = pool.probabilities()
+    wired = probabilities_from(encode_importance(pool), 64)
+    np.testing.assert_allclose(wired, exact, rtol=5e-3)
+    assert wired.sum() == pytest.approx(1.0)
+
+
+def test_all_parties_hold_the_canonical_model_bit_for_bit(tmp_path):
+    """Clients that skip rounds, a shared version cache, and an independent process agree."""
+    cfg = zo_config(**{"num-server-rounds": 3, "fraction-train": 0.5,
+                       "zo-cache-dir": str(tmp_path / "cache")})
+    rows, accumulated, _ = _run(cfg, num_nodes=4)
+    assert all(r["clients"] == 2 for r in rows[1:])
+    assert np.count_nonzero(accumulated) > 0
+    zm = zo_model_for(cfg)
+    zm.load(accumulated)
+    here = zm.checksum()
+    zm.version = None  # forget the in-memory copy: read the cached file another party wrote
+    zm.load(accumulated, cfg.zo.zo_cache_dir)
+    assert zm.checksum() == here
+    np.save(tmp_path / "a.npy", accumulated)
+    code = (
+        "import json, sys, numpy as np\n"
+        "from fedtune.config import Config\n"
+        "from fedtune.fedkseed.model import zo_model_for\n"
+        "cfg = Config.from_flat(json.loads(sys.argv[1]))\n"
+        "zm = zo_model_for(cfg)\n"
+        "zm.load(np.load(sys.argv[2]))\n"
+        "print(zm.checksum())\n"
+    )
+    flat = {k: v for k, v in cfg.to_flat().items() if k != "zo-cache-dir"}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(flat), str(tmp_path / "a.npy")],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    assert out[-1] == here
+
+
+def test_replayed_model_is_the_weighted_average_of_client_deltas():
+    cfg = zo_config(**{"num-server-rounds": 1, "fraction-train": 1.0})
+    rows, accumulated, _ = _run(cfg)
+    zm = zo_model_for(cfg)
+    start = np.zeros_like(accumulated)
+    nodes = [Node(f"client-{p:04d}", p, 3) for p in range(3)]
+    deltas, counts = [], []
+    for node in nodes:  # each client's own round, replayed: its full delta from the version
+        res = fedkseed_client.train(cfg, start, 1, node, pool_fingerprint(zm.seeds))
+        deltas.append([p.detach().clone() - w for p, w in zip(zm.params, zm.w0, strict=True)])
+        counts.append(res.num_examples)
+    assert all(float(d[0].abs().max()) > 0 for d in deltas)  # every client moved
+    weights = [n / sum(counts) for n in counts]
+    zm.load(accumulated)
+    for i, (p, w0) in enumerate(zip(zm.params, zm.w0, strict=True)):
+        fedavg = w0 + sum(wt * d[i] for wt, d in zip(weights, deltas, strict=True))
+        torch.testing.assert_close(p, fedavg, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda idx, g: (np.where(idx == idx[0], 300, idx), g), "bad seed pairs"),
+    (lambda idx, g: (idx, np.where(np.arange(g.size) == 1, np.nan, g)), "bad seed pairs"),
+    (lambda idx, g: (idx[:-1], g[:-1]), "expected zo-steps=6"),
+])
+def test_bad_replies_are_dropped_and_logged(corrupt, reason, caplog):
+    from fedtune.zo import unpack_pairs
+
+    def tamper(node_id, reply):
+        if reply.metadata.message_type == "train" and node_id == 1001:
+            idx, g = unpack_pairs(reply.content["zo"]["pairs"], 256)
+            idx, g = corrupt(idx, g)
+            # pack_pairs validates, so write the corrupt bytes by hand
+            blob = idx.astype("<u2").tobytes() + g.astype("<f4").tobytes()
+            reply.content["zo"] = ConfigRecord({"pairs": blob})
+        return reply
+
+    assert pack_pairs  # the normal path packs with validation
+    with caplog.at_level("WARNING", logger="fedtune"):
+        rows, accumulated, _ = _run(zo_config(**{"fraction-train": 1.0}), tamper=tamper)
+    assert all(r["dropped"] == 1 and r["clients"] == 2 for r in rows[1:])
+    assert "dropped reply from client-0000" in caplog.text and reason in caplog.text
+    assert np.isfinite(accumulated).all()
+
+
+def test_loss_decreases_over_rounds():
+    rows, _, _ = _run(zo_config(**{"num-server-rounds": 3, "zo-steps": 20, "batch-size": 4,
+                                   "fraction-train": 1.0}))
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]

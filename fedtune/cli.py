@@ -11,7 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedtune.config import ZO_ALGORITHMS, Config, ConfigError, load_recipe, parse_overrides
+from fedtune.config import (
+    BASELINES,
+    ZO_ALGORITHMS,
+    Config,
+    ConfigError,
+    load_recipe,
+    parse_overrides,
+)
 
 DEFAULT_CLIENTS = 8
 
@@ -70,10 +77,10 @@ def simulate(args: argparse.Namespace) -> int:
     cfg.server.min_available_nodes = num_clients
     if cfg.train.algorithm in ZO_ALGORITHMS and not cfg.zo.zo_cache_dir:
         cfg.zo.zo_cache_dir = str(Path(cfg.output.run_dir) / "zo-cache")
-    if cfg.train.algorithm == "local":
-        from fedtune.local import run_local
+    if cfg.train.algorithm in BASELINES:
+        from fedtune.local import run_baseline
 
-        run_local(cfg, num_clients)
+        run_baseline(cfg, num_clients)
         return 0
     return _run_flower_simulation(cfg, num_clients, args)
 
@@ -173,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a local multi-client simulation (Flower)")
     sim.add_argument("--recipe", help="TOML file of config keys")
-    sim.add_argument("--algorithm", help="fedit (default) or local (each client alone)")
+    sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, local (each "
+                     "client alone) or centralized (all data pooled)")
     sim.add_argument("--num-clients", type=int, default=DEFAULT_CLIENTS)
     sim.add_argument("--rounds", type=int, help="num-server-rounds")
     sim.add_argument("--model", help="'tiny', a local folder or a Hugging Face id")

@@ -16,7 +16,8 @@ from typing import Any
 
 import tomllib
 
-ALGORITHMS = ("fedit", "fedkseed", "fedkseed-pro", "local")
+ALGORITHMS = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
+BASELINES = ("local", "centralized")  # no federation: run in-process by `fedtune simulate`
 ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro")
 OBJECTIVES = ("sft",)
 LR_SCHEDULES = ("constant", "cosine", "linear")

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
-    """Left: train / eval loss per round. Right: exact match (overall and per category)."""
+    """Left: train / eval loss per round. Right: exact match (overall and per category) and
+    Rouge-L."""
     rounds = [r["round"] for r in rows]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     for key, style in (("eval_loss", "o-"), ("train_loss", "s--"), ("fed_eval_loss", "^:")):
@@ -28,8 +29,12 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
         ax_metric.plot(*zip(*pts, strict=True), "o-" if key == "exact_match" else ".:",
                        label=key, linewidth=2.5 if key == "exact_match" else 1)
+    pts = [(r["round"], r["rouge_l"]) for r in rows if r.get("rouge_l") is not None]
+    if pts:
+        ax_metric.plot(*zip(*pts, strict=True), "k--", label="rouge_l", linewidth=2)
+        metric_keys.append("rouge_l")
     ax_metric.set_xlabel("round")
-    ax_metric.set_ylabel("exact match (held-out)")
+    ax_metric.set_ylabel("exact match / Rouge-L (held-out)")
     ax_metric.set_ylim(-0.02, 1.02)
     if metric_keys:
         ax_metric.legend(fontsize=8)

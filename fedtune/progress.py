@@ -19,14 +19,15 @@ def round_line(row: dict[str, Any], num_rounds: int) -> str:
         f" | train_loss {_fmt(row.get('train_loss'))}"
         f" | eval_loss {_fmt(row.get('eval_loss'))}"
         f" | exact_match {_fmt(row.get('exact_match'))}"
+        f" | rouge_l {_fmt(row.get('rouge_l'))}"
         f" | down {_mb(row.get('bytes_down_per_client'))} up {_mb(row.get('bytes_up_per_client'))}"
         f" | {row.get('seconds', 0):.1f}s"
     )
 
 
 def final_table(first: dict[str, Any], last: dict[str, Any]) -> str:
-    keys = ["eval_loss", "perplexity", "exact_match"] + sorted(
-        k for k in last if k.startswith("exact_match/"))
+    keys = ["eval_loss", "perplexity", "exact_match", "rouge_l"] + sorted(
+        k for k in last if k.startswith(("exact_match/", "rouge_l/")))
     lines = [f"{'metric':<24}{'round 0':>12}{'round ' + str(last['round']):>12}"]
     for k in keys:
         if first.get(k) is None and last.get(k) is None:

@@ -1,6 +1,7 @@
-"""Evaluation: held-out loss and perplexity, greedy generation with exact match."""
+"""Evaluation: held-out loss and perplexity, greedy generation scored by exact match and
+Rouge-L."""
 
-from fedtune.eval.generate import exact_match, generate, normalize_answer
+from fedtune.eval.generate import answer_metrics, generate, normalize_answer, rouge_l
 from fedtune.eval.loss import heldout_loss
 
-__all__ = ["exact_match", "generate", "heldout_loss", "normalize_answer"]
+__all__ = ["answer_metrics", "generate", "heldout_loss", "normalize_answer", "rouge_l"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -46,16 +47,34 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_
     return outputs
 
 
-def exact_match(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
-                max_new_tokens: int = 16, batch_size: int = 32) -> dict[str, float]:
-    """Fraction of examples whose normalized greedy answer equals the reference, overall and
-    per category (keys ``exact_match`` and ``exact_match/<category>``)."""
+@functools.lru_cache(maxsize=1)
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """Rouge-L F-measure (``rouge-score``: lower-cased alphanumeric tokens, no stemming)."""
+    return _scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+def answer_metrics(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
+                   max_new_tokens: int = 16, batch_size: int = 32) -> dict[str, float]:
+    """Greedy answers scored by exact match (normalized) and Rouge-L F, overall and per
+    category (keys ``exact_match``, ``rouge_l``, ``exact_match/<category>``, ...) plus the
+    number of examples evaluated per category (``evaluated/<category>``)."""
     answers = generate(model, tokenizer, [render_prompt(e) for e in examples], max_new_tokens,
                        batch_size)
-    hits: dict[str, list[float]] = {}
+    scores: dict[str, list[float]] = {}
     for ex, ans in zip(examples, answers, strict=True):
-        ok = float(normalize_answer(ans) == normalize_answer(ex.output))
-        hits.setdefault("exact_match", []).append(ok)
-        if ex.category:
-            hits.setdefault(f"exact_match/{ex.category}", []).append(ok)
-    return {k: sum(v) / len(v) for k, v in hits.items()}
+        for name, value in (("exact_match",
+                             float(normalize_answer(ans) == normalize_answer(ex.output))),
+                            ("rouge_l", rouge_l(ans, ex.output))):
+            scores.setdefault(name, []).append(value)
+            if ex.category:
+                scores.setdefault(f"{name}/{ex.category}", []).append(value)
+    out = {k: sum(v) / len(v) for k, v in scores.items()}
+    out.update({f"evaluated/{k.split('/', 1)[1]}": float(len(v))
+                for k, v in scores.items() if k.startswith("exact_match/")})
+    return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedtune.config import Config
+from fedtune.data.tokenize import EncodedSet
 from fedtune.eval import heldout_loss
 from fedtune.fedit.model import peft_model_for
 from fedtune.lora import adapter_state, load_adapter_state
@@ -22,16 +23,18 @@ class TrainResult:
 
 
 def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: float,
-          node: Node) -> TrainResult:
-    """One local SFT round from the global adapter ``arrays``."""
+          node: Node, data: EncodedSet | None = None, steps: int | None = None) -> TrainResult:
+    """One local SFT round from the global adapter ``arrays`` on the node's data (or ``data``),
+    for ``local-steps`` optimizer steps (or ``steps``)."""
     model, tokenizer = peft_model_for(cfg)
     load_adapter_state(model, arrays)
-    data = node_data(cfg, node)
+    data = node_data(cfg, node) if data is None else data
     t = cfg.train
     stats = train_round(
         model, data,
-        SFTSettings(steps=t.local_steps, batch_size=t.batch_size, lr=lr, grad_accum=t.grad_accum,
-                    weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        SFTSettings(steps=steps or t.local_steps, batch_size=t.batch_size, lr=lr,
+                    grad_accum=t.grad_accum, weight_decay=t.weight_decay,
+                    max_grad_norm=t.max_grad_norm,
                     gradient_checkpointing=cfg.model.gradient_checkpointing),
         pad_id=tokenizer.pad_token_id,
         seed_parts=(cfg.server.seed, server_round, node.name),

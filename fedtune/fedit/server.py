@@ -10,7 +10,7 @@ import numpy as np
 from fedtune.config import Config
 from fedtune.data import eval_split
 from fedtune.data.tokenize import encode_examples
-from fedtune.eval import exact_match, heldout_loss
+from fedtune.eval import answer_metrics, heldout_loss
 from fedtune.fedit.model import initial_adapter, peft_model_for
 from fedtune.lora import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.models import build_tiny, is_tiny
@@ -46,7 +46,7 @@ class FedITServer:
         loss = heldout_loss(self.model, self.eval_data, self.tokenizer.pad_token_id,
                             self.cfg.eval.eval_batch_size)
         metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
-        metrics.update(exact_match(self.model, self.tokenizer, self.eval_examples,
+        metrics.update(answer_metrics(self.model, self.tokenizer, self.eval_examples,
                                    self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size))
         return metrics
 

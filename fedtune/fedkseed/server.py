@@ -10,7 +10,7 @@ import numpy as np
 from fedtune.config import Config
 from fedtune.data import eval_split
 from fedtune.data.tokenize import encode_examples
-from fedtune.eval import exact_match, heldout_loss
+from fedtune.eval import answer_metrics, heldout_loss
 from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
 from fedtune.fedkseed.pro import encode_importance
 from fedtune.models import build_tiny, is_tiny
@@ -58,7 +58,7 @@ class FedKSeedServer:
         loss = heldout_loss(self.zm.model, self.eval_data, self.zm.tokenizer.pad_token_id,
                             self.cfg.eval.eval_batch_size)
         metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
-        metrics.update(exact_match(self.zm.model, self.zm.tokenizer, self.eval_examples,
+        metrics.update(answer_metrics(self.zm.model, self.zm.tokenizer, self.eval_examples,
                                    self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size))
         return metrics
 

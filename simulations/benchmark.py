@@ -1,0 +1,226 @@
+"""Research benchmark runner: several methods on the same model, data and budget.
+
+    python -m simulations.benchmark --suite smoke            # < 10 min on a 2-core CPU
+    python -m simulations.benchmark --suite smoke --seeds 0 1 2
+
+Each (method, seed) runs ``fedtune simulate`` in its own process (FedIT and FedKSeed in
+Flower's Simulation Engine; the local and centralized baselines in-process), while a sampler
+records the peak resident memory of the whole process tree (Ray workers included). The suite
+writes ``results.md`` (a Markdown table: final and best metric, final held-out loss, bytes per
+client per round, total bytes per client, wall time, peak memory; mean ± std over seeds; the
+package versions and seeds) and ``results.png`` (held-out loss and metric per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Suite:
+    description: str
+    metric: str  # the task metric column: exact_match or rouge_l
+    num_clients: int
+    common: str  # --run-config overrides shared by every method
+    methods: dict[str, str] = field(default_factory=dict)  # method -> extra overrides
+    recipe: str | None = None
+
+
+ALL = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
+
+SUITES = {
+    "smoke": Suite(
+        "tiny model, built-in tasks, 8 clients (4 per round), 4 rounds",
+        metric="exact_match", num_clients=8,
+        common="num-server-rounds=4 eval-examples=48 max-new-tokens=6 fraction-evaluate=0.0",
+        methods={"fedit": "", "fedkseed": "zo-steps=100", "fedkseed-pro": "zo-steps=100",
+                 "local": "", "centralized": ""},
+    ),
+    "tiny": Suite(
+        "tiny model, built-in tasks, 8 clients (4 per round), the default 12 rounds",
+        metric="exact_match", num_clients=8, common="",
+        methods={m: "" for m in ALL},
+    ),
+    "ni-stories260k": Suite(
+        "Natural Instructions (FedKSeed setup) on stories260k: one client per train task",
+        metric="rouge_l", num_clients=40, common="", recipe="fedkseed-ni",
+        methods={"fedit": "", "fedkseed": "", "fedkseed-pro": ""},
+    ),
+    "dolly-stories260k": Suite(
+        "Dolly-15k, the FedIT split (10 clients) on stories260k",
+        metric="rouge_l", num_clients=10, common="", recipe="fedit-dolly",
+        methods={"fedit": "", "fedkseed": "", "local": "", "centralized": ""},
+    ),
+}
+
+
+def peak_tree_rss(proc: subprocess.Popen, stop: threading.Event, out: list[int]) -> None:
+    """Poll the summed RSS of ``proc`` and all its descendants; keep the maximum."""
+    try:
+        root = psutil.Process(proc.pid)
+    except psutil.NoSuchProcess:
+        return
+    peak = 0
+    while not stop.is_set():
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            break
+        peak = max(peak, total)
+        stop.wait(0.25)
+    out.append(peak)
+
+
+def run_one(suite: Suite, method: str, seed: int, out: Path) -> dict[str, Any]:
+    """Run one method with one seed; return its rows plus wall time and peak memory."""
+    name = f"{method}-seed{seed}"
+    overrides = " ".join(x for x in (suite.common, suite.methods[method], f"seed={seed}") if x)
+    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--algorithm", method,
+           "--num-clients", str(suite.num_clients), "--output-dir", str(out / "runs"),
+           "--name", name, "--run-config", overrides]
+    if suite.recipe:
+        cmd += ["--recipe", suite.recipe]
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        stop, peak = threading.Event(), []
+        sampler = threading.Thread(target=peak_tree_rss, args=(proc, stop, peak))
+        sampler.start()
+        rc = proc.wait()
+        stop.set()
+        sampler.join()
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise RuntimeError(f"{method} (seed {seed}) failed with exit code {rc}; see {log}")
+    (run_dir,) = sorted((out / "runs").glob(f"{name}-*"))[-1:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"method": method, "seed": seed, "rows": rows, "wall": wall,
+            "peak_mib": (peak[0] if peak else 0) / 2**20,
+            "total_bytes": summary["total_bytes_per_client"], "run_dir": str(run_dir)}
+
+
+def _stat(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def _round_bytes(rows: list[dict[str, Any]]) -> float:
+    trained = [r for r in rows[1:] if r.get("clients")]
+    if not trained:
+        return 0.0
+    return statistics.mean((r.get("bytes_down_per_client") or 0) + (r.get("bytes_up_per_client")
+                                                                      or 0) for r in trained)
+
+
+def table(suite_name: str, suite: Suite, results: list[dict[str, Any]], seeds: list[int]) -> str:
+    metric = suite.metric
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}"
+                         for p in ("fedtune", "flwr", "torch", "transformers", "peft"))
+    lines = [f"### Suite `{suite_name}`: {suite.description}", "",
+             f"Seeds {seeds}; {versions}. Metric: `{metric}` on the held-out set; bytes are "
+             "measured on the messages (down + up, per participating client per round).", "",
+             f"| method | final {metric} | best {metric} | final held-out loss | "
+             "bytes/client/round | total bytes/client | wall s | peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for method in suite.methods:
+        runs = [r for r in results if r["method"] == method]
+        if not runs:
+            continue
+        final = [r["rows"][-1].get(metric) or 0.0 for r in runs]
+        best = [max((row.get(metric) or 0.0) for row in r["rows"]) for r in runs]
+        loss = [r["rows"][-1]["eval_loss"] for r in runs]
+        lines.append(
+            f"| {method} | {_stat(final, '.3f')} | {_stat(best, '.3f')} | {_stat(loss, '.3f')} | "
+            f"{_stat([_round_bytes(r['rows']) for r in runs], ',.0f')} | "
+            f"{_stat([float(r['total_bytes']) for r in runs], ',.0f')} | "
+            f"{_stat([r['wall'] for r in runs], '.0f')} | "
+            f"{_stat([r['peak_mib'] for r in runs], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(suite: Suite, results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in suite.methods:
+        runs = [r for r in results if r["method"] == method]
+        if not runs:
+            continue
+        rounds = [row["round"] for row in runs[0]["rows"]]
+        for ax, key in ((ax_loss, "eval_loss"), (ax_metric, suite.metric)):
+            mean = [statistics.mean((r["rows"][i].get(key) or 0.0) for r in runs)
+                    for i in range(len(rounds))]
+            ax.plot(rounds, mean, "o-", label=method)
+    ax_loss.set_ylabel("held-out loss")
+    ax_metric.set_ylabel(f"held-out {suite.metric}")
+    for ax in (ax_loss, ax_metric):
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(suite.description, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="smoke")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", help="a subset of the suite's methods")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/<suite>)")
+    args = parser.parse_args(argv)
+    suite = SUITES[args.suite]
+    methods = args.methods or list(suite.methods)
+    unknown = set(methods) - set(suite.methods)
+    if unknown:
+        parser.error(f"suite '{args.suite}' has no method(s) {sorted(unknown)}")
+    out = args.out or Path("benchmarks") / args.suite
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        for method in methods:
+            print(f"[{args.suite}] {method} seed {seed} ...", flush=True)
+            res = run_one(suite, method, seed, out)
+            last = res["rows"][-1]
+            print(f"    {suite.metric} {last.get(suite.metric) or 0:.3f}, held-out loss "
+                  f"{last['eval_loss']:.3f}, {res['wall']:.0f} s, {res['peak_mib']:.0f} MiB",
+                  flush=True)
+            results.append(res)
+    md = table(args.suite, suite, results, args.seeds)
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps(
+        [{k: v for k, v in r.items()} for r in results], indent=1))
+    plot(suite, results, out / "results.png")
+    print(md)
+    print(f"wrote {out / 'results.md'} and {out / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,11 +50,25 @@ class LoraSection:
 
 @dataclass
 class DataConfig:
-    data: str = "builtin"  # built-in synthetic tasks, or a .json/.jsonl(.gz) Alpaca/Dolly file
-    eval_data: str = ""  # centralized held-out file; default: a seeded sample of `data`
+    # "builtin" (synthetic tasks); a .json/.jsonl/.csv(.gz)/.parquet file; a Hugging Face
+    # dataset name; a Natural Instructions folder; or a folder of local_training_<i>.json files
+    data: str = "builtin"
+    eval_data: str = ""  # centralized held-out file/folder; default: a seeded sample of `data`
     examples_per_client: int = 160
     eval_examples: int = 96  # held-out examples for centralized evaluation (all categories)
     client_eval_examples: int = 16  # held-out examples per client for federated evaluation
+    data_fields: str = ""  # e.g. "instruction=question,output=answer,category=topic"
+    partition: str = "auto"  # auto | iid | dirichlet | natural | shards
+    partition_by: str = "category"  # the Example field that labels dirichlet/natural/shards
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+    data_tasks: str = ""  # Natural Instructions: training task list file or comma list
+    eval_tasks: str = ""  # Natural Instructions: held-out task list file or comma list
+    ni_max_input_chars: int = 1024  # keep instances whose input is shorter than this
+    ni_min_instances: int = 20  # keep training tasks with at least this many instances
+    ni_sample_fraction: float = 0.2  # share of each training task's instances used
+    ni_eval_min: int = 20  # held-out instances per task: up to max(ni-eval-min, ...
+    ni_eval_fraction: float = 0.02  # ... ni-eval-fraction of the task's instances)
 
 
 @dataclass
@@ -216,6 +230,28 @@ class Config:
         need(z.zo_lr >= 0 and z.zo_eps >= 0 and z.zo_clip >= 0,
              "zo-lr, zo-eps and zo-clip must be >= 0 (0 = auto / off).")
         need(s.round_timeout > 0, f"round-timeout={s.round_timeout} must be positive seconds.")
+        d = self.data
+        partitions = ("auto", "iid", "dirichlet", "natural", "shards")
+        need(d.partition in partitions,
+             f"partition='{d.partition}' is unknown; use one of {', '.join(partitions)}.")
+        labels = ("category", "instruction", "input", "output")
+        need(d.partition_by in labels,
+             f"partition-by='{d.partition_by}' is unknown; use one of {', '.join(labels)}.")
+        need(d.dirichlet_alpha > 0, f"dirichlet-alpha={d.dirichlet_alpha} must be positive.")
+        for key, val in (("shards-per-client", d.shards_per_client),
+                         ("ni-max-input-chars", d.ni_max_input_chars)):
+            need(val >= 1, f"{key}={val} must be at least 1.")
+        need(d.ni_min_instances >= 0 and d.ni_eval_min >= 0,
+             "ni-min-instances and ni-eval-min must be >= 0.")
+        for key, val in (("ni-sample-fraction", d.ni_sample_fraction),
+                         ("ni-eval-fraction", d.ni_eval_fraction)):
+            need(0 < val <= 1, f"{key}={val} must be in (0, 1].")
+        from fedtune.data.layouts import parse_fields
+
+        try:
+            parse_fields(d.data_fields)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     @property
     def name(self) -> str:

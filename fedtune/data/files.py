@@ -1,88 +1,41 @@
-"""Read instruction data from JSON / JSONL files (Alpaca or Dolly layout).
+"""Read instruction examples from one data source: a file or a Hugging Face dataset name.
 
-Every malformed record is reported as one sentence naming the file, the line (JSONL) or the
-record index (JSON), and the field.
+Formats are in :mod:`fedtune.data.readers` (JSON, JSONL, CSV, Parquet, hub datasets), layouts
+in :mod:`fedtune.data.layouts` (Alpaca, Dolly, chat, ``data-fields`` mappings); a single
+Natural Instructions task file is read whole (no preprocessing rules). Every malformed record
+is reported as one sentence naming the file, the line or record, and the field.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
-from typing import Any
 
 from fedtune.data.example import Example
+from fedtune.data.layouts import parse_fields, to_example
+from fedtune.data.natural_instructions import task_examples, task_instances
+from fedtune.data.readers import DataFileError, file_records, hub_records, is_hub_name
 
-# layout name -> (instruction, input, output, category) field names
-LAYOUTS = {
-    "alpaca": ("instruction", "input", "output", "category"),
-    "dolly": ("instruction", "context", "response", "category"),
-}
-
-
-class DataFileError(ValueError):
-    """A malformed data file; the message names the file, line and field."""
+__all__ = ["DataFileError", "read_examples"]
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(
-        encoding="utf-8")
-
-
-def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(location, record) pairs; location is 'line N' for JSONL, 'record N' for JSON."""
-    name = path.name.removesuffix(".gz")
-    with _open(path) as fh:
-        if name.endswith(".jsonl"):
-            out = []
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append((f"line {lineno}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise DataFileError(
-                        f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove it."
-                    ) from None
-            return out
-        if name.endswith(".json"):
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise DataFileError(
-                    f"{path}: line {err.lineno} is not valid JSON ({err.msg}); fix the syntax."
-                ) from None
-            if not isinstance(data, list):
-                raise DataFileError(f"{path}: expected a JSON list of records at the top level.")
-            return [(f"record {i}", r) for i, r in enumerate(data)]
-    raise DataFileError(f"{path}: unsupported file type; use .json, .jsonl or .jsonl.gz.")
-
-
-def _layout(record: dict[str, Any]) -> str:
-    return "dolly" if "response" in record else "alpaca"
-
-
-def read_examples(path: str | Path) -> list[Example]:
-    """All examples of an Alpaca- or Dolly-layout file (the layout is detected per record)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataFileError(f"Data file '{p}' does not exist; pass an existing file or 'builtin'.")
+def read_examples(source: str | Path, fields: str | dict[str, str] = "") -> list[Example]:
+    """All examples of a data file or hub dataset; ``fields`` is a ``data-fields`` mapping."""
+    if isinstance(fields, str):
+        try:
+            fields = parse_fields(fields)
+        except ValueError as err:
+            raise DataFileError(str(err)) from None
+    hub = isinstance(source, str) and is_hub_name(source)
+    records = hub_records(source) if hub else file_records(source)
     out: list[Example] = []
-    for where, record in _records(p):
-        if not isinstance(record, dict):
-            raise DataFileError(f"{p}: {where} is not a JSON object; each record needs fields.")
-        inst, inp, outp, cat = LAYOUTS[_layout(record)]
-        for field in (inst, outp):
-            if not isinstance(record.get(field), str) or not record[field].strip():
-                raise DataFileError(
-                    f"{p}: {where}: field '{field}' is missing or not a non-empty string; "
-                    f"each record needs '{inst}' and '{outp}' text."
-                )
-        extra = record.get(inp, "")
-        if not isinstance(extra, str):
-            raise DataFileError(f"{p}: {where}: field '{inp}' must be a string.")
-        out.append(Example(instruction=record[inst], input=extra, output=record[outp],
-                           category=str(record.get(cat, ""))))
+    for where, record in records:
+        if where == "task":  # a Natural Instructions task object
+            p = Path(source)
+            definition, pairs = task_instances(record, p)
+            out += task_examples(p.name.removesuffix(".gz").removesuffix(".json"),
+                                 definition, pairs)
+            continue
+        out.append(to_example(record, f"{source}: {where}", fields))
     if not out:
-        raise DataFileError(f"{p}: no records found; the file is empty.")
+        raise DataFileError(f"{source}: no records found; the source is empty.")
     return out

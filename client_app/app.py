@@ -50,7 +50,8 @@ def train(msg: Message, context: Context) -> Message:
         return _reply(msg, zo=ConfigRecord({"pairs": pairs}),
                       metrics=MetricRecord({"num-examples": res.num_examples, **res.metrics}))
     result = fedit.train(cfg, from_arrayrecord(msg.content["arrays"]), server_round=rnd,
-                         lr=float(conf["lr"]), node=_node(context))
+                         lr=float(conf["lr"]), node=_node(context),
+                         prox_mu=float(conf.get("proximal-mu", 0.0)))  # sent by FedProx
     return _reply(msg, arrays=to_arrayrecord(result.arrays, WIRE_DTYPE),
                   metrics=MetricRecord({"num-examples": result.num_examples, **result.metrics}))
 

@@ -21,6 +21,8 @@ BASELINES = ("local", "centralized")  # no federation: run in-process by `fedtun
 ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro")
 OBJECTIVES = ("sft",)
 LR_SCHEDULES = ("constant", "cosine", "linear")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
+              "fedtrimmedavg", "krum")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -86,6 +88,21 @@ class TrainConfig:
 
 
 @dataclass
+class StrategySection:
+    """FedIT's server strategy (Flower's implementations) and its parameters."""
+
+    strategy: str = "fedavg"
+    server_lr: float = 0.0  # 0: 1.0 for fedavgm, 1e-3 for fedadam/fedyogi/fedadagrad
+    server_momentum: float = 0.9  # fedavgm
+    beta_1: float = 0.9  # fedadam, fedyogi
+    beta_2: float = 0.99  # fedadam, fedyogi
+    tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
+    prox_mu: float = 0.01  # fedprox: weight of the proximal term
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
+    krum_malicious: int = 1  # krum: number of malicious clients to tolerate
+
+
+@dataclass
 class ZOConfig:
     """FedKSeed (Qin et al., ICML 2024). Paper defaults: K=4096, tau=200, eps=5e-4, lr=3e-7
     for 1.3B parameters; 0 means "pick for the model size" (see fedtune.fedkseed.defaults)."""
@@ -133,6 +150,7 @@ SECTIONS = {
     "lora": LoraSection,
     "data": DataConfig,
     "train": TrainConfig,
+    "strategy": StrategySection,
     "zo": ZOConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
@@ -152,6 +170,7 @@ class Config:
     lora: LoraSection = field(default_factory=LoraSection)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategySection = field(default_factory=StrategySection)
     zo: ZOConfig = field(default_factory=ZOConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -224,6 +243,15 @@ class Config:
         need(0 <= s.fraction_evaluate <= 1,
              f"fraction-evaluate={s.fraction_evaluate} must be in [0, 1].")
         need(s.min_train_nodes >= 1, f"min-train-nodes={s.min_train_nodes} must be at least 1.")
+        st = self.strategy
+        need(st.strategy in STRATEGIES,
+             f"strategy='{st.strategy}' is unknown; use one of {', '.join(STRATEGIES)}.")
+        need(st.server_lr >= 0 and st.tau > 0 and st.prox_mu >= 0,
+             "server-lr and prox-mu must be >= 0 and tau > 0.")
+        need(0 <= st.trim_beta < 0.5, f"trim-beta={st.trim_beta} must be in [0, 0.5).")
+        need(0 <= st.server_momentum < 1 and 0 <= st.beta_1 < 1 and 0 <= st.beta_2 < 1,
+             "server-momentum, beta-1 and beta-2 must be in [0, 1).")
+        need(st.krum_malicious >= 0, f"krum-malicious={st.krum_malicious} must be >= 0.")
         z = self.zo
         need(1 <= z.zo_seeds <= 2**32, f"zo-seeds={z.zo_seeds} must be in [1, 2^32].")
         need(z.zo_steps >= 1, f"zo-steps={z.zo_steps} must be at least 1.")

@@ -21,7 +21,18 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    Strategy,
+)
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
@@ -31,10 +42,33 @@ from fedtune.zo import unpack_pairs
 
 
 def fedit_strategy(cfg: Config) -> Strategy:
-    """FedIT: FedAvg (McMahan et al., 2017) of LoRA adapters weighted by local examples."""
-    del cfg  # FedAvg has no tunable parameters here
-    return FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
-                  min_evaluate_nodes=1, min_available_nodes=1, weighted_by_key="num-examples")
+    """The Flower strategy named by ``strategy``, over LoRA adapters weighted by examples.
+
+    Flower's implementations are used as they are; fedtune only feeds them validated replies
+    in a stable order and the float32 global adapter (FedOpt keeps it as x_t).
+    """
+    st = cfg.strategy
+    common = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 1,
+              "min_evaluate_nodes": 1, "min_available_nodes": 1,
+              "weighted_by_key": "num-examples"}
+    # server-lr 0 = the usual value for adapters: 1.0 for FedAvgM (plain momentum on the
+    # average), 1e-3 for the adaptive FedOpt family (OpenFedLLM's setting)
+    eta = st.server_lr or (1.0 if st.strategy == "fedavgm" else 1e-3)
+    fedopt = {"eta": eta, "eta_l": cfg.train.lr, "beta_1": st.beta_1, "beta_2": st.beta_2,
+              "tau": st.tau}
+    factories = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedprox": lambda: FedProx(**common, proximal_mu=st.prox_mu),
+        "fedavgm": lambda: FedAvgM(**common, server_learning_rate=eta,
+                                   server_momentum=st.server_momentum),
+        "fedadam": lambda: FedAdam(**common, **fedopt),
+        "fedyogi": lambda: FedYogi(**common, **fedopt),
+        "fedadagrad": lambda: FedAdagrad(**common, eta=eta, eta_l=cfg.train.lr, tau=st.tau),
+        "fedmedian": lambda: FedMedian(**common),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=st.trim_beta),
+        "krum": lambda: Krum(**common, num_malicious_nodes=st.krum_malicious),
+    }
+    return factories[st.strategy]()
 
 
 class FedKSeedStrategy(Strategy):

@@ -23,7 +23,8 @@ class TrainResult:
 
 
 def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: float,
-          node: Node, data: EncodedSet | None = None, steps: int | None = None) -> TrainResult:
+          node: Node, data: EncodedSet | None = None, steps: int | None = None,
+          prox_mu: float = 0.0) -> TrainResult:
     """One local SFT round from the global adapter ``arrays`` on the node's data (or ``data``),
     for ``local-steps`` optimizer steps (or ``steps``)."""
     model, tokenizer = peft_model_for(cfg)
@@ -34,7 +35,7 @@ def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: flo
         model, data,
         SFTSettings(steps=steps or t.local_steps, batch_size=t.batch_size, lr=lr,
                     grad_accum=t.grad_accum, weight_decay=t.weight_decay,
-                    max_grad_norm=t.max_grad_norm,
+                    max_grad_norm=t.max_grad_norm, prox_mu=prox_mu,
                     gradient_checkpointing=cfg.model.gradient_checkpointing),
         pad_id=tokenizer.pad_token_id,
         seed_parts=(cfg.server.seed, server_round, node.name),

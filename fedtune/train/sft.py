@@ -26,6 +26,9 @@ class SFTSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    # FedProx (Li et al., MLSys 2020): + prox_mu/2 * ||theta - theta_global||^2 over the
+    # trainable parameters; theta_global is their value when the round starts.
+    prox_mu: float = 0.0
 
 
 @dataclass
@@ -88,6 +91,7 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train()
+    anchor = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []
     losses: list[float] = []
     tokens = 0
     start = time.perf_counter()
@@ -105,6 +109,11 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
                 loss = model(**batch).loss / settings.grad_accum
                 loss.backward()
                 step_loss += loss.item()
+            if anchor:  # the proximal term's gradient, mu * (theta - theta_global)
+                with torch.no_grad():
+                    for p, p0 in zip(params, anchor, strict=True):
+                        if p.grad is not None:
+                            p.grad.add_(p - p0, alpha=settings.prox_mu)
             if settings.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()

@@ -42,9 +42,9 @@ ALL = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
 
 SUITES = {
     "smoke": Suite(
-        "tiny model, built-in tasks, 8 clients (4 per round), 4 rounds",
+        "tiny model, built-in tasks, 8 clients (4 per round), 6 rounds",
         metric="exact_match", num_clients=8,
-        common="num-server-rounds=4 eval-examples=48 max-new-tokens=6 fraction-evaluate=0.0",
+        common="num-server-rounds=6 eval-examples=48 max-new-tokens=6 fraction-evaluate=0.0",
         methods={"fedit": "", "fedkseed": "zo-steps=100", "fedkseed-pro": "zo-steps=100",
                  "local": "", "centralized": ""},
     ),

@@ -21,15 +21,24 @@ def test_prompt_tokens_are_masked_and_response_plus_eos_is_labelled():
     assert enc.input_ids[enc.prompt_len :] == response_ids + [tok.eos_token_id]
 
 
-def test_truncation_keeps_some_response_or_drops_and_counts():
+def test_truncation_cuts_instruction_then_response_then_drops_and_counts():
     tok = load_tokenizer("tiny")
     full = encode_example(tok, EX, max_len=128)
-    cut = encode_example(tok, EX, max_len=full.prompt_len + 2)
-    assert len(cut.input_ids) == full.prompt_len + 2
-    assert sum(lbl != IGNORE_INDEX for lbl in cut.labels) == 2
-    assert encode_example(tok, EX, max_len=full.prompt_len) is None  # response cut away
-    data = encode_examples(tok, [EX, EX], max_len=full.prompt_len)
-    assert len(data) == 0 and data.dropped == 2
+    n_resp = len(full.input_ids) - full.prompt_len
+    # short of room: the instruction gives way so the whole (short) response still fits
+    cut = encode_example(tok, EX, max_len=len(full.input_ids) - 2)
+    assert len(cut.input_ids) <= len(full.input_ids) - 2
+    assert cut.labels[cut.prompt_len:] == full.labels[full.prompt_len:]
+    # the input alone (no instruction left) leaves room for a quarter: the response is cut
+    no_inst = encode_example(tok, Example("", EX.output, EX.input), max_len=128)
+    tight = no_inst.prompt_len + 2
+    enc = encode_example(tok, EX, max_len=tight)
+    assert len(enc.input_ids) == tight and sum(x != IGNORE_INDEX for x in enc.labels) == 2 < n_resp
+    # an input longer than the context: dropped and counted, never an all-masked row
+    huge = Example("Copy.", output="x", input="red fox " * 100)
+    data = encode_examples(tok, [huge, EX], max_len=64)
+    assert len(data) == 1 and data.dropped == 1
+    assert all(any(x != IGNORE_INDEX for x in it.labels) for it in data.items)
 
 
 def test_batch_loss_is_finite_and_padding_ignored():
@@ -46,3 +55,14 @@ def test_batch_loss_is_finite_and_padding_ignored():
         batch["input_ids"][1, len(data.items[1].input_ids) :],
         torch.full_like(batch["input_ids"][1, len(data.items[1].input_ids) :], tok.pad_token_id),
     )
+
+
+def test_long_definition_is_cut_not_the_input():
+    tok = load_tokenizer("tiny")
+    long = Example(instruction="Give the first word. " * 40, input="red fox owl", output="red")
+    full = encode_example(tok, long, max_len=512)
+    enc = encode_example(tok, long, max_len=60)
+    assert full.prompt_len > 60 and enc is not None and len(enc.input_ids) <= 60
+    text = tok.decode(enc.input_ids)
+    assert "red fox owl" in text and text.count("Give the first word.") < 40
+    assert enc.labels[enc.prompt_len:] == full.labels[full.prompt_len:]  # whole response kept

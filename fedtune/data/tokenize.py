@@ -9,7 +9,7 @@ its prompt is dropped and counted: it would otherwise give all-masked labels and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -39,12 +39,41 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def prompt_ids(tokenizer, example: Example) -> list[int]:
+    ids = _ids(tokenizer, render_prompt(example))
+    return [tokenizer.bos_token_id] + ids if tokenizer.bos_token_id is not None else ids
+
+
+def fit_prompt(tokenizer, example: Example, budget: int) -> Example:
+    """Shorten the instruction (a task definition, say), never the input, until the prompt
+    takes at most ``budget`` tokens; unchanged when it fits. If even an empty instruction does
+    not fit, the instruction is emptied and the caller decides (drop and count).
+
+    Natural Instructions definitions alone can exceed a small model's context; the instance
+    input is what the answer depends on, so the definition gives way first.
+    """
+    over = len(prompt_ids(tokenizer, example)) - budget
+    words = _ids(tokenizer, example.instruction)
+    cut = over
+    while over > 0 and cut < len(words):
+        text = tokenizer.decode(words[: len(words) - cut], skip_special_tokens=True).rstrip()
+        trial = replace(example, instruction=text)
+        over = len(prompt_ids(tokenizer, trial)) - budget
+        if over <= 0:
+            return trial
+        cut += over  # strictly more each time: terminates
+    return example if over <= 0 else replace(example, instruction="")
+
+
 def encode_example(tokenizer, example: Example, max_len: int) -> Encoded | None:
-    """BOS + prompt + response + EOS, cut to ``max_len``; ``None`` if no response token fits."""
-    prompt = _ids(tokenizer, render_prompt(example))
-    if tokenizer.bos_token_id is not None:
-        prompt = [tokenizer.bos_token_id] + prompt
+    """BOS + prompt + response + EOS, cut to ``max_len``; ``None`` if no response token fits.
+
+    When prompt + response do not fit, the instruction gives way first (:func:`fit_prompt`), so
+    that the response keeps up to a quarter of ``max_len``; then the response is cut.
+    """
     response = _ids(tokenizer, example.output) + [tokenizer.eos_token_id]
+    example = fit_prompt(tokenizer, example, max_len - min(len(response), max(1, max_len // 4)))
+    prompt = prompt_ids(tokenizer, example)
     if len(prompt) >= max_len:
         return None
     ids = (prompt + response)[:max_len]

@@ -9,6 +9,7 @@ import torch
 
 from fedtune.data.example import Example
 from fedtune.data.template import render_prompt
+from fedtune.data.tokenize import fit_prompt
 
 
 def normalize_answer(text: str) -> str:
@@ -60,10 +61,13 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def answer_metrics(model: torch.nn.Module, tokenizer, examples: Sequence[Example],
-                   max_new_tokens: int = 16, batch_size: int = 32) -> dict[str, float]:
+                   max_new_tokens: int = 16, batch_size: int = 32,
+                   max_len: int | None = None) -> dict[str, float]:
     """Greedy answers scored by exact match (normalized) and Rouge-L F, overall and per
     category (keys ``exact_match``, ``rouge_l``, ``exact_match/<category>``, ...) plus the
     number of examples evaluated per category (``evaluated/<category>``)."""
+    if max_len is not None:  # prompt + answer must fit the context: definitions give way
+        examples = [fit_prompt(tokenizer, e, max_len - max_new_tokens) for e in examples]
     answers = generate(model, tokenizer, [render_prompt(e) for e in examples], max_new_tokens,
                        batch_size)
     scores: dict[str, list[float]] = {}

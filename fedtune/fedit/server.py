@@ -47,7 +47,8 @@ class FedITServer:
                             self.cfg.eval.eval_batch_size)
         metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
         metrics.update(answer_metrics(self.model, self.tokenizer, self.eval_examples,
-                                   self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size))
+                                   self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size,
+                                      self.cfg.model.max_seq_len))
         return metrics
 
     def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:

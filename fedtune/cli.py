@@ -24,10 +24,17 @@ DEFAULT_CLIENTS = 8
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Defaults <- recipe <- --run-config <- explicit options (last wins)."""
+    """Defaults <- recipe <- --run-config <- explicit options (last wins).
+
+    A recipe may also say ``num-clients`` (the simulation's size, not a run-config key); an
+    explicit ``--num-clients`` wins.
+    """
     flat: dict[str, Any] = {}
     if args.recipe:
         flat.update(load_recipe(args.recipe))
+        recipe_clients = flat.pop("num-clients", None)
+        if args.num_clients is None and recipe_clients is not None:
+            args.num_clients = int(recipe_clients)
     if args.run_config:
         flat.update(parse_overrides(args.run_config))
     for key, value in (("algorithm", args.algorithm), ("num-server-rounds", args.rounds),
@@ -65,7 +72,7 @@ def _toml_value(value: Any) -> str:
 
 def simulate(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    num_clients = args.num_clients
+    num_clients = args.num_clients if args.num_clients is not None else DEFAULT_CLIENTS
     if num_clients < 1:
         raise ConfigError(f"--num-clients={num_clients} must be at least 1.")
     if cfg.server.min_train_nodes > num_clients:
@@ -182,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--recipe", help="TOML file of config keys")
     sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, local (each "
                      "client alone) or centralized (all data pooled)")
-    sim.add_argument("--num-clients", type=int, default=DEFAULT_CLIENTS)
+    sim.add_argument("--num-clients", type=int,
+                     help=f"virtual clients (default: the recipe's, else {DEFAULT_CLIENTS})")
     sim.add_argument("--rounds", type=int, help="num-server-rounds")
     sim.add_argument("--model", help="'tiny', a local folder or a Hugging Face id")
     sim.add_argument("--data", help="'builtin' or a .json/.jsonl(.gz) file")

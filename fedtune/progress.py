@@ -27,10 +27,11 @@ def round_line(row: dict[str, Any], num_rounds: int) -> str:
 
 def final_table(first: dict[str, Any], last: dict[str, Any]) -> str:
     keys = ["eval_loss", "perplexity", "exact_match", "rouge_l"] + sorted(
-        k for k in last if k.startswith(("exact_match/", "rouge_l/")))
-    lines = [f"{'metric':<24}{'round 0':>12}{'round ' + str(last['round']):>12}"]
+        k for k in last if k.startswith(("exact_match/", "rouge_l/", "evaluated/")))
+    keys = [k for k in keys if first.get(k) is not None or last.get(k) is not None]
+    width = max(24, *(len(k) + 2 for k in keys))
+    lines = [f"{'metric':<{width}}{'round 0':>12}{'round ' + str(last['round']):>12}"]
     for k in keys:
-        if first.get(k) is None and last.get(k) is None:
-            continue
-        lines.append(f"{k:<24}{_fmt(first.get(k), '.4f'):>12}{_fmt(last.get(k), '.4f'):>12}")
+        spec = ".0f" if k.startswith("evaluated/") else ".4f"
+        lines.append(f"{k:<{width}}{_fmt(first.get(k), spec):>12}{_fmt(last.get(k), spec):>12}")
     return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""Server strategies against hand computations of their formulas, through fedtune's round loop
+on an in-process Grid (no Ray); FedProx's pull towards the global adapter; robustness."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedtune.config import Config
+from fedtune.flower.loop import run_rounds
+from fedtune.flower.records import to_arrayrecord
+from fedtune.flower.validate import check_train_reply
+from server_app.strategies import fedit_strategy
+from tests.inprocess_grid import InProcessGrid
+
+X0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+DELTAS = [np.array([[0.3, 0.1], [-0.2, 0.4]], np.float32) * (p + 1) * (-1) ** p
+          for p in range(5)]
+EXAMPLES = [10, 20, 30, 15, 25]
+
+toy = ClientApp()
+
+
+@toy.query("identify")
+def _identify(msg: Message, context) -> Message:
+    name = f"client-{int(context.node_config['partition-id']):04d}"
+    return Message(RecordDict({"node": ConfigRecord({"name": name})}), reply_to=msg)
+
+
+@toy.train()
+def _train(msg: Message, context) -> Message:
+    """Client p replies the global array plus round * DELTAS[p], in float32."""
+    p = int(context.node_config["partition-id"])
+    rnd = int(msg.content["config"]["server-round"])
+    x = msg.content["arrays"]["w"].numpy()
+    content = RecordDict({"arrays": to_arrayrecord({"w": x + rnd * DELTAS[p]}),
+                          "metrics": MetricRecord({"num-examples": EXAMPLES[p],
+                                                   "train-loss": 1.0})})
+    return Message(content, reply_to=msg)
+
+
+class Toy:
+    wire_dtype = None  # float32 both ways: exact hand computations
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def initial_arrays(self):
+        return {"w": X0.copy()}
+
+    def train_config(self, server_round):
+        return {"lr": 0.1}
+
+    def evaluate(self, arrays):
+        self.seen.append(arrays["w"].copy())
+        return {"eval_loss": float(np.abs(arrays["w"]).sum())}
+
+
+def run_strategy(name: str, rounds: int = 2, **keys) -> list[np.ndarray]:
+    cfg = Config.from_flat({"strategy": name, "num-server-rounds": rounds,
+                            "fraction-train": 1.0, "fraction-evaluate": 0.0,
+                            "min-train-nodes": 1, "min-available-nodes": 5, **keys})
+    algo = Toy()
+    grid = InProcessGrid(toy, 5, cfg.to_flat())
+    run_rounds(grid, cfg, algo, fedit_strategy(cfg),
+               lambda c: check_train_reply(c, {"w": (2, 2)}), lambda row: None,
+               wait_for_nodes=1)
+    return algo.seen  # x_0, x_1, ..., x_rounds
+
+
+def replies(x, rnd):
+    return np.stack([x + rnd * d for d in DELTAS])
+
+
+def weighted(ys):
+    w = np.array(EXAMPLES, np.float64) / sum(EXAMPLES)
+    return np.tensordot(w, ys, axes=1)
+
+
+def test_fedavg_and_fedprox_average_by_examples():
+    for name in ("fedavg", "fedprox"):
+        xs = run_strategy(name)
+        x1 = weighted(replies(X0, 1))
+        np.testing.assert_allclose(xs[1], x1, rtol=1e-6)
+        np.testing.assert_allclose(xs[2], weighted(replies(x1, 2)), rtol=1e-6)
+
+
+def test_fedavgm_momentum():
+    beta, eta = 0.9, 1.0
+    xs = run_strategy("fedavgm", **{"server-momentum": beta})
+    x, m = X0.astype(np.float64), None
+    for rnd in (1, 2):
+        pg = x - weighted(replies(x, rnd))
+        m = pg if m is None else beta * m + pg
+        x = x - eta * m
+        np.testing.assert_allclose(xs[rnd], x, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_server_optimizers_over_two_rounds(name):
+    eta, b1, b2, tau = 0.05, 0.9, 0.99, 1e-3
+    xs = run_strategy(name, **{"server-lr": eta, "beta-1": b1, "beta-2": b2, "tau": tau})
+    if name == "fedadagrad":
+        b1 = 0.0  # Flower's FedAdagrad: m_t = delta_t
+    x = X0.astype(np.float64)
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    for rnd in (1, 2):
+        delta = weighted(replies(x, rnd)) - x
+        m = b1 * m + (1 - b1) * delta
+        if name == "fedadam":
+            v = b2 * v + (1 - b2) * delta**2
+            step = eta * np.sqrt(1 - b2 ** (rnd + 1)) / (1 - b1 ** (rnd + 1))
+        elif name == "fedyogi":
+            v = v - (1 - b2) * delta**2 * np.sign(v - delta**2)
+            step = eta
+        else:
+            v = v + delta**2
+            step = eta
+        x = x + step * m / (np.sqrt(v) + tau)
+        np.testing.assert_allclose(xs[rnd], x, rtol=1e-5, atol=1e-6)
+
+
+def test_median_trimmed_mean_and_krum():
+    ys = replies(X0, 1)
+    np.testing.assert_allclose(run_strategy("fedmedian", rounds=1)[1], np.median(ys, axis=0))
+    trimmed = np.sort(ys, axis=0)[1:-1].mean(axis=0)  # beta 0.2 of 5: one cut at each end
+    np.testing.assert_allclose(run_strategy("fedtrimmedavg", rounds=1)[1], trimmed, rtol=1e-6)
+    # Krum (f = 1): score = sum of squared distances to the n - f - 2 = 2 nearest others
+    flat = ys.reshape(5, -1).astype(np.float64)
+    d = ((flat[:, None] - flat[None]) ** 2).sum(-1)
+    scores = [np.sort(row)[1:3].sum() for row in d]
+    np.testing.assert_allclose(run_strategy("krum", rounds=1)[1], ys[int(np.argmin(scores))],
+                               rtol=1e-6)
+
+
+def test_every_strategy_name_builds():
+    from fedtune.config import STRATEGIES
+
+    for name in STRATEGIES:
+        assert fedit_strategy(Config.from_flat({"strategy": name})) is not None
+    with pytest.raises(ValueError, match="strategy='fedsgd' is unknown"):
+        Config.from_flat({"strategy": "fedsgd"})
+
+
+def test_fedprox_keeps_the_local_adapter_closer_to_the_global_one():
+    from fedtune.fedit import client
+    from fedtune.fedit.model import initial_adapter
+    from fedtune.node import Node
+    from tests.conftest import small_config
+
+    cfg = small_config(**{"local-steps": 20, "lr": 5e-3})
+    start = initial_adapter(cfg)
+    node = Node("client-0000", 0, 4)
+
+    def distance(mu):
+        out = client.train(cfg, start, 1, 5e-3, node, prox_mu=mu).arrays
+        return float(np.sqrt(sum(((out[k] - start[k]) ** 2).sum() for k in start)))
+
+    plain, prox = distance(0.0), distance(5.0)
+    assert prox < 0.9 * plain, (plain, prox)
+
+
+def _attack(node_index: int, grid_ref: list):
+    """Client ``node_index`` replies global + 100 x its own change, in every array."""
+    def tamper(node_id, reply):
+        grid = grid_ref[0]
+        if reply.metadata.message_type != "train" or node_id != sorted(grid.contexts)[node_index]:
+            return reply
+        sent = next(m for m in reversed(grid.sent) if m.metadata.dst_node_id == node_id
+                    and m.metadata.message_type == "train")
+        arrays = reply.content["arrays"]
+        for key in list(arrays):
+            g = sent.content["arrays"][key].numpy().astype(np.float32)
+            r = arrays[key].numpy().astype(np.float32)
+            arrays[key] = Array((g + 100 * (r - g)).astype(np.float16))
+        return reply
+    return tamper
+
+
+def _iid_files(tmp_path) -> tuple[str, str]:
+    """The built-in tasks mixed IID, as files: Krum keeps one client's model, which is only a
+    fair comparison when benign clients are alike."""
+    import json
+
+    from fedtune.data.synthetic import CATEGORIES, make_examples
+
+    paths = []
+    for held_out, n in ((False, 80), (True, 8)):
+        rows = [{"instruction": e.instruction, "input": e.input, "output": e.output,
+                 "category": e.category}
+                for c in CATEGORIES for e in make_examples(c, n, seed=3, held_out=held_out)]
+        path = tmp_path / f"{'eval' if held_out else 'train'}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def _final_loss(strategy: str, attacked: bool, data: tuple[str, str]) -> float:
+    from client_app.app import app
+    from tests.conftest import run_loop, small_config
+
+    cfg = small_config(**{"strategy": strategy, "num-server-rounds": 3, "fraction-train": 1.0,
+                          "fraction-evaluate": 0.0, "local-steps": 6, "eval-examples": 32,
+                          "min-available-nodes": 5, "trim-beta": 0.2, "krum-malicious": 1,
+                          "data": data[0], "eval-data": data[1], "partition": "iid"})
+    ref: list = []
+    grid = InProcessGrid(app, 5, cfg.to_flat(), tamper=_attack(0, ref) if attacked else None)
+    ref.append(grid)
+    rows: list = []
+    run_loop(grid, cfg, rows.append)
+    return rows[-1]["eval_loss"]
+
+
+def test_robust_strategies_survive_a_scaled_update_attack(capsys, tmp_path):
+    data = _iid_files(tmp_path)
+    table = {}
+    for name in ("fedavg", "fedmedian", "fedtrimmedavg", "krum"):
+        table[name] = (_final_loss(name, False, data), _final_loss(name, True, data))
+    with capsys.disabled():
+        for name, (clean, hit) in table.items():
+            print(f"\n{name:>14}: clean {clean:.3f}  attacked {hit:.3f}  ({hit / clean - 1:+.0%})")
+    for name in ("fedmedian", "fedtrimmedavg", "krum"):
+        clean, hit = table[name]
+        assert abs(hit - clean) <= 0.10 * clean, (name, clean, hit)
+    clean, hit = table["fedavg"]
+    assert hit > 1.10 * clean, ("fedavg", clean, hit)

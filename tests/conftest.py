@@ -43,6 +43,29 @@ def small_config(**overrides):
     return Config.from_flat(flat)
 
 
+def tiny_llama(tied: bool = False):
+    """A 2-layer, hidden-32 Llama built from config (no download), in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=tied)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads crawl on a busy 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def stories_path() -> Path:
     if not (STORIES / "config.json").exists():

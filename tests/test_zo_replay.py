@@ -28,13 +28,7 @@ K = 64
 SEEDS = derive_seeds(11, K)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads crawl on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def some_params(dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

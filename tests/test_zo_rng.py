@@ -201,19 +201,9 @@ def test_tied_and_aliased_weights_are_perturbed_once_and_frozen_ones_never() -> 
 
 
 def test_tiny_llama_with_tied_embeddings_lists_each_weight_once() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.conftest import tiny_llama
 
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(cfg)
+    model = tiny_llama(tied=True)
     names = [n for n, _ in zo_named_parameters(model)]
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert "lm_head.weight" not in names and names[0] == "model.embed_tokens.weight"

@@ -9,15 +9,9 @@ import torch
 from torch import nn
 
 from fedtune.zo import add_perturbation_, derive_seeds, perturbation, zo_parameters, zo_step
+from tests.conftest import tiny_llama
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads crawl on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ulps(x: torch.Tensor) -> torch.Tensor:
@@ -94,22 +88,6 @@ def test_clipped_or_nan_second_loss_restores_the_weights() -> None:
     res = zo_step([w], lambda: next(losses), seed=9, seed_index=1, eps=1e-3, lr=1e-3, clip=100.0)
     assert not res.skipped and res.g == pytest.approx(0.001 / 2e-3)
     assert not torch.allclose(w.detach(), before, rtol=0, atol=1e-5)
-
-
-def tiny_llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def test_loss_decreases_on_a_tiny_llama_without_autograd() -> None:

@@ -113,6 +113,10 @@ class ZOConfig:
     zo_eps: float = 0.0  # perturbation scale; 0 = auto
     zo_clip: float = 0.0  # skip a step whose |g| exceeds this (0 = never)
     zo_equal_weights: bool = False  # aggregate clients equally instead of by examples
+    zo_server_momentum: float = 0.0  # server momentum on the round's change of A (0 = off)
+    # Robust aggregation: clip every scalar of the round to +-(factor x the median |g| over all
+    # clients' scalars) before adding; bounds what one scaled-up client can do (0 = off).
+    zo_robust_clip: float = 0.0
     save_full_model: bool = False  # FedKSeed: also write the replayed model as an HF folder
     # Where replayed versions are shared between processes on one machine ("" = no sharing;
     # `fedtune simulate` points it into the run folder).
@@ -255,6 +259,8 @@ class Config:
         z = self.zo
         need(1 <= z.zo_seeds <= 2**32, f"zo-seeds={z.zo_seeds} must be in [1, 2^32].")
         need(z.zo_steps >= 1, f"zo-steps={z.zo_steps} must be at least 1.")
+        need(0 <= z.zo_server_momentum < 1 and z.zo_robust_clip >= 0,
+             "zo-server-momentum must be in [0, 1) and zo-robust-clip >= 0.")
         need(z.zo_lr >= 0 and z.zo_eps >= 0 and z.zo_clip >= 0,
              "zo-lr, zo-eps and zo-clip must be >= 0 (0 = auto / off).")
         need(s.round_timeout > 0, f"round-timeout={s.round_timeout} must be positive seconds.")

@@ -143,3 +143,41 @@ def test_loss_decreases_over_rounds():
     rows, _, _ = _run(zo_config(**{"num-server-rounds": 3, "zo-steps": 20, "batch-size": 4,
                                    "fraction-train": 1.0}))
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+
+
+def _server(**keys):
+    from fedtune.fedkseed.server import FedKSeedServer
+
+    return FedKSeedServer(zo_config(**keys))
+
+
+def _honest_replies(seed=0, n_clients=5, tau=6):
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, tau), rng.normal(0, 1, tau).astype(np.float32), 10 + i)
+            for i in range(n_clients)]
+
+
+def test_server_momentum_on_the_accumulated_vector():
+    server = _server(**{"zo-server-momentum": 0.5, "zo-equal-weights": True})
+    plain = _server(**{"zo-equal-weights": True})
+    r1, r2 = _honest_replies(1), _honest_replies(2)
+    a0 = np.zeros(256, np.float32)
+    d1 = plain.aggregate(a0, r1)
+    d2 = plain.aggregate(a0, r2)
+    a1 = server.aggregate(a0, r1)
+    a2 = server.aggregate(a1, r2)
+    np.testing.assert_allclose(a1, d1, rtol=1e-6)
+    np.testing.assert_allclose(a2, d1 + 0.5 * d1 + d2, rtol=1e-5, atol=1e-6)
+
+
+def test_robust_clip_bounds_a_scaled_up_client():
+    clean = _honest_replies(3)
+    attacked = [(i, g * (100 if k == 0 else 1), n) for k, (i, g, n) in enumerate(clean)]
+    a0 = np.zeros(256, np.float32)
+    base = _server().aggregate(a0, clean)
+    hit = _server().aggregate(a0, attacked)
+    robust_clean = _server(**{"zo-robust-clip": 3.0}).aggregate(a0, clean)
+    robust_hit = _server(**{"zo-robust-clip": 3.0}).aggregate(a0, attacked)
+    harm = np.linalg.norm(hit - base) / np.linalg.norm(base)
+    robust_harm = np.linalg.norm(robust_hit - robust_clean) / np.linalg.norm(robust_clean)
+    assert harm > 10 and robust_harm < 1.0, (harm, robust_harm)

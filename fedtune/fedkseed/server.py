@@ -29,6 +29,7 @@ class FedKSeedServer:
         self.pro = cfg.train.algorithm == "fedkseed-pro"
         self.zm = zo_model_for(cfg)
         self.pool = SeedPool(self.zm.seeds)
+        self.momentum = np.zeros(self.pool.k, dtype=np.float32)  # zo-server-momentum state
         self.eval_examples = eval_split(cfg.data, cfg.server.seed)
         self.eval_data = encode_examples(self.zm.tokenizer, self.eval_examples,
                                          cfg.model.max_seq_len)
@@ -44,14 +45,29 @@ class FedKSeedServer:
 
     def aggregate(self, accumulated: np.ndarray, replies: list[tuple[np.ndarray, np.ndarray, int]]
                   ) -> np.ndarray:
-        """A += sum_i w_i * g_i (in reply order), and Pro's statistics; returns the new A."""
-        new = accumulated.astype(np.float32, copy=True)
+        """A += sum_i w_i * g_i (in reply order), and Pro's statistics; returns the new A.
+
+        Options: ``zo-robust-clip`` bounds every scalar by a multiple of the round's median |g|
+        (a client that scales its scalars up cannot move A further than an honest one), and
+        ``zo-server-momentum`` adds beta x the previous round's step (the model is still the
+        replay of A, so every party stays exact).
+        """
+        z = self.cfg.zo
+        if z.zo_robust_clip > 0 and replies:
+            scale = float(np.median(np.abs(np.concatenate([g for _, g, _ in replies]))))
+            bound = np.float32(z.zo_robust_clip * scale)
+            replies = [(i, np.clip(g, -bound, bound), n) for i, g, n in replies]
+        delta = np.zeros_like(accumulated, dtype=np.float32)
         total = sum(n for _, _, n in replies)
         for indices, scalars, n in replies:
-            weight = 1.0 / len(replies) if self.cfg.zo.zo_equal_weights else n / total
-            accumulate_(new, indices, scalars, weight)
+            weight = 1.0 / len(replies) if z.zo_equal_weights else n / total
+            accumulate_(delta, indices, scalars, weight)
             self.pool.update(indices, scalars)
-        return new
+        if z.zo_server_momentum > 0:
+            self.momentum = (np.float32(z.zo_server_momentum) * self.momentum + delta).astype(
+                np.float32)
+            delta = self.momentum
+        return (accumulated + delta).astype(np.float32)
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)
@@ -67,7 +83,7 @@ class FedKSeedServer:
         """``fedkseed-state.npz`` (seeds, A, lr, Pro statistics) and, on request, the model."""
         out = run_dir / STATE_FILE
         np.savez(out, seeds=self.pool.seeds, accumulated=arrays["accumulated"],
-                 lr=np.float64(self.zm.lr), eps=np.float64(self.zm.eps),
+                 lr=np.float64(self.zm.lr), eps=np.float64(self.zm.eps), momentum=self.momentum,
                  **{f"pro_{k}": v for k, v in self.pool.state_dict().items()})
         (run_dir / "fedkseed.json").write_text(json.dumps(
             {"base_model": self.cfg.model.model, "state": STATE_FILE, "lr": self.zm.lr,

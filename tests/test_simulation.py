@@ -148,3 +148,14 @@ def test_fedkseed_pro_runs_in_the_simulation_engine(tmp_path):
         assert torch.equal(a, b), name  # export replays the same canonical model
     base = AutoModelForCausalLM.from_pretrained(run / "base-model")
     assert not torch.equal(base.lm_head.weight, exported.lm_head.weight)
+
+
+def test_a_non_default_strategy_runs_in_the_simulation_engine(tmp_path):
+    stdout = fedtune("simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
+                     str(tmp_path), "--run-config", SMALL + " strategy='fedadam' server-lr=0.01",
+                     cwd=tmp_path)
+    assert "round   2/2" in stdout
+    (run,) = tmp_path.glob("fedit-sft-*")
+    assert json.loads((run / "config.json").read_text())["strategy"]["strategy"] == "fedadam"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]

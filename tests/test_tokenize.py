@@ -66,3 +66,20 @@ def test_long_definition_is_cut_not_the_input():
     text = tok.decode(enc.input_ids)
     assert "red fox owl" in text and text.count("Give the first word.") < 40
     assert enc.labels[enc.prompt_len:] == full.labels[full.prompt_len:]  # whole response kept
+
+
+def test_chat_examples_use_the_tokenizer_chat_template():
+    import copy
+
+    tok = copy.deepcopy(load_tokenizer("tiny"))
+    chat = Example(instruction="Give the first word.", output="red",
+                   messages=(("system", "Be brief."), ("user", "Give the first word.")))
+    alpaca = tok.decode(encode_example(tok, chat, 128).input_ids)
+    assert "### Instruction:" in alpaca  # no template: the Alpaca fallback
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                         "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    enc = encode_example(tok, chat, 128)
+    text = tok.decode(enc.input_ids)
+    assert "[system] Be brief." in text and "[user] Give the first word." in text
+    assert text.rstrip().endswith("red</s>") and "### Instruction" not in text
+    assert enc.input_ids.count(tok.bos_token_id) == 1

@@ -40,8 +40,11 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def prompt_ids(tokenizer, example: Example) -> list[int]:
-    ids = _ids(tokenizer, render_prompt(example))
-    return [tokenizer.bos_token_id] + ids if tokenizer.bos_token_id is not None else ids
+    text = render_prompt(example, tokenizer)
+    ids = _ids(tokenizer, text)
+    has_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
+    return [tokenizer.bos_token_id] + ids if tokenizer.bos_token_id is not None and not has_bos \
+        else ids
 
 
 def fit_prompt(tokenizer, example: Example, budget: int) -> Example:

@@ -30,8 +30,9 @@ def generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
-            if tokenizer.bos_token_id is not None:
-                ids = [[tokenizer.bos_token_id] + x for x in ids]
+            bos = tokenizer.bos_token_id
+            if bos is not None:  # as in training; a chat template may have written it already
+                ids = [x if x[:1] == [bos] else [bos] + x for x in ids]
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
             out = model.generate(
                 **enc,
@@ -68,8 +69,8 @@ def answer_metrics(model: torch.nn.Module, tokenizer, examples: Sequence[Example
     number of examples evaluated per category (``evaluated/<category>``)."""
     if max_len is not None:  # prompt + answer must fit the context: definitions give way
         examples = [fit_prompt(tokenizer, e, max_len - max_new_tokens) for e in examples]
-    answers = generate(model, tokenizer, [render_prompt(e) for e in examples], max_new_tokens,
-                       batch_size)
+    prompts = [render_prompt(e, tokenizer) for e in examples]
+    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     scores: dict[str, list[float]] = {}
     for ex, ans in zip(examples, answers, strict=True):
         for name, value in (("exact_match",

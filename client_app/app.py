@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -14,6 +15,8 @@ from fedtune.logs import quiet_third_party
 from fedtune.lora import WIRE_DTYPE
 from fedtune.node import Node
 from fedtune.zo import pack_pairs
+
+CONTROL = "scaffold"  # record name of SCAFFOLD control variates (c down, c_i+ - c_i up)
 
 quiet_third_party()
 app = ClientApp()
@@ -49,11 +52,24 @@ def train(msg: Message, context: Context) -> Message:
         pairs = pack_pairs(res.seed_indices, res.scalars, cfg.zo.zo_seeds)
         return _reply(msg, zo=ConfigRecord({"pairs": pairs}),
                       metrics=MetricRecord({"num-examples": res.num_examples, **res.metrics}))
-    result = fedit.train(cfg, from_arrayrecord(msg.content["arrays"]), server_round=rnd,
-                         lr=float(conf["lr"]), node=_node(context),
-                         prox_mu=float(conf.get("proximal-mu", 0.0)))  # sent by FedProx
-    return _reply(msg, arrays=to_arrayrecord(result.arrays, WIRE_DTYPE),
-                  metrics=MetricRecord({"num-examples": result.num_examples, **result.metrics}))
+    arrays = from_arrayrecord(msg.content["arrays"])
+    control = None
+    if CONTROL in msg.content.array_records:  # SCAFFOLD: c from the server, c_i kept here
+        c = from_arrayrecord(msg.content[CONTROL])
+        mine = context.state.array_records.get(CONTROL)
+        c_i = from_arrayrecord(mine) if mine is not None else {
+            k: np.zeros_like(v) for k, v in c.items()}
+        control = (c, c_i)
+    result = fedit.train(cfg, arrays, server_round=rnd, lr=float(conf["lr"]),
+                         node=_node(context), prox_mu=float(conf.get("proximal-mu", 0.0)),
+                         control=control)
+    records = {"arrays": to_arrayrecord(result.arrays, WIRE_DTYPE),
+               "metrics": MetricRecord({"num-examples": result.num_examples, **result.metrics})}
+    if result.control is not None:
+        c_new, delta = result.control
+        context.state[CONTROL] = to_arrayrecord(c_new)  # persists per node between rounds
+        records[CONTROL] = to_arrayrecord(delta)
+    return _reply(msg, **records)
 
 
 @app.evaluate()

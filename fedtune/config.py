@@ -22,7 +22,7 @@ ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro")
 OBJECTIVES = ("sft",)
 LR_SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
-              "fedtrimmedavg", "krum")
+              "fedtrimmedavg", "krum", "scaffold")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -81,3 +81,10 @@ def load_adapter_state(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
 def adapter_spec(model: PeftModel) -> dict[str, tuple[int, ...]]:
     """Key -> shape, used by the server to validate client replies."""
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+
+
+def trainable_keys(model: PeftModel) -> list[str]:
+    """The adapter-state key of every trainable parameter, in ``model.parameters()`` order
+    (matched by storage: peft's state dict holds views of the parameters)."""
+    by_ptr = {v.data_ptr(): k for k, v in get_peft_model_state_dict(model).items()}
+    return [by_ptr[p.data_ptr()] for p in model.parameters() if p.requires_grad]

@@ -40,6 +40,8 @@ from fedtune.config import Config
 from fedtune.fedkseed.server import FedKSeedServer
 from fedtune.zo import unpack_pairs
 
+CONTROL = "scaffold"  # the record that carries SCAFFOLD's control variates
+
 
 def fedit_strategy(cfg: Config) -> Strategy:
     """The Flower strategy named by ``strategy``, over LoRA adapters weighted by examples.
@@ -67,8 +69,48 @@ def fedit_strategy(cfg: Config) -> Strategy:
         "fedmedian": lambda: FedMedian(**common),
         "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=st.trim_beta),
         "krum": lambda: Krum(**common, num_malicious_nodes=st.krum_malicious),
+        "scaffold": lambda: Scaffold(num_clients=cfg.server.min_available_nodes, **common),
     }
     return factories[st.strategy]()
+
+
+class Scaffold(FedAvg):
+    """SCAFFOLD (Karimireddy et al., ICML 2020, option II) over LoRA adapters.
+
+    Rounds send the global adapter x and the server's control variate c (record ``scaffold``);
+    a client corrects every gradient by c - c_i, keeps c_i in its ``Context.state`` and replies
+    with its adapter y_i and c_i+ - c_i. The server averages the adapters (FedAvg by examples,
+    global step size 1) and updates c += (|S| / N) * mean_i(c_i+ - c_i), N = ``num_clients``
+    (set ``min-available-nodes`` to the federation size; ``fedtune simulate`` does).
+    """
+
+    def __init__(self, num_clients: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_clients = max(1, num_clients)
+        self.control: dict[str, np.ndarray] | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if self.control is None:
+            self.control = {k: np.zeros_like(v.numpy(), dtype=np.float32)
+                            for k, v in arrays.items()}
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        control = ArrayRecord({k: Array(v) for k, v in self.control.items()})
+        for content in {id(m.content): m.content for m in messages}.values():
+            content[CONTROL] = control
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        deltas = [r.content.array_records.pop(CONTROL) for r in replies]  # not an adapter
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None and self.control is not None and deltas:
+            for key in self.control:  # (|S| / N) * mean over S  ==  sum over S / N
+                total = sum(d[key].numpy().astype(np.float64) for d in deltas)
+                self.control[key] = (self.control[key] + total / self.num_clients).astype(
+                    np.float32)
+        return arrays, metrics
 
 
 class FedKSeedStrategy(Strategy):

@@ -225,3 +225,78 @@ def test_robust_strategies_survive_a_scaled_update_attack(capsys, tmp_path):
         assert abs(hit - clean) <= 0.10 * clean, (name, clean, hit)
     clean, hit = table["fedavg"]
     assert hit > 1.10 * clean, ("fedavg", clean, hit)
+
+
+CONTROL_DELTAS = [np.full((2, 2), 0.1 * (p + 1), np.float32) for p in range(5)]
+toy_scaffold = ClientApp()
+toy_scaffold.query("identify")(_identify)
+
+
+@toy_scaffold.train()
+def _train_scaffold(msg: Message, context) -> Message:
+    reply = _train(msg, context)
+    p = int(context.node_config["partition-id"])
+    assert "scaffold" in msg.content.array_records  # the server's c travels with x
+    context.state["seen-c"] = msg.content["scaffold"]
+    reply.content["scaffold"] = to_arrayrecord({"w": CONTROL_DELTAS[p]})
+    return reply
+
+
+def test_scaffold_server_averages_adapters_and_updates_c():
+    cfg = Config.from_flat({"strategy": "scaffold", "num-server-rounds": 2,
+                            "fraction-train": 0.6, "fraction-evaluate": 0.0,
+                            "min-train-nodes": 1, "min-available-nodes": 5})
+    algo = Toy()
+    grid = InProcessGrid(toy_scaffold, 5, cfg.to_flat())
+    strategy = fedit_strategy(cfg)
+    spec = {"w": (2, 2)}
+    run_rounds(grid, cfg, algo, strategy,
+               lambda c: check_train_reply(c, spec) or (
+                   None if "scaffold" in c.array_records else "no scaffold"),
+               lambda row: None, wait_for_nodes=1)
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    r1 = [m for m in sent if m.content["config"]["server-round"] == 1]
+    r2 = [m for m in sent if m.content["config"]["server-round"] == 2]
+    parts = lambda msgs: [int(grid.contexts[m.metadata.dst_node_id].node_config["partition-id"])  # noqa: E731
+                          for m in msgs]
+    np.testing.assert_array_equal(r1[0].content["scaffold"]["w"].numpy(), 0.0)
+    c1 = sum(CONTROL_DELTAS[p] for p in parts(r1)) / 5  # c += (|S|/N) mean = sum / N
+    np.testing.assert_allclose(r2[0].content["scaffold"]["w"].numpy(), c1, rtol=1e-6)
+    chosen = parts(r1)
+    w = np.array([EXAMPLES[p] for p in chosen], np.float64)
+    x1 = sum(wi * (X0 + DELTAS[p]) for wi, p in zip(w / w.sum(), chosen, strict=True))
+    np.testing.assert_allclose(algo.seen[1], x1, rtol=1e-6)
+
+
+def test_scaffold_client_corrects_gradients_and_keeps_its_variate():
+    from client_app.app import app
+    from fedtune.fedit import client
+    from fedtune.fedit.model import initial_adapter
+    from fedtune.node import Node
+    from tests.conftest import run_loop, small_config
+
+    cfg = small_config(**{"local-steps": 5, "lr": 2e-3, "lora-dropout": 0.0})
+    x = initial_adapter(cfg)
+    node = Node("client-0000", 0, 3)
+    zeros = {k: np.zeros_like(v) for k, v in x.items()}
+    plain = client.train(cfg, x, 1, 2e-3, node)
+    same = client.train(cfg, x, 1, 2e-3, node, control=(zeros, zeros))
+    rng = np.random.default_rng(0)
+    c = {k: rng.normal(0, 1e-2, v.shape).astype(np.float32) for k, v in x.items()}
+    moved = client.train(cfg, x, 1, 2e-3, node, control=(c, zeros))
+    for k in x:  # c = c_i: no correction; c != c_i: a different trajectory
+        np.testing.assert_array_equal(same.arrays[k], plain.arrays[k])
+    assert any(not np.array_equal(moved.arrays[k], plain.arrays[k]) for k in x)
+    c_new, delta = moved.control
+    for k in x:  # option II: c_i+ = c_i - c + (x - y) / (K lr)
+        want = -c[k] + (x[k] - moved.arrays[k]) / (5 * 2e-3)
+        np.testing.assert_allclose(c_new[k], want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(delta[k], c_new[k], rtol=1e-6)
+
+    cfg = small_config(**{"strategy": "scaffold", "fraction-train": 1.0, "min-available-nodes": 3,
+                          "fraction-evaluate": 0.0})
+    grid = InProcessGrid(app, 3, cfg.to_flat())
+    rows: list = []
+    run_loop(grid, cfg, rows.append)
+    assert all(r["clients"] == 3 for r in rows[1:]) and rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+    assert all("scaffold" in ctx.state.array_records for ctx in grid.contexts.values())

@@ -15,7 +15,7 @@ from fedtune.config import ZO_ALGORITHMS, Config
 from fedtune.fedit.server import FedITServer
 from fedtune.fedkseed.server import FedKSeedServer
 from fedtune.flower.loop import run_rounds
-from fedtune.flower.validate import check_train_reply, check_zo_reply
+from fedtune.flower.validate import check_arrays, check_train_reply, check_zo_reply
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
@@ -30,6 +30,10 @@ def server_side(cfg: Config) -> tuple[FedITServer | FedKSeedServer, Check]:
         return zo, lambda c: check_zo_reply(c, cfg.zo.zo_seeds, cfg.zo.zo_steps)
     lora = FedITServer(cfg)
     spec = lora.spec()
+    if cfg.strategy.strategy == "scaffold":  # replies also carry c_i+ - c_i, same shapes
+        return lora, lambda c: check_train_reply(c, spec) or (
+            check_arrays(c.array_records["scaffold"], spec) if "scaffold" in c.array_records
+            else "no 'scaffold' record (SCAFFOLD control variate change)")
     return lora, lambda c: check_train_reply(c, spec)
 
 

@@ -29,6 +29,9 @@ class SFTSettings:
     # FedProx (Li et al., MLSys 2020): + prox_mu/2 * ||theta - theta_global||^2 over the
     # trainable parameters; theta_global is their value when the round starts.
     prox_mu: float = 0.0
+    # SCAFFOLD (Karimireddy et al., ICML 2020): c - c_i, added to every step's gradient; one
+    # tensor per trainable parameter, in model.parameters() order.
+    grad_correction: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -109,6 +112,10 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
                 loss = model(**batch).loss / settings.grad_accum
                 loss.backward()
                 step_loss += loss.item()
+            if settings.grad_correction is not None:
+                for p, corr in zip(params, settings.grad_correction, strict=True):
+                    if p.grad is not None:
+                        p.grad.add_(corr)
             if anchor:  # the proximal term's gradient, mu * (theta - theta_global)
                 with torch.no_grad():
                     for p, p0 in zip(params, anchor, strict=True):

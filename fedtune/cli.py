@@ -1,4 +1,4 @@
-"""The ``fedtune`` command: simulate, generate, export, config."""
+"""The ``fedtune`` command: simulate, generate, export, certs, keys, config."""
 
 from __future__ import annotations
 
@@ -174,6 +174,33 @@ def export_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def certs_cmd(args: argparse.Namespace) -> int:
+    from fedtune.deploy.credentials import CredentialError, make_certificates
+
+    try:
+        paths = make_certificates(args.out, args.host, args.days, args.force)
+    except CredentialError as err:
+        raise ConfigError(str(err)) from None
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    print(f"SuperLink: flower-superlink --ssl-ca-certfile {paths['ca.crt']} --ssl-certfile "
+          f"{paths['server.crt']} --ssl-keyfile {paths['server.key']}\n"
+          f"SuperNodes and flwr: --root-certificates {paths['ca.crt']}")
+    return 0
+
+
+def keys_cmd(args: argparse.Namespace) -> int:
+    from fedtune.deploy.credentials import CredentialError, make_node_keys
+
+    try:
+        private, public = make_node_keys(args.out, args.name, args.force)
+    except CredentialError as err:
+        raise ConfigError(str(err)) from None
+    print(f"wrote {private} (private, keep it on the node) and {public}\n"
+          f"register: flwr supernode register {public} <connection>\n"
+          f"node:     flower-supernode ... --auth-supernode-private-key {private}")
+    return 0
+
+
 def config_cmd(args: argparse.Namespace) -> int:
     del args
     for key, value in Config().to_flat().items():
@@ -214,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("run")
     exp.add_argument("out")
     exp.set_defaults(func=export_cmd)
+
+    certs = sub.add_parser("certs", help="create a CA and a SuperLink TLS certificate")
+    certs.add_argument("--out", default="certificates", help="folder (default: certificates)")
+    certs.add_argument("--host", action="append", default=[],
+                       help="DNS name or IP clients dial (repeat for several)")
+    certs.add_argument("--days", type=int, default=365)
+    certs.add_argument("--force", action="store_true", help="overwrite existing files")
+    certs.set_defaults(func=certs_cmd)
+
+    keys = sub.add_parser("keys", help="create a SuperNode authentication key pair")
+    keys.add_argument("--out", default="keys", help="folder (default: keys)")
+    keys.add_argument("--name", required=True, help="file name, e.g. client-1")
+    keys.add_argument("--force", action="store_true", help="overwrite existing files")
+    keys.set_defaults(func=keys_cmd)
 
     conf = sub.add_parser("config", help="list every config key with its default")
     conf.set_defaults(func=config_cmd)

@@ -1,0 +1,1 @@
+"""Deployment helpers: credentials for a TLS SuperLink and authenticated SuperNodes."""

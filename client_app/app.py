@@ -23,11 +23,13 @@ app = ClientApp()
 
 
 def _node(context: Context) -> Node:
-    """The node's stable identity: its partition in simulation, its node-name in deployment."""
+    """The node's stable identity and data: its partition in simulation; in deployment its
+    ``node-name`` and its own file, ``--node-config "node-name='a' data-path='a.jsonl'"``."""
     nc = context.node_config
     pid = int(nc.get("partition-id", 0))
     name = str(nc.get("node-name") or f"client-{pid:04d}")
-    return Node(name=name, partition_id=pid, num_partitions=int(nc.get("num-partitions", 1)))
+    return Node(name=name, partition_id=pid, num_partitions=int(nc.get("num-partitions", 1)),
+                data_path=str(nc.get("data-path", "")))
 
 
 def _reply(msg: Message, **records) -> Message:

@@ -6,7 +6,7 @@ import functools
 from dataclasses import astuple, dataclass
 
 from fedtune.config import Config, DataConfig
-from fedtune.data import client_split
+from fedtune.data import client_split, own_file_split
 from fedtune.data.tokenize import EncodedSet, encode_examples
 from fedtune.models import load_tokenizer
 
@@ -18,13 +18,17 @@ class Node:
     name: str
     partition_id: int
     num_partitions: int
+    data_path: str = ""  # deployment: the node's own data file, read instead of a partition
 
 
 @functools.lru_cache(maxsize=64)
 def _encoded(data_key: tuple, node: Node, seed: int, held_out: bool, model: str,
              max_len: int) -> EncodedSet:
-    examples = client_split(DataConfig(*data_key), node.partition_id, node.num_partitions, seed,
-                            held_out)
+    data = DataConfig(*data_key)
+    if node.data_path:
+        examples = own_file_split(node.data_path, data.data_fields, seed, held_out)
+    else:
+        examples = client_split(data, node.partition_id, node.num_partitions, seed, held_out)
     return encode_examples(load_tokenizer(model), examples, max_len)
 
 

@@ -65,3 +65,32 @@ def test_sampling_is_seeded_and_respects_minimum():
     assert len(sample(ids, 0.1, 2, 0, "train", 1)) == 2
     picks = {tuple(sample(ids, 0.3, 2, 0, "train", r)) for r in range(1, 20)}
     assert len(picks) > 5  # different rounds sample different clients
+
+
+def test_deployment_nodes_read_their_own_data_files(tmp_path):
+    """`--node-config "node-name='...' data-path='...'"`: no partitioning, stable names."""
+    import json
+
+    from client_app.app import app as real_app
+    from fedtune.data.synthetic import make_examples
+    from fedtune.node import Node, node_data
+
+    files = []
+    for i, category in enumerate(("parity", "first")):
+        path = tmp_path / f"site-{i}.jsonl"
+        path.write_text("".join(json.dumps({"instruction": e.instruction, "input": e.input,
+                                            "output": e.output}) + "\n"
+                                for e in make_examples(category, 30, seed=i)))
+        files.append(path)
+    cfg = small_config(**{"fraction-train": 1.0, "fraction-evaluate": 1.0})
+    grid = InProcessGrid(real_app, 2, cfg.to_flat())
+    for (_, ctx), name, path in zip(sorted(grid.contexts.items()), ("zurich", "basel"),
+                                    files, strict=True):
+        ctx.node_config = {"node-name": name, "data-path": str(path)}
+    rows = []
+    run_loop(grid, cfg, rows.append)
+    assert rows[-1]["clients"] == 2 and rows[-1]["fed_eval_clients"] == 2
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+    own = node_data(cfg, Node("zurich", 0, 1, data_path=str(files[0])))
+    held = node_data(cfg, Node("zurich", 0, 1, data_path=str(files[0])), held_out=True)
+    assert len(own) + len(held) == 30 and len(held) == 3

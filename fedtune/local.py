@@ -24,7 +24,6 @@ from fedtune.node import Node, node_data
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
-from fedtune.train.schedule import round_lr
 
 
 def _mean_row(per_client: list[dict[str, float]]) -> dict[str, Any]:
@@ -47,85 +46,86 @@ def run_baseline(cfg: Config, num_clients: int) -> Path:
     return run_local(cfg, num_clients)
 
 
+class _BaselineRun:
+    """What both baselines share: the run folder, the evaluator, progress lines, the finish."""
+
+    def __init__(self, cfg: Config, headline: str) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.output.run_dir) if cfg.output.run_dir else new_run_dir(cfg)
+        self.writer = RunWriter(self.dir, cfg)
+        self.server = FedITServer(cfg)
+        self.rounds = cfg.server.num_server_rounds
+        self.base = {"algorithm": cfg.train.algorithm, "objective": cfg.train.objective,
+                     "bytes_down_per_client": 0, "bytes_up_per_client": 0}
+        print(f"fedtune: {headline}, results in {self.dir}", flush=True)
+
+    def lr(self, rnd: int) -> float:
+        return self.server.train_config(rnd)["lr"]
+
+    def evaluates(self, rnd: int) -> bool:
+        return rnd % self.cfg.eval.eval_every == 0 or rnd == self.rounds
+
+    def log(self, row: dict[str, Any]) -> None:
+        row = {**self.base, **row}
+        self.writer.log_round(row)
+        print(round_line(row, self.rounds), flush=True)
+
+    def finish(self, result: Path, title: str) -> Path:
+        self.writer.write_summary({"result": str(result)})
+        plot_metrics(self.writer.rows, self.dir / "metrics.png", f"{self.cfg.name}: {title}")
+        print(final_table(self.writer.rows[0], self.writer.rows[-1]), flush=True)
+        return self.dir
+
+
 def run_centralized(cfg: Config, num_clients: int) -> Path:
     """One adapter on the pooled data of ``num_clients`` clients (bytes are zero)."""
-    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else new_run_dir(cfg)
-    writer = RunWriter(run_dir, cfg)
-    server = FedITServer(cfg)
     pooled = EncodedSet()
     for p in range(num_clients):
         part = node_data(cfg, Node(f"client-{p:04d}", p, num_clients))
         pooled.items += part.items
         pooled.dropped += part.dropped
-    node = Node("pooled", 0, 1)
     steps = cfg.train.local_steps * sampled_per_round(cfg, num_clients)
-    rounds = cfg.server.num_server_rounds
-    print(f"fedtune: centralized baseline, {len(pooled)} pooled examples of {num_clients} "
-          f"clients, {steps} steps per round, results in {run_dir}", flush=True)
-    arrays = server.initial_arrays()
-    rows = [{"round": 0, "algorithm": "centralized", "objective": cfg.train.objective,
-             "clients": 0, "train_loss": None, "bytes_down_per_client": 0,
-             "bytes_up_per_client": 0, **server.evaluate(arrays), "seconds": 0.0}]
-    writer.log_round(rows[0])
-    print(round_line(rows[0], rounds), flush=True)
-    for rnd in range(1, rounds + 1):
+    run = _BaselineRun(cfg, f"centralized baseline, {len(pooled)} pooled examples of "
+                            f"{num_clients} clients, {steps} steps per round")
+    node = Node("pooled", 0, 1)
+    arrays = run.server.initial_arrays()
+    run.log({"round": 0, "clients": 0, "train_loss": None, **run.server.evaluate(arrays),
+             "seconds": 0.0})
+    for rnd in range(1, run.rounds + 1):
         start = time.perf_counter()
-        lr = round_lr(cfg.train.lr, rnd, rounds, cfg.train.lr_schedule, cfg.train.min_lr_ratio)
+        lr = run.lr(rnd)
         result = fedit_client.train(cfg, arrays, rnd, lr, node, data=pooled, steps=steps)
         arrays = result.arrays
-        row = {"round": rnd, "algorithm": "centralized", "objective": cfg.train.objective,
-               "clients": 1, "lr": lr, "train_loss": result.metrics["train-loss"],
-               "bytes_down_per_client": 0, "bytes_up_per_client": 0}
-        if rnd % cfg.eval.eval_every == 0 or rnd == rounds:
-            row.update(server.evaluate(arrays))
-        row["seconds"] = time.perf_counter() - start
-        writer.log_round(row)
-        print(round_line(row, rounds), flush=True)
-    adapter = server.save(arrays, run_dir)
-    writer.write_summary({"result": str(adapter)})
-    plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: all data pooled")
-    print(final_table(writer.rows[0], writer.rows[-1]), flush=True)
-    return run_dir
+        row = {"round": rnd, "clients": 1, "lr": lr, "train_loss": result.metrics["train-loss"]}
+        if run.evaluates(rnd):
+            row.update(run.server.evaluate(arrays))
+        run.log({**row, "seconds": time.perf_counter() - start})
+    return run.finish(run.server.save(arrays, run.dir), "all data pooled")
 
 
 def run_local(cfg: Config, num_clients: int) -> Path:
     """Train ``num_clients`` isolated clients; write the usual run folder (bytes are zero)."""
-    run_dir = Path(cfg.output.run_dir) if cfg.output.run_dir else new_run_dir(cfg)
-    writer = RunWriter(run_dir, cfg)
-    server = FedITServer(cfg)
+    run = _BaselineRun(cfg, f"local baseline, {num_clients} clients alone on "
+                            f"'{cfg.model.model}'")
     nodes = [Node(f"client-{p:04d}", p, num_clients) for p in range(num_clients)]
-    arrays = {n.name: server.initial_arrays() for n in nodes}
-    rounds = cfg.server.num_server_rounds
-    print(f"fedtune: local baseline, {num_clients} clients alone on '{cfg.model.model}', "
-          f"results in {run_dir}", flush=True)
-
-    def log(row: dict[str, Any]) -> None:
-        writer.log_round(row)
-        print(round_line(row, rounds), flush=True)
-
-    base = {"algorithm": "local", "objective": cfg.train.objective, "clients": num_clients,
-            "bytes_down_per_client": 0, "bytes_up_per_client": 0}
-    first = server.evaluate(server.initial_arrays())
-    log({"round": 0, **base, "clients": 0, "train_loss": None, **first,
-         "exact_match_min": first["exact_match"], "exact_match_max": first["exact_match"],
-         "seconds": 0.0})
-    for rnd in range(1, rounds + 1):
+    arrays = {n.name: run.server.initial_arrays() for n in nodes}
+    first = run.server.evaluate(run.server.initial_arrays())
+    run.log({"round": 0, "clients": 0, "train_loss": None, **first,
+             "exact_match_min": first["exact_match"], "exact_match_max": first["exact_match"],
+             "seconds": 0.0})
+    for rnd in range(1, run.rounds + 1):
         start = time.perf_counter()
-        lr = round_lr(cfg.train.lr, rnd, rounds, cfg.train.lr_schedule, cfg.train.min_lr_ratio)
+        lr = run.lr(rnd)
         losses = []
         for node in nodes:
             result = fedit_client.train(cfg, arrays[node.name], rnd, lr, node)
             arrays[node.name] = result.arrays
             losses.append(result.metrics["train-loss"])
-        row: dict[str, Any] = {"round": rnd, **base, "lr": lr,
+        row: dict[str, Any] = {"round": rnd, "clients": num_clients, "lr": lr,
                                "train_loss": float(np.mean(losses))}
-        if rnd % cfg.eval.eval_every == 0 or rnd == rounds:
-            row.update(_mean_row([server.evaluate(arrays[n.name]) for n in nodes]))
-        row["seconds"] = time.perf_counter() - start
-        log(row)
+        if run.evaluates(rnd):
+            row.update(_mean_row([run.server.evaluate(arrays[n.name]) for n in nodes]))
+        run.log({**row, "seconds": time.perf_counter() - start})
     for node in nodes:
-        server.save(arrays[node.name], run_dir / "clients" / node.name)
-    writer.write_summary({"result": str(run_dir / "clients")})
-    plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: each client alone")
-    print(final_table(writer.rows[0], writer.rows[-1]), flush=True)
-    return run_dir
+        run.server.save(arrays[node.name], run.dir / "clients" / node.name)
+    return run.finish(run.dir / "clients", "each client alone")

@@ -64,7 +64,3 @@ class RunWriter:
         (self.dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2))
         return summary
 
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]

@@ -237,7 +237,6 @@ def _train_scaffold(msg: Message, context) -> Message:
     reply = _train(msg, context)
     p = int(context.node_config["partition-id"])
     assert "scaffold" in msg.content.array_records  # the server's c travels with x
-    context.state["seen-c"] = msg.content["scaffold"]
     reply.content["scaffold"] = to_arrayrecord({"w": CONTROL_DELTAS[p]})
     return reply
 

@@ -7,12 +7,13 @@ model and only swap the adapter weights, so the base model is loaded once per wo
 from __future__ import annotations
 
 import functools
+from dataclasses import astuple
 
 import numpy as np
 import torch
 from peft import PeftModel
 
-from fedtune.config import Config
+from fedtune.config import Config, LoraSection
 from fedtune.lora import adapter_state, add_lora
 from fedtune.models import choose_placement, is_tiny, load_model, load_tokenizer
 from fedtune.seeding import derive_seed
@@ -20,16 +21,12 @@ from fedtune.seeding import derive_seed
 
 @functools.lru_cache(maxsize=2)
 def _cached(model: str, device: str, dtype: str, lora_key: tuple, seed: int):
-    cfg = Config()
-    cfg.model.model, cfg.model.device, cfg.model.dtype = model, device, dtype
-    (cfg.lora.lora_r, cfg.lora.lora_alpha, cfg.lora.lora_dropout, cfg.lora.lora_target_modules,
-     cfg.lora.lora_modules_to_save) = lora_key
     placement = choose_placement(device, dtype)
     tokenizer = load_tokenizer(model)
     base = load_model(model, placement)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "lora-init"))
-        peft_model = add_lora(base, cfg.lora, base_is_random=is_tiny(model))
+        peft_model = add_lora(base, LoraSection(*lora_key), base_is_random=is_tiny(model))
     return peft_model, tokenizer, adapter_state(peft_model)
 
 
@@ -48,7 +45,5 @@ def initial_adapter(cfg: Config) -> dict[str, np.ndarray]:
 
 
 def _key(cfg: Config) -> tuple:
-    lo = cfg.lora
-    lora_key = (lo.lora_r, lo.lora_alpha, lo.lora_dropout, lo.lora_target_modules,
-                lo.lora_modules_to_save)
-    return cfg.model.model, cfg.model.device, cfg.model.dtype, lora_key, cfg.server.seed
+    return (cfg.model.model, cfg.model.device, cfg.model.dtype, astuple(cfg.lora),
+            cfg.server.seed)

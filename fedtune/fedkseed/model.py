@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedtune.config import Config
+from fedtune.config import Config, ZOConfig
 from fedtune.fedkseed.defaults import zo_eps, zo_lr
 from fedtune.models import choose_placement, is_tiny, load_model, load_tokenizer
 from fedtune.zo import SeedPool, float32_snapshot, replay_, zo_parameters
@@ -106,8 +106,7 @@ def _write_atomic(path: Path, tensors: list[torch.Tensor], keep: int = 3) -> Non
 
 @functools.lru_cache(maxsize=1)
 def _cached(model: str, device: str, k: int, seed: int, lr: float, eps: float) -> ZOModel:
-    cfg = Config()
-    cfg.zo.zo_lr, cfg.zo.zo_eps = lr, eps
+    zo = ZOConfig(zo_lr=lr, zo_eps=eps)
     placement = choose_placement(device, "float32")
     net = load_model(model, placement)
     for p in net.parameters():
@@ -118,7 +117,7 @@ def _cached(model: str, device: str, k: int, seed: int, lr: float, eps: float) -
         model=net, tokenizer=load_tokenizer(model), params=params,
         w0=float32_snapshot(params, device=placement.device),
         seeds=SeedPool.from_run_seed(seed, k).seeds,
-        lr=zo_lr(cfg.zo, n, is_tiny(model)), eps=zo_eps(cfg.zo, n),
+        lr=zo_lr(zo, n, is_tiny(model)), eps=zo_eps(zo, n),
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -250,5 +250,3 @@ def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, registry: NodeR
         return {}
     return {"fed_eval_loss": metrics.get("eval-loss"), "fed_eval_clients": len(got.valid)}
 
-
-MESSAGE_TYPES = (MessageType.TRAIN, MessageType.EVALUATE, IDENTIFY)

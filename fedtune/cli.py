@@ -30,6 +30,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     explicit ``--num-clients`` wins.
     """
     flat: dict[str, Any] = {}
+    if args.resume:
+        saved = _resume_config(args)
+        flat.update(saved)
     if args.recipe:
         flat.update(load_recipe(args.recipe))
         recipe_clients = flat.pop("num-clients", None)
@@ -42,7 +45,30 @@ def resolve_config(args: argparse.Namespace) -> Config:
                        ("output-dir", args.output_dir)):
         if value is not None:
             flat[key] = value
+    if args.resume:
+        from fedtune.flower.checkpoint import config_changes
+
+        changes = config_changes(saved, flat)
+        if changes:
+            raise ConfigError("a resumed run keeps its config, but these options change it: "
+                              + "; ".join(changes) + ".")
     return Config.from_flat(flat)
+
+
+def _resume_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat config saved in the run's checkpoint, pointed back at that run folder."""
+    from fedtune.flower.checkpoint import CheckpointError, load_checkpoint
+
+    if args.recipe:
+        raise ConfigError("--resume takes the run's own config; drop --recipe.")
+    try:
+        saved = load_checkpoint(args.resume).config
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    run = str(Path(args.resume).resolve())
+    if args.num_clients is None:
+        args.num_clients = int(saved["min-available-nodes"])
+    return {**saved, "resume": run, "run-dir": run}
 
 
 def _write_app_dir(cfg: Config, where: Path) -> Path:
@@ -80,6 +106,11 @@ def simulate(args: argparse.Namespace) -> int:
                           f"{num_clients}; lower it or add clients.")
     from fedtune.results import new_run_dir
 
+    if cfg.output.resume and cfg.train.algorithm in BASELINES:
+        raise ConfigError(f"--resume applies to federated runs, not to '{cfg.train.algorithm}'.")
+    if cfg.output.resume and num_clients != cfg.server.min_available_nodes:
+        raise ConfigError(f"--num-clients={num_clients} differs from the run's "
+                          f"{cfg.server.min_available_nodes}; resume with the same clients.")
     cfg.output.run_dir = str(new_run_dir(cfg).resolve())
     cfg.server.min_available_nodes = num_clients
     if cfg.train.algorithm in ZO_ALGORITHMS and not cfg.zo.zo_cache_dir:
@@ -224,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--name", help="run name (folder prefix)")
     sim.add_argument("--output-dir", help="where run folders go (default: runs)")
     sim.add_argument("--run-config", help='overrides, e.g. "lr=1e-3 lora-r=8"')
+    sim.add_argument("--resume", metavar="RUN",
+                     help="continue the run folder RUN from its last complete round")
     sim.add_argument("--client-cpus", type=float, default=1.0)
     sim.add_argument("--client-gpus", type=float, default=None,
                      help="GPU share per client (default 0.5 when CUDA is present)")

@@ -147,6 +147,7 @@ class OutputConfig:
     output_dir: str = "runs"
     run_name: str = ""  # default: "<algorithm>-<objective>"
     run_dir: str = ""  # set by `fedtune simulate`; otherwise output-dir/run-name-timestamp
+    resume: str = ""  # a run folder: continue it from its checkpoint (same config)
 
 
 SECTIONS = {

@@ -35,12 +35,15 @@ def _clean(value: Any) -> Any:
 class RunWriter:
     """Appends one JSON line per round; writes the config and the summary."""
 
-    def __init__(self, run_dir: Path, cfg: Config) -> None:
+    def __init__(self, run_dir: Path, cfg: Config,
+                 rows: list[dict[str, Any]] | None = None) -> None:
+        """A new run, or (``rows`` given) a resumed one: its metrics so far are rewritten
+        from the checkpoint, dropping any row logged after it."""
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows or [])
         (self.dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        (self.dir / "metrics.jsonl").write_text("")
+        (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def log_round(self, row: dict[str, Any]) -> None:
         row = _clean(row)

@@ -34,6 +34,14 @@ class FedITServer:
     def spec(self) -> dict[str, tuple[int, ...]]:
         return adapter_spec(self.model)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Nothing beyond the global adapter (which the checkpoint holds) changes per round."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        if state:
+            raise ValueError(f"unexpected FedIT server state: {sorted(state)}")
+
     def train_config(self, server_round: int) -> dict[str, float]:
         """The round's learning rate (the schedule runs over rounds, on the server)."""
         t = self.cfg.train

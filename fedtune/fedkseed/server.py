@@ -37,6 +37,19 @@ class FedKSeedServer:
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return {"accumulated": np.zeros(self.pool.k, dtype=np.float32)}
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What changes per round besides A: Pro's statistics and the server momentum."""
+        return {"momentum": self.momentum.copy(),
+                **{f"pro_{k}": v for k, v in self.pool.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        pool = SeedPool.from_state_dict({k[4:]: v for k, v in state.items()
+                                         if k.startswith("pro_")})
+        if not np.array_equal(pool.seeds, self.pool.seeds):
+            raise ValueError("the saved seed pool differs from this run's (seed or zo-seeds)")
+        self.pool = pool
+        self.momentum = np.asarray(state["momentum"], dtype=np.float32).copy()
+
     def train_config(self, server_round: int) -> dict[str, int | bytes]:
         config: dict[str, int | bytes] = {"pool": pool_fingerprint(self.pool.seeds)}
         if self.pro:
@@ -83,8 +96,7 @@ class FedKSeedServer:
         """``fedkseed-state.npz`` (seeds, A, lr, Pro statistics) and, on request, the model."""
         out = run_dir / STATE_FILE
         np.savez(out, seeds=self.pool.seeds, accumulated=arrays["accumulated"],
-                 lr=np.float64(self.zm.lr), eps=np.float64(self.zm.eps), momentum=self.momentum,
-                 **{f"pro_{k}": v for k, v in self.pool.state_dict().items()})
+                 lr=np.float64(self.zm.lr), eps=np.float64(self.zm.eps), **self.state_dict())
         (run_dir / "fedkseed.json").write_text(json.dumps(
             {"base_model": self.cfg.model.model, "state": STATE_FILE, "lr": self.zm.lr,
              "eps": self.zm.eps, "k": self.pool.k}, indent=2))

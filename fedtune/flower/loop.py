@@ -48,6 +48,10 @@ class ServerAlgorithm(Protocol):
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]: ...
 
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+
 
 class SampledGrid:
     """A view of a Grid that exposes only the nodes fedtune sampled.
@@ -179,20 +183,29 @@ def _as_float32(reply: Message) -> Message:
 
 def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strategy,
                check_reply: Callable[[RecordDict], str | None],
-               on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0
+               on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0,
+               resume_from: tuple[int, dict[str, np.ndarray]] | None = None,
+               on_checkpoint: Callable[[int, dict[str, np.ndarray]], None] | None = None
                ) -> dict[str, np.ndarray]:
     """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
 
     ``check_reply`` returns why a train reply must be dropped, or None to aggregate it.
+    ``resume_from`` = (last complete round, its global arrays) continues a run from its
+    checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
     """
     s = cfg.server
     registry = NodeRegistry(grid, timeout=s.round_timeout)
-    arrays = algo.initial_arrays()
-    start = time.perf_counter()
-    on_round({"round": 0, **_row_defaults(cfg), **algo.evaluate(arrays),
-              "seconds": time.perf_counter() - start})
+    if resume_from is None:
+        done, arrays = 0, algo.initial_arrays()
+        start = time.perf_counter()
+        on_round({"round": 0, **_row_defaults(cfg), **algo.evaluate(arrays),
+                  "seconds": time.perf_counter() - start})
+        if on_checkpoint is not None:
+            on_checkpoint(0, arrays)
+    else:
+        done, arrays = resume_from
 
-    for rnd in range(1, s.num_server_rounds + 1):
+    for rnd in range(done + 1, s.num_server_rounds + 1):
         start = time.perf_counter()
         registry.refresh(max(s.min_train_nodes, s.min_available_nodes), wait_for_nodes)
         ids = registry.sorted_ids()
@@ -224,6 +237,8 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
             row.update(algo.evaluate(arrays))
         row["seconds"] = time.perf_counter() - start
         on_round(row)
+        if on_checkpoint is not None:
+            on_checkpoint(rnd, arrays)
     return arrays
 
 

@@ -1,0 +1,187 @@
+"""Per-round checkpoints and exact resume: a run that crashes after round 2 and is resumed ends
+bit-identical to one that never stopped (the real ServerApp path, on an in-process Grid)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+
+from client_app.app import app as client_app
+from fedtune.flower.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    load_strategy_state,
+    save_checkpoint,
+    strategy_state,
+)
+from fedtune.flower.server import run_server, server_side
+from server_app.strategies import Scaffold, make_strategy
+from tests.conftest import small_config
+from tests.inprocess_grid import InProcessGrid
+
+FAST = {"num-server-rounds": 4, "local-steps": 2, "examples-per-client": 16, "eval-examples": 8,
+        "client-eval-examples": 4, "max-new-tokens": 2, "fraction-train": 1.0,
+        "fraction-evaluate": 0.5, "min-available-nodes": 2, "lr-schedule": "cosine"}
+CASES = {
+    "fedit-fedadam": {"strategy": "fedadam", "server-lr": 0.01},
+    "fedkseed-pro": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
+                     "batch-size": 2, "zo-server-momentum": 0.5},
+}
+
+
+class Crash(BaseException):
+    """Stands in for the server process dying (not an Exception: nothing may catch it)."""
+
+
+def run(tmp_path, name, keys, crash_in_round=None, resume=False):
+    cfg = small_config(**{**FAST, **keys, "run-dir": str(tmp_path / name)})
+    if resume:
+        cfg.output.resume = cfg.output.run_dir
+    if cfg.train.algorithm.startswith("fedkseed"):
+        cfg.zo.zo_cache_dir = str(tmp_path / name / "zo-cache")
+
+    trained = []  # both nodes train every round (fraction-train 1.0)
+
+    def tamper(node, reply):
+        if reply.metadata.message_type == "train":
+            trained.append(node)
+            if crash_in_round and len(trained) > 2 * (crash_in_round - 1):
+                raise Crash
+        return reply
+
+    algo, check = server_side(cfg)
+    grid = InProcessGrid(client_app, 2, cfg.to_flat(), tamper=tamper)
+    return run_server(grid, cfg, algo, check, make_strategy(cfg, algo))
+
+
+def final_state(run_dir):
+    if (run_dir / "adapter").is_dir():
+        return {"adapter": (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()}
+    with np.load(run_dir / "fedkseed-state.npz") as data:
+        return {k: data[k].tobytes() for k in data.files}
+
+
+def rows(run_dir):
+    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train-seconds")} for r in out]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
+    whole = run(tmp_path, "whole", CASES[case])
+    with pytest.raises(Crash):
+        run(tmp_path, "crashed", CASES[case], crash_in_round=3)
+    ckpt = load_checkpoint(tmp_path / "crashed")
+    assert ckpt.round == 2 and [r["round"] for r in ckpt.rows] == [0, 1, 2]
+    if case == "fedit-fedadam":
+        assert {k.split("/")[0] for k in ckpt.strategy} == {"current_arrays", "m_t", "v_t"}
+    else:
+        assert ckpt.algorithm["pro_counts"].sum() == 2 * 2 * 4  # 2 rounds x 2 clients x tau
+        assert np.abs(ckpt.algorithm["momentum"]).sum() > 0
+
+    resumed = run(tmp_path, "crashed", CASES[case], resume=True)
+    assert final_state(resumed) == final_state(whole)
+    assert rows(resumed) == rows(whole)  # rounds 0..4 once each, identical metrics
+    assert not list(resumed.glob(".checkpoint-*"))  # no temporary file left behind
+
+
+def test_resume_refuses_another_config(tmp_path):
+    run(tmp_path, "r", {"num-server-rounds": 1, "fraction-evaluate": 0.0})
+    with pytest.raises(CheckpointError, match=r"lr: 0.002 -> 0.01"):
+        run(tmp_path, "r", {"num-server-rounds": 1, "fraction-evaluate": 0.0, "lr": 0.01},
+            resume=True)
+
+
+def test_a_missing_or_torn_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="has no checkpoint.npz"):
+        load_checkpoint(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path)
+
+
+def test_save_replaces_the_checkpoint_atomically(tmp_path):
+    a = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    save_checkpoint(tmp_path, Checkpoint(1, {"lr": 0.1}, a, {}, {}, [{"round": 1}]))
+    save_checkpoint(tmp_path, Checkpoint(2, {"lr": 0.1}, {"w": a["w"] + 1}, {"m": a["w"]}, {},
+                                         [{"round": 1}, {"round": 2}]))
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
+    got = load_checkpoint(tmp_path)
+    assert got.round == 2 and got.rows[-1] == {"round": 2} and got.config == {"lr": 0.1}
+    np.testing.assert_array_equal(got.arrays["w"], a["w"] + 1)
+    np.testing.assert_array_equal(got.algorithm["m"], a["w"])
+
+
+def test_strategy_state_round_trips_every_kind():
+    x = {"a": np.ones((2, 2), np.float32), "b": np.arange(3, dtype=np.float32)}
+    s = Scaffold(num_clients=2)
+    s.control = {k: v * 3 for k, v in x.items()}  # a dict, as SCAFFOLD's c and FedOpt's m_t
+    s.current_arrays = ArrayRecord({k: Array(v) for k, v in x.items()})  # as in FedAvgM
+    s.momentum_vector = [v * 2 for v in x.values()]  # a list, as FedAvgM's momentum
+    fresh = Scaffold(num_clients=2)
+    fresh.current_arrays = fresh.momentum_vector = None
+    load_strategy_state(fresh, strategy_state(s))
+    for k in x:
+        np.testing.assert_array_equal(fresh.control[k], x[k] * 3)
+        np.testing.assert_array_equal(fresh.current_arrays[k].numpy(), x[k])
+    assert list(fresh.current_arrays.keys()) == ["a", "b"]
+    for got, want in zip(fresh.momentum_vector, s.momentum_vector, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+# ---- the real thing: `fedtune simulate` (Ray) killed with SIGKILL, then `--resume` -----------
+SIM = ("local-steps=2 examples-per-client=16 eval-examples=8 client-eval-examples=4 "
+       "max-new-tokens=2 fraction-train=1.0 fraction-evaluate=0.0 ")
+SIM_CASES = {
+    "fedit-fedadam": ["--run-config", SIM + "strategy='fedadam' server-lr=0.01"],
+    "fedkseed-pro": ["--algorithm", "fedkseed-pro", "--run-config",
+                     SIM + "zo-seeds=64 zo-steps=4 batch-size=2"],
+}
+
+
+def simulate(tmp_path, name, extra, **popen):
+    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients", "2", "--rounds",
+           "4", "--output-dir", str(tmp_path), "--name", name, *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def finish(proc):
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(SIM_CASES))
+def test_sigkill_after_round_2_and_resume_is_bit_identical(tmp_path, case):
+    finish(simulate(tmp_path, "whole", SIM_CASES[case]))
+    (whole,) = tmp_path.glob("whole-*")
+
+    proc = simulate(tmp_path, "killed", SIM_CASES[case], start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = list(tmp_path.glob("killed-*/" + CHECKPOINT))
+        if runs and load_checkpoint(runs[0].parent).round >= 2:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and everything it started, Ray included
+    proc.communicate(timeout=60)
+    (killed,) = tmp_path.glob("killed-*")
+    at_kill = load_checkpoint(killed).round
+    assert 2 <= at_kill < 4 and not (killed / "summary.json").exists()
+
+    out = finish(subprocess.Popen(
+        [sys.executable, "-m", "fedtune.cli", "simulate", "--resume", str(killed)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    assert f"resuming {killed} after round {at_kill}" in out
+    assert final_state(killed) == final_state(whole)
+    assert rows(killed) == rows(whole)

@@ -32,6 +32,18 @@ def _node(context: Context) -> Node:
                 data_path=str(nc.get("data-path", "")))
 
 
+def _config(context: Context) -> Config:
+    """The run's config; a node's ``--node-config "cache-dir='...'"`` becomes its FedKSeed
+    version cache. A deployed ClientApp is a new process per message: with the cache, the
+    evaluate message (and any later message of the same version) loads the model that the train
+    message replayed instead of replaying it again."""
+    cfg = Config.from_flat(dict(context.run_config))
+    cache = context.node_config.get("cache-dir")
+    if cache:
+        cfg.zo.zo_cache_dir = str(cache)
+    return cfg
+
+
 def _reply(msg: Message, **records) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
@@ -43,7 +55,7 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = Config.from_flat(dict(context.run_config))
+    cfg = _config(context)
     conf = msg.content["config"]
     rnd = int(conf["server-round"])
     if cfg.train.algorithm in ZO_ALGORITHMS:
@@ -76,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg = Config.from_flat(dict(context.run_config))
+    cfg = _config(context)
     if cfg.train.algorithm in ZO_ALGORITHMS:
         loss, n = fedkseed.evaluate(cfg, msg.content["arrays"]["accumulated"].numpy(),
                                     _node(context))

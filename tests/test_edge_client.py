@@ -1,0 +1,91 @@
+"""Edge clients: replies carry only the declared records (never private data), and a FedKSeed
+node's cache folder spares a new ClientApp process the replay of a version it already built."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client_app.app import app as client_app
+from fedtune.data.synthetic import make_examples
+from fedtune.fedkseed import model as zo_model
+from fedtune.fedkseed.model import pool_fingerprint
+from fedtune.flower.records import recorddict_to_proto, to_arrayrecord
+from tests.conftest import small_config
+
+CANARY = "patient-7f3a9c-record"  # a string only the node's private file holds
+DECLARED = {"arrays", "metrics", "zo", "scaffold"}
+ZO = {"algorithm": "fedkseed", "zo-seeds": 32, "zo-steps": 3, "batch-size": 2}
+
+
+def private_file(tmp_path):
+    path = tmp_path / "site.jsonl"
+    path.write_text("".join(
+        json.dumps({"instruction": f"{e.instruction} ({CANARY})", "input": e.input,
+                    "output": e.output}) + "\n" for e in make_examples("parity", 24, seed=3)))
+    return path
+
+
+def context(cfg, node_config):
+    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(),
+                   run_config=cfg.to_flat())
+
+
+def message(kind, arrays, **config):
+    content = RecordDict({"arrays": to_arrayrecord(arrays),
+                          "config": ConfigRecord({"server-round": 1, **config})})
+    return Message(content, dst_node_id=5, message_type=kind)
+
+
+def adapter(cfg):
+    from fedtune.fedit.model import initial_adapter
+
+    return initial_adapter(cfg)
+
+
+@pytest.mark.parametrize("algorithm", ["fedit", "fedkseed"])
+def test_replies_hold_only_declared_records_and_no_private_text(tmp_path, algorithm, one_thread):
+    cfg = small_config(**(ZO if algorithm == "fedkseed" else {}))
+    ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path))})
+    if algorithm == "fedkseed":
+        arrays = {"accumulated": np.zeros(32, np.float32)}
+        extra = {"pool": pool_fingerprint(zo_model.zo_model_for(cfg).seeds)}
+    else:
+        arrays, extra = adapter(cfg), {"lr": 1e-3}
+    for kind in ("train", "evaluate"):
+        reply = client_app(message(kind, arrays, **extra), ctx)
+        assert not reply.has_error(), reply.error
+        content = reply.content
+        assert set(content.keys()) <= DECLARED
+        assert not content.config_records.keys() - {"zo"}
+        wire = recorddict_to_proto(content).SerializeToString()
+        assert CANARY.encode() not in wire and b"even" not in wire  # no prompt, no answer
+        metrics = content["metrics"]
+        assert all(isinstance(v, int | float) for v in metrics.values())
+
+
+def test_a_node_cache_spares_the_next_process_the_replay(tmp_path, monkeypatch, one_thread):
+    cfg = small_config(**ZO)
+    ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path)),
+                        "cache-dir": str(tmp_path / "cache")})
+    a = np.zeros(32, np.float32)
+    a[[1, 5, 9]] = [0.5, -1.0, 2.0]  # a version no process has built yet
+    fingerprint = pool_fingerprint(zo_model.zo_model_for(cfg).seeds)
+    zo_model._cached.cache_clear()  # as a fresh ClientApp process
+    train = client_app(message("train", {"accumulated": a}, pool=fingerprint), ctx)
+    assert not train.has_error(), train.error
+    (cached,) = (tmp_path / "cache").glob("*.safetensors")
+    built = zo_model.zo_model_for(cfg)
+    built.load(a)
+    want = built.checksum()
+
+    zo_model._cached.cache_clear()  # the evaluate message runs in another new process
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("replayed a version that the node's cache holds")
+
+    monkeypatch.setattr(zo_model, "replay_", no_replay)
+    evaluate = client_app(message("evaluate", {"accumulated": a}), ctx)
+    assert not evaluate.has_error(), evaluate.error
+    assert zo_model.zo_model_for(cfg).checksum() == want and cached.exists()

@@ -94,3 +94,38 @@ def test_deployment_nodes_read_their_own_data_files(tmp_path):
     own = node_data(cfg, Node("zurich", 0, 1, data_path=str(files[0])))
     held = node_data(cfg, Node("zurich", 0, 1, data_path=str(files[0])), held_out=True)
     assert len(own) + len(held) == 30 and len(held) == 3
+
+
+class SilentGrid(InProcessGrid):
+    """A grid on which some nodes never answer train messages (dead or past the timeout)."""
+
+    def __init__(self, *args, silent: set[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.silent = silent
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        keep = [m for m in messages if not (m.metadata.message_type == "train"
+                                            and m.metadata.dst_node_id in self.silent)]
+        return super().send_and_receive(keep, timeout=timeout)
+
+
+def test_silent_nodes_are_counted_logged_and_too_few_replies_skip_the_round(caplog):
+    ids = [1001 + 7919 * p for p in range(3)]
+    cfg = small_config(**{"fraction-train": 1.0, "fraction-evaluate": 0.0,
+                          "min-train-nodes": 2})
+    rows = []
+    with caplog.at_level("WARNING", logger="fedtune"):
+        run_loop(SilentGrid(client_app, 3, cfg.to_flat(), silent={ids[2]}), cfg, rows.append)
+    assert all(r["clients"] == 2 and r["timed_out"] == 1 and not r.get("skipped")
+               for r in rows[1:])
+    assert "no reply within 600 s from client-0002" in caplog.text
+
+    rows = []
+    with caplog.at_level("WARNING", logger="fedtune"):
+        run_loop(SilentGrid(client_app, 3, cfg.to_flat(), silent=set(ids[1:])), cfg,
+                 rows.append)
+    assert [r["round"] for r in rows] == [0, 1, 2]  # the run goes on and finishes
+    assert all(r["skipped"] and r["clients"] == 1 and r["timed_out"] == 2 for r in rows[1:])
+    assert rows[-1]["eval_loss"] == rows[0]["eval_loss"]  # nothing was aggregated
+    assert "round 1 skipped: 1 valid replies, 2 needed" in caplog.text

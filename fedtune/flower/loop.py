@@ -144,6 +144,11 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
         else:
             valid.append(reply)
     valid.sort(key=lambda r: registry.name(r.metadata.src_node_id))
+    answered = {r.metadata.src_node_id for r in replies}
+    silent = sorted(registry.name(m.metadata.dst_node_id) for m in messages
+                    if m.metadata.dst_node_id not in answered)
+    if silent:
+        log.warning("no reply within %.0f s from %s", timeout, ", ".join(silent))
     return RoundReplies(valid, dropped, len(messages) - len(replies),
                         _mean([content_bytes(r.content) for r in ok]),
                         _mean([payload_bytes(r.content) for r in ok]))

@@ -42,7 +42,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         flat.update(parse_overrides(args.run_config))
     for key, value in (("algorithm", args.algorithm), ("num-server-rounds", args.rounds),
                        ("model", args.model), ("data", args.data), ("run-name", args.name),
-                       ("output-dir", args.output_dir)):
+                       ("output-dir", args.output_dir), ("objective", args.objective),
+                       ("init-adapter", args.init_adapter)):
         if value is not None:
             flat[key] = value
     if args.resume:
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--recipe", help="TOML file of config keys")
     sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, local (each "
                      "client alone) or centralized (all data pooled)")
+    sim.add_argument("--objective", help="sft (default) or dpo (preference pairs)")
+    sim.add_argument("--init-adapter", help="FedIT: start from this PEFT adapter folder (DPO: "
+                     "also the reference), e.g. runs/<sft-run>/adapter")
     sim.add_argument("--num-clients", type=int,
                      help=f"virtual clients (default: the recipe's, else {DEFAULT_CLIENTS})")
     sim.add_argument("--rounds", type=int, help="num-server-rounds")

@@ -19,7 +19,8 @@ import tomllib
 ALGORITHMS = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
 BASELINES = ("local", "centralized")  # no federation: run in-process by `fedtune simulate`
 ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro")
-OBJECTIVES = ("sft",)
+OBJECTIVES = ("sft", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "fedtrimmedavg", "krum", "scaffold")
@@ -85,6 +86,12 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # DPO (objective=dpo; Rafailov et al., 2023): beta, loss (sigmoid | ipo), label smoothing
+    dpo_beta: float = 0.1
+    dpo_loss: str = "sigmoid"
+    dpo_label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed label noise
+    dpo_sft_weight: float = 0.0  # + weight x NLL of the chosen responses (RPO); 0 = pure DPO
+    init_adapter: str = ""  # FedIT: start from (and use as the DPO reference) this PEFT adapter
 
 
 @dataclass
@@ -242,6 +249,18 @@ class Config:
                          ("eval-batch-size", self.eval.eval_batch_size)):
             need(val >= 1, f"{key}={val} must be at least 1.")
         need(t.lr > 0, f"lr={t.lr} must be positive.")
+        need(t.dpo_loss in DPO_LOSSES,
+             f"dpo-loss='{t.dpo_loss}' is unknown; use one of {', '.join(DPO_LOSSES)}.")
+        need(t.dpo_beta > 0, f"dpo-beta={t.dpo_beta} must be positive.")
+        need(0 <= t.dpo_label_smoothing < 0.5,
+             f"dpo-label-smoothing={t.dpo_label_smoothing} must be in [0, 0.5).")
+        need(t.dpo_sft_weight >= 0, f"dpo-sft-weight={t.dpo_sft_weight} must be >= 0.")
+        need(t.objective != "dpo" or t.algorithm not in BASELINES,
+             f"objective=dpo runs with fedit, fedkseed or fedkseed-pro; the {t.algorithm} "
+             "baseline is SFT only, so use objective=sft or a federated algorithm.")
+        need(not t.init_adapter or t.algorithm not in ZO_ALGORITHMS,
+             "init-adapter starts a FedIT (LoRA) run; FedKSeed tunes full weights, so pass a "
+             "materialized model as model=runs/<run>/model instead.")
         need(0 < t.min_lr_ratio <= 1, f"min-lr-ratio={t.min_lr_ratio} must be in (0, 1].")
         need(0 <= lo.lora_dropout < 1, f"lora-dropout={lo.lora_dropout} must be in [0, 1).")
         need(0 < s.fraction_train <= 1, f"fraction-train={s.fraction_train} must be in (0, 1].")

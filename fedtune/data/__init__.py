@@ -40,6 +40,6 @@ def own_file_split(path: str, fields: str, seed: int, held_out: bool = False) ->
 
 def eval_split(cfg: DataConfig, seed: int) -> list[Example]:
     """The centralized held-out set (server side); never on any client."""
-    if cfg.data == BUILTIN:
+    if cfg.data == BUILTIN and not cfg.eval_data:  # deployment: nodes bring data, eval-data set
         return synthetic.eval_examples(cfg.eval_examples, seed)
     return eval_examples(cfg, seed)

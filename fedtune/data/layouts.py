@@ -16,7 +16,8 @@ from typing import Any
 from fedtune.data.example import Example
 from fedtune.data.readers import DataFileError, Record
 
-TARGETS = ("instruction", "input", "output", "category", "messages")
+TARGETS = ("instruction", "input", "output", "category", "messages",
+           "prompt", "chosen", "rejected")  # the last three: preference data (DPO)
 LAYOUTS: dict[str, dict[str, str]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
                "category": "category"},

@@ -51,6 +51,25 @@ def _instance(category: str, rng: random.Random) -> tuple[str, str]:
     raise ValueError(f"unknown category '{category}'")
 
 
+def wrong_answer(category: str, text: str, answer: str, rng: random.Random) -> str:
+    """A plausible but wrong answer to ``text``, in the same format as the right one.
+
+    Drawn so that right and wrong answers share one length distribution (the other parity
+    word, another word of the list, the smaller number, a neighbour of the successor), so a
+    preference between them is about correctness, not length.
+    """
+    if category == "parity":
+        return "odd" if answer == "even" else "even"
+    if category == "first":
+        return rng.choice([w for w in text.split() if w != answer])
+    if category == "larger":
+        return next(w for w in text.split() if w != answer)
+    if category == "next":
+        n = int(text)
+        return str(rng.choice((n, n + 2)))
+    raise ValueError(f"unknown category '{category}'")
+
+
 def make_examples(
     category: str, n: int, seed: int, held_out: bool = False
 ) -> list[Example]:

@@ -8,11 +8,15 @@ import numpy as np
 import torch
 
 from fedtune.config import Config
+from fedtune.data.pairs import PairSet
 from fedtune.data.tokenize import EncodedSet
 from fedtune.eval import heldout_loss
+from fedtune.eval.preference import preference_metrics
+from fedtune.fedit.dpo import dpo_settings, reference_logps
 from fedtune.fedit.model import peft_model_for
 from fedtune.lora import adapter_state, load_adapter_state, trainable_keys
-from fedtune.node import Node, node_data
+from fedtune.node import Node, node_data, node_pairs
+from fedtune.train.dpo import DPOStats, batch_loss_fn
 from fedtune.train.sft import SFTSettings, train_round
 
 
@@ -26,18 +30,25 @@ class TrainResult:
 
 
 def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: float,
-          node: Node, data: EncodedSet | None = None, steps: int | None = None,
+          node: Node, data: EncodedSet | PairSet | None = None, steps: int | None = None,
           prox_mu: float = 0.0,
           control: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
           ) -> TrainResult:
-    """One local SFT round from the global adapter ``arrays`` on the node's data (or ``data``),
-    for ``local-steps`` optimizer steps (or ``steps``).
+    """One local SFT (or, for objective=dpo, DPO) round from the global adapter ``arrays`` on
+    the node's data (or ``data``), for ``local-steps`` optimizer steps (or ``steps``).
 
     ``control`` = (c, c_i), the server's and this client's SCAFFOLD control variates: every
     gradient is corrected by c - c_i, and the result carries c_i+ = c_i - c + (x - y)/(K lr)
     (option II of the paper, with K local steps at learning rate lr).
     """
     model, tokenizer = peft_model_for(cfg)
+    batch_loss, dpo_stats = None, None
+    if cfg.train.objective == "dpo":  # the reference first: computing it swaps the adapter
+        data = node_pairs(cfg, node) if data is None else data
+        reference = reference_logps(cfg, model, data, tokenizer.pad_token_id)
+        dpo_stats = DPOStats()
+        batch_loss = batch_loss_fn(model, data, reference, dpo_settings(cfg),
+                                   tokenizer.pad_token_id, dpo_stats)
     load_adapter_state(model, arrays)
     data = node_data(cfg, node) if data is None else data
     t = cfg.train
@@ -56,6 +67,7 @@ def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: flo
                     gradient_checkpointing=cfg.model.gradient_checkpointing),
         pad_id=tokenizer.pad_token_id,
         seed_parts=(cfg.server.seed, server_round, node.name),
+        batch_loss=batch_loss,
     )
     y = adapter_state(model)
     new_control = None
@@ -68,14 +80,23 @@ def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: flo
         arrays=y,
         num_examples=len(data),
         metrics={"train-loss": stats.train_loss, "dropped-examples": data.dropped,
-                 "tokens": stats.tokens, "train-seconds": stats.seconds},
+                 "tokens": stats.tokens, "train-seconds": stats.seconds,
+                 **(dpo_stats.metrics() if dpo_stats is not None else {})},
         control=new_control,
     )
 
 
 def evaluate(cfg: Config, arrays: dict[str, np.ndarray], node: Node) -> tuple[float, int]:
-    """Held-out loss of the global adapter on this client's own held-out examples."""
+    """Held-out loss (DPO loss for objective=dpo) of the global adapter on this client's own
+    held-out examples."""
     model, tokenizer = peft_model_for(cfg)
+    if cfg.train.objective == "dpo":
+        pairs = node_pairs(cfg, node, held_out=True)
+        reference = reference_logps(cfg, model, pairs, tokenizer.pad_token_id)
+        load_adapter_state(model, arrays)
+        metrics = preference_metrics(model, pairs, reference, dpo_settings(cfg),
+                                     tokenizer.pad_token_id, cfg.eval.eval_batch_size)
+        return metrics["eval_loss"], len(pairs)
     load_adapter_state(model, arrays)
     data = node_data(cfg, node, held_out=True)
     return heldout_loss(model, data, tokenizer.pad_token_id, cfg.eval.eval_batch_size), len(data)

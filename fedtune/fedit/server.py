@@ -11,6 +11,7 @@ from fedtune.config import Config
 from fedtune.data import eval_split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval import answer_metrics, heldout_loss
+from fedtune.fedit.dpo import heldout_pairs
 from fedtune.fedit.model import initial_adapter, peft_model_for
 from fedtune.lora import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.models import build_tiny, is_tiny
@@ -25,7 +26,9 @@ class FedITServer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.model, self.tokenizer = peft_model_for(cfg)
-        self.eval_examples = eval_split(cfg.data, cfg.server.seed)
+        dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
+        self.pairs = heldout_pairs(cfg, self.model, self.tokenizer) if dpo else None
+        self.eval_examples = [] if dpo else eval_split(cfg.data, cfg.server.seed)
         self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
@@ -51,6 +54,8 @@ class FedITServer:
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """Held-out loss, perplexity and exact match of the global adapter (all categories)."""
         load_adapter_state(self.model, arrays)
+        if self.pairs is not None:  # DPO: reward accuracy, margin, log-probs, DPO loss
+            return self.pairs.metrics(self.model)
         loss = heldout_loss(self.model, self.eval_data, self.tokenizer.pad_token_id,
                             self.cfg.eval.eval_batch_size)
         metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}

@@ -8,12 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedtune.config import Config
-from fedtune.data.tokenize import collate
+from fedtune.data.pairs import PairSet
+from fedtune.data.tokenize import EncodedSet, collate
 from fedtune.eval import heldout_loss
+from fedtune.eval.preference import preference_metrics
+from fedtune.fedkseed.dpo import reference_logps
 from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
 from fedtune.fedkseed.pro import probabilities_from
-from fedtune.node import Node, node_data
+from fedtune.node import Node, node_data, node_pairs
 from fedtune.seeding import rng
+from fedtune.train.dpo import DPOSettings, DPOStats, pair_loss
 from fedtune.train.sft import batches
 from fedtune.zo import sample_seed_indices, zo_step
 
@@ -28,13 +32,20 @@ class ZOResult:
 
 def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
           fingerprint: int, importance: bytes | None = None) -> ZOResult:
-    """tau ZO-SGD steps on the SFT loss of this node's data (FedKSeed, Alg. 1, client side)."""
+    """tau ZO-SGD steps on the SFT (or DPO) loss of this node's data (FedKSeed, Alg. 1,
+    client side)."""
     zm = zo_model_for(cfg)
     if fingerprint != pool_fingerprint(zm.seeds):
         raise ValueError("the server's seed pool differs from this client's: run both with the "
                          "same seed and zo-seeds")
+    dpo = cfg.train.objective == "dpo"
+    if dpo:  # reference (w0) log-probs first: computing them loads w0
+        data: EncodedSet | PairSet = node_pairs(cfg, node)
+        reference = reference_logps(cfg, zm, data)
+        settings, dpo_stats = DPOSettings.from_config(cfg.train), DPOStats()
+    else:
+        data = node_data(cfg, node)
     zm.load(accumulated, cfg.zo.zo_cache_dir)
-    data = node_data(cfg, node)
     if len(data) == 0:
         raise ValueError("no trainable examples on this node (all truncated away or no data)")
     k, tau = cfg.zo.zo_seeds, cfg.zo.zo_steps
@@ -48,9 +59,19 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     order = batches(len(data), cfg.train.batch_size, tau, cfg.server.seed, server_round,
                     node.name)
     for t, idx in enumerate(indices):
-        batch = {key: v.to(device)
-                 for key, v in collate([data.items[i] for i in next(order)], pad).items()}
-        step = zo_step(zm.params, lambda b=batch: zm.model(**b).loss, seed=int(zm.seeds[idx]),
+        picked = next(order)
+        if dpo:
+            def loss_fn(b: list[int] = picked) -> float:
+                terms, _ = pair_loss(zm.model, data, b, reference, settings, pad)
+                dpo_stats.add(terms)
+                return float(terms.loss)
+        else:
+            batch = {key: v.to(device)
+                     for key, v in collate([data.items[i] for i in picked], pad).items()}
+
+            def loss_fn(b: dict = batch) -> float:
+                return zm.model(**b).loss
+        step = zo_step(zm.params, loss_fn, seed=int(zm.seeds[idx]),
                        seed_index=int(idx), eps=zm.eps, lr=zm.lr,
                        clip=cfg.zo.zo_clip or None)
         if step.skipped:
@@ -63,12 +84,22 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
         "train-loss": float(np.mean(finite)) if finite else 0.0,
         "skipped-steps": skipped,
         "dropped-examples": data.dropped,
+        **(dpo_stats.metrics() if dpo else {}),  # over both perturbed forwards of each step
     })
 
 
 def evaluate(cfg: Config, accumulated: np.ndarray, node: Node) -> tuple[float, int]:
-    """Held-out loss of the global model of this version on the node's own held-out examples."""
+    """Held-out loss (DPO loss for objective=dpo) of the global model of this version on the
+    node's own held-out examples."""
     zm = zo_model_for(cfg)
+    if cfg.train.objective == "dpo":
+        pairs = node_pairs(cfg, node, held_out=True)
+        reference = reference_logps(cfg, zm, pairs)
+        zm.load(accumulated, cfg.zo.zo_cache_dir)
+        metrics = preference_metrics(zm.model, pairs, reference,
+                                     DPOSettings.from_config(cfg.train),
+                                     zm.tokenizer.pad_token_id, cfg.eval.eval_batch_size)
+        return metrics["eval_loss"], len(pairs)
     zm.load(accumulated, cfg.zo.zo_cache_dir)
     data = node_data(cfg, node, held_out=True)
     return heldout_loss(zm.model, data, zm.tokenizer.pad_token_id,

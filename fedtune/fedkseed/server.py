@@ -11,6 +11,7 @@ from fedtune.config import Config
 from fedtune.data import eval_split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval import answer_metrics, heldout_loss
+from fedtune.fedkseed.dpo import heldout_pairs
 from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
 from fedtune.fedkseed.pro import encode_importance
 from fedtune.models import build_tiny, is_tiny
@@ -30,7 +31,9 @@ class FedKSeedServer:
         self.zm = zo_model_for(cfg)
         self.pool = SeedPool(self.zm.seeds)
         self.momentum = np.zeros(self.pool.k, dtype=np.float32)  # zo-server-momentum state
-        self.eval_examples = eval_split(cfg.data, cfg.server.seed)
+        dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
+        self.pairs = heldout_pairs(cfg, self.zm) if dpo else None
+        self.eval_examples = [] if dpo else eval_split(cfg.data, cfg.server.seed)
         self.eval_data = encode_examples(self.zm.tokenizer, self.eval_examples,
                                          cfg.model.max_seq_len)
 
@@ -84,6 +87,8 @@ class FedKSeedServer:
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)
+        if self.pairs is not None:  # DPO: reward accuracy, margin, log-probs, DPO loss
+            return self.pairs.metrics(self.zm.model)
         loss = heldout_loss(self.zm.model, self.eval_data, self.zm.tokenizer.pad_token_id,
                             self.cfg.eval.eval_batch_size)
         metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}

@@ -79,10 +79,16 @@ class NodeRegistry:
     timeout: float
     names: dict[int, str] = field(default_factory=dict)
 
-    def refresh(self, min_nodes: int, wait: float) -> None:
-        """Wait (up to ``wait`` s) for ``min_nodes`` nodes, then ask new nodes for their name."""
+    def refresh(self, min_nodes: int, wait: float, strict: bool = True) -> None:
+        """Wait (up to ``wait`` s) for ``min_nodes`` nodes, then ask new nodes for their name.
+
+        Past the deadline, raise if ``strict``; else go on with the nodes that are connected
+        (a node lost mid-run must not stop the run: its rounds are then skipped)."""
         deadline = time.monotonic() + wait
         while len(ids := list(self.grid.get_node_ids())) < min_nodes:
+            if time.monotonic() > deadline and not strict:
+                log.warning("only %d of the %d nodes needed are connected", len(ids), min_nodes)
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {len(ids)} of the {min_nodes} nodes needed connected within "
@@ -132,11 +138,19 @@ class RoundReplies:
 def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout: float,
             check: Callable[[RecordDict], str | None]) -> RoundReplies:
     """Send, wait at most ``timeout``, drop (and log) failed or invalid replies, sort by name."""
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+    # The SuperLink answers for a node it lost (missed heartbeats) with an error reply whose
+    # source is the SuperLink itself: name the node by the message the reply answers.
+    sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages
+            if m.metadata.message_id}
+
+    def origin(reply: Message) -> int:
+        return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
     valid, dropped = [], 0
     ok = [r for r in replies if not r.has_error()]
     for reply in replies:
-        who = registry.name(reply.metadata.src_node_id)
+        who = registry.name(origin(reply))
         reason = reply.error.reason if reply.has_error() else check(reply.content)
         if reason:
             log.warning("dropped reply from %s: %s", who, reason)
@@ -144,7 +158,7 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
         else:
             valid.append(reply)
     valid.sort(key=lambda r: registry.name(r.metadata.src_node_id))
-    answered = {r.metadata.src_node_id for r in replies}
+    answered = {origin(r) for r in replies}
     silent = sorted(registry.name(m.metadata.dst_node_id) for m in messages
                     if m.metadata.dst_node_id not in answered)
     if silent:
@@ -212,13 +226,19 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
 
     for rnd in range(done + 1, s.num_server_rounds + 1):
         start = time.perf_counter()
-        registry.refresh(max(s.min_train_nodes, s.min_available_nodes), wait_for_nodes)
+        if rnd == done + 1:  # min-available-nodes gates the start only
+            registry.refresh(max(s.min_train_nodes, s.min_available_nodes), wait_for_nodes)
+        else:  # later, wait a round-timeout for lost nodes, then skip rounds rather than stop
+            registry.refresh(s.min_train_nodes, s.round_timeout, strict=False)
         ids = registry.sorted_ids()
-        chosen = sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
+        # too few nodes: send nothing (Flower's configure_train would wait for them forever)
+        chosen = (sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
+                  if len(ids) >= s.min_train_nodes else [])
         train_config = algo.train_config(rnd)
         msgs = _to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
                                                  ConfigRecord(train_config),
-                                                 SampledGrid(grid, chosen)), algo.wire_dtype)
+                                                 SampledGrid(grid, chosen)),
+                        algo.wire_dtype) if chosen else []
         down = _mean([content_bytes(m.content) for m in msgs])
         down_payload = _mean([payload_bytes(m.content) for m in msgs])
         got = collect(grid, msgs, registry, s.round_timeout, check_reply)

@@ -1,1 +1,1 @@
-"""Local training rounds (SFT now; the objectives are shared by LoRA and zeroth-order)."""
+"""Local training rounds: SFT and DPO, objectives shared by LoRA and zeroth-order."""

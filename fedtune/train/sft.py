@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -80,9 +81,17 @@ def _set_checkpointing(model: torch.nn.Module, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
+BatchLoss = Callable[[list[int]], tuple[torch.Tensor, int]]
+
+
 def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings, pad_id: int,
-                seed_parts: tuple[int | str, ...]) -> RoundStats:
-    """Run ``settings.steps`` AdamW steps of next-token loss on response tokens."""
+                seed_parts: tuple[int | str, ...], batch_loss: BatchLoss | None = None
+                ) -> RoundStats:
+    """Run ``settings.steps`` AdamW steps of next-token loss on response tokens.
+
+    ``batch_loss`` replaces the objective: it maps a batch of indices into ``data`` (which then
+    only needs a length, e.g. preference pairs for DPO) to (loss, tokens processed).
+    """
     if len(data) == 0:
         raise ValueError("no trainable examples: every response was truncated away or data is "
                          "empty; raise max-seq-len or check the data file")
@@ -106,10 +115,15 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(settings.grad_accum):
-                batch = collate([data.items[i] for i in next(micro)], pad_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                tokens += int(batch["attention_mask"].sum())
-                loss = model(**batch).loss / settings.grad_accum
+                if batch_loss is None:
+                    batch = collate([data.items[i] for i in next(micro)], pad_id)
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    tokens += int(batch["attention_mask"].sum())
+                    loss = model(**batch).loss / settings.grad_accum
+                else:
+                    loss, seen = batch_loss(next(micro))
+                    tokens += seen
+                    loss = loss / settings.grad_accum
                 loss.backward()
                 step_loss += loss.item()
             if settings.grad_correction is not None:

@@ -1,0 +1,271 @@
+"""Preference data for DPO: (prompt, chosen, rejected) pairs from files or the built-in tasks.
+
+Record layouts, detected per record:
+
+- standard: ``prompt``, ``chosen``, ``rejected`` strings; the prompt is used as written.
+- conversational: ``chosen`` and ``rejected`` are lists of ``{role, content}`` turns, with a
+  ``prompt`` list of turns or, without one, their shared leading turns as the prompt; the prompt
+  is rendered with the tokenizer's chat template (the Alpaca template if it has none).
+- hh-rlhf: ``chosen`` and ``rejected`` are full dialogues ``"\\n\\nHuman: ... \\n\\nAssistant:
+  ..."`` and no prompt; their shared text up to the last ``Assistant:`` is the prompt.
+- anything else: map the fields with ``data-fields``, e.g. ``"prompt=question,chosen=good,
+  rejected=bad"``.
+
+Missing or empty fields raise one sentence naming the file and line; pairs whose chosen and
+rejected responses are identical carry no preference, and dialogues whose last assistant turn
+is empty have no response: both are counted, logged (with the first line) and skipped.
+The built-in data (``data=builtin``) pairs each synthetic task's correct answer with a
+plausible wrong one of the same format (:func:`fedtune.data.synthetic.wrong_answer`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedtune.config import DataConfig
+from fedtune.data import synthetic
+from fedtune.data.example import Example
+from fedtune.data.layouts import _present, _text, _turns, parse_fields
+from fedtune.data.partition import iid_partition, partition
+from fedtune.data.readers import DataFileError, Record, file_records, hub_records, is_hub_name
+from fedtune.data.template import render_prompt
+
+log = logging.getLogger("fedtune")
+
+MARKER = "Assistant:"  # hh-rlhf: the prompt ends with the last assistant turn's marker
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """A prompt with a preferred (``chosen``) and a dispreferred (``rejected``) response.
+
+    The prompt is either ``prompt`` (raw text, used as is) or ``instruction`` (an
+    :class:`Example` rendered with the prompt template, or with the chat template when it has
+    ``messages``).
+    """
+
+    chosen: str
+    rejected: str
+    prompt: str = ""
+    instruction: Example | None = None
+    category: str = ""
+
+    def prompt_text(self, tokenizer=None) -> str:
+        if self.instruction is not None:
+            return render_prompt(self.instruction, tokenizer)
+        return self.prompt
+
+    def uses_chat_template(self, tokenizer) -> bool:
+        return bool(self.instruction is not None and self.instruction.messages
+                    and getattr(tokenizer, "chat_template", None))
+
+
+@dataclass
+class PairList:
+    """Pairs read from a source, and how many identical pairs were skipped."""
+
+    pairs: list[PreferenceExample]
+    identical: int = 0
+    empty: int = 0  # dialogues whose last assistant turn is empty
+
+
+# ---- records -> pairs ---------------------------------------------------------------------
+def _field(record: Record, names: dict[str, str], target: str, where: str) -> Any:
+    name = names.get(target, target)
+    if name not in record or record[name] is None:
+        raise DataFileError(
+            f"{where}: field '{name}' is missing (the record has {_present(record)}); a "
+            "preference record needs 'chosen' and 'rejected' (and 'prompt' unless they are "
+            "full hh-rlhf dialogues), or set data-fields, e.g. "
+            "'prompt=question,chosen=good,rejected=bad'.")
+    return record[name]
+
+
+class EmptyTurn(DataFileError):
+    """A dialogue whose last assistant turn is empty (real hh-rlhf data has a few): such a
+    pair is counted and skipped, not fatal, since the record's fields themselves are there."""
+
+
+def _nonempty(text: str, what: str, where: str) -> str:
+    if not text.strip():
+        raise DataFileError(f"{where}: the {what} response is empty; give it text or remove "
+                            "the record.")
+    return text
+
+
+def _string(value: Any, name: str, where: str) -> str:
+    text = _text(value)
+    if text is None:
+        raise DataFileError(f"{where}: field '{name}' is a {type(value).__name__}, not text; "
+                            "give it a string (or, for chat data, a list of turns).")
+    return text
+
+
+def _hh_split(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) of two hh-rlhf dialogues."""
+    common = os.path.commonprefix([chosen, rejected])
+    cut = common.rfind(MARKER)
+    if cut < 0:
+        raise DataFileError(f"{where}: the record has no 'prompt' field and its chosen and "
+                            f"rejected texts share no '{MARKER}' turn; add a 'prompt' field or "
+                            "map one with data-fields (prompt=<field>).")
+    end = cut + len(MARKER)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def _chat_pair(record: Record, names: dict[str, str], where: str,
+               category: str) -> PreferenceExample:
+    chosen = _turns(record[names.get("chosen", "chosen")], "chosen", where)
+    rejected = _turns(_field(record, names, "rejected", where), "rejected", where)
+    prompt_name = names.get("prompt", "prompt")
+    if record.get(prompt_name) is not None:
+        prompt = _turns(record[prompt_name], prompt_name, where)
+    else:  # implicit prompt: the turns both dialogues share, up to the last user turn
+        shared = 0
+        while (shared < min(len(chosen), len(rejected)) - 1
+               and chosen[shared] == rejected[shared]):
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not prompt:
+        raise DataFileError(f"{where}: the conversation has no prompt turn before the "
+                            "responses; give a 'prompt' list of turns.")
+    users = [i for i, (role, _) in enumerate(prompt) if role == "user"]
+    main = users[-1] if users else len(prompt) - 1
+    history = "\n".join(f"{r}: {c}" for i, (r, c) in enumerate(prompt) if i != main)
+    instruction = Example(instruction=prompt[main][1], output="", input=history,
+                          category=category, messages=tuple(prompt))
+    return PreferenceExample(
+        chosen=_nonempty("\n".join(c for _, c in chosen), "chosen", where),
+        rejected=_nonempty("\n".join(c for _, c in rejected), "rejected", where),
+        instruction=instruction, category=category)
+
+
+def to_pair(record: Any, where: str, names: dict[str, str] | None = None) -> PreferenceExample:
+    """One record -> a :class:`PreferenceExample`; ``where`` (``"file: line 3"``) prefixes
+    errors; ``names`` maps prompt/chosen/rejected/category to the record's field names."""
+    names = names or {}
+    if not isinstance(record, dict):
+        raise DataFileError(f"{where} is not an object with fields; each preference record "
+                            "needs 'chosen' and 'rejected' fields.")
+    chosen = _field(record, names, "chosen", where)
+    cat = record.get(names.get("category", "category"))
+    category = _text(cat) or "" if cat is not None else ""
+    if isinstance(chosen, list) or isinstance(record.get(names.get("rejected", "rejected")),
+                                              list):
+        return _chat_pair(record, names, where, category)
+    chosen = _string(chosen, names.get("chosen", "chosen"), where)
+    rejected_raw = _field(record, names, "rejected", where)
+    rejected = _string(rejected_raw, names.get("rejected", "rejected"), where)
+    prompt_name = names.get("prompt", "prompt")
+    if record.get(prompt_name) is None:
+        if "prompt" in names:
+            _field(record, names, "prompt", where)  # mapped but absent: say so
+        prompt, chosen, rejected = _hh_split(chosen, rejected, where)
+        if not chosen.strip() or not rejected.strip():
+            raise EmptyTurn(f"{where}: the last assistant turn is empty")
+    else:
+        prompt = _string(record[prompt_name], prompt_name, where)
+    return PreferenceExample(chosen=_nonempty(chosen, "chosen", where),
+                             rejected=_nonempty(rejected, "rejected", where),
+                             prompt=prompt, category=category)
+
+
+def read_pairs(source: str | Path, fields: str | dict[str, str] = "") -> PairList:
+    """Every usable pair of a data file or hub dataset (identical pairs counted, skipped)."""
+    if isinstance(fields, str):
+        try:
+            fields = parse_fields(fields)
+        except ValueError as err:
+            raise DataFileError(str(err)) from None
+    hub = isinstance(source, str) and is_hub_name(source)
+    out = PairList([])
+    first, first_empty = "", ""
+    for where, record in hub_records(source) if hub else file_records(source):
+        try:
+            pair = to_pair(record, f"{source}: {where}", fields)
+        except EmptyTurn:
+            out.empty += 1
+            first_empty = first_empty or where
+            continue
+        if pair.chosen.strip() == pair.rejected.strip():
+            out.identical += 1
+            first = first or where
+            continue
+        out.pairs.append(pair)
+    if out.identical:
+        log.warning(f"{source}: {out.identical} pair(s) have identical chosen and rejected "
+                    f"responses (first at {first}) and carry no preference; skipped them.")
+    if out.empty:
+        log.warning(f"{source}: {out.empty} dialogue(s) end with an empty assistant turn "
+                    f"(first at {first_empty}); skipped them.")
+    if not out.pairs:
+        raise DataFileError(f"{source}: no usable preference pairs (records: "
+                            f"{out.identical} identical pairs); give pairs whose chosen and "
+                            "rejected responses differ.")
+    return out
+
+
+# ---- built-in pairs ----------------------------------------------------------------------
+def synthetic_pair(example: Example, seed: int) -> PreferenceExample:
+    """The correct answer (chosen) against a plausible wrong one of the same format."""
+    gen = random.Random(f"pref-{seed}-{example.category}-{example.input}")
+    wrong = synthetic.wrong_answer(example.category, example.input, example.output, gen)
+    return PreferenceExample(chosen=example.output, rejected=wrong, instruction=example,
+                             category=example.category)
+
+
+# ---- who gets which pairs -----------------------------------------------------------------
+def _shuffled(cfg: DataConfig, seed: int) -> list[PreferenceExample]:
+    return iid_partition(read_pairs(cfg.data, cfg.data_fields).pairs, 1, seed)[0]
+
+
+def eval_pairs(cfg: DataConfig, seed: int) -> list[PreferenceExample]:
+    """The server's held-out pairs: the built-in ones, ``eval-data``'s first
+    ``eval-examples``, or the first ``eval-examples`` of the seeded shuffle of ``data``."""
+    if cfg.data == "builtin":
+        return [synthetic_pair(e, seed) for e in synthetic.eval_examples(cfg.eval_examples, seed)]
+    if cfg.eval_data:
+        return read_pairs(cfg.eval_data, cfg.data_fields).pairs[: cfg.eval_examples]
+    return _shuffled(cfg, seed)[: cfg.eval_examples]
+
+
+@functools.lru_cache(maxsize=4)
+def _parts(key: tuple, num_partitions: int, seed: int) -> list[list[PreferenceExample]]:
+    cfg = DataConfig(*key)
+    pool = _shuffled(cfg, seed)
+    if not cfg.eval_data:
+        pool = pool[cfg.eval_examples:]
+    if len(pool) < num_partitions:
+        raise DataFileError(f"{cfg.data}: {len(pool)} training pairs (after eval-examples="
+                            f"{cfg.eval_examples} held out) cannot cover {num_partitions} "
+                            "clients; lower eval-examples or use fewer clients.")
+    how = "iid" if cfg.partition == "auto" else cfg.partition
+    return partition(pool, num_partitions, seed, how, "category", cfg.dirichlet_alpha,
+                     cfg.shards_per_client)
+
+
+def client_pairs(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int,
+                 held_out: bool = False) -> list[PreferenceExample]:
+    """This client's private pairs; its first tenth (at least one) is its held-out side."""
+    if cfg.data == "builtin":
+        n = cfg.client_eval_examples if held_out else cfg.examples_per_client
+        examples = synthetic.client_examples(partition_id, num_partitions, n, seed, held_out)
+        return [synthetic_pair(e, seed) for e in examples]
+    pairs = _parts(astuple(cfg), num_partitions, seed)[partition_id]
+    cut = max(1, len(pairs) // 10)
+    return pairs[:cut] if held_out else pairs[cut:]
+
+
+def own_file_pairs(path: str, fields: str, seed: int,
+                   held_out: bool = False) -> list[PreferenceExample]:
+    """Deployment: a node's own preference file, shuffled with the run seed; first tenth
+    held out."""
+    pairs = iid_partition(read_pairs(path, fields).pairs, 1, seed)[0]
+    cut = max(1, len(pairs) // 10)
+    return pairs[:cut] if held_out else pairs[cut:]

@@ -1,0 +1,418 @@
+"""Deployment end to end: a real SuperLink (TLS + SuperNode authentication), real SuperNodes
+on 127.0.0.1, real ``flwr`` commands, all started and stopped here by PID.
+
+The commands are not written in this file: they are read from ``docs/deployment.md`` (the fenced
+blocks marked ``<!-- run: NAME -->``) and run with ``bash`` exactly as a reader would paste
+them, with the guide's variables (``$CERTS``, ``$PORT``, ``$NAME``, ...) set to a temporary
+folder and free ports. So the guide is the one source of the command lines: a change there is
+what this test runs, and a guide command that breaks fails here. (The README's deployment section
+points to the guide instead of repeating the commands.)
+
+Costs: every message starts a new ClientApp process (torch + transformers import) on a node, so
+the runs are kept minimal: 2 rounds, 2 local steps / 4 ZO steps, 8 held-out examples.
+``pytest -m "not deployment"`` skips the module; CI runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "deployment.md"
+# the environment's flower-superlink, flower-supernode and flwr (first on PATH for the guide)
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.deployment
+
+BLOCK = re.compile(r"<!-- (run|example|variables): ([\w -]+?) -->\n```\w+\n(.*?)\n```", re.S)
+NODES = ("zurich", "basel")  # connected for the whole module
+SPARE = "geneva"  # registered; used by the CA checks, then joins and is killed mid-round
+
+
+def guide() -> dict[str, dict[str, str]]:
+    """The guide's marked blocks: {"run": {name: text}, "example": ..., "variables": ...}."""
+    blocks: dict[str, dict[str, str]] = {"run": {}, "example": {}, "variables": {}}
+    for kind, name, text in BLOCK.findall(GUIDE.read_text()):
+        blocks[kind][name] = text
+    return blocks
+
+
+GUIDE_VARS = sorted({v for text in guide()["variables"].values()
+                     for v in re.findall(r"^export (\w+)=", text, re.M)})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def kill_tree(pid: int, sig: int) -> list[psutil.Process]:
+    """Signal a process and all its descendants (Flower starts SuperExec in its own session,
+    so a process group would miss it); returns what was signalled."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def stop_tree(pid: int) -> None:
+    procs = kill_tree(pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        kill_tree(proc.pid, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+
+
+@dataclass
+class Cluster:
+    """The guide's variables per role, the processes started, and how to run a guide block."""
+
+    tmp: Path
+    common: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    node_ids: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def env(self, home: str, **variables: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in GUIDE_VARS + ["RUN_ID"]}
+        env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", FLWR_HOME=str(self.tmp / home),
+                   FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                   COLUMNS="250", PYTHONUNBUFFERED="1")
+        env.update({**self.common, **variables})
+        return env
+
+    def operator(self, **variables: str) -> dict[str, str]:
+        return self.env("operator-flwr-home", **variables)
+
+    def edge(self, name: str, certs: str | None = None) -> tuple[dict[str, str], Path]:
+        """The variables of edge machine ``name`` (its own folder, key, data, cache, port)."""
+        home = self.tmp / f"edge-{name}"
+        env = self.env(f"edge-{name}/flwr-home", NAME=name, KEYS=str(home / "keys"),
+                       DATA=str(home / f"{name}.jsonl"), CACHE=str(home / "cache"),
+                       NODE_PORT=str(free_port()))
+        if certs is not None:
+            env["CERTS"] = certs
+        return env, home
+
+    def run(self, name: str, env: dict[str, str], cwd: Path | None = None,
+            timeout: float = 120, check: bool = True, text: str | None = None
+            ) -> subprocess.CompletedProcess:
+        """Run guide block ``name`` to completion."""
+        text = guide()["run"][name] if text is None else text
+        out = subprocess.run(["bash", "-eu", "-o", "pipefail", "-c", text], env=env,
+                             cwd=cwd or self.tmp, capture_output=True, text=True,
+                             timeout=timeout)
+        if check:
+            assert out.returncode == 0, f"guide block '{name}' failed:\n{out.stdout}\n{out.stderr}"
+        return out
+
+    def start(self, name: str, env: dict[str, str], log: Path, cwd: Path,
+              text: str | None = None) -> subprocess.Popen:
+        """Start long-running guide block ``name`` (SuperLink, SuperNode) in the background."""
+        text = guide()["run"][name] if text is None else text
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(["bash", "-eu", "-c", text], env=env, cwd=cwd, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_node(self, name: str) -> tuple[subprocess.Popen, Path]:
+        env, home = self.edge(name)
+        log = self.tmp / f"supernode-{name}.log"
+        return self.start("supernode", env, log, cwd=home), log
+
+    def launch(self, config: dict, tag: str) -> int:
+        """Write a run.toml, ``flwr run`` it (guide block 'launch'), return the run id."""
+        path = self.tmp / f"run-{tag}.toml"
+        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        out = self.run("launch", self.operator(RUN_CONFIG=str(path)), cwd=ROOT, timeout=120)
+        found = re.search(r"Successfully started run (\d+)", out.stdout + out.stderr)
+        assert found, f"no run id in:\n{out.stdout}\n{out.stderr}"
+        return int(found.group(1))
+
+    def follow(self, run_id: int, timeout: float = 420) -> str:
+        """``flwr log RUN_ID`` (guide block 'log'): streams until the run ends."""
+        out = self.run("log", self.operator(RUN_ID=str(run_id)), timeout=timeout)
+        return out.stdout + out.stderr
+
+    def status(self, run_id: int) -> str:
+        """The run's status column in ``flwr ls`` (guide block 'list')."""
+        out = self.run("list", self.operator())
+        row = next((line for line in out.stdout.splitlines() if str(run_id) in line), "")
+        found = re.search(r"(finished:\w+|running|starting|pending)", row)
+        assert found, f"run {run_id} not listed:\n{out.stdout}"
+        return found.group(1)
+
+    def node_status(self, name: str) -> str:
+        out = self.run("nodes", self.operator())
+        row = next((line for line in out.stdout.splitlines()
+                    if str(self.node_ids[name]) in line), "")
+        found = re.search(r"(online|offline|registered|unregistered)", row)
+        assert found, f"node {name} not listed:\n{out.stdout}"
+        return found.group(1)
+
+    def logs(self) -> str:
+        return "\n".join(tail(p) for p in sorted(self.tmp.glob("*.log")))
+
+
+def write_examples(path: Path, examples) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"instruction": e.instruction, "input": e.input,
+                                        "output": e.output}) + "\n" for e in examples))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A SuperLink with TLS and node authentication (guide blocks certs, superlink, connection),
+    the keys of three edge machines registered (keys, register), two SuperNodes running."""
+    from fedtune.data import synthetic
+
+    t0 = time.monotonic()
+    tmp = tmp_path_factory.mktemp("deploy")
+    port = free_port()
+    c = Cluster(tmp, common={"SUPERLINK_HOST": "127.0.0.1", "PORT": str(port),
+                             "SUPERLINK": f"127.0.0.1:{port}", "CERTS": str(tmp / "certs")})
+    missing = [cmd for cmd in ("flower-superlink", "flower-supernode", "flwr", "fedtune")
+               if shutil.which(cmd, path=c.operator()["PATH"]) is None]
+    assert not missing, f"{missing} not found next to {sys.executable} or on PATH: install the " \
+                        "project (pip install -e .) in the environment that runs pytest"
+    try:
+        c.run("certs", c.operator())
+        (tmp / "superlink").mkdir()
+        link_env = c.env("superlink-flwr-home", STATE=str(tmp / "superlink" / "state"))
+        link = c.start("superlink", link_env, tmp / "superlink.log", cwd=tmp / "superlink")
+        c.run("connection", c.operator())
+        for pid, name in enumerate((*NODES, SPARE)):
+            env, home = c.edge(name)
+            c.run("keys", env)
+            write_examples(home / f"{name}.jsonl", synthetic.client_examples(pid, 3, 24, seed=0))
+        write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
+
+        deadline = time.monotonic() + 90
+        for name in (*NODES, SPARE):  # the operator registers each edge machine's public key
+            env, _ = c.edge(name)
+            while True:
+                out = c.run("register", c.operator(KEYS=env["KEYS"], NAME=name), check=False)
+                if out.returncode == 0 or time.monotonic() > deadline or link.poll() is not None:
+                    break
+                time.sleep(1)  # the SuperLink is still starting
+            assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{c.logs()}"
+            c.node_ids[name] = int(re.search(r"SuperNode (\d+) registered", out.stdout).group(1))
+        for name in NODES:
+            c.start_node(name)
+        c.timings["fixture"] = time.monotonic() - t0
+        yield c
+    finally:
+        for proc in c.procs:
+            stop_tree(proc.pid)
+        print("\ndeployment timings (s):", json.dumps(
+            {k: round(v, 1) for k, v in c.timings.items()}))
+
+
+def small_run(tmp: Path, tag: str, **overrides) -> dict:
+    config = {"algorithm": "fedit", "num-server-rounds": 2, "local-steps": 2, "batch-size": 4,
+              "lora-r": 4, "eval-examples": 8, "eval-batch-size": 8, "max-new-tokens": 4,
+              "fraction-train": 1.0, "fraction-evaluate": 0.0, "min-train-nodes": 2,
+              "min-available-nodes": 2, "round-timeout": 300.0,
+              "eval-data": str(tmp / "superlink" / "heldout.jsonl"),
+              "run-dir": str(tmp / "runs" / tag)}
+    config.update(overrides)
+    return config
+
+
+def rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_guide_blocks_and_variables_agree_with_this_test():
+    blocks = guide()
+    assert set(blocks["run"]) >= {"certs", "superlink", "connection", "keys", "register",
+                                  "supernode", "nodes", "launch", "list", "log", "stop"}
+    used = {v for text in blocks["run"].values() for v in re.findall(r"\$\{?(\w+)", text)}
+    assert used - {"HOME", "FLWR_HOME", "RUN_ID"} <= set(GUIDE_VARS), "guide: undefined vars"
+    assert set(GUIDE_VARS) == {"SUPERLINK_HOST", "PORT", "SUPERLINK", "CERTS", "STATE", "NAME",
+                               "KEYS", "DATA", "CACHE", "NODE_PORT", "RUN_CONFIG"}  # set below
+    import tomllib
+
+    from fedtune.config import Config
+
+    example = tomllib.loads(blocks["example"]["run-config"])
+    Config.from_flat(example)  # every key exists and every value is valid
+
+
+def test_readme_quotes_the_guides_commands():
+    """The README's deployment section quotes commands; each must be (part of) a guide block
+    that this module runs."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deployment on real machines", 1)[1].split("\n## ", 1)[0]
+
+    def norm(text: str) -> str:
+        return " ".join(text.replace("\\\n", " ").split())
+
+    runs = [norm(text) for text in guide()["run"].values()]
+    quoted = [norm(q) for q in re.findall(r"`([^`]+)`", section)
+              if q.startswith(("fedtune ", "flwr ", "flower-"))]
+    assert len(quoted) >= 8
+    for command in quoted:
+        assert any(command in run for run in runs), f"README quotes '{command}', not in the guide"
+
+
+def test_unregistered_key_and_missing_ca_are_refused(cluster):
+    t0 = time.monotonic()
+    c = cluster
+    intruder, home = c.edge("intruder")
+    c.run("keys", intruder)  # a valid key pair the operator never registered
+    c.run("certs", c.operator(CERTS=str(c.tmp / "foreign-ca")))  # some other CA
+    foreign, _ = c.edge(SPARE, certs=str(c.tmp / "foreign-ca"))
+    no_ca, _ = c.edge(SPARE)
+    text = guide()["run"]["supernode"]
+    without_ca = text.replace('--root-certificates "$CERTS/ca.crt" ', "")
+    assert without_ca != text
+    cases = {  # name: (process, log, expected error)
+        "unregistered": (intruder, None, "Failed to activate SuperNode"),
+        "foreign-ca": (foreign, None, "CERTIFICATE_VERIFY_FAILED"),
+        "no-ca": (no_ca, without_ca, "CERTIFICATE_VERIFY_FAILED"),
+    }
+    started = {}
+    for case, (env, block, _) in cases.items():
+        log = c.tmp / f"refused-{case}.log"
+        started[case] = (c.start("supernode", env, log, cwd=home, text=block), log)
+    for case, (proc, log) in started.items():
+        try:
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{case}: the SuperNode is still running, so it was let in\n{tail(log)}")
+        out = log.read_text()
+        assert rc != 0 and cases[case][2] in out, f"{case}: rc={rc}\n{tail(log)}"
+        assert "Exit Code: 305" in out  # SUPERNODE_CONNECTION_ERROR
+    link_log = (c.tmp / "superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in link_log
+    assert c.node_status(SPARE) == "registered"  # never activated without the CA
+    c.timings["refusals"] = time.monotonic() - t0
+
+
+def _check_run(c: Cluster, run_id: int, run_dir: Path, log: str, rounds: int = 2,
+               shown: str | None = None) -> list[dict]:
+    assert c.status(run_id) == "finished:completed", log + c.logs()
+    got = rows(run_dir)
+    assert [r["round"] for r in got] == list(range(rounds + 1)), log + c.logs()
+    assert f"results in {shown or run_dir}" in log
+    assert (run_dir / "summary.json").exists() and (run_dir / "config.json").exists()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert json.dumps(config).count("heldout.jsonl") == 1  # the server's own held-out file
+    assert all(math.isfinite(r["eval_loss"]) for r in got)
+    return got
+
+
+def test_fedit_two_rounds(cluster):
+    c, t0 = cluster, time.monotonic()
+    run_dir = c.tmp / "runs" / "fedit"
+    run_id = c.launch(small_run(c.tmp, "fedit"), "fedit")
+    log = c.follow(run_id)
+    got = _check_run(c, run_id, run_dir, log)
+    for r in got[1:]:
+        assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), r
+        assert not r.get("skipped") and r["bytes_up_per_client"] > 100_000  # a 16-bit adapter
+    assert got[-1]["eval_loss"] < got[0]["eval_loss"]  # the nodes' data trained the adapter
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_config.json").exists()
+    assert any(adapter.glob("adapter_model.*"))
+    c.timings["fedit"] = time.monotonic() - t0
+    c.timings.update({f"fedit round {r['round']}": r["seconds"] for r in got})
+
+
+def test_fedkseed_two_rounds(cluster):
+    c, t0 = cluster, time.monotonic()
+    # a relative output-dir: resolved in the folder the SuperLink was started in (as the guide
+    # says), <output-dir>/<algorithm>-<objective>-<time>/
+    config = small_run(c.tmp, "fedkseed", algorithm="fedkseed", **{
+        "zo-steps": 4, "zo-seeds": 64, "run-dir": "", "output-dir": "relative-runs"})
+    run_id = c.launch(config, "fedkseed")
+    log = c.follow(run_id)
+    found = list((c.tmp / "superlink" / "relative-runs").glob("fedkseed-sft-*"))
+    assert len(found) == 1, log + c.logs()
+    run_dir = found[0]
+    got = _check_run(c, run_id, run_dir, log, shown=f"relative-runs/{run_dir.name}")
+    for r in got[1:]:
+        assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), r
+        assert not r.get("skipped") and 0 < r["bytes_up_per_client"] < 2_000  # seeds + scalars
+    assert (run_dir / "fedkseed-state.npz").exists()
+    for name in NODES:  # each node kept its replayed model version in its own cache-dir
+        assert any((c.tmp / f"edge-{name}" / "cache").rglob("*")), name
+    c.timings["fedkseed"] = time.monotonic() - t0
+    c.timings.update({f"fedkseed round {r['round']}": r["seconds"] for r in got})
+
+
+def test_flwr_stop(cluster):
+    c, t0 = cluster, time.monotonic()
+    run_dir = c.tmp / "runs" / "stopped"
+    run_id = c.launch(small_run(c.tmp, "stopped", **{"num-server-rounds": 50}), "stopped")
+    c.run("stop", c.operator(RUN_ID=str(run_id)))
+    assert c.status(run_id) == "finished:stopped"
+    time.sleep(2)
+    assert not (run_dir / "summary.json").exists()
+    c.timings["stop"] = time.monotonic() - t0
+
+
+def test_supernode_killed_mid_round(cluster):
+    """SIGKILL one of three SuperNodes while it holds a train message: round 1 ends with the
+    other two replies within round-timeout, round 2 goes on without it, the run finishes."""
+    c, t0 = cluster, time.monotonic()
+    timeout = 60.0  # Flower gives up on a silent node 36-60 s after the kill (heartbeats)
+    run_dir = c.tmp / "runs" / "killed"
+    victim, victim_log = c.start_node(SPARE)
+    config = small_run(c.tmp, "killed", **{"min-available-nodes": 3, "round-timeout": timeout})
+    run_id = c.launch(config, "killed")
+    deadline = time.monotonic() + 300
+    while "Receiving: train message" not in victim_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, c.logs()
+        assert victim.poll() is None, tail(victim_log)
+        time.sleep(0.2)
+    killed = kill_tree(victim.pid, signal.SIGKILL)  # the machine is gone: node, its ClientApp
+    t_kill = time.monotonic()
+    psutil.wait_procs(killed, timeout=10)
+    while len(rows(run_dir)) < 2:
+        assert time.monotonic() - t_kill < timeout + 60, c.logs()
+        time.sleep(0.5)
+    round_done = time.monotonic() - t_kill
+    log = c.follow(run_id)
+    got = _check_run(c, run_id, run_dir, log)
+    first, second = got[1], got[2]
+    assert (first["sampled"], first["clients"]) == (3, 2) and not first.get("skipped"), first
+    assert first["dropped"] + first["timed_out"] == 1, first
+    assert round_done <= timeout + 20, round_done  # the wait ended by round-timeout at the latest
+    assert second["clients"] == 2 and not second.get("skipped"), second
+    assert re.search(rf"(dropped reply from|no reply within \d+ s from) {SPARE}", log), log
+    c.timings.update({"killed run": time.monotonic() - t0, "kill -> round 1 done": round_done,
+                      "killed round 1": first["seconds"], "killed round 2": second["seconds"]})
+    print("\nkilled-node rounds:", json.dumps(
+        [{k: r.get(k) for k in ("round", "sampled", "clients", "dropped", "timed_out",
+                                 "skipped", "seconds")} for r in got[1:]]))

@@ -53,6 +53,14 @@ def test_shipped_recipes_are_valid_and_found_by_name():
         flat = load_recipe(name)
         flat.pop("num-clients", None)  # the simulation's size, read by `fedtune simulate`
         Config.from_flat(flat)
-    assert Config.from_flat(load_recipe("fedit-tiny")).to_flat() == Config().to_flat()
+    assert Config.from_flat(load_recipe("fedit-tiny")).to_flat() == Config.from_flat({}).to_flat()
     with pytest.raises(ConfigError, match="fedit-tiny"):
         load_recipe("no-such-recipe")
+
+
+def test_auto_defaults_follow_the_objective_and_the_model():
+    sft, dpo = Config.from_flat({}), Config.from_flat({"objective": "dpo"})
+    assert (sft.server.num_server_rounds, dpo.server.num_server_rounds) == (12, 20)
+    assert dpo.train.dpo_beta == 0.5  # tiny's random start
+    real = Config.from_flat({"objective": "dpo", "model": "org/model", "num-server-rounds": 3})
+    assert (real.train.dpo_beta, real.server.num_server_rounds) == (0.1, 3)

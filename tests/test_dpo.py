@@ -168,3 +168,15 @@ def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     after = reference_logps(cfg, zm, data)  # recomputed from w0 with another version loaded
     np.testing.assert_array_equal(before, after)
     assert server.evaluate({"accumulated": new})["reward_margin"] != 0.0
+
+
+def test_dropout_is_off_during_dpo_rounds_and_restored_after():
+    from fedtune.train.dpo import dropout_off
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.3), torch.nn.Dropout(0.1))
+    net.train()
+    x = torch.ones(2, 4)
+    with dropout_off(net):
+        assert [m.p for m in net if isinstance(m, torch.nn.Dropout)] == [0.0, 0.0]
+        assert torch.equal(net(x), net(x))  # deterministic in train mode
+    assert [m.p for m in net if isinstance(m, torch.nn.Dropout)] == [0.3, 0.1]

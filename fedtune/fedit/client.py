@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from fedtune.fedit.dpo import dpo_settings, reference_logps
 from fedtune.fedit.model import peft_model_for
 from fedtune.lora import adapter_state, load_adapter_state, trainable_keys
 from fedtune.node import Node, node_data, node_pairs
-from fedtune.train.dpo import DPOStats, batch_loss_fn
+from fedtune.train.dpo import DPOStats, batch_loss_fn, dropout_off
 from fedtune.train.sft import SFTSettings, train_round
 
 
@@ -58,17 +59,16 @@ def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: flo
         ref = next(p for p in model.parameters() if p.requires_grad)
         correction = [torch.from_numpy(c[k] - c_i[k]).to(ref.device, ref.dtype)
                       for k in trainable_keys(model)]
-    stats = train_round(
-        model, data,
-        SFTSettings(steps=steps or t.local_steps, batch_size=t.batch_size, lr=lr,
-                    grad_accum=t.grad_accum, weight_decay=t.weight_decay,
-                    max_grad_norm=t.max_grad_norm, prox_mu=prox_mu,
-                    grad_correction=correction,
-                    gradient_checkpointing=cfg.model.gradient_checkpointing),
-        pad_id=tokenizer.pad_token_id,
-        seed_parts=(cfg.server.seed, server_round, node.name),
-        batch_loss=batch_loss,
-    )
+    settings = SFTSettings(steps=steps or t.local_steps, batch_size=t.batch_size, lr=lr,
+                           grad_accum=t.grad_accum, weight_decay=t.weight_decay,
+                           max_grad_norm=t.max_grad_norm, prox_mu=prox_mu,
+                           grad_correction=correction,
+                           gradient_checkpointing=cfg.model.gradient_checkpointing)
+    # DPO: the policy's log-probs without dropout, as the reference's are (TRL's default)
+    with dropout_off(model) if batch_loss is not None else contextlib.nullcontext():
+        stats = train_round(model, data, settings, pad_id=tokenizer.pad_token_id,
+                            seed_parts=(cfg.server.seed, server_round, node.name),
+                            batch_loss=batch_loss)
     y = adapter_state(model)
     new_control = None
     if control is not None:

@@ -17,8 +17,9 @@ a cache folder when one is configured.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,20 @@ def pair_logps(model: torch.nn.Module, data: PairSet, pad_id: int,
         out[start:start + len(chunk), 1] = logps[len(chunk):]
     model.train(was_training)
     return out
+
+
+@contextlib.contextmanager
+def dropout_off(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout probabilities set to 0 for the block (TRL's ``disable_dropout``): with dropout,
+    the policy's log-probs would be noisy estimates compared with exact reference log-probs."""
+    layers = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m, _ in layers:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in layers:
+            m.p = p
 
 
 _MEMORY: dict[str, np.ndarray] = {}

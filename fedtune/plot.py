@@ -20,8 +20,9 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
             ax_loss.plot(*zip(*pts, strict=True), style, label=key)
+    dpo = any(r.get("objective") == "dpo" for r in rows)
     ax_loss.set_xlabel("round")
-    ax_loss.set_ylabel("loss (response tokens)")
+    ax_loss.set_ylabel("DPO loss (pairs)" if dpo else "loss (response tokens)")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
     if any(r.get("reward_accuracy") is not None for r in rows):
@@ -44,7 +45,9 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     if metric_keys:
         ax_metric.legend(fontsize=8)
     ax_metric.grid(alpha=0.3)
-    ax_loss.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
+    ticks = rounds if len(rounds) <= 13 else rounds[:: max(2, len(rounds) // 10)]
+    ax_loss.set_xticks(ticks)
+    ax_metric.set_xticks(ticks)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

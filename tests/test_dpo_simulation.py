@@ -33,6 +33,8 @@ def test_dpo_run_reports_preference_metrics(dpo_run):
                 "eval_loss", "fed_eval_loss"):
         assert rows[-1][key] is not None, key
     assert rows[-1]["reward_margin"] != 0.0 and rows[-1]["train_loss"] is not None
+    assert 0.0 <= rows[-1]["train_reward_accuracy"] <= 1.0  # the clients' own, aggregated
+    assert "train_reward_accuracy" not in rows[0]
     assert (dpo_run / "adapter" / "adapter_config.json").exists()
 
 

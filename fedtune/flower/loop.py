@@ -256,6 +256,9 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strateg
             new, metrics = strategy.aggregate_train(rnd, [_as_float32(r) for r in got.valid])
             arrays = from_arrayrecord(new)
             row["train_loss"] = metrics.get("train-loss") if metrics else None
+            for key in ("train-reward-accuracy", "train-reward-margin"):  # DPO rounds
+                if metrics and key in metrics:
+                    row[key.replace("-", "_")] = metrics[key]
         row.update(_federated_eval(grid, cfg, strategy, registry, ids, arrays, rnd,
                                    algo.wire_dtype))
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:

@@ -31,9 +31,10 @@ from typing import Any
 from fedtune.config import DataConfig
 from fedtune.data import synthetic
 from fedtune.data.example import Example
-from fedtune.data.layouts import _present, _text, _turns, parse_fields
+from fedtune.data.files import source_records
+from fedtune.data.layouts import _present, _text, _turns
 from fedtune.data.partition import iid_partition, partition
-from fedtune.data.readers import DataFileError, Record, file_records, hub_records, is_hub_name
+from fedtune.data.readers import DataFileError, Record
 from fedtune.data.template import render_prompt
 
 log = logging.getLogger("fedtune")
@@ -178,15 +179,10 @@ def to_pair(record: Any, where: str, names: dict[str, str] | None = None) -> Pre
 
 def read_pairs(source: str | Path, fields: str | dict[str, str] = "") -> PairList:
     """Every usable pair of a data file or hub dataset (identical pairs counted, skipped)."""
-    if isinstance(fields, str):
-        try:
-            fields = parse_fields(fields)
-        except ValueError as err:
-            raise DataFileError(str(err)) from None
-    hub = isinstance(source, str) and is_hub_name(source)
+    records, fields = source_records(source, fields)
     out = PairList([])
     first, first_empty = "", ""
-    for where, record in hub_records(source) if hub else file_records(source):
+    for where, record in records:
         try:
             pair = to_pair(record, f"{source}: {where}", fields)
         except EmptyTurn:

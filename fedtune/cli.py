@@ -1,4 +1,4 @@
-"""The ``fedtune`` command: simulate, generate, export, certs, keys, config."""
+"""The ``fedtune`` command: simulate, generate, export, certs, keys, algorithms, config."""
 
 from __future__ import annotations
 
@@ -11,16 +11,31 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedtune.config import (
-    BASELINES,
-    ZO_ALGORITHMS,
-    Config,
-    ConfigError,
-    load_recipe,
-    parse_overrides,
-)
+from fedtune.algorithms import resolve
+from fedtune.config import Config, parse_overrides, tomllib
+from fedtune.errors import ConfigError
 
 DEFAULT_CLIENTS = 8
+RECIPES = Path(__file__).resolve().parents[1] / "simulations" / "recipes"
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe: a flat table of config keys (optionally under [config]).
+
+    ``path`` is a file, or the name of a recipe shipped in ``simulations/recipes``.
+    """
+    p = Path(path)
+    if not p.is_file() and (RECIPES / f"{path}.toml").is_file():
+        p = RECIPES / f"{path}.toml"
+    if not p.is_file():
+        shipped = sorted(f.stem for f in RECIPES.glob("*.toml"))
+        raise ConfigError(f"Recipe '{p}' does not exist; pass a .toml file or one of "
+                          f"{', '.join(shipped) or 'the shipped recipes'}.")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"Recipe '{p}' is not valid TOML ({err}); fix the syntax.") from None
+    return dict(data.get("config", data))
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -99,6 +114,7 @@ def _toml_value(value: Any) -> str:
 
 def simulate(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
+    algorithm = resolve(cfg)
     num_clients = args.num_clients if args.num_clients is not None else DEFAULT_CLIENTS
     if num_clients < 1:
         raise ConfigError(f"--num-clients={num_clients} must be at least 1.")
@@ -107,19 +123,16 @@ def simulate(args: argparse.Namespace) -> int:
                           f"{num_clients}; lower it or add clients.")
     from fedtune.results import new_run_dir
 
-    if cfg.output.resume and cfg.train.algorithm in BASELINES:
-        raise ConfigError(f"--resume applies to federated runs, not to '{cfg.train.algorithm}'.")
+    if cfg.output.resume and not algorithm.federated:
+        raise ConfigError(f"--resume applies to federated runs, not to '{algorithm.name}'.")
     if cfg.output.resume and num_clients != cfg.server.min_available_nodes:
         raise ConfigError(f"--num-clients={num_clients} differs from the run's "
                           f"{cfg.server.min_available_nodes}; resume with the same clients.")
     cfg.output.run_dir = str(new_run_dir(cfg).resolve())
     cfg.server.min_available_nodes = num_clients
-    if cfg.train.algorithm in ZO_ALGORITHMS and not cfg.zo.zo_cache_dir:
-        cfg.zo.zo_cache_dir = str(Path(cfg.output.run_dir) / "zo-cache")
-    if cfg.train.algorithm in BASELINES:
-        from fedtune.local import run_baseline
-
-        run_baseline(cfg, num_clients)
+    algorithm.simulation_setup(cfg)
+    if not algorithm.federated:
+        algorithm.run(cfg, num_clients)
         return 0
     return _run_flower_simulation(cfg, num_clients, args)
 
@@ -171,7 +184,7 @@ def _run_model(run_dir: Path):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    from fedtune.fedkseed.export import is_fedkseed_run, materialize
+    from fedtune.algorithms.fedkseed.export import is_fedkseed_run, materialize
 
     if is_fedkseed_run(run_dir):
         return materialize(run_dir)
@@ -233,6 +246,18 @@ def keys_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def algorithms_cmd(args: argparse.Namespace) -> int:
+    from fedtune.algorithms import REGISTRY
+    from fedtune.strategies import names_for
+
+    del args
+    for algo in REGISTRY.values():
+        how = (f"strategies: {', '.join(names_for(algo.payload))}" if algo.federated
+               else "baseline, runs in one process")
+        print(f"{algo.name:14} {algo.summary} ({how}; objectives: {', '.join(algo.objectives)})")
+    return 0
+
+
 def config_cmd(args: argparse.Namespace) -> int:
     del args
     for key, value in Config().to_flat().items():
@@ -247,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run a local multi-client simulation (Flower)")
     sim.add_argument("--recipe", help="TOML file of config keys")
     sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, local (each "
-                     "client alone) or centralized (all data pooled)")
+                     "client alone) or centralized (all data pooled); `fedtune algorithms` "
+                     "lists them")
     sim.add_argument("--objective", help="sft (default) or dpo (preference pairs)")
     sim.add_argument("--init-adapter", help="FedIT: start from this PEFT adapter folder (DPO: "
                      "also the reference), e.g. runs/<sft-run>/adapter")
@@ -292,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--name", required=True, help="file name, e.g. client-1")
     keys.add_argument("--force", action="store_true", help="overwrite existing files")
     keys.set_defaults(func=keys_cmd)
+
+    algos = sub.add_parser("algorithms", help="list the algorithms and the strategies that fit")
+    algos.set_defaults(func=algorithms_cmd)
 
     conf = sub.add_parser("config", help="list every config key with its default")
     conf.set_defaults(func=config_cmd)

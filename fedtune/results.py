@@ -5,10 +5,25 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedtune.config import Config
+if TYPE_CHECKING:
+    from fedtune.config import Config
+
+
+@dataclass
+class OutputConfig:
+    """The ``output`` config section: where the run folder goes."""
+
+    output_dir: str = "runs"
+    run_name: str = ""  # default: "<algorithm>-<objective>"
+    run_dir: str = ""  # set by `fedtune simulate`; otherwise output-dir/run-name-timestamp
+    resume: str = ""  # a run folder: continue it from its checkpoint (same config)
+
+    def validate(self) -> None:
+        """Any folder names are valid; resume's checkpoint is checked when the run starts."""
 
 
 def new_run_dir(cfg: Config) -> Path:

@@ -1,4 +1,4 @@
-"""ServerApp: run_config -> typed config -> algorithm + strategy -> rounds -> results folder."""
+"""ServerApp: run_config -> typed config -> the algorithm from the registry -> rounds -> results."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtune.config import Config
-from fedtune.flower.server import run_server, server_side
+from fedtune.flower.server import run_server
 from fedtune.logs import quiet_third_party
-from server_app.strategies import make_strategy
 
 quiet_third_party()
 app = ServerApp()
@@ -16,6 +15,4 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = Config.from_flat(dict(context.run_config))
-    algo, check = server_side(cfg)
-    run_server(grid, cfg, algo, check, make_strategy(cfg, algo))
+    run_server(grid, Config.from_flat(dict(context.run_config)))

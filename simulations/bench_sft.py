@@ -7,9 +7,10 @@ by this process's CPU time, which other load on a shared machine disturbs much l
 thread by default (``--threads``): a simulated client gets one core, and timings are steadier.
 
 Both frameworks train, and the script checks what is marked (checked):
-* the same model (a fresh copy per run) with the same LoRA adapter: ``fedtune.lora.lora_config``
-  is passed to ``SFTTrainer(peft_config=...)`` and used by ``fedtune.lora.add_lora``, same init
-  seed; same trainable tensors (checked), every one of them updated by training (checked);
+* the same model (a fresh copy per run) with the same LoRA adapter: ``lora_config``
+  (``fedtune.algorithms.fedit.adapter``) is passed to ``SFTTrainer(peft_config=...)`` and used
+  by ``add_lora``, same init seed; same trainable tensors (checked), every one of them
+  updated by training (checked);
 * exactly the same batches: fedtune's seeded batch order (``fedtune.train.sft.batches``) is laid
   out as the TRL dataset (pre-tokenized ``input_ids`` + ``completion_mask``,
   ``completion_only_loss=True``) and read with ``train_sampling_strategy="sequential"``: same
@@ -61,11 +62,11 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from fedtune.config import LoraSection  # noqa: E402
+from fedtune.algorithms.fedit.adapter import add_lora, lora_config  # noqa: E402
+from fedtune.algorithms.fedit.config import LoraSection  # noqa: E402
 from fedtune.data.synthetic import client_examples  # noqa: E402
 from fedtune.data.tokenize import EncodedSet, encode_examples  # noqa: E402
-from fedtune.lora import add_lora, lora_config  # noqa: E402
-from fedtune.models import choose_placement, is_tiny, load_model, load_tokenizer  # noqa: E402
+from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer  # noqa: E402
 from fedtune.train.sft import SFTSettings, batches, train_round  # noqa: E402
 
 STORIES = REPO.parent / "shared" / "models" / "stories260k"

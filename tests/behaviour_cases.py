@@ -50,13 +50,17 @@ def _rows(run_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
 
 
+FEDKSEED_MODEL = ("seeds", "accumulated", "lr", "eps", "pro_abs_sums", "pro_counts")
+
+
 def _model_digest(run_dir: Path) -> str:
-    """sha256 over the final model's arrays (adapter tensors, or FedKSeed's state arrays)."""
+    """sha256 over the final model's arrays (adapter tensors, or what defines FedKSeed's model:
+    the seeds, A, lr and eps, and the seeds' statistics)."""
     h = hashlib.sha256()
     state = run_dir / "fedkseed-state.npz"
     if state.exists():
         with np.load(state) as data:
-            for key in sorted(data.files):
+            for key in FEDKSEED_MODEL:
                 h.update(key.encode() + data[key].tobytes())
         return h.hexdigest()
     from safetensors.numpy import load_file

@@ -75,10 +75,11 @@ def stories_path() -> Path:
 
 def run_loop(grid, cfg, on_round):
     """fedtune's round loop on ``grid`` (what the ServerApp runs, minus the run folder)."""
+    from fedtune.algorithms import resolve
     from fedtune.flower.loop import run_rounds
-    from fedtune.flower.server import server_side
-    from server_app.strategies import make_strategy
+    from fedtune.strategies import build_strategy
 
-    algo, check = server_side(cfg)
-    return run_rounds(grid, cfg, algo, make_strategy(cfg, algo), check, on_round,
-                      wait_for_nodes=1)
+    algorithm = resolve(cfg)
+    server = algorithm.server(cfg)
+    return run_rounds(grid, cfg, server, build_strategy(cfg, algorithm.payload, server),
+                      on_round, wait_for_nodes=1)

@@ -18,12 +18,12 @@ from fedtune.flower.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
-    load_strategy_state,
     save_checkpoint,
     strategy_state,
 )
-from fedtune.flower.server import run_server, server_side
-from server_app.strategies import Scaffold, make_strategy
+from fedtune.flower.server import run_server
+from fedtune.strategies.scaffold import Scaffold
+from fedtune.strategies.state import UndeclaredStateError
 from tests.conftest import small_config
 from tests.inprocess_grid import InProcessGrid
 
@@ -57,9 +57,8 @@ def run(tmp_path, name, keys, crash_in_round=None, resume=False):
                 raise Crash
         return reply
 
-    algo, check = server_side(cfg)
     grid = InProcessGrid(client_app, 2, cfg.to_flat(), tamper=tamper)
-    return run_server(grid, cfg, algo, check, make_strategy(cfg, algo))
+    return run_server(grid, cfg)
 
 
 def final_state(run_dir):
@@ -85,7 +84,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
         assert {k.split("/")[0] for k in ckpt.strategy} == {"current_arrays", "m_t", "v_t"}
     else:
         assert ckpt.algorithm["pro_counts"].sum() == 2 * 2 * 4  # 2 rounds x 2 clients x tau
-        assert np.abs(ckpt.algorithm["momentum"]).sum() > 0
+        assert np.abs(ckpt.strategy["momentum/array/"]).sum() > 0
 
     resumed = run(tmp_path, "crashed", CASES[case], resume=True)
     assert final_state(resumed) == final_state(whole)
@@ -120,21 +119,42 @@ def test_save_replaces_the_checkpoint_atomically(tmp_path):
     np.testing.assert_array_equal(got.algorithm["m"], a["w"])
 
 
+class _EveryKind(Scaffold):
+    state_attrs = ("control", "current_arrays", "momentum_vector")
+
+
 def test_strategy_state_round_trips_every_kind():
     x = {"a": np.ones((2, 2), np.float32), "b": np.arange(3, dtype=np.float32)}
-    s = Scaffold(num_clients=2)
+    s = _EveryKind(num_clients=2)
     s.control = {k: v * 3 for k, v in x.items()}  # a dict, as SCAFFOLD's c and FedOpt's m_t
     s.current_arrays = ArrayRecord({k: Array(v) for k, v in x.items()})  # as in FedAvgM
     s.momentum_vector = [v * 2 for v in x.values()]  # a list, as FedAvgM's momentum
-    fresh = Scaffold(num_clients=2)
-    fresh.current_arrays = fresh.momentum_vector = None
-    load_strategy_state(fresh, strategy_state(s))
+    fresh = _EveryKind(num_clients=2)
+    fresh.load_state_dict(strategy_state(s))
     for k in x:
         np.testing.assert_array_equal(fresh.control[k], x[k] * 3)
         np.testing.assert_array_equal(fresh.current_arrays[k].numpy(), x[k])
     assert list(fresh.current_arrays.keys()) == ["a", "b"]
     for got, want in zip(fresh.momentum_vector, s.momentum_vector, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_strategy_with_undeclared_state_refuses_to_be_checkpointed():
+    """State kept under a name the strategy does not declare would be lost on resume: saving
+    it raises instead, and so does a strategy without state_dict()."""
+    s = Scaffold(num_clients=2)
+    strategy_state(s)  # nothing undeclared yet
+    s.drift = np.zeros(3)  # new state, not in state_attrs
+    with pytest.raises(UndeclaredStateError, match="drift"):
+        strategy_state(s)
+    s = Scaffold(num_clients=2)
+    s.num_clients = 5  # configuration reassigned after construction: state too
+    with pytest.raises(UndeclaredStateError, match="num_clients"):
+        strategy_state(s)
+    with pytest.raises(CheckpointError, match="has no state_dict"):
+        strategy_state(object())
+    with pytest.raises(UndeclaredStateError, match="does not keep"):
+        Scaffold(num_clients=2).load_state_dict({"m_t/dict/a": np.zeros(2)})
 
 
 # ---- the real thing: `fedtune simulate` (Ray) killed with SIGKILL, then `--resume` -----------

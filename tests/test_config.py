@@ -1,7 +1,6 @@
 import pytest
-import tomllib
 
-from fedtune.config import Config, ConfigError, parse_overrides
+from fedtune.config import Config, ConfigError, parse_overrides, tomllib
 from tests.conftest import ROOT
 
 
@@ -45,7 +44,7 @@ def test_readme_documents_every_key():
 
 
 def test_shipped_recipes_are_valid_and_found_by_name():
-    from fedtune.config import RECIPES, load_recipe
+    from fedtune.cli import RECIPES, load_recipe
 
     names = sorted(p.stem for p in RECIPES.glob("*.toml"))
     assert "fedit-tiny" in names

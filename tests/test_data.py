@@ -5,10 +5,16 @@ import json
 
 import pytest
 
-from fedtune.config import DataConfig
-from fedtune.data import client_split, eval_split, synthetic
-from fedtune.data.files import DataFileError, read_examples
+from fedtune.data import synthetic
+from fedtune.data.config import DataConfig
+from fedtune.data.instructions import DataFileError, read_examples
+from fedtune.data.split import EXAMPLES, split
 from tests.conftest import SHARED
+
+
+def _client(cfg, p, n):
+    """Client ``p`` of ``n``: its training and held-out sides (seed 0)."""
+    return split(cfg, EXAMPLES, "train", 0, p, n) + split(cfg, EXAMPLES, "held-out", 0, p, n)
 
 
 def test_builtin_split_is_non_iid_and_held_out_is_disjoint():
@@ -57,11 +63,8 @@ def test_file_data_is_partitioned_with_a_global_held_out_set(tmp_path):
         "".join(json.dumps({"instruction": f"i{i}", "output": f"o{i}"}) + "\n" for i in range(100))
     )
     cfg = DataConfig(data=str(path), eval_examples=10)
-    held = {e.instruction for e in eval_split(cfg, seed=0)}
-    parts = [
-        client_split(cfg, p, 3, seed=0) + client_split(cfg, p, 3, seed=0, held_out=True)
-        for p in range(3)
-    ]
+    held = {e.instruction for e in split(cfg, EXAMPLES, "server", 0)}
+    parts = [_client(cfg, p, 3) for p in range(3)]
     seen = [e.instruction for part in parts for e in part]
     assert len(held) == 10 and len(seen) == 90 and not held & set(seen)
     assert len(set(seen)) == 90
@@ -80,21 +83,20 @@ def _fedit_folder(tmp_path, sizes=(12, 20, 8)):
 def test_fedit_folder_gives_client_i_file_i(tmp_path):
     cfg = DataConfig(data=str(_fedit_folder(tmp_path)))
     for i, n in enumerate((12, 20, 8)):
-        train, held = client_split(cfg, i, 3, seed=0), client_split(cfg, i, 3, 0, held_out=True)
+        train, held = (split(cfg, EXAMPLES, side, 0, i, 3) for side in ("train", "held-out"))
         assert {e.category for e in train + held} == {f"cat{i}"} and len(train + held) == n
         assert len(held) == max(1, n // 10)
-    assert [e.instruction for e in eval_split(cfg, seed=0)] == ["t"]
+    assert [e.instruction for e in split(cfg, EXAMPLES, "server", 0)] == ["t"]
     with pytest.raises(DataFileError, match="holds 3 client files .* run with 3 clients"):
-        client_split(cfg, 0, 4, seed=0)
+        split(cfg, EXAMPLES, "train", 0, 0, 4)
     pooled = DataConfig(data=str(tmp_path), partition="iid")
-    assert sum(len(client_split(pooled, p, 4, 0)) + len(client_split(pooled, p, 4, 0, True))
-               for p in range(4)) == 40
+    assert sum(len(_client(pooled, p, 4)) for p in range(4)) == 40
     (tmp_path / "global_test.json").unlink()
     with pytest.raises(DataFileError, match="no global_test.json; set eval-data"):
-        eval_split(cfg, seed=0)
+        split(cfg, EXAMPLES, "server", 0)
     (tmp_path / "local_training_1.json").rename(tmp_path / "local_training_5.json")
     with pytest.raises(DataFileError, match="local_training_1.json is missing"):
-        client_split(cfg, 0, 3, seed=0)
+        split(cfg, EXAMPLES, "train", 0, 0, 3)
 
 
 @pytest.mark.parametrize("how", ["dirichlet", "shards", "natural"])
@@ -103,9 +105,9 @@ def test_non_iid_file_partitions_keep_the_server_held_out_set_off_clients(tmp_pa
     path.write_text("".join(json.dumps({"instruction": f"i{i}", "output": "o",
                                         "category": f"c{i % 4}"}) + "\n" for i in range(200)))
     cfg = DataConfig(data=str(path), eval_examples=20, partition=how)
-    held = {e.instruction for e in eval_split(cfg, seed=0)}
+    held = {e.instruction for e in split(cfg, EXAMPLES, "server", 0)}
     seen = [e.instruction for p in range(4)
-            for e in client_split(cfg, p, 4, 0) + client_split(cfg, p, 4, 0, held_out=True)]
+            for e in _client(cfg, p, 4)]
     assert len(held) == 20 and len(seen) == 180 == len(set(seen)) and not held & set(seen)
 
 
@@ -115,8 +117,8 @@ DOLLY = SHARED / "data" / "dolly-fedit"
 @pytest.mark.skipif(not DOLLY.is_dir(), reason="../shared dolly-fedit absent")
 def test_real_dolly_fedit_split():
     cfg = DataConfig(data=str(DOLLY), eval_data=str(DOLLY / "global_test.json"))
-    assert len(eval_split(cfg, seed=0)) == 80
-    mine = client_split(cfg, 3, 10, seed=0) + client_split(cfg, 3, 10, 0, held_out=True)
+    assert len(split(cfg, EXAMPLES, "server", 0)) == 80
+    mine = _client(cfg, 3, 10)
     records = json.loads((DOLLY / "local_training_3.json").read_text())
     assert len(mine) == len(records) and all(e.output for e in mine)
     assert {e.category for e in mine} == {r["category"] for r in records}

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fedtune.config import Config, ConfigError
-from fedtune.data.files import DataFileError, read_examples
+from fedtune.data.instructions import DataFileError, read_examples
 from fedtune.data.readers import is_hub_name
 
 ROWS = [

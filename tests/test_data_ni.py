@@ -5,10 +5,10 @@ import logging
 
 import pytest
 
-from fedtune.config import DataConfig
-from fedtune.data import client_split, eval_split
-from fedtune.data.files import DataFileError, read_examples
+from fedtune.data.config import DataConfig
+from fedtune.data.instructions import DataFileError, read_examples
 from fedtune.data.natural_instructions import NIRules, load_eval_tasks, load_train_tasks
+from fedtune.data.split import EXAMPLES, split
 from tests.conftest import SHARED
 
 NI = SHARED / "data" / "natural-instructions"
@@ -68,14 +68,14 @@ def test_eval_rule_and_configurable_rules(ni_folder):
 def test_folder_gives_one_client_per_task_and_a_disjoint_eval_set(ni_folder):
     cfg = DataConfig(data=str(ni_folder), data_tasks="splits/default/train_tasks.txt",
                      eval_tasks="splits/default/test_tasks.txt")
-    held = eval_split(cfg, seed=0)
+    held = split(cfg, EXAMPLES, "server", 0)
     assert {e.category for e in held} == {"task3_c", "task4_d"} and len(held) == 30
-    clients = [client_split(cfg, p, 2, 0) + client_split(cfg, p, 2, 0, held_out=True)
+    clients = [split(cfg, EXAMPLES, "train", 0, p, 2) + split(cfg, EXAMPLES, "held-out", 0, p, 2)
                for p in range(2)]
     assert [{e.category for e in c} for c in clients] == [{"task1_a"}, {"task5_e"}]
     assert [len(c) for c in clients] == [5, 8]
     with pytest.raises(ValueError, match="has 2 .* but there are 3 clients; run with 2"):
-        client_split(cfg, 0, 3, 0)
+        split(cfg, EXAMPLES, "train", 0, 0, 3)
 
 
 def test_bad_task_file_names_the_instance(ni_folder):

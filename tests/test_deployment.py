@@ -260,9 +260,7 @@ def test_guide_blocks_and_variables_agree_with_this_test():
     assert used - {"HOME", "FLWR_HOME", "RUN_ID"} <= set(GUIDE_VARS), "guide: undefined vars"
     assert set(GUIDE_VARS) == {"SUPERLINK_HOST", "PORT", "SUPERLINK", "CERTS", "STATE", "NAME",
                                "KEYS", "DATA", "CACHE", "NODE_PORT", "RUN_CONFIG"}  # set below
-    import tomllib
-
-    from fedtune.config import Config
+    from fedtune.config import Config, tomllib
 
     example = tomllib.loads(blocks["example"]["run-config"])
     Config.from_flat(example)  # every key exists and every value is valid

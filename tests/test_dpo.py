@@ -24,9 +24,9 @@ PAIRS = [
 def _perturbed_lora_model():
     """A `tiny` LoRA model (not the process's cached one) with a nonzero adapter, so policy
     and reference differ."""
-    from fedtune.config import LoraSection
-    from fedtune.lora import add_lora
-    from fedtune.models import build_tiny, load_tokenizer
+    from fedtune.algorithms.fedit.adapter import add_lora
+    from fedtune.algorithms.fedit.config import LoraSection
+    from fedtune.models.loading import build_tiny, load_tokenizer
 
     torch.manual_seed(0)
     model = add_lora(build_tiny(), LoraSection(lora_dropout=0.0), base_is_random=True)
@@ -45,7 +45,7 @@ def test_dpo_loss_equals_trl(tmp_path, one_thread, loss_type, sft_weight):
     TRL's DPOTrainer.compute_loss."""
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
-    from fedtune.models import build_tiny
+    from fedtune.models.loading import build_tiny
     from fedtune.train.dpo import pair_logps
 
     model, tokenizer = _perturbed_lora_model()
@@ -86,11 +86,11 @@ def test_round_zero_policy_is_the_reference_and_the_reference_stays_fixed(one_th
     """FedIT: the reference log-probs of the client's examples are the same at rounds 1 and 3
     (the base with the adapter disabled) while the policy's change; at the start the policy
     is the reference, so the server sees zero margins and zero accuracy."""
-    from fedtune.fedit import client
-    from fedtune.fedit.dpo import reference_logps
-    from fedtune.fedit.model import peft_model_for
-    from fedtune.fedit.server import FedITServer
-    from fedtune.lora import load_adapter_state
+    from fedtune.algorithms.fedit import client
+    from fedtune.algorithms.fedit.adapter import load_adapter_state
+    from fedtune.algorithms.fedit.dpo import reference_logps
+    from fedtune.algorithms.fedit.model import peft_model_for
+    from fedtune.algorithms.fedit.server import FedITServer
     from fedtune.node import Node, node_pairs
     from fedtune.train import dpo
     from fedtune.train.dpo import pair_logps
@@ -140,10 +140,10 @@ def test_reference_cache_on_disk_is_reused(tmp_path, one_thread):
 def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     """A FedKSeed client's DPO round: forward-only steps on the DPO loss; the reference
     log-probs are w0's whatever version is loaded, and the global model's margin moves."""
-    from fedtune.fedkseed import client
-    from fedtune.fedkseed.dpo import reference_logps
-    from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
-    from fedtune.fedkseed.server import FedKSeedServer
+    from fedtune.algorithms.fedkseed import client
+    from fedtune.algorithms.fedkseed.dpo import reference_logps
+    from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+    from fedtune.algorithms.fedkseed.server import FedKSeedServer
     from fedtune.node import Node, node_pairs
     from fedtune.train import dpo
     from fedtune.zo import accumulate_

@@ -8,9 +8,9 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_app.app import app as client_app
+from fedtune.algorithms.fedkseed import model as zo_model
+from fedtune.algorithms.fedkseed.model import pool_fingerprint
 from fedtune.data.synthetic import make_examples
-from fedtune.fedkseed import model as zo_model
-from fedtune.fedkseed.model import pool_fingerprint
 from fedtune.flower.records import recorddict_to_proto, to_arrayrecord
 from tests.conftest import small_config
 
@@ -39,7 +39,7 @@ def message(kind, arrays, **config):
 
 
 def adapter(cfg):
-    from fedtune.fedit.model import initial_adapter
+    from fedtune.algorithms.fedit.model import initial_adapter
 
     return initial_adapter(cfg)
 

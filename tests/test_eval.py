@@ -3,8 +3,8 @@
 import pytest
 
 from fedtune.data.example import Example
-from fedtune.eval import answer_metrics, generate, normalize_answer, rouge_l
-from fedtune.models import choose_placement, load_model, load_tokenizer
+from fedtune.eval.generate import answer_metrics, generate, normalize_answer, rouge_l
+from fedtune.models.loading import choose_placement, load_model, load_tokenizer
 
 
 def test_rouge_l_matches_hand_computation():

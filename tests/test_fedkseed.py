@@ -10,9 +10,9 @@ import torch
 from flwr.app import ConfigRecord
 
 from client_app.app import app as client_app
-from fedtune.fedkseed import client as fedkseed_client
-from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
-from fedtune.fedkseed.pro import encode_importance, probabilities_from
+from fedtune.algorithms.fedkseed import client as fedkseed_client
+from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.algorithms.fedkseed.pro import encode_importance, probabilities_from
 from fedtune.node import Node
 from fedtune.zo import SeedPool
 from tests.conftest import ROOT, run_loop, small_config
@@ -60,7 +60,9 @@ def test_pro_probabilities_survive_quantization():
     pool = SeedPool.from_run_seed(0, 64)
     rng = np.random.default_rng(0)
     pool.update(rng.integers(0, 64, 300), rng.normal(0, 5, 300).astype(np.float32))
-    exact = pool.probabilities()
+    imp = pool.importance()  # the paper's formula, unquantised: softmax of min-max-normalised
+    exact = np.exp((imp - imp.min()) / (imp.max() - imp.min()))
+    exact /= exact.sum()
     wired = probabilities_from(encode_importance(pool), 64)
     np.testing.assert_allclose(wired, exact, rtol=5e-3)
     assert wired.sum() == pytest.approx(1.0)
@@ -83,7 +85,7 @@ def test_all_parties_hold_the_canonical_model_bit_for_bit(tmp_path):
     code = (
         "import json, sys, numpy as np\n"
         "from fedtune.config import Config\n"
-        "from fedtune.fedkseed.model import zo_model_for\n"
+        "from fedtune.algorithms.fedkseed.model import zo_model_for\n"
         "cfg = Config.from_flat(json.loads(sys.argv[1]))\n"
         "zm = zo_model_for(cfg)\n"
         "zm.load(np.load(sys.argv[2]))\n"
@@ -144,10 +146,19 @@ def test_loss_decreases_over_rounds():
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
 
 
-def _server(**keys):
-    from fedtune.fedkseed.server import FedKSeedServer
+class _Aggregator:
+    """FedKSeed's aggregation with the options in ``keys``, keeping its momentum."""
 
-    return FedKSeedServer(zo_config(**keys))
+    def __init__(self, **keys):
+        self.zo = zo_config(**keys).zo
+        self.momentum = np.zeros(256, np.float32)
+
+    def aggregate(self, a, replies):
+        from fedtune.strategies.fedkseed import aggregate, robust_clip
+
+        new, self.momentum = aggregate(a, robust_clip(replies, self.zo.zo_robust_clip), self.zo,
+                                       self.momentum)
+        return new
 
 
 def _honest_replies(seed=0, n_clients=5, tau=6):
@@ -157,8 +168,8 @@ def _honest_replies(seed=0, n_clients=5, tau=6):
 
 
 def test_server_momentum_on_the_accumulated_vector():
-    server = _server(**{"zo-server-momentum": 0.5, "zo-equal-weights": True})
-    plain = _server(**{"zo-equal-weights": True})
+    server = _Aggregator(**{"zo-server-momentum": 0.5, "zo-equal-weights": True})
+    plain = _Aggregator(**{"zo-equal-weights": True})
     r1, r2 = _honest_replies(1), _honest_replies(2)
     a0 = np.zeros(256, np.float32)
     d1 = plain.aggregate(a0, r1)
@@ -173,10 +184,10 @@ def test_robust_clip_bounds_a_scaled_up_client():
     clean = _honest_replies(3)
     attacked = [(i, g * (100 if k == 0 else 1), n) for k, (i, g, n) in enumerate(clean)]
     a0 = np.zeros(256, np.float32)
-    base = _server().aggregate(a0, clean)
-    hit = _server().aggregate(a0, attacked)
-    robust_clean = _server(**{"zo-robust-clip": 3.0}).aggregate(a0, clean)
-    robust_hit = _server(**{"zo-robust-clip": 3.0}).aggregate(a0, attacked)
+    base = _Aggregator().aggregate(a0, clean)
+    hit = _Aggregator().aggregate(a0, attacked)
+    robust_clean = _Aggregator(**{"zo-robust-clip": 3.0}).aggregate(a0, clean)
+    robust_hit = _Aggregator(**{"zo-robust-clip": 3.0}).aggregate(a0, attacked)
     harm = np.linalg.norm(hit - base) / np.linalg.norm(base)
     robust_harm = np.linalg.norm(robust_hit - robust_clean) / np.linalg.norm(robust_clean)
     assert harm > 10 and robust_harm < 1.0, (harm, robust_harm)

@@ -3,7 +3,7 @@
 import torch
 
 from client_app.app import app as client_app
-from fedtune.models import build_tiny, choose_placement, load_model, load_tokenizer
+from fedtune.models.loading import build_tiny, choose_placement, load_model, load_tokenizer
 from tests.conftest import run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 

@@ -10,9 +10,10 @@ from collections import Counter
 import pytest
 
 from fedtune.data.pairs import collate_pairs, encode_pairs
-from fedtune.data.preference import PreferenceExample, client_pairs, eval_pairs, read_pairs
+from fedtune.data.preference import PreferenceExample, read_pairs
 from fedtune.data.readers import DataFileError
-from fedtune.models import load_tokenizer
+from fedtune.data.split import PAIRS, split
+from fedtune.models.loading import load_tokenizer
 from tests.conftest import SHARED, small_config
 
 HH = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
@@ -72,7 +73,8 @@ def test_identical_pairs_are_counted_skipped_and_logged(tmp_path, caplog):
 
 def test_builtin_pairs_prefer_the_correct_answer_of_the_same_format():
     cfg = small_config(objective="dpo").data
-    pairs = client_pairs(cfg, 0, 4, 0) + client_pairs(cfg, 2, 4, 0) + eval_pairs(cfg, 0)
+    mine = split(cfg, PAIRS, "train", 0, 0, 4)
+    pairs = mine + split(cfg, PAIRS, "train", 0, 2, 4) + split(cfg, PAIRS, "server", 0)
     for p in pairs:
         assert p.chosen == p.instruction.output and p.rejected != p.chosen
         if p.category in ("larger", "next"):
@@ -80,8 +82,8 @@ def test_builtin_pairs_prefer_the_correct_answer_of_the_same_format():
     lengths = Counter(len(p.chosen) for p in pairs), Counter(len(p.rejected) for p in pairs)
     assert abs(sum(k * v for k, v in lengths[0].items()) - sum(
         k * v for k, v in lengths[1].items())) / len(pairs) < 0.5  # no length shortcut
-    held = {(p.category, p.instruction.input) for p in eval_pairs(cfg, 0)}
-    assert not held & {(p.category, p.instruction.input) for p in client_pairs(cfg, 0, 4, 0)}
+    held = {(p.category, p.instruction.input) for p in split(cfg, PAIRS, "server", 0)}
+    assert not held & {(p.category, p.instruction.input) for p in mine}
 
 
 def test_encoding_keeps_the_response_boundary_and_the_prompt_end():

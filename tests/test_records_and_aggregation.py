@@ -4,13 +4,30 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedtune.fedit.model import peft_model_for
+from fedtune.algorithms.fedit.adapter import (
+    WIRE_DTYPE,
+    adapter_spec,
+    adapter_state,
+    load_adapter_state,
+)
+from fedtune.algorithms.fedit.model import peft_model_for
+from fedtune.algorithms.replies import check_metrics, check_record
 from fedtune.flower.loop import _as_float32
-from fedtune.flower.records import content_bytes, from_arrayrecord, to_arrayrecord
-from fedtune.flower.validate import check_train_reply
-from fedtune.lora import WIRE_DTYPE, adapter_spec, adapter_state, load_adapter_state
-from server_app.strategies import fedit_strategy
+from fedtune.flower.records import (
+    content_bytes,
+    from_arrayrecord,
+    to_arrayrecord,
+    to_recorddict,
+    to_records,
+)
+from fedtune.strategies import build_strategy
 from tests.conftest import small_config
+
+
+def check_train_reply(content, spec):
+    """FedIT's reply check (FedITServer.check_reply) on a Flower RecordDict."""
+    records = to_records(content)
+    return check_record(records, "arrays", spec) or check_metrics(records)
 
 
 def _reply(arrays, n, loss=1.0, node=7):
@@ -74,7 +91,7 @@ def test_fedavg_weighted_by_examples_matches_hand_computation():
         _as_float32(_reply(a, k, loss=float(i)))
         for i, (a, k) in enumerate(zip((a1, a2, a3), n, strict=True))
     ]
-    arrays, metrics = fedit_strategy(small_config()).aggregate_train(1, replies)
+    arrays, metrics = build_strategy(small_config(), "arrays", None).aggregate_train(1, replies)
     got = from_arrayrecord(arrays)
     for key in ("w", "v"):
         want = (10 * a1[key] + 30 * a2[key] + 60 * a3[key]) / 100
@@ -87,3 +104,13 @@ def test_server_spec_matches_client_adapter():
     model, _ = peft_model_for(small_config())
     spec = adapter_spec(model)
     assert any("lora_A" in k for k in spec) and any("lm_head" in k for k in spec)
+
+
+def test_records_convert_both_ways_exactly():
+    content = _reply({"a": np.arange(6, dtype=np.float32).reshape(2, 3)}, 5).content
+    content["zo"] = ConfigRecord({"pairs": b"\x01\x02", "k": 3})
+    back = to_recorddict(to_records(content))
+    assert content_bytes(back) == content_bytes(content)
+    assert back["arrays"]["a"].dtype == "float16"
+    assert dict(back["metrics"]) == {"num-examples": 5, "train-loss": 1.0}
+    assert back["zo"]["pairs"] == b"\x01\x02"

@@ -79,7 +79,7 @@ def test_adapter_loads_with_peft_and_gives_the_reported_loss(run_dir):
 
     from fedtune.data.synthetic import eval_examples
     from fedtune.data.tokenize import encode_examples
-    from fedtune.eval import heldout_loss
+    from fedtune.eval.loss import heldout_loss
 
     base_ref = json.loads((run_dir / "adapter" / "fedtune.json").read_text())["base_model"]
     model = PeftModel.from_pretrained(

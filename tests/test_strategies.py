@@ -6,11 +6,11 @@ import pytest
 from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedtune.algorithms.replies import Records, check_metrics, check_record
 from fedtune.config import Config
 from fedtune.flower.loop import run_rounds
 from fedtune.flower.records import to_arrayrecord
-from fedtune.flower.validate import check_train_reply
-from server_app.strategies import fedit_strategy
+from fedtune.strategies import build_strategy, names_for
 from tests.inprocess_grid import InProcessGrid
 
 X0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
@@ -48,6 +48,12 @@ class Toy:
     def initial_arrays(self):
         return {"w": X0.copy()}
 
+    def spec(self):
+        return {"w": (2, 2)}
+
+    def check_reply(self, content: Records):
+        return check_record(content, "arrays", self.spec()) or check_metrics(content)
+
     def train_config(self, server_round):
         return {"lr": 0.1}
 
@@ -62,8 +68,7 @@ def run_strategy(name: str, rounds: int = 2, **keys) -> list[np.ndarray]:
                             "min-train-nodes": 1, "min-available-nodes": 5, **keys})
     algo = Toy()
     grid = InProcessGrid(toy, 5, cfg.to_flat())
-    run_rounds(grid, cfg, algo, fedit_strategy(cfg),
-               lambda c: check_train_reply(c, {"w": (2, 2)}), lambda row: None,
+    run_rounds(grid, cfg, algo, build_strategy(cfg, "arrays", algo), lambda row: None,
                wait_for_nodes=1)
     return algo.seen  # x_0, x_1, ..., x_rounds
 
@@ -134,18 +139,23 @@ def test_median_trimmed_mean_and_krum():
                                rtol=1e-6)
 
 
-def test_every_strategy_name_builds():
-    from fedtune.config import STRATEGIES
+def test_every_strategy_name_builds_and_a_misfit_is_a_config_error():
+    from fedtune.algorithms import resolve
+    from fedtune.errors import ConfigError
 
-    for name in STRATEGIES:
-        assert fedit_strategy(Config.from_flat({"strategy": name})) is not None
-    with pytest.raises(ValueError, match="strategy='fedsgd' is unknown"):
-        Config.from_flat({"strategy": "fedsgd"})
+    for name in names_for("arrays"):
+        cfg = Config.from_flat({"strategy": name})
+        assert build_strategy(cfg, "arrays", Toy()).state_dict() is not None
+    with pytest.raises(ConfigError, match="strategy='fedsgd' is unknown for algorithm 'fedit'"):
+        resolve(Config.from_flat({"strategy": "fedsgd"}))
+    with pytest.raises(ConfigError, match="strategy='krum' does not fit algorithm 'fedkseed'; "
+                                          "use one of fedavg."):
+        resolve(Config.from_flat({"strategy": "krum", "algorithm": "fedkseed"}))
 
 
 def test_fedprox_keeps_the_local_adapter_closer_to_the_global_one():
-    from fedtune.fedit import client
-    from fedtune.fedit.model import initial_adapter
+    from fedtune.algorithms.fedit import client
+    from fedtune.algorithms.fedit.model import initial_adapter
     from fedtune.node import Node
     from tests.conftest import small_config
 
@@ -247,12 +257,8 @@ def test_scaffold_server_averages_adapters_and_updates_c():
                             "min-train-nodes": 1, "min-available-nodes": 5})
     algo = Toy()
     grid = InProcessGrid(toy_scaffold, 5, cfg.to_flat())
-    strategy = fedit_strategy(cfg)
-    spec = {"w": (2, 2)}
-    run_rounds(grid, cfg, algo, strategy,
-               lambda c: check_train_reply(c, spec) or (
-                   None if "scaffold" in c.array_records else "no scaffold"),
-               lambda row: None, wait_for_nodes=1)
+    strategy = build_strategy(cfg, "arrays", algo)
+    run_rounds(grid, cfg, algo, strategy, lambda row: None, wait_for_nodes=1)
     sent = [m for m in grid.sent if m.metadata.message_type == "train"]
     r1 = [m for m in sent if m.content["config"]["server-round"] == 1]
     r2 = [m for m in sent if m.content["config"]["server-round"] == 2]
@@ -269,9 +275,10 @@ def test_scaffold_server_averages_adapters_and_updates_c():
 
 def test_scaffold_client_corrects_gradients_and_keeps_its_variate():
     from client_app.app import app
-    from fedtune.fedit import client
-    from fedtune.fedit.model import initial_adapter
+    from fedtune.algorithms.fedit import client
+    from fedtune.algorithms.fedit.model import initial_adapter
     from fedtune.node import Node
+    from fedtune.strategies.scaffold import RECORD, ScaffoldClient
     from tests.conftest import run_loop, small_config
 
     cfg = small_config(**{"local-steps": 5, "lr": 2e-3, "lora-dropout": 0.0})
@@ -279,14 +286,20 @@ def test_scaffold_client_corrects_gradients_and_keeps_its_variate():
     node = Node("client-0000", 0, 3)
     zeros = {k: np.zeros_like(v) for k, v in x.items()}
     plain = client.train(cfg, x, 1, 2e-3, node)
-    same = client.train(cfg, x, 1, 2e-3, node, control=(zeros, zeros))
+    state: dict = {}  # the node's state: c_i starts at zero
+    correction = ScaffoldClient().before_train(Records(arrays={RECORD: zeros}), state)
+    same = client.train(cfg, x, 1, 2e-3, node, grad_correction=correction)
     rng = np.random.default_rng(0)
     c = {k: rng.normal(0, 1e-2, v.shape).astype(np.float32) for k, v in x.items()}
-    moved = client.train(cfg, x, 1, 2e-3, node, control=(c, zeros))
+    hook = ScaffoldClient()
+    moved = client.train(cfg, x, 1, 2e-3, node,
+                         grad_correction=hook.before_train(Records(arrays={RECORD: c}), state))
     for k in x:  # c = c_i: no correction; c != c_i: a different trajectory
         np.testing.assert_array_equal(same.arrays[k], plain.arrays[k])
     assert any(not np.array_equal(moved.arrays[k], plain.arrays[k]) for k in x)
-    c_new, delta = moved.control
+    reply = Records()
+    hook.after_train(x, moved.arrays, moved.steps, 2e-3, state, reply)
+    c_new, delta = state[RECORD], reply.arrays[RECORD]
     for k in x:  # option II: c_i+ = c_i - c + (x - y) / (K lr)
         want = -c[k] + (x[k] - moved.arrays[k]) / (5 * 2e-3)
         np.testing.assert_allclose(c_new[k], want, rtol=1e-5, atol=1e-7)

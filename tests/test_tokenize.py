@@ -5,7 +5,7 @@ import torch
 from fedtune.data.example import Example
 from fedtune.data.template import render_prompt
 from fedtune.data.tokenize import IGNORE_INDEX, collate, encode_example, encode_examples
-from fedtune.models import choose_placement, load_model, load_tokenizer
+from fedtune.models.loading import choose_placement, load_model, load_tokenizer
 
 EX = Example(instruction="Give the first word.", input="red fox owl", output="red fox owl red")
 

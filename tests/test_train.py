@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from fedtune.config import LoraSection
+from fedtune.algorithms.fedit.adapter import adapter_state, add_lora
+from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.data.synthetic import make_examples
 from fedtune.data.tokenize import encode_examples
-from fedtune.lora import adapter_state, add_lora
-from fedtune.models import build_tiny, load_tokenizer
+from fedtune.models.loading import build_tiny, load_tokenizer
 from fedtune.train.schedule import round_lr
 from fedtune.train.sft import SFTSettings, train_round
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedtune.algorithms.fedkseed.pro import encode_importance, probabilities_from
 from fedtune.zo.pool import (
     PRO_CLIP,
     SeedPool,
     accumulate_,
     derive_seeds,
-    pack_accumulated,
     pack_pairs,
     sample_seed_indices,
-    unpack_accumulated,
     unpack_pairs,
 )
 
@@ -34,11 +33,17 @@ def test_seeds_are_deterministic_distinct_int63() -> None:
         derive_seeds(0, 0)
 
 
+def probabilities(pool: SeedPool) -> np.ndarray:
+    """FedKSeed-Pro's sampling probabilities as clients compute them from the wire."""
+    return probabilities_from(encode_importance(pool), pool.k)
+
+
 def test_sampling_is_reproducible_from_the_generator_seed() -> None:
     pool = SeedPool.from_run_seed(7, 64)
 
     def draw(round_: int, node: int, pro: bool = False) -> np.ndarray:
-        return pool.sample(200, np.random.default_rng([7, round_, node]), pro=pro)
+        probs = probabilities(pool) if pro else None
+        return sample_seed_indices(64, 200, np.random.default_rng([7, round_, node]), probs)
 
     assert np.array_equal(draw(3, 1), draw(3, 1))
     assert not np.array_equal(draw(3, 1), draw(3, 2))
@@ -59,29 +64,29 @@ def test_pro_prefers_seeds_with_larger_scalars() -> None:
     want = np.array([0.25, 6.0 / 3, 1000.0 / 2, 0.05, 0, 0, 0, 0])
     assert np.allclose(pool.importance(), want)
     assert pool.importance()[4:].tolist() == [0.0] * 4  # never drawn: exactly 0.0
-    p = pool.probabilities()
-    assert p.dtype == np.float32 and p.shape == (8,)
-    assert abs(float(p.sum(dtype=np.float64)) - 1.0) < 1e-6
-    assert np.argmax(p) == 2 and p[1] > p[0] > p[3] > p[4]
+    p = probabilities(pool)  # what clients sample with: the importance quantised to 8 bits
+    assert p.shape == (8,) and abs(float(p.sum()) - 1.0) < 1e-12
+    assert np.argmax(p) == 2 and p[1] > p[4]  # 1-byte resolution: 0.25 and 0.05 round to 0
     assert p[4] == p[7] and p[4] == p.min()
     # softmax of values in [0, 1]: the most important seed is e times as likely as the least
-    assert p.max() / p.min() == pytest.approx(np.e, rel=1e-5)
-    draws = np.bincount(pool.sample(20_000, np.random.default_rng(1), pro=True), minlength=8)
+    assert p.max() / p.min() == pytest.approx(np.e, rel=1e-12)
+    draws = np.bincount(sample_seed_indices(8, 20_000, np.random.default_rng(1), p),
+                        minlength=8)
     assert draws[2] > draws[5] * 2
 
 
 def test_equal_importance_gives_uniform_probabilities() -> None:
     pool = SeedPool.from_run_seed(1, 100)
-    assert np.array_equal(pool.probabilities(), np.full(100, 0.01, dtype=np.float32))
+    np.testing.assert_allclose(probabilities(pool), np.full(100, 0.01), rtol=1e-12)
     pool.update(np.arange(100), np.full(100, -3.0))
-    assert np.array_equal(pool.probabilities(), np.full(100, 0.01, dtype=np.float32))
+    np.testing.assert_allclose(probabilities(pool), np.full(100, 0.01), rtol=1e-12)
 
 
 def test_pool_state_round_trips_and_bad_updates_are_refused() -> None:
     pool = SeedPool.from_run_seed(5, 32)
     pool.update([1, 2, 2], [1.0, -2.0, 3.0])
     again = SeedPool.from_state_dict(pool.state_dict())
-    assert np.array_equal(again.probabilities(), pool.probabilities())
+    assert np.array_equal(probabilities(again), probabilities(pool))
     assert np.array_equal(again.counts, pool.counts) and again.counts.dtype == np.int64
     with pytest.raises(ValueError, match=r"\[0, 32\)"):
         pool.update([32], [1.0])
@@ -118,20 +123,6 @@ def test_pairs_are_little_endian_and_validated() -> None:
     nan = bytes([0, 0]) + np.float32(np.nan).tobytes()
     with pytest.raises(ValueError, match="finite"):
         unpack_pairs(nan, 4096)
-
-
-def test_accumulated_vector_round_trip_and_errors() -> None:
-    a = np.random.default_rng(0).normal(size=4096).astype(np.float32)
-    data = pack_accumulated(a)
-    assert len(data) == 16_384 and data[:4] == a[:1].astype("<f4").tobytes()
-    assert np.array_equal(unpack_accumulated(data, 4096), a)
-    unpack_accumulated(data, 4096)[0] = 1.0  # the result is writable
-    with pytest.raises(ValueError, match="16384 bytes"):
-        unpack_accumulated(data[:-4], 4096)
-    with pytest.raises(ValueError, match="float32"):
-        pack_accumulated(a.astype(np.float64))
-    with pytest.raises(ValueError, match="NaN"):
-        unpack_accumulated(np.full(4, np.inf, np.float32).tobytes(), 4)
 
 
 def test_accumulate_weights_each_clients_scalars() -> None:

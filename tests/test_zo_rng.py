@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from fedtune.zo import rng
+from fedtune.zo.params import zo_named_parameters, zo_parameters
 from fedtune.zo.rng import (
     NORMAL_TABLE,
     add_perturbation_,
     perturbation,
     perturbations,
     stream_key,
-    zo_named_parameters,
-    zo_parameters,
 )
 
 M64 = (1 << 64) - 1

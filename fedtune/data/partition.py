@@ -1,4 +1,4 @@
-"""Partitioners: split a pool of examples among clients, deterministically from the run seed.
+"""Partitioners: split a pool of records among clients, deterministically from the run seed.
 
 - ``iid``: a seeded shuffle dealt round-robin.
 - ``dirichlet``: per label value, client shares drawn from Dirichlet(alpha); small alpha gives
@@ -124,18 +124,20 @@ def _groups(labels: Sequence[str]) -> dict[str, list[int]]:
 
 
 def partition(items: Sequence[T], num_partitions: int, seed: int, method: str = "iid",
-              by: str = "category", alpha: float = 0.5,
-              shards_per_client: int = 2) -> list[list[T]]:
+              by: str = "category", alpha: float = 0.5, shards_per_client: int = 2,
+              labels: Sequence[str] | None = None) -> list[list[T]]:
     """Split ``items`` into ``num_partitions`` non-empty parts, each in a seeded random order.
 
-    ``by`` names the attribute holding the label (``dirichlet``, ``natural``, ``shards``).
+    ``by`` names the attribute holding the label (``dirichlet``, ``natural``, ``shards``);
+    ``labels`` gives each item's label instead, for records without such an attribute.
     """
     if method == "iid":
         return iid_partition(items, num_partitions, seed)
     if method not in PARTITIONERS:
         raise PartitionError(f"partition='{method}' is unknown; use one of "
                              f"{', '.join(PARTITIONERS)}.")
-    labels = [str(getattr(item, by)) for item in items]
+    if labels is None:
+        labels = [str(getattr(item, by)) for item in items]
     if items and not any(labels):
         raise PartitionError(f"partition={method} groups examples by '{by}', but no example "
                              f"has one; map a field to it with data-fields (e.g. "

@@ -1,4 +1,4 @@
-"""Preference data for DPO: (prompt, chosen, rejected) pairs from files or the built-in tasks.
+"""Preference pairs (DPO) from a data file or hub dataset, one per record; the built-in pairs.
 
 Record layouts, detected per record:
 
@@ -20,21 +20,17 @@ plausible wrong one of the same format (:func:`fedtune.data.synthetic.wrong_answ
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import random
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedtune.config import DataConfig
 from fedtune.data import synthetic
 from fedtune.data.example import Example
-from fedtune.data.files import source_records
-from fedtune.data.layouts import _present, _text, _turns
-from fedtune.data.partition import iid_partition, partition
-from fedtune.data.readers import DataFileError, Record
+from fedtune.data.instructions import _present, _text, _turns
+from fedtune.data.readers import DataFileError, Record, source_records
 from fedtune.data.template import render_prompt
 
 log = logging.getLogger("fedtune")
@@ -214,54 +210,3 @@ def synthetic_pair(example: Example, seed: int) -> PreferenceExample:
     wrong = synthetic.wrong_answer(example.category, example.input, example.output, gen)
     return PreferenceExample(chosen=example.output, rejected=wrong, instruction=example,
                              category=example.category)
-
-
-# ---- who gets which pairs -----------------------------------------------------------------
-def _shuffled(cfg: DataConfig, seed: int) -> list[PreferenceExample]:
-    return iid_partition(read_pairs(cfg.data, cfg.data_fields).pairs, 1, seed)[0]
-
-
-def eval_pairs(cfg: DataConfig, seed: int) -> list[PreferenceExample]:
-    """The server's held-out pairs: the built-in ones, ``eval-data``'s first
-    ``eval-examples``, or the first ``eval-examples`` of the seeded shuffle of ``data``."""
-    if cfg.data == "builtin":
-        return [synthetic_pair(e, seed) for e in synthetic.eval_examples(cfg.eval_examples, seed)]
-    if cfg.eval_data:
-        return read_pairs(cfg.eval_data, cfg.data_fields).pairs[: cfg.eval_examples]
-    return _shuffled(cfg, seed)[: cfg.eval_examples]
-
-
-@functools.lru_cache(maxsize=4)
-def _parts(key: tuple, num_partitions: int, seed: int) -> list[list[PreferenceExample]]:
-    cfg = DataConfig(*key)
-    pool = _shuffled(cfg, seed)
-    if not cfg.eval_data:
-        pool = pool[cfg.eval_examples:]
-    if len(pool) < num_partitions:
-        raise DataFileError(f"{cfg.data}: {len(pool)} training pairs (after eval-examples="
-                            f"{cfg.eval_examples} held out) cannot cover {num_partitions} "
-                            "clients; lower eval-examples or use fewer clients.")
-    how = "iid" if cfg.partition == "auto" else cfg.partition
-    return partition(pool, num_partitions, seed, how, "category", cfg.dirichlet_alpha,
-                     cfg.shards_per_client)
-
-
-def client_pairs(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int,
-                 held_out: bool = False) -> list[PreferenceExample]:
-    """This client's private pairs; its first tenth (at least one) is its held-out side."""
-    if cfg.data == "builtin":
-        n = cfg.client_eval_examples if held_out else cfg.examples_per_client
-        examples = synthetic.client_examples(partition_id, num_partitions, n, seed, held_out)
-        return [synthetic_pair(e, seed) for e in examples]
-    pairs = _parts(astuple(cfg), num_partitions, seed)[partition_id]
-    cut = max(1, len(pairs) // 10)
-    return pairs[:cut] if held_out else pairs[cut:]
-
-
-def own_file_pairs(path: str, fields: str, seed: int,
-                   held_out: bool = False) -> list[PreferenceExample]:
-    """Deployment: a node's own preference file, shuffled with the run seed; first tenth
-    held out."""
-    pairs = iid_partition(read_pairs(path, fields).pairs, 1, seed)[0]
-    cut = max(1, len(pairs) // 10)
-    return pairs[:cut] if held_out else pairs[cut:]

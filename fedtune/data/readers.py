@@ -1,4 +1,4 @@
-"""Raw records from data files and Hugging Face datasets, each with where it came from.
+"""Raw records (dicts) of one data file or Hugging Face dataset, each with where it came from.
 
 A reader yields ``(location, record)`` pairs: ``location`` is ``line N`` (JSONL, CSV),
 ``record N`` (JSON list) or ``row N`` (Parquet, hub datasets), so any later error can name the
@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
+
+from fedtune.data.config import parse_fields
 
 Record = dict[str, Any]
 
@@ -165,3 +167,15 @@ def hub_records(spec: str) -> Iterator[tuple[str, Any]]:
                             f"'{split}'): {err}; check the name and split, or pass a local "
                             "file.") from None
     yield from ((f"row {i}", r) for i, r in enumerate(ds))
+
+
+def source_records(source: str | Path, fields: str | dict[str, str] = ""
+                   ) -> tuple[Iterator[tuple[str, Record]], dict[str, str]]:
+    """(``(location, record)`` pairs of a data file or hub dataset, the parsed ``data-fields``)."""
+    if isinstance(fields, str):
+        try:
+            fields = parse_fields(fields)
+        except ValueError as err:
+            raise DataFileError(str(err)) from None
+    hub = isinstance(source, str) and is_hub_name(source)
+    return (hub_records(source) if hub else file_records(source)), fields

@@ -1,31 +1,20 @@
-"""What ``data`` and ``eval-data`` point to, and which examples the server and each client get.
+"""What a ``data`` / ``eval-data`` value names, and the records it holds as examples or pairs.
 
-Sources: a data file or Hugging Face dataset (:func:`fedtune.data.files.read_examples`); a
-Natural Instructions folder (:mod:`fedtune.data.natural_instructions`); or a FedIT folder of
-``local_training_<i>.json`` files, one per client, with ``global_test.json`` as the server's
-held-out set.
-
-Server held-out set, first match: the evaluation tasks of a Natural Instructions folder
-(``eval-tasks``; from ``eval-data``, else from ``data``); the ``eval-data`` file (its first
-``eval-examples``); a FedIT folder's ``global_test.json``; else the first ``eval-examples`` of
-the seeded shuffle of ``data``, which then never reach a client.
-
-Clients (``partition``): ``auto`` is one client per file for a FedIT folder, one client per
-task (``natural``) for a Natural Instructions folder and ``iid`` otherwise; any other value
-pools the training examples and applies that partitioner.
+A source is a data file or Hugging Face dataset (read by the record type:
+:func:`fedtune.data.instructions.read_examples` or :func:`fedtune.data.preference.read_pairs`);
+a Natural Instructions folder (:mod:`fedtune.data.natural_instructions`; instruction examples
+only); or a FedIT folder of ``local_training_<i>.json`` files, one per client, with
+``global_test.json`` as the server's held-out set. Who gets which records is
+:mod:`fedtune.data.split`'s business.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
-from dataclasses import astuple
 from pathlib import Path
+from typing import TypeVar
 
-from fedtune.config import DataConfig
-from fedtune.data.example import Example
-from fedtune.data.files import read_examples
+from fedtune.data.config import DataConfig
 from fedtune.data.natural_instructions import (
     NIRules,
     is_task_folder,
@@ -34,11 +23,11 @@ from fedtune.data.natural_instructions import (
     task_names,
     tasks_dir,
 )
-from fedtune.data.partition import iid_partition, partition
 from fedtune.data.readers import DataFileError, is_hub_name
+from fedtune.data.records import EXAMPLES, RecordType
 from fedtune.seeding import rng
 
-log = logging.getLogger("fedtune")
+T = TypeVar("T")
 
 CLIENT_FILE = re.compile(r"^local_training_(\d+)\.json$")
 GLOBAL_TEST = "global_test.json"
@@ -98,11 +87,6 @@ def _eval_task_names(cfg: DataConfig) -> frozenset[str]:
                      (p.stem for p in tasks_dir(folder).glob("*.json")))
 
 
-def _separate_eval(cfg: DataConfig) -> bool:
-    """Whether the server's held-out set comes from elsewhere than a slice of ``data``."""
-    return bool(cfg.eval_data) or _eval_task_folder(cfg) is not None or kind(cfg.data) == "fedit"
-
-
 def _global_test(folder: Path) -> Path:
     path = folder / GLOBAL_TEST
     if not path.is_file():
@@ -111,84 +95,63 @@ def _global_test(folder: Path) -> Path:
     return path
 
 
-def eval_examples(cfg: DataConfig, seed: int) -> list[Example]:
-    """The server's held-out set (see the module docstring for the rules)."""
+def _examples_only(records: RecordType, folder: str | Path) -> None:
+    if records is not EXAMPLES:
+        raise DataFileError(f"{folder} is a Natural Instructions folder, which holds "
+                            f"instruction examples, not {records.name}; pass a file of "
+                            f"{records.name} instead.")
+
+
+def separate_held_out(cfg: DataConfig) -> bool:
+    """Whether the server's held-out set comes from elsewhere than a slice of ``data``."""
+    return bool(cfg.eval_data) or _eval_task_folder(cfg) is not None or kind(cfg.data) == "fedit"
+
+
+def held_out_source(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
+    """The server's held-out set when :func:`separate_held_out`: a Natural Instructions
+    folder's evaluation tasks (``eval-tasks``; from ``eval-data``, else from ``data``), all of
+    them; else the first ``eval-examples`` of ``eval-data`` (a FedIT folder: its
+    ``global_test.json``) or of the FedIT ``data`` folder's ``global_test.json``."""
     folder = _eval_task_folder(cfg)
     if folder is not None:
+        _examples_only(records, folder)
         return load_eval_tasks(folder, cfg.eval_tasks, seed, ni_rules(cfg))[0]
-    if cfg.eval_data:
-        path = cfg.eval_data
-        if Path(path).is_dir() and kind(path) == "fedit":
-            path = str(_global_test(Path(path)))
-        return read_examples(path, cfg.data_fields)[: cfg.eval_examples]
-    if kind(cfg.data) == "fedit":
-        return read_examples(_global_test(Path(cfg.data)), cfg.data_fields)[: cfg.eval_examples]
-    return _shuffled(cfg, seed)[: cfg.eval_examples]
+    path = cfg.eval_data or cfg.data
+    if Path(path).is_dir() and kind(path) == "fedit":
+        path = str(_global_test(Path(path)))
+    return records.read(path, cfg.data_fields)[: cfg.eval_examples]
 
 
-def _all_examples(cfg: DataConfig, seed: int) -> list[Example]:
+def all_records(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
+    """Every record of ``data``, in source order (a Natural Instructions folder: its training
+    tasks after the rules, evaluation tasks excluded; a FedIT folder: its client files in
+    turn)."""
     source = kind(cfg.data)
     if source == "ni":
+        _examples_only(records, cfg.data)
         return load_train_tasks(cfg.data, cfg.data_tasks, seed, ni_rules(cfg),
                                 exclude=_eval_task_names(cfg))[0]
     if source == "fedit":
-        return [e for f in client_files(cfg.data) for e in read_examples(f, cfg.data_fields)]
-    return read_examples(cfg.data, cfg.data_fields)
-
-
-def _shuffled(cfg: DataConfig, seed: int) -> list[Example]:
-    return iid_partition(_all_examples(cfg, seed), 1, seed)[0]
-
-
-def train_pool(cfg: DataConfig, seed: int) -> list[Example]:
-    """Every training example, server held-out examples excluded."""
-    if _separate_eval(cfg):
-        return _all_examples(cfg, seed)
-    pool = _shuffled(cfg, seed)[cfg.eval_examples:]
-    if not pool:
-        raise DataFileError(f"{cfg.data}: all of its examples went to the server's held-out set "
-                            f"(eval-examples={cfg.eval_examples}); lower eval-examples or give "
-                            "eval-data.")
-    return pool
+        return [r for f in client_files(cfg.data) for r in records.read(f, cfg.data_fields)]
+    return records.read(cfg.data, cfg.data_fields)
 
 
 def method(cfg: DataConfig) -> str:
-    """The partitioner ``partition=auto`` resolves to (``files`` for a FedIT folder)."""
+    """The partitioner ``partition=auto`` resolves to: one client per file (``files``) for a
+    FedIT folder, one per task (``natural``) for a Natural Instructions folder, else ``iid``."""
     if cfg.partition != "auto":
         return cfg.partition
     return {"fedit": "files", "ni": "natural"}.get(kind(cfg.data), "iid")
 
 
-@functools.lru_cache(maxsize=4)
-def _parts(key: tuple, num_partitions: int, seed: int) -> list[list[Example]]:
-    cfg = DataConfig(*key)
-    how = method(cfg)
-    pool = train_pool(cfg, seed)
-    parts = partition(pool, num_partitions, seed, how, cfg.partition_by, cfg.dirichlet_alpha,
-                      cfg.shards_per_client)
-    sizes = sorted(map(len, parts))
-    log.info(f"Partitioned {len(pool)} examples of {cfg.data} into {num_partitions} clients "
-             f"({how}): sizes {sizes[0]} to {sizes[-1]}, median {sizes[len(sizes) // 2]}.")
-    return parts
-
-
-def _file_client(cfg: DataConfig, partition_id: int, num_partitions: int,
-                 seed: int) -> list[Example]:
+def client_file(cfg: DataConfig, records: RecordType[T], partition_id: int,
+                num_partitions: int, seed: int) -> list[T]:
+    """``partition=files``: FedIT client ``partition_id``'s own file, in a seeded order."""
     files = client_files(cfg.data)
     if len(files) != num_partitions:
         raise DataFileError(f"{cfg.data} holds {len(files)} client files (local_training_0.json "
                             f"to local_training_{len(files) - 1}.json) but the run has "
                             f"{num_partitions} clients; run with {len(files)} clients.")
-    examples = read_examples(files[partition_id], cfg.data_fields)
-    order = rng(seed, "files", partition_id).permutation(len(examples)).tolist()
-    return [examples[i] for i in order]
-
-
-def client_examples(cfg: DataConfig, partition_id: int, num_partitions: int,
-                    seed: int) -> list[Example]:
-    """All examples of one client (training and its own held-out share), seeded order."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition id {partition_id} outside [0, {num_partitions})")
-    if method(cfg) == "files":
-        return _file_client(cfg, partition_id, num_partitions, seed)
-    return list(_parts(astuple(cfg), num_partitions, seed)[partition_id])
+    mine = records.read(files[partition_id], cfg.data_fields)
+    order = rng(seed, "files", partition_id).permutation(len(mine)).tolist()
+    return [mine[i] for i in order]

@@ -6,8 +6,9 @@ checkpoint or this one, never a torn file. It holds
 
 - the round it closes and the run's flat config (resume refuses a different config),
 - the global arrays (FedIT: the float32 adapter; FedKSeed: the accumulated vector A),
-- the algorithm's own state (FedKSeed: Pro statistics, server momentum),
-- the strategy's state (FedOpt moments, FedAvgM momentum, SCAFFOLD's c, ...),
+- the algorithm's own state (FedKSeed: the seeds' Pro statistics),
+- the strategy's ``state_dict()`` (FedOpt moments, FedAvgM momentum, SCAFFOLD's c, FedKSeed's
+  server momentum, ...),
 - the metrics rows so far (``metrics.jsonl`` is rewritten from them on resume).
 
 Sampling needs no state: each round's sample and each client's batches come from generators
@@ -25,14 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 
 CHECKPOINT = "checkpoint.npz"
-
-# Strategy attributes that change between rounds, across Flower's strategies and fedtune's:
-# FedOpt family (FedAdam, FedYogi, FedAdagrad): current_arrays, m_t, v_t; FedAvgM:
-# current_arrays, momentum_vector; SCAFFOLD: control. Everything else is configuration.
-STRATEGY_STATE = ("current_arrays", "m_t", "v_t", "momentum_vector", "control")
 
 # Keys that may differ between the original run and its resumption: where results go and how
 # long to wait, nothing that changes what is computed.
@@ -110,38 +105,10 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 # ---- strategy state ------------------------------------------------------------------------
 def strategy_state(strategy: object) -> dict[str, np.ndarray]:
-    """The strategy's round-to-round state as flat arrays (``attr/kind/key``)."""
-    out: dict[str, np.ndarray] = {}
-    for attr in STRATEGY_STATE:
-        value = getattr(strategy, attr, None)
-        if value is None:
-            continue
-        if isinstance(value, ArrayRecord):
-            out.update({f"{attr}/record/{k}": v.numpy() for k, v in value.items()})
-        elif isinstance(value, dict):
-            out.update({f"{attr}/dict/{k}": np.asarray(v) for k, v in value.items()})
-        elif isinstance(value, list):
-            out.update({f"{attr}/list/{i:06d}": np.asarray(v) for i, v in enumerate(value)})
-        else:
-            out[f"{attr}/array/"] = np.asarray(value)
-    return out
-
-
-def load_strategy_state(strategy: object, state: dict[str, np.ndarray]) -> None:
-    """Inverse of :func:`strategy_state` (the strategy is freshly built from the same config)."""
-    grouped: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for name, value in state.items():
-        attr, kind, key = name.split("/", 2)
-        grouped.setdefault((attr, kind), {})[key] = value
-    for (attr, kind), values in grouped.items():
-        if not hasattr(strategy, attr):
-            raise CheckpointError(f"the checkpoint has strategy state '{attr}' that "
-                                  f"{type(strategy).__name__} does not keep")
-        if kind == "record":
-            setattr(strategy, attr, ArrayRecord({k: Array(v) for k, v in values.items()}))
-        elif kind == "dict":
-            setattr(strategy, attr, dict(values))
-        elif kind == "list":
-            setattr(strategy, attr, [values[k] for k in sorted(values)])
-        else:
-            setattr(strategy, attr, values[""])
+    """The strategy's round-to-round state; a strategy without ``state_dict()`` cannot be
+    checkpointed, and saying so beats a resumed run that silently lost its state."""
+    if not hasattr(strategy, "state_dict"):
+        raise CheckpointError(f"{type(strategy).__name__} has no state_dict(): give it "
+                              "state_dict()/load_state_dict() (fedtune.strategies.state) so "
+                              "its state survives a resume")
+    return strategy.state_dict()

@@ -14,43 +14,28 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedtune.algorithms.base import ServerSide
+from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
 from fedtune.flower.records import (
     content_bytes,
     from_arrayrecord,
     payload_bytes,
     to_arrayrecord,
+    to_records,
 )
-from fedtune.flower.validate import check_metrics
 from fedtune.seeding import rng
 
 log = logging.getLogger("fedtune")
 
 IDENTIFY = "query.identify"
-
-
-class ServerAlgorithm(Protocol):
-    """What the loop needs from an algorithm's server side."""
-
-    #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)
-    wire_dtype: type | None
-
-    def initial_arrays(self) -> dict[str, np.ndarray]: ...
-
-    def train_config(self, server_round: int) -> dict[str, Any]: ...
-
-    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, np.ndarray]: ...
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
 
 
 class SampledGrid:
@@ -135,8 +120,11 @@ class RoundReplies:
     payload_up: float
 
 
+Check = Callable[[Records], str | None]
+
+
 def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout: float,
-            check: Callable[[RecordDict], str | None]) -> RoundReplies:
+            check: Check) -> RoundReplies:
     """Send, wait at most ``timeout``, drop (and log) failed or invalid replies, sort by name."""
     replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
     # The SuperLink answers for a node it lost (missed heartbeats) with an error reply whose
@@ -151,7 +139,7 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
     ok = [r for r in replies if not r.has_error()]
     for reply in replies:
         who = registry.name(origin(reply))
-        reason = reply.error.reason if reply.has_error() else check(reply.content)
+        reason = reply.error.reason if reply.has_error() else check(to_records(reply.content))
         if reason:
             log.warning("dropped reply from %s: %s", who, reason)
             dropped += 1
@@ -200,19 +188,27 @@ def _as_float32(reply: Message) -> Message:
     return reply
 
 
-def run_rounds(grid: Grid, cfg: Config, algo: ServerAlgorithm, strategy: Strategy,
-               check_reply: Callable[[RecordDict], str | None],
+def reply_check(algo: ServerSide, strategy: Strategy) -> Check:
+    """The algorithm's check of a train reply, then the strategy's own (SCAFFOLD's record)."""
+    extra = getattr(strategy, "check_reply", None)
+    if extra is None:
+        return algo.check_reply
+    return lambda content: algo.check_reply(content) or extra(content)
+
+
+def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0,
                resume_from: tuple[int, dict[str, np.ndarray]] | None = None,
                on_checkpoint: Callable[[int, dict[str, np.ndarray]], None] | None = None
                ) -> dict[str, np.ndarray]:
     """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
 
-    ``check_reply`` returns why a train reply must be dropped, or None to aggregate it.
+    A train reply is dropped (and logged) when :func:`reply_check` gives a reason.
     ``resume_from`` = (last complete round, its global arrays) continues a run from its
     checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
     """
     s = cfg.server
+    check_reply = reply_check(algo, strategy)
     registry = NodeRegistry(grid, timeout=s.round_timeout)
     if resume_from is None:
         done, arrays = 0, algo.initial_arrays()
@@ -287,7 +283,7 @@ def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, registry: NodeR
     msgs = _to_wire(strategy.configure_evaluate(rnd, to_arrayrecord(arrays), ConfigRecord({}),
                                                 SampledGrid(grid, chosen)), wire_dtype)
     got = collect(grid, msgs, registry, s.round_timeout,
-                  lambda c: check_metrics(c, "num-examples"))
+                  check_metrics)
     metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None
     if not metrics:
         return {}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
+
+from fedtune.algorithms.replies import Records
 
 
 def to_arrayrecord(arrays: Mapping[str, np.ndarray], dtype: type | None = None) -> ArrayRecord:
@@ -34,3 +36,21 @@ def payload_bytes(content: RecordDict) -> int:
     blobs = sum(len(v) for rec in content.config_records.values() for v in rec.values()
                 if isinstance(v, bytes))
     return arrays + blobs
+
+
+def to_records(content: RecordDict) -> Records:
+    """A Flower RecordDict as plain Python (arrays as numpy, in their wire dtype)."""
+    return Records(
+        arrays={name: {k: v.numpy() for k, v in rec.items()}
+                for name, rec in content.array_records.items()},
+        configs={name: dict(rec) for name, rec in content.config_records.items()},
+        metrics={name: dict(rec) for name, rec in content.metric_records.items()})
+
+
+def to_recorddict(records: Records) -> RecordDict:
+    """Inverse of :func:`to_records`; arrays travel in the dtype the algorithm gave them."""
+    out: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
+    out.update({name: to_arrayrecord(arrays) for name, arrays in records.arrays.items()})
+    out.update({name: ConfigRecord(values) for name, values in records.configs.items()})
+    out.update({name: MetricRecord(values) for name, values in records.metrics.items()})
+    return RecordDict(out)

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedtune.config import TrainConfig
 from fedtune.data.pairs import PairSet, collate_pairs
 from fedtune.data.tokenize import IGNORE_INDEX
+from fedtune.train.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -5,25 +5,22 @@ K seeds and FedKSeed-Pro's sampling plus the wire formats, ``replay`` rebuilds t
 w = w0 - lr * sum_s A_s z(s). Plain torch + numpy; no Flower imports.
 """
 
+from fedtune.zo.params import zo_named_parameters, zo_parameters
 from fedtune.zo.pool import (
     PRO_CLIP,
     SeedPool,
     accumulate_,
     derive_seeds,
-    pack_accumulated,
     pack_pairs,
     sample_seed_indices,
-    unpack_accumulated,
     unpack_pairs,
 )
-from fedtune.zo.replay import apply_delta_, float32_snapshot, replay_
+from fedtune.zo.replay import float32_snapshot, replay_
 from fedtune.zo.rng import (
     NORMAL_TABLE,
     add_perturbation_,
     perturbation,
     perturbations,
-    zo_named_parameters,
-    zo_parameters,
 )
 from fedtune.zo.step import ZOStepResult, zo_step
 
@@ -34,16 +31,13 @@ __all__ = [
     "ZOStepResult",
     "accumulate_",
     "add_perturbation_",
-    "apply_delta_",
     "derive_seeds",
     "float32_snapshot",
-    "pack_accumulated",
     "pack_pairs",
     "perturbation",
     "perturbations",
     "replay_",
     "sample_seed_indices",
-    "unpack_accumulated",
     "unpack_pairs",
     "zo_named_parameters",
     "zo_parameters",

@@ -2,8 +2,9 @@
 
 A run fixes K candidate seeds. Each ZO step draws one, uniformly (FedKSeed) or with probabilities
 from the seeds' importance (FedKSeed-Pro): importance = mean |clipped scalar| over the seed's
-history, min-max normalised, then softmax. Everything a party sends about the pool is packed here
-into little-endian bytes: (seed index, scalar) pairs up, one float32 K-vector down.
+history, min-max normalised, then softmax (the wire form and the probabilities are in
+``fedtune.algorithms.fedkseed.pro``). The (seed index, scalar) pairs a client uploads are
+packed here into little-endian bytes.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ __all__ = [
     "SeedPool",
     "accumulate_",
     "derive_seeds",
-    "pack_accumulated",
     "pack_pairs",
     "sample_seed_indices",
-    "unpack_accumulated",
     "unpack_pairs",
 ]
 
@@ -118,10 +117,6 @@ class SeedPool:
     def k(self) -> int:
         return int(self.seeds.size)
 
-    def sample(self, n: int, rng: np.random.Generator, *, pro: bool = False) -> np.ndarray:
-        """``n`` seed indices: uniform, or from :meth:`probabilities` when ``pro``."""
-        return sample_seed_indices(self.k, n, rng, self.probabilities() if pro else None)
-
     def update(self, seed_indices: np.ndarray | Sequence[int], scalars: np.ndarray) -> None:
         """Record the scalars a client uploaded for these seed indices."""
         idx = np.asarray(seed_indices, dtype=np.int64)
@@ -133,15 +128,6 @@ class SeedPool:
     def importance(self) -> np.ndarray:
         """Mean |clipped scalar| per seed, the leading 0.0 of each history included (float64)."""
         return self.abs_sums / (self.counts + 1)
-
-    def probabilities(self) -> np.ndarray:
-        """softmax(min-max-normalised importance) as float32; uniform when all are equal."""
-        imp = self.importance()
-        span = imp.max() - imp.min()
-        if not span > 0:
-            return np.full(self.k, 1.0 / self.k, dtype=np.float32)
-        e = np.exp((imp - imp.min()) / span - 1.0)  # shifted by the max (1.0) for stability
-        return (e / e.sum()).astype(np.float32)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {
@@ -215,24 +201,3 @@ def unpack_pairs(data: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
     vals = np.frombuffer(data, dtype="<f4", count=n, offset=n * itype.itemsize).astype(np.float32)
     _validate_pairs(idx, vals, k)
     return idx, vals
-
-
-def pack_accumulated(accumulated: np.ndarray) -> bytes:
-    """The float32 K-vector A (or any float32 K-vector, e.g. Pro probabilities) as 4K bytes."""
-    a = np.asarray(accumulated)
-    if a.ndim != 1 or a.dtype != np.float32:
-        raise ValueError(f"A must be a 1-D float32 array, got {a.dtype} with shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError("A must be finite; got NaN or Inf")
-    return a.astype("<f4").tobytes()
-
-
-def unpack_accumulated(data: bytes, k: int) -> np.ndarray:
-    """Inverse of :func:`pack_accumulated` for a pool of K seeds (a writable float32 array)."""
-    _check_k(k)
-    if len(data) != 4 * k:
-        raise ValueError(f"a packed K-vector for K={k} must be {4 * k} bytes, got {len(data)}")
-    a = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if not np.all(np.isfinite(a)):
-        raise ValueError("the packed K-vector contains NaN or Inf")
-    return a

@@ -30,16 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedtune.zo.params import zo_named_parameters
 from fedtune.zo.rng import (
     Workspace,
     check_chunk_size,
     default_chunk_size,
     normal_table,
     perturbations,
-    zo_named_parameters,
 )
 
-__all__ = ["apply_delta_", "float32_snapshot", "replay_"]
+__all__ = ["float32_snapshot", "replay_"]
 
 W0 = Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | None
 
@@ -178,30 +178,3 @@ def replay_(
     _check_vector(a, seeds_arr, "A")
     tensors = _tensors(params)
     _apply(tensors, _bases(params, tensors, w0_state), a, seeds_arr, lr32, chunk_size)
-
-
-def apply_delta_(
-    params: nn.Module | Iterable[torch.Tensor],
-    old_accumulated: np.ndarray,
-    new_accumulated: np.ndarray,
-    seeds: np.ndarray | Sequence[int],
-    lr: float,
-    *,
-    chunk_size: int | None = None,
-) -> None:
-    """Move ``params`` from the model of ``old_accumulated`` to that of ``new_accumulated``.
-
-    Applies ``-lr * sum_s (new[s] - old[s]) z_s`` over the changed entries only, so its cost is
-    proportional to the seeds touched since the old version. It is not bit-identical to
-    :func:`replay_` (the update is rounded in two parts, and ``new - old`` itself rounds in
-    float32): float32 weights differ by a few float32 ulps of the weights per call. Tiny updates
-    are lost on bf16/fp16 weights; use :func:`replay_` from a float32 w0 there.
-    """
-    lr32 = _check_lr(lr)
-    old = np.asarray(old_accumulated)
-    new = np.asarray(new_accumulated)
-    seeds_arr = np.asarray(seeds, dtype=np.int64)
-    _check_vector(old, seeds_arr, "old A")
-    _check_vector(new, seeds_arr, "new A")
-    tensors = _tensors(params)
-    _apply(tensors, [None] * len(tensors), new - old, seeds_arr, lr32, chunk_size)

@@ -1,23 +1,27 @@
-"""Record layouts: turn one raw record into an :class:`Example`.
+"""Instruction examples from a data file or hub dataset: each raw record -> an :class:`Example`.
 
-Detected per record: ``chat`` (a ``messages`` list of ``{role, content}``; the last assistant
-turn is the response, the turns before it the prompt), ``dolly`` (``instruction``, ``context``,
-``response``, ``category``) and ``alpaca`` (``instruction``, ``input``, ``output``, optional
-``category``). Any other layout is mapped with ``data-fields``, e.g.
+Layouts, detected per record: ``chat`` (a ``messages`` list of ``{role, content}``; the last
+assistant turn is the response, the turns before it the prompt), ``dolly`` (``instruction``,
+``context``, ``response``, ``category``) and ``alpaca`` (``instruction``, ``input``, ``output``,
+optional ``category``). Any other layout is mapped with ``data-fields``, e.g.
 ``"instruction=question,output=answer,category=topic"``: the named fields replace the Alpaca
-names (or, with ``messages=<field>``, the chat field).
+names (or, with ``messages=<field>``, the chat field). A single Natural Instructions task file is
+read whole (no preprocessing rules; folders are :mod:`fedtune.data.sources`' business). Every
+malformed record is reported as one sentence naming the file, the line or record, and the field.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fedtune.data.example import Example
-from fedtune.data.readers import DataFileError, Record
+from fedtune.data.natural_instructions import task_examples, task_instances
+from fedtune.data.readers import DataFileError, Record, source_records
 
-TARGETS = ("instruction", "input", "output", "category", "messages",
-           "prompt", "chosen", "rejected")  # the last three: preference data (DPO)
+__all__ = ["DataFileError", "read_examples", "to_example"]
+
 LAYOUTS: dict[str, dict[str, str]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
                "category": "category"},
@@ -25,23 +29,6 @@ LAYOUTS: dict[str, dict[str, str]] = {
               "category": "category"},
     "chat": {"messages": "messages", "category": "category"},
 }
-
-
-def parse_fields(text: str) -> dict[str, str]:
-    """``"instruction=question,output=answer"`` -> ``{"instruction": "question", ...}``."""
-    out: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        target, sep, source = (s.strip() for s in item.partition("="))
-        if not sep or not target or not source:
-            raise ValueError(f"data-fields item '{item}' is not target=field; write e.g. "
-                             "'instruction=question,output=answer'.")
-        if target not in TARGETS:
-            raise ValueError(f"data-fields names '{target}', which is not one of "
-                             f"{', '.join(TARGETS)}; map those to your file's fields.")
-        if target in out:
-            raise ValueError(f"data-fields maps '{target}' twice; keep one.")
-        out[target] = source
-    return out
 
 
 def layout_for(record: Record, fields: dict[str, str]) -> dict[str, str]:
@@ -158,3 +145,20 @@ def to_example(record: Any, where: str, fields: dict[str, str] | None = None) ->
                    output=_required(record, outp, where, hint),
                    input=_optional(record, names["input"], where),
                    category=_optional(record, names["category"], where))
+
+
+def read_examples(source: str | Path, fields: str | dict[str, str] = "") -> list[Example]:
+    """All examples of a data file or hub dataset; ``fields`` is a ``data-fields`` mapping."""
+    records, fields = source_records(source, fields)
+    out: list[Example] = []
+    for where, record in records:
+        if where == "task":  # a Natural Instructions task object
+            p = Path(source)
+            definition, pairs = task_instances(record, p)
+            out += task_examples(p.name.removesuffix(".gz").removesuffix(".json"),
+                                 definition, pairs)
+            continue
+        out.append(to_example(record, f"{source}: {where}", fields))
+    if not out:
+        raise DataFileError(f"{source}: no records found; the source is empty.")
+    return out

@@ -7,19 +7,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedtune.algorithms.base import NodeState
+from fedtune.algorithms.fedkseed.dpo import reference_logps
+from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.algorithms.fedkseed.pro import probabilities_from
+from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet
 from fedtune.data.tokenize import EncodedSet, collate
-from fedtune.eval import heldout_loss
+from fedtune.eval.loss import heldout_loss
 from fedtune.eval.preference import preference_metrics
-from fedtune.fedkseed.dpo import reference_logps
-from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
-from fedtune.fedkseed.pro import probabilities_from
 from fedtune.node import Node, node_data, node_pairs
 from fedtune.seeding import rng
 from fedtune.train.dpo import DPOSettings, DPOStats, pair_loss
 from fedtune.train.sft import batches
-from fedtune.zo import sample_seed_indices, zo_step
+from fedtune.zo import pack_pairs, sample_seed_indices, zo_step
 
 
 @dataclass
@@ -104,3 +106,27 @@ def evaluate(cfg: Config, accumulated: np.ndarray, node: Node) -> tuple[float, i
     data = node_data(cfg, node, held_out=True)
     return heldout_loss(zm.model, data, zm.tokenizer.pad_token_id,
                         cfg.eval.eval_batch_size), len(data)
+
+
+class FedKSeedClient:
+    """FedKSeed's client side: records ``arrays`` (A) and ``config`` (``server-round``, the
+    pool's fingerprint ``pool``, FedKSeed-Pro's ``importance`` bytes) in; the packed
+    (seed index, scalar) pairs (record ``zo``) and the round's metrics out."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def train(self, content: Records, node: Node, state: NodeState) -> Records:
+        del state  # FedKSeed keeps nothing on a node between rounds (its cache is on disk)
+        conf = content.configs["config"]
+        importance = conf.get("importance")
+        res = train(self.cfg, content.arrays["arrays"]["accumulated"],
+                    int(conf["server-round"]), node, fingerprint=int(conf["pool"]),
+                    importance=importance if isinstance(importance, bytes) else None)
+        pairs = pack_pairs(res.seed_indices, res.scalars, self.cfg.zo.zo_seeds)
+        return Records(configs={"zo": {"pairs": pairs}},
+                       metrics={"metrics": {NUM_EXAMPLES: res.num_examples, **res.metrics}})
+
+    def evaluate(self, content: Records, node: Node) -> Records:
+        loss, n = evaluate(self.cfg, content.arrays["arrays"]["accumulated"], node)
+        return Records(metrics={"metrics": {"eval-loss": loss, NUM_EXAMPLES: n}})

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from fedtune.config import Config, ConfigError, LoraSection
-from fedtune.lora import adapter_state, add_lora
-from fedtune.models import choose_placement, is_tiny, load_model, load_tokenizer
+from fedtune.algorithms.fedit.adapter import adapter_state, add_lora
+from fedtune.algorithms.fedit.config import LoraSection
+from fedtune.config import Config
+from fedtune.errors import ConfigError
+from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer
 from fedtune.seeding import derive_seed
 
 

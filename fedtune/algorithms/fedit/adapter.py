@@ -20,7 +20,7 @@ from peft import (
 )
 from transformers import PreTrainedModel
 
-from fedtune.config import LoraSection
+from fedtune.algorithms.fedit.config import LoraSection
 
 WIRE_DTYPE = np.float16  # adapters travel in 16 bits; the server keeps float32 masters
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedtune.algorithms.fedkseed.model import ZOModel
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet, encode_pairs
 from fedtune.data.preference import eval_pairs
 from fedtune.eval.preference import HeldOutPairs
-from fedtune.fedkseed.model import ZOModel
 from fedtune.train.dpo import DPOSettings, cached_reference, pair_logps
 
 

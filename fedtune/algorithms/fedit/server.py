@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtune.algorithms.fedit.adapter import WIRE_DTYPE, adapter_spec, load_adapter_state
+from fedtune.algorithms.fedit.dpo import heldout_pairs
+from fedtune.algorithms.fedit.model import initial_adapter, peft_model_for
+from fedtune.algorithms.replies import Records, check_metrics, check_record
 from fedtune.config import Config
-from fedtune.data import eval_split
+from fedtune.data.split import eval_split
 from fedtune.data.tokenize import encode_examples
-from fedtune.eval import answer_metrics, heldout_loss
-from fedtune.fedit.dpo import heldout_pairs
-from fedtune.fedit.model import initial_adapter, peft_model_for
-from fedtune.lora import WIRE_DTYPE, adapter_spec, load_adapter_state
-from fedtune.models import build_tiny, is_tiny
+from fedtune.eval.generate import answer_metrics
+from fedtune.eval.loss import heldout_loss
+from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.train.schedule import round_lr
 
 
@@ -30,12 +32,17 @@ class FedITServer:
         self.pairs = heldout_pairs(cfg, self.model, self.tokenizer) if dpo else None
         self.eval_examples = [] if dpo else eval_split(cfg.data, cfg.server.seed)
         self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
+        self._spec = self.spec()
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return initial_adapter(self.cfg)
 
     def spec(self) -> dict[str, tuple[int, ...]]:
         return adapter_spec(self.model)
+
+    def check_reply(self, content: Records) -> str | None:
+        """The adapter with the global adapter's keys and shapes, finite, 16 or 32 bits."""
+        return check_record(content, "arrays", self._spec) or check_metrics(content)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Nothing beyond the global adapter (which the checkpoint holds) changes per round."""

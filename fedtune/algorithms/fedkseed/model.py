@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedtune.config import Config, ZOConfig
-from fedtune.fedkseed.defaults import zo_eps, zo_lr
-from fedtune.models import choose_placement, is_tiny, load_model, load_tokenizer
+from fedtune.algorithms.fedkseed.config import ZOConfig
+from fedtune.algorithms.fedkseed.defaults import zo_eps, zo_lr
+from fedtune.config import Config
+from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer
 from fedtune.zo import SeedPool, float32_snapshot, replay_, zo_parameters
 
 

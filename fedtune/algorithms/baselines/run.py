@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from fedtune.algorithms.fedit import client as fedit_client
+from fedtune.algorithms.fedit.server import FedITServer
 from fedtune.config import Config
 from fedtune.data.tokenize import EncodedSet
-from fedtune.fedit import client as fedit_client
-from fedtune.fedit.server import FedITServer
 from fedtune.node import Node, node_data
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
@@ -37,13 +37,6 @@ def _mean_row(per_client: list[dict[str, float]]) -> dict[str, Any]:
 def sampled_per_round(cfg: Config, num_clients: int) -> int:
     s = cfg.server
     return min(num_clients, max(s.min_train_nodes, int(num_clients * s.fraction_train)))
-
-
-def run_baseline(cfg: Config, num_clients: int) -> Path:
-    """Run ``cfg.train.algorithm`` (local or centralized); write the usual run folder."""
-    if cfg.train.algorithm == "centralized":
-        return run_centralized(cfg, num_clients)
-    return run_local(cfg, num_clients)
 
 
 class _BaselineRun:

@@ -7,30 +7,32 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtune.algorithms.fedkseed.dpo import heldout_pairs
+from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.algorithms.fedkseed.pro import encode_importance
+from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
-from fedtune.data import eval_split
+from fedtune.data.split import eval_split
 from fedtune.data.tokenize import encode_examples
-from fedtune.eval import answer_metrics, heldout_loss
-from fedtune.fedkseed.dpo import heldout_pairs
-from fedtune.fedkseed.model import pool_fingerprint, zo_model_for
-from fedtune.fedkseed.pro import encode_importance
-from fedtune.models import build_tiny, is_tiny
-from fedtune.zo import SeedPool, accumulate_
+from fedtune.eval.generate import answer_metrics
+from fedtune.eval.loss import heldout_loss
+from fedtune.models.loading import build_tiny, is_tiny
+from fedtune.zo import SeedPool, unpack_pairs
 
 STATE_FILE = "fedkseed-state.npz"
 
 
 class FedKSeedServer:
-    """Holds A (via the loop), the seed pool with Pro statistics, and a replayed model."""
+    """The seed pool and its (Pro) statistics, evaluation of a version by replay, the result.
+    A lives in the round loop; the strategy aggregates it."""
 
     wire_dtype = None  # A travels as float32: the model is defined by its exact value
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, pro: bool = False) -> None:
         self.cfg = cfg
-        self.pro = cfg.train.algorithm == "fedkseed-pro"
+        self.pro = pro  # FedKSeed-Pro: clients sample seeds by importance
         self.zm = zo_model_for(cfg)
         self.pool = SeedPool(self.zm.seeds)
-        self.momentum = np.zeros(self.pool.k, dtype=np.float32)  # zo-server-momentum state
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
         self.pairs = heldout_pairs(cfg, self.zm) if dpo else None
         self.eval_examples = [] if dpo else eval_split(cfg.data, cfg.server.seed)
@@ -41,49 +43,37 @@ class FedKSeedServer:
         return {"accumulated": np.zeros(self.pool.k, dtype=np.float32)}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """What changes per round besides A: Pro's statistics and the server momentum."""
-        return {"momentum": self.momentum.copy(),
-                **{f"pro_{k}": v for k, v in self.pool.state_dict().items()}}
+        """What changes per round besides A: the seeds' (Pro) statistics. The strategy keeps
+        its own (server momentum)."""
+        return {f"pro_{k}": v for k, v in self.pool.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the statistics in place (the strategy shares this pool object)."""
         pool = SeedPool.from_state_dict({k[4:]: v for k, v in state.items()
                                          if k.startswith("pro_")})
         if not np.array_equal(pool.seeds, self.pool.seeds):
             raise ValueError("the saved seed pool differs from this run's (seed or zo-seeds)")
-        self.pool = pool
-        self.momentum = np.asarray(state["momentum"], dtype=np.float32).copy()
+        self.pool.abs_sums[:] = pool.abs_sums
+        self.pool.counts[:] = pool.counts
+
+    def check_reply(self, content: Records) -> str | None:
+        """Exactly ``zo-steps`` (seed index < K, finite scalar) pairs, packed, and metrics."""
+        record = content.configs.get("zo")
+        if record is None or not isinstance(record.get("pairs"), bytes):
+            return "no 'zo' record with packed 'pairs' bytes"
+        try:
+            indices, _ = unpack_pairs(record["pairs"], self.pool.k)
+        except ValueError as err:
+            return f"bad seed pairs: {err}"
+        if len(indices) != self.cfg.zo.zo_steps:
+            return f"{len(indices)} seed pairs, expected zo-steps={self.cfg.zo.zo_steps}"
+        return check_metrics(content)
 
     def train_config(self, server_round: int) -> dict[str, int | bytes]:
         config: dict[str, int | bytes] = {"pool": pool_fingerprint(self.pool.seeds)}
         if self.pro:
             config["importance"] = encode_importance(self.pool)
         return config
-
-    def aggregate(self, accumulated: np.ndarray, replies: list[tuple[np.ndarray, np.ndarray, int]]
-                  ) -> np.ndarray:
-        """A += sum_i w_i * g_i (in reply order), and Pro's statistics; returns the new A.
-
-        Options: ``zo-robust-clip`` bounds every scalar by a multiple of the round's median |g|
-        (a client that scales its scalars up cannot move A further than an honest one), and
-        ``zo-server-momentum`` adds beta x the previous round's step (the model is still the
-        replay of A, so every party stays exact).
-        """
-        z = self.cfg.zo
-        if z.zo_robust_clip > 0 and replies:
-            scale = float(np.median(np.abs(np.concatenate([g for _, g, _ in replies]))))
-            bound = np.float32(z.zo_robust_clip * scale)
-            replies = [(i, np.clip(g, -bound, bound), n) for i, g, n in replies]
-        delta = np.zeros_like(accumulated, dtype=np.float32)
-        total = sum(n for _, _, n in replies)
-        for indices, scalars, n in replies:
-            weight = 1.0 / len(replies) if z.zo_equal_weights else n / total
-            accumulate_(delta, indices, scalars, weight)
-            self.pool.update(indices, scalars)
-        if z.zo_server_momentum > 0:
-            self.momentum = (np.float32(z.zo_server_momentum) * self.momentum + delta).astype(
-                np.float32)
-            delta = self.momentum
-        return (accumulated + delta).astype(np.float32)
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)

@@ -13,12 +13,12 @@ import os
 import numpy as np
 from peft import PeftModel
 
+from fedtune.algorithms.fedit.adapter import load_adapter_state
+from fedtune.algorithms.fedit.model import initial_adapter
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet, encode_pairs
 from fedtune.data.preference import eval_pairs
 from fedtune.eval.preference import HeldOutPairs
-from fedtune.fedit.model import initial_adapter
-from fedtune.lora import load_adapter_state
 from fedtune.train.dpo import DPOSettings, cached_reference, pair_logps
 
 

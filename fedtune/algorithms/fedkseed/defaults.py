@@ -8,7 +8,7 @@ lr = 3e-5 * (N / 2.6e5) ** -0.54. The `tiny` preset's random base tolerates more
 
 from __future__ import annotations
 
-from fedtune.config import ZOConfig
+from fedtune.algorithms.fedkseed.config import ZOConfig
 
 
 def zo_lr(cfg: ZOConfig, num_params: int, tiny: bool) -> float:

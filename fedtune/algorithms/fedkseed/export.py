@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fedtune.fedkseed.server import STATE_FILE
+from fedtune.algorithms.fedkseed.server import STATE_FILE
 from fedtune.zo import replay_, zo_parameters
 
 

@@ -1,0 +1,59 @@
+"""Algorithms, one folder each, and the registry that maps a name to one.
+
+The client app, the server app, the CLI and the checkpoint code ask this registry and never
+compare algorithm names. Adding an algorithm = one new folder with an
+:class:`~fedtune.algorithms.base.Algorithm` entry + one line in ``REGISTRY`` below (or
+:func:`register` from your own code). Importing this module is light: an algorithm's client and
+server modules (torch, transformers) load only when its sides are built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedtune.algorithms.base import Algorithm
+from fedtune.algorithms.baselines import CENTRALIZED, LOCAL
+from fedtune.algorithms.fedit import FEDIT
+from fedtune.algorithms.fedkseed import FEDKSEED, FEDKSEED_PRO
+from fedtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedtune.config import Config
+
+__all__ = ["REGISTRY", "Algorithm", "register", "resolve"]
+
+REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
+    FEDIT,
+    FEDKSEED,
+    FEDKSEED_PRO,
+    LOCAL,
+    CENTRALIZED,
+)}
+
+
+def register(algorithm: Algorithm) -> Algorithm:
+    """Add (or replace) an algorithm under its name."""
+    REGISTRY[algorithm.name] = algorithm
+    return algorithm
+
+
+def resolve(cfg: Config) -> Algorithm:
+    """The algorithm ``cfg`` names, after the checks that depend on it: the objective, the
+    strategy (it must aggregate this algorithm's payload) and the algorithm's own checks.
+    Raises ``ConfigError`` with one sentence."""
+    name, objective = cfg.train.algorithm, cfg.train.objective
+    algo = REGISTRY.get(name)
+    if algo is None:
+        raise ConfigError(f"algorithm='{name}' is not supported; use one of "
+                          f"{', '.join(REGISTRY)}.")
+    if objective not in algo.objectives:
+        able = [a.name for a in REGISTRY.values() if objective in a.objectives]
+        raise ConfigError(f"objective={objective} runs with {', '.join(able)}; the {name} "
+                          f"{'algorithm' if algo.federated else 'baseline'} supports "
+                          f"{', '.join(algo.objectives)} only, so change one of them.")
+    if algo.federated:
+        from fedtune.strategies import entry
+
+        entry(cfg.strategy.strategy, algo.payload, name)
+    algo.check(cfg)
+    return algo

@@ -1,0 +1,91 @@
+"""The algorithm interface: what the apps, the CLI, the baselines and the checkpoint code ask
+of an algorithm, so that none of them ever compares algorithm names.
+
+An algorithm is an :class:`Algorithm` entry in :mod:`fedtune.algorithms`' registry. It names
+its client side (a node's local round and evaluation), its server side (initial state, per-round
+train config, central evaluation, reply check, state for checkpoints, the saved result) and the
+kind of update its strategies aggregate (``payload``), which decides the strategies that fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from fedtune.algorithms.replies import Records
+
+if TYPE_CHECKING:
+    from fedtune.config import Config
+    from fedtune.node import Node
+
+Arrays = dict[str, np.ndarray]
+#: Arrays a node keeps between rounds (Flower's ``Context.state``; SCAFFOLD's c_i), by name.
+NodeState = dict[str, Arrays]
+
+#: Payload kinds: ``arrays`` = the clients' full named float arrays (LoRA adapters), aggregated
+#: by any array strategy; ``seeds`` = (seed index, scalar) pairs over a shared seed pool.
+PAYLOADS = ("arrays", "seeds")
+
+
+class ClientSide(Protocol):
+    """A node's work for one message; built per message from the run's config."""
+
+    def train(self, content: Records, node: Node, state: NodeState) -> Records: ...
+
+    def evaluate(self, content: Records, node: Node) -> Records: ...
+
+
+class ServerSide(Protocol):
+    """The server's half of an algorithm; the round loop drives it."""
+
+    #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)
+    wire_dtype: type | None
+
+    def initial_arrays(self) -> Arrays: ...
+
+    def train_config(self, server_round: int) -> dict[str, Any]: ...
+
+    def check_reply(self, content: Records) -> str | None: ...
+
+    def evaluate(self, arrays: Arrays) -> dict[str, float]: ...
+
+    def state_dict(self) -> Arrays: ...
+
+    def load_state_dict(self, state: Arrays) -> None: ...
+
+    def save(self, arrays: Arrays, run_dir: Path) -> Path: ...
+
+
+def _no_checks(cfg: Config) -> None:
+    del cfg
+
+
+def _no_setup(cfg: Config) -> None:
+    del cfg
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registry entry.
+
+    ``client``/``server`` build the two sides from the run's config; ``payload`` is the update
+    kind its strategies must accept; ``check`` raises ``ConfigError`` for configs this
+    algorithm cannot run; ``simulation_setup`` sets what ``fedtune simulate`` chooses for it
+    (e.g. a shared cache inside the run folder). A baseline (``federated=False``) runs in one
+    process through ``run(cfg, num_clients)`` instead of Flower.
+    """
+
+    name: str
+    summary: str
+    payload: str = "arrays"
+    client: Callable[[Config], ClientSide] | None = None
+    server: Callable[[Config], ServerSide] | None = None
+    check: Callable[[Config], None] = _no_checks
+    simulation_setup: Callable[[Config], None] = _no_setup
+    federated: bool = True
+    run: Callable[[Config, int], Path] | None = None
+    objectives: tuple[str, ...] = field(default=("sft", "dpo"))

@@ -1,0 +1,37 @@
+"""FedIT (Zhang et al., "Towards Building the Federated GPT: Federated Instruction Tuning",
+ICASSP 2024): clients train LoRA adapters locally; a server strategy aggregates them.
+
+``config`` (the ``lora-*`` section), ``adapter`` (peft adapters <-> named arrays), ``model``
+(the process's LoRA model), ``client`` and ``server`` (the two sides), ``dpo`` (the fixed
+reference of a DPO run).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedtune.algorithms.base import Algorithm
+
+if TYPE_CHECKING:
+    from fedtune.config import Config
+
+
+def _client(cfg: Config):
+    from fedtune.algorithms.fedit.client import FedITClient
+
+    return FedITClient(cfg)
+
+
+def _server(cfg: Config):
+    from fedtune.algorithms.fedit.server import FedITServer
+
+    return FedITServer(cfg)
+
+
+FEDIT = Algorithm(
+    name="fedit",
+    summary="LoRA adapters trained locally, aggregated by a Flower strategy",
+    payload="arrays",
+    client=_client,
+    server=_server,
+)

@@ -1,0 +1,71 @@
+"""What crosses the wire, in plain Python, and the checks every reply passes before aggregation.
+
+:class:`Records` mirrors a Flower ``RecordDict`` without Flower's types (``fedtune.flower.records``
+converts), so an algorithm builds and checks its messages as numpy arrays and dicts. A reply
+that would corrupt the global model (NaN/Inf, missing or extra keys, wrong shapes or dtypes, a
+non-positive example count) is rejected with a reason; the round loop logs it with the node's
+name and goes on without it (Flower's own strategies would stop the whole ServerApp).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ALLOWED_DTYPES = ("float16", "float32")
+NUM_EXAMPLES = "num-examples"  # the metric every reply weights itself by
+
+
+@dataclass
+class Records:
+    """Named array records, config records and metric records of one message."""
+
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def check_metrics(content: Records, weight_key: str = NUM_EXAMPLES) -> str | None:
+    """``None`` when the ``metrics`` record has a positive weight and only finite values."""
+    if "metrics" not in content.metrics:
+        return "no 'metrics' record"
+    metrics = content.metrics["metrics"]
+    weight = metrics.get(weight_key)
+    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+        return f"'{weight_key}' is {weight!r}, not a positive number"
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if any(not math.isfinite(float(v)) for v in values):
+            return f"metric '{key}' is not finite"
+    return None
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[int, ...]]
+                 ) -> str | None:
+    """``None`` when ``arrays`` has exactly ``spec``'s keys and shapes, 16/32-bit floats, all
+    finite."""
+    missing, extra = set(spec) - set(arrays), set(arrays) - set(spec)
+    if missing or extra:
+        return (f"adapter keys differ ({len(missing)} missing, e.g. {sorted(missing)[:1]}; "
+                f"{len(extra)} extra, e.g. {sorted(extra)[:1]})")
+    for key, shape in spec.items():
+        arr = arrays[key]
+        if tuple(arr.shape) != tuple(shape):
+            return f"'{key}' has shape {tuple(arr.shape)}, expected {tuple(shape)}"
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            return f"'{key}' has dtype {arr.dtype.name}, expected one of {ALLOWED_DTYPES}"
+        if not np.isfinite(arr).all():
+            return f"'{key}' contains NaN or Inf"
+    return None
+
+
+def check_record(content: Records, name: str, spec: Mapping[str, tuple[int, ...]]
+                 ) -> str | None:
+    """The array record ``name`` is present and matches ``spec``."""
+    if name not in content.arrays:
+        return f"no '{name}' record"
+    return check_arrays(content.arrays[name], spec)

@@ -1,0 +1,71 @@
+"""The ``data`` config section: where the data is, how it is split, and the ``data-fields``
+mapping onto fedtune's record fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedtune.errors import ConfigError, at_least_one, one_of, require
+
+PARTITIONS = ("auto", "iid", "dirichlet", "natural", "shards")
+LABEL_FIELDS = ("category", "instruction", "input", "output")
+TARGETS = ("instruction", "input", "output", "category", "messages",
+           "prompt", "chosen", "rejected")  # the last three: preference data (DPO)
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """``"instruction=question,output=answer"`` -> ``{"instruction": "question", ...}``."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        target, sep, source = (s.strip() for s in item.partition("="))
+        if not sep or not target or not source:
+            raise ValueError(f"data-fields item '{item}' is not target=field; write e.g. "
+                             "'instruction=question,output=answer'.")
+        if target not in TARGETS:
+            raise ValueError(f"data-fields names '{target}', which is not one of "
+                             f"{', '.join(TARGETS)}; map those to your file's fields.")
+        if target in out:
+            raise ValueError(f"data-fields maps '{target}' twice; keep one.")
+        out[target] = source
+    return out
+
+
+@dataclass
+class DataConfig:
+    # "builtin" (synthetic tasks); a .json/.jsonl/.csv(.gz)/.parquet file; a Hugging Face
+    # dataset name; a Natural Instructions folder; or a folder of local_training_<i>.json files
+    data: str = "builtin"
+    eval_data: str = ""  # centralized held-out file/folder; default: a seeded sample of `data`
+    examples_per_client: int = 160
+    eval_examples: int = 96  # held-out examples for centralized evaluation (all categories)
+    client_eval_examples: int = 16  # held-out examples per client for federated evaluation
+    data_fields: str = ""  # e.g. "instruction=question,output=answer,category=topic"
+    partition: str = "auto"  # auto | iid | dirichlet | natural | shards
+    partition_by: str = "category"  # the record field that labels dirichlet/natural/shards
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+    data_tasks: str = ""  # Natural Instructions: training task list file or comma list
+    eval_tasks: str = ""  # Natural Instructions: held-out task list file or comma list
+    ni_max_input_chars: int = 1024  # keep instances whose input is shorter than this
+    ni_min_instances: int = 20  # keep training tasks with at least this many instances
+    ni_sample_fraction: float = 0.2  # share of each training task's instances used
+    ni_eval_min: int = 20  # held-out instances per task: up to max(ni-eval-min, ...
+    ni_eval_fraction: float = 0.02  # ... ni-eval-fraction of the task's instances)
+
+    def validate(self) -> None:
+        at_least_one(examples_per_client=self.examples_per_client,
+                     shards_per_client=self.shards_per_client,
+                     ni_max_input_chars=self.ni_max_input_chars)
+        one_of("partition", self.partition, PARTITIONS)
+        one_of("partition-by", self.partition_by, LABEL_FIELDS)
+        require(self.dirichlet_alpha > 0,
+                f"dirichlet-alpha={self.dirichlet_alpha} must be positive.")
+        require(self.ni_min_instances >= 0 and self.ni_eval_min >= 0,
+                "ni-min-instances and ni-eval-min must be >= 0.")
+        for key, val in (("ni-sample-fraction", self.ni_sample_fraction),
+                         ("ni-eval-fraction", self.ni_eval_fraction)):
+            require(0 < val <= 1, f"{key}={val} must be in (0, 1].")
+        try:
+            parse_fields(self.data_fields)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None

@@ -1,0 +1,31 @@
+"""A node's side of a round: Flower records in, the algorithm's client side, records out.
+
+The ClientApp translates Flower's ``Context`` (run config, node config, node state) into the
+arguments here; this module finds the algorithm in the registry and converts the records.
+"""
+
+from __future__ import annotations
+
+from flwr.app import RecordDict
+
+from fedtune.algorithms import resolve
+from fedtune.config import Config
+from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
+from fedtune.node import Node
+
+
+def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> RecordDict:
+    """One local round; ``state`` (the node's ``Context.state``) keeps arrays between rounds."""
+    algo = resolve(cfg)
+    kept = {name: from_arrayrecord(rec) for name, rec in state.array_records.items()}
+    before = {name: id(arrays) for name, arrays in kept.items()}
+    reply = algo.client(cfg).train(to_records(content), node, kept)
+    for name, arrays in kept.items():
+        if before.get(name) != id(arrays):  # new or replaced: persist it for the next round
+            state[name] = to_arrayrecord(arrays)
+    return to_recorddict(reply)
+
+
+def evaluate(cfg: Config, node: Node, content: RecordDict) -> RecordDict:
+    """The node's evaluation of the global model on its own held-out data."""
+    return to_recorddict(resolve(cfg).client(cfg).evaluate(to_records(content), node))

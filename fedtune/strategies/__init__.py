@@ -1,0 +1,89 @@
+"""Server strategies: one file per strategy fedtune writes, Flower's own through one adapter,
+and the registry that names them.
+
+A strategy fits the algorithms whose ``payload`` it aggregates: ``arrays`` (FedIT's LoRA
+adapters: Flower's strategies and SCAFFOLD) or ``seeds`` (FedKSeed's seed-scalar pairs).
+Every strategy exposes ``state_dict()``/``load_state_dict()`` for checkpoints; one with a client
+half (SCAFFOLD) names its hook here. The registry is import-light: a strategy's module (which
+imports Flower) is loaded only when the strategy is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedtune.config import Config
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    name: str
+    payload: str  # the update kind it aggregates (an Algorithm's payload)
+    module: str  # fedtune.strategies.<module>.build(name, cfg, server) builds it
+    reference: str
+    client_hook: str = ""  # "<module>:<class>" of the node's half, if any
+
+
+_ENTRIES = [
+    StrategyEntry("fedavg", "arrays", "flower", "McMahan et al., AISTATS 2017"),
+    StrategyEntry("fedprox", "arrays", "flower", "Li et al., MLSys 2020"),
+    StrategyEntry("fedavgm", "arrays", "flower", "Hsu et al., 2019"),
+    StrategyEntry("fedadam", "arrays", "flower", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedyogi", "arrays", "flower", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedadagrad", "arrays", "flower", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedmedian", "arrays", "flower", "Yin et al., ICML 2018"),
+    StrategyEntry("fedtrimmedavg", "arrays", "flower", "Yin et al., ICML 2018"),
+    StrategyEntry("krum", "arrays", "flower", "Blanchard et al., NeurIPS 2017"),
+    StrategyEntry("scaffold", "arrays", "scaffold", "Karimireddy et al., ICML 2020",
+                  client_hook="scaffold:ScaffoldClient"),
+    # FedKSeed's seed-space FedAvg (options: zo-server-momentum, zo-robust-clip)
+    StrategyEntry("fedavg", "seeds", "fedkseed", "Qin et al., ICML 2024"),
+]
+REGISTRY: dict[tuple[str, str], StrategyEntry] = {(e.payload, e.name): e for e in _ENTRIES}
+
+
+def register(entry: StrategyEntry) -> StrategyEntry:
+    """Add a strategy (its module must define ``build(name, cfg, server)``)."""
+    REGISTRY[(entry.payload, entry.name)] = entry
+    return entry
+
+
+def names_for(payload: str) -> list[str]:
+    """The strategy names that aggregate ``payload`` updates, in registry order."""
+    return [name for (kind, name) in REGISTRY if kind == payload]
+
+
+def entry(name: str, payload: str, algorithm: str = "") -> StrategyEntry:
+    """The entry for ``strategy=name`` with a ``payload`` algorithm, or a one-sentence error."""
+    found = REGISTRY.get((payload, name))
+    if found is None:
+        fits = ", ".join(names_for(payload))
+        known = {n for _, n in REGISTRY}
+        what = "does not fit" if name in known else "is unknown for"
+        raise ConfigError(f"strategy='{name}' {what} algorithm '{algorithm or payload}'; "
+                          f"use one of {fits}.")
+    return found
+
+
+def _load(module: str) -> Any:
+    return importlib.import_module(module if "." in module else f"fedtune.strategies.{module}")
+
+
+def build_strategy(cfg: Config, payload: str, server: Any) -> Any:
+    """The configured strategy for an algorithm's ``payload``, built over its server side."""
+    found = entry(cfg.strategy.strategy, payload, cfg.train.algorithm)
+    return _load(found.module).build(found.name, cfg, server)
+
+
+def client_hook(cfg: Config, payload: str) -> Any | None:
+    """A fresh instance of the configured strategy's client half, or None."""
+    found = entry(cfg.strategy.strategy, payload, cfg.train.algorithm)
+    if not found.client_hook:
+        return None
+    module, _, cls = found.client_hook.partition(":")
+    return getattr(_load(module), cls)()

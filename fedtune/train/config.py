@@ -1,0 +1,45 @@
+"""The ``train`` config section: the algorithm, the local objective and its optimisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedtune.errors import at_least_one, one_of, require
+
+OBJECTIVES = ("sft", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class TrainConfig:
+    algorithm: str = "fedit"  # a name in fedtune.algorithms' registry
+    objective: str = "sft"
+    local_steps: int = 20
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"  # across rounds; constant within a round
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # DPO (objective=dpo; Rafailov et al., 2023): beta, loss (sigmoid | ipo), label smoothing
+    dpo_beta: float = 0.0  # 0 = auto: 0.5 on `tiny` (a random start learns faster), else 0.1
+    dpo_loss: str = "sigmoid"
+    dpo_label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed label noise
+    dpo_sft_weight: float = 0.0  # + weight x NLL of the chosen responses (RPO); 0 = pure DPO
+    init_adapter: str = ""  # FedIT: start from (and use as the DPO reference) this PEFT adapter
+
+    def validate(self) -> None:
+        require(self.objective in OBJECTIVES, f"objective='{self.objective}' is not supported; "
+                f"use one of {', '.join(OBJECTIVES)}.")
+        one_of("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        at_least_one(local_steps=self.local_steps, batch_size=self.batch_size,
+                     grad_accum=self.grad_accum)
+        require(self.lr > 0, f"lr={self.lr} must be positive.")
+        one_of("dpo-loss", self.dpo_loss, DPO_LOSSES)
+        require(self.dpo_beta > 0, f"dpo-beta={self.dpo_beta} must be positive.")
+        require(0 <= self.dpo_label_smoothing < 0.5,
+                f"dpo-label-smoothing={self.dpo_label_smoothing} must be in [0, 0.5).")
+        require(self.dpo_sft_weight >= 0, f"dpo-sft-weight={self.dpo_sft_weight} must be >= 0.")
+        require(0 < self.min_lr_ratio <= 1, f"min-lr-ratio={self.min_lr_ratio} must be in (0, 1].")

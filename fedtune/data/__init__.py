@@ -1,8 +1,13 @@
-"""Data: the ``data`` config section (``config``); raw records of a file or hub dataset
-(``readers``); records -> instruction examples (``instructions``, of :class:`Example` in
-``example``) or preference pairs (``preference``); the two record types (``records``); what a
-``data`` / ``eval-data`` value names (``sources``: files, hub datasets, Natural Instructions and
-FedIT folders); who gets which records (``split``: the one split into the server's held-out set
-and each client's training and held-out sides), with the ``partition`` partitioners; the
-built-in synthetic tasks (``synthetic``); the prompt template (``template``); tokenization
-(``tokenize`` for examples, ``pairs`` for preference pairs)."""
+"""Data: reading, splitting among clients, and tokenizing examples and preference pairs.
+
+- ``config``: the ``data`` config section.
+- ``readers``: raw records of one data file or hub dataset, with their locations.
+- ``instructions`` / ``preference``: raw records -> :class:`Example` (``example``) /
+  ``PreferenceExample``; ``natural_instructions``: Natural Instructions task files and rules.
+- ``records``: the two record types (examples, pairs): how each is read and labelled.
+- ``sources``: what a ``data`` / ``eval-data`` value names, and the records it holds.
+- ``split``: the one split into the server's held-out set and each client's training and
+  held-out sides; ``partition``: the partitioners it uses.
+- ``synthetic``: the built-in tasks; ``template``: the prompt template; ``tokenize`` /
+  ``pairs``: tokenized examples / pairs.
+"""

@@ -1,4 +1,4 @@
-"""The record every reader produces: one instruction-following example."""
+"""One instruction-following example (prompt, response): the record of SFT data."""
 
 from __future__ import annotations
 

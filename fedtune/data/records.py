@@ -1,5 +1,7 @@
-"""The record types a split hands out: instruction examples and preference pairs, and for each
-how it is read, built from the synthetic tasks, and labelled for ``partition-by``.
+"""The two record types a split hands out, examples and pairs: how each is read and labelled.
+
+For each: how a file or hub dataset is read, how a built-in (synthetic) example becomes one, and
+its value of a ``partition-by`` field.
 
 ``partition-by`` names an :class:`Example` field. A preference pair is labelled as the example
 its prompt stands for, with the chosen response as the output:
@@ -36,9 +38,9 @@ class RecordType(Generic[T]):
     from_builtin: Callable[[Example, int], T]  # a built-in example (and the seed) -> a record
     label: Callable[[T, str], str]  # a record's value of a partition-by field
     fields_hint: str  # how to give records a label, for the error when none has one
-    # Kept so every existing split stays identical (both are how pairs were always split):
-    shuffle_separate_pool: bool = False  # shuffle the pool even when held-out data is separate
-    builtin_eval_ignores_eval_data: bool = False  # data=builtin: built-in held-out set always
+    # Kept so every existing split of pairs stays identical: pairs were always shuffled before
+    # partitioning, also when the held-out set is separate (examples keep the file order then).
+    shuffle_separate_pool: bool = False
 
     def labels(self, records: Sequence[T], by: str) -> list[str]:
         return [self.label(r, by) for r in records]
@@ -74,4 +76,4 @@ PAIRS: RecordType[PreferenceExample] = RecordType(
     "pairs are labelled by category (data-fields 'category=<field>'), the prompt's "
     "instruction or input, or the chosen response (output); partition by a field that your "
     "pairs have, or use partition=iid.",
-    shuffle_separate_pool=True, builtin_eval_ignores_eval_data=True)
+    shuffle_separate_pool=True)

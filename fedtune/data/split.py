@@ -1,5 +1,7 @@
-"""Who gets which records: the server's held-out set and each client's training and held-out
-sides, for instruction examples and preference pairs alike (:func:`split`)."""
+"""The one split: the server's held-out records and each client's training / held-out records.
+
+:func:`split` decides it for instruction examples and preference pairs alike.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ def split(cfg: DataConfig, records: RecordType[T], role: Role, seed: int, partit
     """The ``records`` (:data:`EXAMPLES` or :data:`PAIRS`) that ``role`` gets.
 
     ``server``: the centralized held-out set, never on any client: the built-in one
-    (``data=builtin``); the separate held-out source (Natural Instructions evaluation tasks,
-    ``eval-data``, a FedIT folder's ``global_test.json``; :mod:`fedtune.data.sources`); else
-    the first ``eval-examples`` of the seeded shuffle of ``data``.
+    (``data=builtin`` without ``eval-data``; for pairs, with it too, as before); the separate
+    held-out source (Natural Instructions evaluation tasks, ``eval-data``, a FedIT folder's
+    ``global_test.json``; :mod:`fedtune.data.sources`); else the first ``eval-examples`` of the
+    seeded shuffle of ``data``.
 
     ``train`` / ``held-out``: client ``partition_id`` of ``num_partitions``. Its records are
     its own file when it has one (``own_file``, deployment), shuffled with the run seed; its
@@ -84,12 +87,18 @@ def _shuffled(items: Sequence[T], seed: int) -> list[T]:
 
 
 def _server(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
-    if cfg.data == BUILTIN and (not cfg.eval_data or records.builtin_eval_ignores_eval_data):
+    if cfg.data == BUILTIN and not cfg.eval_data:  # deployment: nodes bring data, eval-data set
         return [records.from_builtin(e, seed)
                 for e in synthetic.eval_examples(cfg.eval_examples, seed)]
     if separate_held_out(cfg):
         return held_out_source(cfg, records, seed)
-    return _shuffled(all_records(cfg, records, seed), seed)[: cfg.eval_examples]
+    return _server_share(cfg, records, seed)[0]
+
+
+def _server_share(cfg: DataConfig, records: RecordType[T], seed: int) -> tuple[list[T], list[T]]:
+    """(the first ``eval-examples`` of the seeded shuffle of ``data``, the rest)."""
+    shuffled = _shuffled(all_records(cfg, records, seed), seed)
+    return shuffled[: cfg.eval_examples], shuffled[cfg.eval_examples:]
 
 
 def _pool(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
@@ -97,7 +106,7 @@ def _pool(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
     if separate_held_out(cfg):
         pool = all_records(cfg, records, seed)
         return _shuffled(pool, seed) if records.shuffle_separate_pool else pool
-    pool = _shuffled(all_records(cfg, records, seed), seed)[cfg.eval_examples:]
+    pool = _server_share(cfg, records, seed)[1]
     if not pool:
         raise DataFileError(f"{cfg.data}: all of its {records.name} went to the server's "
                             f"held-out set (eval-examples={cfg.eval_examples}); lower "

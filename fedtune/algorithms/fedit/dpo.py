@@ -17,7 +17,7 @@ from fedtune.algorithms.fedit.adapter import load_adapter_state
 from fedtune.algorithms.fedit.model import initial_adapter
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet, encode_pairs
-from fedtune.data.preference import eval_pairs
+from fedtune.data.split import PAIRS, split
 from fedtune.eval.preference import HeldOutPairs
 from fedtune.train.dpo import DPOSettings, cached_reference, pair_logps
 
@@ -51,7 +51,8 @@ def reference_logps(cfg: Config, model: PeftModel, data: PairSet, pad_id: int) -
 
 def heldout_pairs(cfg: Config, model: PeftModel, tokenizer) -> HeldOutPairs:
     """The server's held-out pairs and their reference log-probs (objective=dpo)."""
-    data = encode_pairs(tokenizer, eval_pairs(cfg.data, cfg.server.seed), cfg.model.max_seq_len)
+    held_out = split(cfg.data, PAIRS, "server", cfg.server.seed)
+    data = encode_pairs(tokenizer, held_out, cfg.model.max_seq_len)
     pad = tokenizer.pad_token_id
     return HeldOutPairs(data, reference_logps(cfg, model, data, pad), dpo_settings(cfg), pad,
                         cfg.eval.eval_batch_size)

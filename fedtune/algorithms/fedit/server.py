@@ -12,7 +12,7 @@ from fedtune.algorithms.fedit.dpo import heldout_pairs
 from fedtune.algorithms.fedit.model import initial_adapter, peft_model_for
 from fedtune.algorithms.replies import Records, check_metrics, check_record
 from fedtune.config import Config
-from fedtune.data.split import eval_split
+from fedtune.data.split import EXAMPLES, split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval.generate import answer_metrics
 from fedtune.eval.loss import heldout_loss
@@ -30,7 +30,7 @@ class FedITServer:
         self.model, self.tokenizer = peft_model_for(cfg)
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
         self.pairs = heldout_pairs(cfg, self.model, self.tokenizer) if dpo else None
-        self.eval_examples = [] if dpo else eval_split(cfg.data, cfg.server.seed)
+        self.eval_examples = [] if dpo else split(cfg.data, EXAMPLES, "server", cfg.server.seed)
         self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
         self._spec = self.spec()
 

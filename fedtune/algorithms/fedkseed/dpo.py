@@ -14,7 +14,7 @@ import torch
 from fedtune.algorithms.fedkseed.model import ZOModel
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet, encode_pairs
-from fedtune.data.preference import eval_pairs
+from fedtune.data.split import PAIRS, split
 from fedtune.eval.preference import HeldOutPairs
 from fedtune.train.dpo import DPOSettings, cached_reference, pair_logps
 
@@ -35,7 +35,7 @@ def reference_logps(cfg: Config, zm: ZOModel, data: PairSet) -> np.ndarray:
 
 def heldout_pairs(cfg: Config, zm: ZOModel) -> HeldOutPairs:
     """The server's held-out pairs and their log-probs under w0 (objective=dpo)."""
-    data = encode_pairs(zm.tokenizer, eval_pairs(cfg.data, cfg.server.seed),
+    data = encode_pairs(zm.tokenizer, split(cfg.data, PAIRS, "server", cfg.server.seed),
                         cfg.model.max_seq_len)
     return HeldOutPairs(data, reference_logps(cfg, zm, data), DPOSettings.from_config(cfg.train),
                         zm.tokenizer.pad_token_id, cfg.eval.eval_batch_size)

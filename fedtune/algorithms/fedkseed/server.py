@@ -12,7 +12,7 @@ from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
 from fedtune.algorithms.fedkseed.pro import encode_importance
 from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
-from fedtune.data.split import eval_split
+from fedtune.data.split import EXAMPLES, split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval.generate import answer_metrics
 from fedtune.eval.loss import heldout_loss
@@ -35,7 +35,7 @@ class FedKSeedServer:
         self.pool = SeedPool(self.zm.seeds)
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
         self.pairs = heldout_pairs(cfg, self.zm) if dpo else None
-        self.eval_examples = [] if dpo else eval_split(cfg.data, cfg.server.seed)
+        self.eval_examples = [] if dpo else split(cfg.data, EXAMPLES, "server", cfg.server.seed)
         self.eval_data = encode_examples(self.zm.tokenizer, self.eval_examples,
                                          cfg.model.max_seq_len)
 

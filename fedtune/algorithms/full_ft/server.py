@@ -1,0 +1,56 @@
+"""Full fine-tuning, server side: the initial weights, the round's lr, reply check, held-out
+loss, the saved model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedtune.algorithms.full_ft.client import _model, _weights
+from fedtune.algorithms.replies import Records, check_metrics, check_record
+from fedtune.config import Config
+from fedtune.data.split import EXAMPLES, split
+from fedtune.data.tokenize import encode_examples
+from fedtune.eval.loss import heldout_loss
+from fedtune.train.schedule import round_lr
+
+
+class FullServer:
+    wire_dtype = None  # float32 both ways
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.model, self.tokenizer = _model(cfg)
+        self.spec = {k: v.shape for k, v in _weights(self.model).items()}
+        held_out = split(cfg.data, EXAMPLES, "server", cfg.server.seed)
+        self.eval_data = encode_examples(self.tokenizer, held_out, cfg.model.max_seq_len)
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        return _weights(self.model)
+
+    def train_config(self, server_round: int) -> dict[str, float]:
+        t, rounds = self.cfg.train, self.cfg.server.num_server_rounds
+        return {"lr": round_lr(t.lr, server_round, rounds, t.lr_schedule, t.min_lr_ratio)}
+
+    def check_reply(self, content: Records) -> str | None:
+        return check_record(content, "arrays", self.spec) or check_metrics(content)
+
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+        return {"eval_loss": heldout_loss(self.model, self.eval_data,
+                                          self.tokenizer.pad_token_id,
+                                          self.cfg.eval.eval_batch_size)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {}  # nothing but the global weights, which the checkpoint holds
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        del state
+
+    def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:
+        self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+        self.model.save_pretrained(run_dir / "model")
+        self.tokenizer.save_pretrained(run_dir / "model")
+        return run_dir / "model"

@@ -19,8 +19,28 @@ def test_bad_values_are_one_clear_sentence():
         Config.from_flat({"local-steps": "abc"})
     with pytest.raises(ConfigError, match="fraction-train=1.5 must be in"):
         Config.from_flat({"fraction-train": 1.5})
-    with pytest.raises(ConfigError, match="algorithm='fedsgd' is not supported"):
-        Config.from_flat({"algorithm": "fedsgd"})
+    from fedtune.algorithms import resolve
+
+    with pytest.raises(ConfigError, match="algorithm='fedsgd' is not supported; use one of "
+                                          "fedit, fedkseed, fedkseed-pro, full-ft, local"):
+        resolve(Config.from_flat({"algorithm": "fedsgd"}))
+    with pytest.raises(ConfigError, match="objective=dpo runs with fedit, fedkseed, "
+                                          "fedkseed-pro; the local baseline supports sft only"):
+        resolve(Config.from_flat({"algorithm": "local", "objective": "dpo"}))
+    with pytest.raises(ConfigError, match="init-adapter starts a FedIT"):
+        resolve(Config.from_flat({"algorithm": "fedkseed", "init-adapter": "runs/x/adapter"}))
+
+
+def test_user_errors_stop_the_cli_before_any_engine(capsys):
+    """One sentence on stderr, exit code 2, no traceback, nothing started."""
+    from fedtune.cli import main
+
+    for argv, says in ((["--algorithm", "fedkseed", "--run-config", "strategy='krum'"],
+                        "strategy='krum' does not fit algorithm 'fedkseed'; use one of fedavg."),
+                       (["--algorithm", "fedsgd"], "algorithm='fedsgd' is not supported")):
+        assert main(["simulate", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_overrides_parse_like_flower_run_config():

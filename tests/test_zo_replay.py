@@ -163,6 +163,7 @@ def test_bf16_model_moves_by_updates_below_its_rounding_step() -> None:
     assert torch.equal(params[0], naive_replay(master, a, lr)[0].to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("lr", [[1e-3, 1e-4], lambda r: 1e-3, np.array([1e-3]), True, float("nan")])
 def test_a_learning_rate_schedule_is_refused(lr: object) -> None:
     with pytest.raises(ValueError, match="constant"):
         replay_(some_params(), None, some_accumulated(), SEEDS, lr)  # type: ignore[arg-type]

@@ -8,11 +8,12 @@ import logging
 import os
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from fedtune.algorithms import resolve
-from fedtune.config import Config, parse_overrides, tomllib
+from fedtune.config import Config, parse_overrides
 from fedtune.errors import ConfigError
 
 DEFAULT_CLIENTS = 8

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import shlex
-import sys
+import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,12 +27,7 @@ from fedtune.results import OutputConfig
 from fedtune.strategies.config import StrategySection
 from fedtune.train.config import TrainConfig
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10
-    import tomli as tomllib
-
-__all__ = ["Config", "ConfigError", "parse_overrides", "tomllib"]
+__all__ = ["Config", "ConfigError", "parse_overrides"]
 
 SECTIONS = {
     "model": ModelConfig,

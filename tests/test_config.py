@@ -1,6 +1,8 @@
+import tomllib
+
 import pytest
 
-from fedtune.config import Config, ConfigError, parse_overrides, tomllib
+from fedtune.config import Config, ConfigError, parse_overrides
 from tests.conftest import ROOT
 
 
@@ -83,3 +85,20 @@ def test_auto_defaults_follow_the_objective_and_the_model():
     assert dpo.train.dpo_beta == 0.5  # tiny's random start
     real = Config.from_flat({"objective": "dpo", "model": "org/model", "num-server-rounds": 3})
     assert (real.train.dpo_beta, real.server.num_server_rounds) == (0.1, 3)
+
+
+def test_declared_python_range_is_one_the_stack_installs_on():
+    """requires-python must not promise versions that Flower (or torch) cannot install on."""
+    import sys
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    ours = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                        ["requires-python"])
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in ours
+    for dist in ("flwr", "torch"):
+        theirs = SpecifierSet(metadata(dist)["Requires-Python"] or "")
+        for minor in range(8, 16):
+            if f"3.{minor}" in ours:
+                assert f"3.{minor}" in theirs, f"we declare 3.{minor}, {dist} needs {theirs}"

@@ -39,7 +39,7 @@ def split(cfg: DataConfig, records: RecordType[T], role: Role, seed: int, partit
     """The ``records`` (:data:`EXAMPLES` or :data:`PAIRS`) that ``role`` gets.
 
     ``server``: the centralized held-out set, never on any client: the built-in one
-    (``data=builtin`` without ``eval-data``; for pairs, with it too, as before); the separate
+    (``data=builtin`` without ``eval-data``); the separate
     held-out source (Natural Instructions evaluation tasks, ``eval-data``, a FedIT folder's
     ``global_test.json``; :mod:`fedtune.data.sources`); else the first ``eval-examples`` of the
     seeded shuffle of ``data``.

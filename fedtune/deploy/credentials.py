@@ -71,7 +71,7 @@ def make_certificates(out: str | Path, hosts: Sequence[str], days: int = 365,
             if p.exists():
                 raise CredentialError(f"{p} exists; pass --force to overwrite it, or choose "
                                       "another --out folder.")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedtune CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

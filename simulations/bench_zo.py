@@ -133,6 +133,100 @@ def bench_step_and_replay(model, name: str, args: argparse.Namespace) -> None:
     )
 
 
+# -- fused integer replay (fedtune.zo.fused) vs today's per-seed float replay ---------------------
+
+FUSED_SHAPES = ((1024, 1024), (1024, 1024), (1536, 1024), (512, 1024), (1024,), (1024,))
+
+
+def memory_bandwidth(device: torch.device, mib: int = 256, repeats: int = 3) -> float:
+    """Bytes per second of a large tensor copy (read + write), best of ``repeats``."""
+    src = torch.ones(mib << 18, device=device)  # float32: mib MiB
+    dst = torch.empty_like(src)
+    best = timed({"copy": lambda: dst.copy_(src)}, repeats, device)["copy"]
+    return 2 * src.numel() * src.element_size() / best
+
+
+def bench_fused_replay(
+    shapes: tuple[tuple[int, ...], ...] = FUSED_SHAPES,
+    n_seeds: int = 256,
+    threads: int | None = None,
+    repeats: int = 3,
+    device: str = "cpu",
+    eager_seeds: int = 32,
+) -> dict:
+    """Today's per-seed float replay (``zo.replay_``) vs the fused integer kernel, side by side.
+
+    Both apply the same ``n_seeds`` seeds to the same ``shapes`` (float32 weights for (a), int64
+    exact sums for (b)); rates are seed-elements per second, best of ``repeats`` interleaved.
+    ``bandwidth_fraction`` = (16 B x elements / copy bandwidth) / fused time: the share of the
+    memory-bound time (one read + write of the int64 sums per pass) the kernel reaches.
+    ``compile_seconds``: building and probing the chosen backend in this process (0 if already
+    built). The eager and batched paths are timed on ``eager_seeds`` seeds only (rates scale).
+    About 45 s with the defaults on 2 CPU cores.
+    """
+    from fedtune.zo import fused
+
+    dev = torch.device(device)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        seeds = zo.derive_seeds(1, n_seeds)
+        rng = np.random.default_rng(0)
+        a = rng.normal(size=n_seeds).astype(np.float32)
+        deltas = [int(x) for x in rng.integers(-(2**40), 2**40, size=n_seeds)]
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).to(dev) for s in shapes]
+        w0 = [p.clone() for p in params]
+        sums = [torch.zeros(p.numel(), dtype=torch.int64, device=dev) for p in params]
+        n = sum(p.numel() for p in params)
+        t0 = time.perf_counter()
+        backend = fused.available_backend(dev)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        compiled_ok = fused._ready("compiled", dev)
+        compiled_s = time.perf_counter() - t0
+
+        def fused_run(name: str, count: int) -> Callable[[], None]:
+            def run() -> None:
+                for i, acc in enumerate(sums):
+                    fused.add_codes_(acc, seeds[:count], deltas[:count], i, backend=name)
+
+            return run
+
+        fns = {
+            "per_seed": lambda: zo.replay_(params, w0, a, seeds, 1e-6),
+            "fused": fused_run(backend, n_seeds),
+        }
+        if compiled_ok and backend != "compiled":
+            fns["compiled"] = fused_run("compiled", n_seeds)
+        best = timed(fns, repeats, dev)
+        small = min(eager_seeds, n_seeds)
+        best |= timed({k: fused_run(k, small) for k in ("eager", "batched")}, repeats, dev)
+        count = {k: small if k in ("eager", "batched") else n_seeds for k in best}
+        rate = {k: count[k] * n / t for k, t in best.items()}
+        bandwidth = memory_bandwidth(dev)
+        return {
+            "replay_speedup_vs_per_seed": rate["fused"] / rate["per_seed"],
+            "fused_seed_elems_per_s": rate["fused"],
+            "per_seed_seed_elems_per_s": rate["per_seed"],
+            "bandwidth_fraction": 16 * n / bandwidth / best["fused"],
+            "compile_seconds": compile_s,
+            "backend": backend,
+            "compiled_seed_elems_per_s": rate.get("compiled"),
+            "compiled_compile_seconds": compiled_s if compiled_ok else None,
+            "eager_seed_elems_per_s": rate["eager"],
+            "batched_eager_seed_elems_per_s": rate["batched"],
+            "bandwidth_bytes_per_s": bandwidth,
+            "elements": n,
+            "seeds": n_seeds,
+            "threads": torch.get_num_threads(),
+            "device": str(dev),
+        }
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- (c) memory: one mode per process ------------------------------------------------------------
 
 

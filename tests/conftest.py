@@ -14,6 +14,19 @@ SHARED = ROOT.parent / "shared"
 STORIES = SHARED / "models" / "stories260k"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where CUDA is not available."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def task_identity():
     """Flower Messages read the current task's identity; set one as a test process would."""

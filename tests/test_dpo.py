@@ -142,7 +142,7 @@ def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     log-probs are w0's whatever version is loaded, and the global model's margin moves."""
     from fedtune.algorithms.fedkseed import client
     from fedtune.algorithms.fedkseed.dpo import reference_logps
-    from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+    from fedtune.algorithms.fedkseed.model import zo_model_for
     from fedtune.algorithms.fedkseed.server import FedKSeedServer
     from fedtune.node import Node, node_pairs
     from fedtune.train import dpo
@@ -155,7 +155,7 @@ def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     assert server.evaluate({"accumulated": acc})["reward_margin"] == 0.0
     zm = zo_model_for(cfg)
     node = Node("client-0000", 0, 2)
-    res = client.train(cfg, acc, 1, node, fingerprint=pool_fingerprint(zm.seeds))
+    res = client.train(cfg, acc, 1, node, identity=zm.identity)
     assert res.scalars.shape == (8,) and np.isfinite(res.scalars).all()
     assert 0.0 <= res.metrics["train-reward-accuracy"] <= 1.0
     new = acc.copy()

@@ -9,7 +9,6 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client_app.app import app as client_app
 from fedtune.algorithms.fedkseed import model as zo_model
-from fedtune.algorithms.fedkseed.model import pool_fingerprint
 from fedtune.data.synthetic import make_examples
 from fedtune.flower.records import recorddict_to_proto, to_arrayrecord
 from tests.conftest import small_config
@@ -50,7 +49,7 @@ def test_replies_hold_only_declared_records_and_no_private_text(tmp_path, algori
     ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path))})
     if algorithm == "fedkseed":
         arrays = {"accumulated": np.zeros(32, np.float32)}
-        extra = {"pool": pool_fingerprint(zo_model.zo_model_for(cfg).seeds)}
+        extra = server_identity(cfg)
     else:
         arrays, extra = adapter(cfg), {"lr": 1e-3}
     for kind in ("train", "evaluate"):
@@ -65,27 +64,43 @@ def test_replies_hold_only_declared_records_and_no_private_text(tmp_path, algori
         assert all(isinstance(v, int | float) for v in metrics.values())
 
 
-def test_a_node_cache_spares_the_next_process_the_replay(tmp_path, monkeypatch, one_thread):
+def test_a_node_cache_spares_the_next_process_the_replay(tmp_path, one_thread):
     cfg = small_config(**ZO)
     ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path)),
                         "cache-dir": str(tmp_path / "cache")})
     a = np.zeros(32, np.float32)
     a[[1, 5, 9]] = [0.5, -1.0, 2.0]  # a version no process has built yet
-    fingerprint = pool_fingerprint(zo_model.zo_model_for(cfg).seeds)
+    identity = server_identity(cfg)
     zo_model._cached.cache_clear()  # as a fresh ClientApp process
-    train = client_app(message("train", {"accumulated": a}, pool=fingerprint), ctx)
+    train = client_app(message("train", {"accumulated": a}, **identity), ctx)
     assert not train.has_error(), train.error
-    (cached,) = (tmp_path / "cache").glob("*.safetensors")
-    built = zo_model.zo_model_for(cfg)
-    built.load(a)
-    want = built.checksum()
+    (cached,) = (tmp_path / "cache").glob("versions-*/S-*.i64")
+    at_node = cfg.__class__.from_flat({**cfg.to_flat(), "zo-cache-dir": str(tmp_path / "cache")})
+    assert zo_model.zo_model_for(at_node).applied == [3]  # the train process caught up 3 seeds
+    zo_model._cached.cache_clear()  # a process without the cache computes the same bits
+    alone = zo_model.zo_model_for(cfg)
+    alone.load(a)
+    want = alone.checksum()
 
     zo_model._cached.cache_clear()  # the evaluate message runs in another new process
-
-    def no_replay(*args, **kwargs):
-        raise AssertionError("replayed a version that the node's cache holds")
-
-    monkeypatch.setattr(zo_model, "replay_", no_replay)
     evaluate = client_app(message("evaluate", {"accumulated": a}), ctx)
     assert not evaluate.has_error(), evaluate.error
-    assert zo_model.zo_model_for(cfg).checksum() == want and cached.exists()
+    fresh = zo_model.zo_model_for(at_node)
+    assert fresh.applied == [0], "caught up a version that the node's cache holds"
+    assert fresh.checksum() == want and cached.exists()
+
+
+def test_a_client_of_another_model_refuses_the_round_naming_what_differs(tmp_path):
+    cfg = small_config(**ZO)
+    ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path))})
+    identity = {**server_identity(cfg), "model": "0" * 32, "zo-lr": "0.5"}
+    with pytest.raises(ValueError, match=r"the model \(parameter names, shapes, dtypes or w0 "
+                       r"weights\) and zo-lr of this client differ from the server's"):
+        client_app(message("train", {"accumulated": np.zeros(32, np.float32)}, **identity), ctx)
+
+
+def server_identity(cfg) -> dict:
+    """What the server's round config says a version means (FedKSeedServer.train_config)."""
+    ident = zo_model.zo_model_for(cfg).identity
+    return {"pool": int(ident["pool"]), "model": ident["model"], "zo-lr": ident["lr"],
+            "zo-eps": ident["eps"]}

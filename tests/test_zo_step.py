@@ -90,6 +90,17 @@ def test_clipped_or_nan_second_loss_restores_the_weights() -> None:
     assert not torch.allclose(w.detach(), before, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("diff", [-0.3, -0.19, 0.0, 0.19, 0.21, 1.0])
+def test_clip_on_g_is_the_official_clip_on_the_loss_difference(diff: float) -> None:
+    """|g| > c exactly when |L+ - L-| > 2 eps c: zo-clip c is the official grad_clip 2 eps c."""
+    eps, clip = 1e-3, 100.0  # the official code's grad_clip = 0.2
+    w = nn.Parameter(torch.zeros(10))
+    losses = iter([1.0 + diff, 1.0])
+    res = zo_step([w], lambda: next(losses), seed=3, seed_index=0, eps=eps, lr=0.0, clip=clip)
+    assert res.skipped == (abs(diff) > 2 * eps * clip)
+    assert res.g == (0.0 if res.skipped else pytest.approx(diff / (2 * eps)))
+
+
 def test_loss_decreases_on_a_tiny_llama_without_autograd() -> None:
     model = tiny_llama()
     ids = torch.arange(16).remainder(5).unsqueeze(0).repeat(4, 1)  # a periodic sequence to learn

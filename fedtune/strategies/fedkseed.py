@@ -3,11 +3,12 @@ robust clipping as options.
 
 The global state is the accumulated-scalar vector A (one float32 per seed of the pool), carried
 as ``arrays["accumulated"]``. A round sends A (and the algorithm's train config: the pool's
-fingerprint, FedKSeed-Pro's importance) and receives tau packed (seed index, scalar) pairs per
-client. Aggregation is A_s += sum_i w_i * sum_t [s_it = s] g_it, w_i the client's share of the
-examples (or 1/n with ``zo-equal-weights``), in the stable reply order the loop provides; the
-model every party holds is the replay of A, so with a constant lr this is exactly FedAvg of the
-clients' deltas. Replies are validated before they reach this class.
+fingerprint, FedKSeed-Pro's importance) and receives up to tau packed (seed index, scalar) pairs
+per client (a skipped step is left out). Aggregation is A_s += sum_i w_i * sum_t [s_it = s] g_it,
+w_i the client's share of the examples (or 1/n with ``zo-equal-weights``), in the stable reply
+order the loop provides; the model every party holds is the exact version of A, so with a
+constant lr this is FedAvg of the clients' deltas (up to A's 2**-16 quantum). Replies are
+validated before they reach this class.
 
 - ``zo-robust-clip``: clip every scalar of the round to +-(factor x the median |g| over all
   clients' scalars): a client that scales its scalars up cannot move A further than an honest
@@ -38,7 +39,7 @@ Reply = tuple[np.ndarray, np.ndarray, int]  # (seed indices, scalars, examples)
 
 def robust_clip(replies: list[Reply], factor: float) -> list[Reply]:
     """Every scalar clipped to +-(factor x the median |g| over all the round's scalars)."""
-    if factor <= 0 or not replies:
+    if factor <= 0 or not any(g.size for _, g, _ in replies):
         return replies
     scale = float(np.median(np.abs(np.concatenate([g for _, g, _ in replies]))))
     bound = np.float32(factor * scale)

@@ -1,8 +1,11 @@
 """FedKSeed (Qin et al., ICML 2024): zeroth-order full-parameter tuning with a finite seed pool.
 
-``rng`` makes z(seed) bit-identical on every device, ``step`` takes one ZO step, ``pool`` holds the
-K seeds and FedKSeed-Pro's sampling plus the wire formats, ``replay`` rebuilds the global model
-w = w0 - lr * sum_s A_s z(s). Plain torch + numpy; no Flower imports.
+``rng`` makes z(seed) bit-identical on every device, ``params`` says which tensors are tuned,
+``step`` takes one ZO step, ``pool`` holds the K seeds, FedKSeed-Pro's statistics and the upload
+format, ``versions`` defines the global model of a version A exactly (integer sums, incremental
+catch-up, w0 and the sums in files), ``fused`` is its many-seeds-per-pass kernel, and
+``replay`` is the float per-seed replay (the benchmarks' baseline). Plain torch + numpy; no
+Flower imports.
 """
 
 from fedtune.zo.params import zo_named_parameters, zo_parameters

@@ -1,6 +1,8 @@
-"""Rebuild the FedKSeed global model from its accumulated scalars (Qin et al., ICML 2024).
+"""Float replay of accumulated scalars, seed by seed (Qin et al., ICML 2024).
 
-The global model of a version is defined as
+This was fedtune's definition of a FedKSeed version until versions became exact integer sums
+(:mod:`fedtune.zo.versions`, which the algorithm uses now). It stays as the benchmarks'
+"per-seed replay" baseline and as the float path the GPU check compares across devices:
 
     w = w0 - lr * sum_s A[s] * z(seed_s)
 

@@ -10,6 +10,12 @@ in place and z is regenerated from its seed instead of stored: ``+eps``, then
 three times per step. No autograd graph, no ``.grad`` and no optimizer state are created: the
 memory of a step is the memory of inference plus one chunk of z.
 
+Skipped steps: a step is skipped when a loss is NaN/Inf or when ``|g| > clip``. Its weights are
+put back, and a FedKSeed client leaves it out of its upload: a reply carries only the steps taken,
+so neither the aggregate nor FedKSeed-Pro's importance statistics ever see a skipped step. The
+official FedKSeed code tests ``|L+ - L-| > grad_clip`` instead; since ``|L+ - L-| = 2 eps |g|``,
+``clip = c`` here is its ``grad_clip = 2 eps c`` (``zo-clip = grad_clip / (2 eps)``).
+
 Precision: in float32 the perturb/restore round trip is exact up to rounding (a few ulps of each
 weight); with bf16/fp16 weights every pass rounds to their much coarser grid (eps = 5e-4 is about
 one bf16 step at |w| = 0.1), so keep ZO weights in float32.
@@ -36,8 +42,8 @@ LossFn = Callable[[], "float | torch.Tensor"]
 class ZOStepResult:
     """What one step did. ``g`` is what the client uploads with ``seed_index``.
 
-    A skipped step has ``g = 0.0``: uploading it leaves the model unchanged but records a 0 in
-    FedKSeed-Pro's importance history, so a client may leave skipped steps out of its upload.
+    A skipped step has ``g = 0.0`` and is not uploaded at all (a 0 would change nothing in the
+    model but would enter FedKSeed-Pro's importance history); its losses say why it was skipped.
     """
 
     seed_index: int
@@ -72,9 +78,10 @@ def zo_step(
     ``loss_fn()`` evaluates the objective on the current weights (a float or a 0-dim tensor); it
     is called under ``torch.no_grad`` once or twice. The step is skipped, with ``g = 0.0`` and
     the weights put back by the opposite perturbation, when a loss is NaN/Inf or when ``clip`` is
-    set and ``|g| > clip``; a non-finite ``L+`` skips the second forward pass. "Put back" is exact
-    arithmetic but rounded floating point (within a few ulps of each weight): a bit-exact restore
-    would need a copy of the weights, which a ZO step avoids by design.
+    set and ``|g| > clip`` (the official code's ``|L+ - L-| > 2 eps clip``); a non-finite ``L+``
+    skips the second forward pass. "Put back" is exact arithmetic but rounded floating point
+    (within a few ulps of each weight): a bit-exact restore would need a copy of the weights,
+    which a ZO step avoids by design.
     """
     if eps <= 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a positive finite number, got {eps}")

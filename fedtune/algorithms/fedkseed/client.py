@@ -9,7 +9,7 @@ import numpy as np
 
 from fedtune.algorithms.base import NodeState
 from fedtune.algorithms.fedkseed.dpo import reference_logps
-from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.algorithms.fedkseed.model import identity_mismatch, zo_model_for
 from fedtune.algorithms.fedkseed.pro import probabilities_from
 from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.config import Config
@@ -26,20 +26,20 @@ from fedtune.zo import pack_pairs, sample_seed_indices, zo_step
 
 @dataclass
 class ZOResult:
-    seed_indices: np.ndarray  # int64, tau entries
-    scalars: np.ndarray  # float32, tau entries; a skipped step is 0.0
+    seed_indices: np.ndarray  # int64, one per step taken (0..tau): skipped steps are left out
+    scalars: np.ndarray  # float32, aligned with seed_indices
     num_examples: int
     metrics: dict[str, float]
 
 
 def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
-          fingerprint: int, importance: bytes | None = None) -> ZOResult:
+          identity: dict[str, object], importance: bytes | None = None) -> ZOResult:
     """tau ZO-SGD steps on the SFT (or DPO) loss of this node's data (FedKSeed, Alg. 1,
     client side)."""
     zm = zo_model_for(cfg)
-    if fingerprint != pool_fingerprint(zm.seeds):
-        raise ValueError("the server's seed pool differs from this client's: run both with the "
-                         "same seed and zo-seeds")
+    mismatch = identity_mismatch(zm.identity, identity)
+    if mismatch:
+        raise ValueError(mismatch)
     dpo = cfg.train.objective == "dpo"
     if dpo:  # reference (w0) log-probs first: computing them loads w0
         data: EncodedSet | PairSet = node_pairs(cfg, node)
@@ -48,6 +48,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     else:
         data = node_data(cfg, node)
     zm.load(accumulated, cfg.zo.zo_cache_dir)
+    zm.mark_changed()  # the steps below move the weights in place; the next load restores them
     if len(data) == 0:
         raise ValueError("no trainable examples on this node (all truncated away or no data)")
     k, tau = cfg.zo.zo_seeds, cfg.zo.zo_steps
@@ -55,6 +56,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     probs = probabilities_from(importance, k) if importance is not None else None
     indices = sample_seed_indices(k, tau, gen, probs)
     scalars = np.zeros(tau, dtype=np.float32)
+    taken = np.ones(tau, dtype=bool)  # a skipped step (NaN loss, |g| > zo-clip) is not uploaded
     pad = zm.tokenizer.pad_token_id
     device = zm.params[0].device
     losses, skipped = [], 0
@@ -78,11 +80,12 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
                        clip=cfg.zo.zo_clip or None)
         if step.skipped:
             skipped += 1
+            taken[t] = False
         else:
             scalars[t] = step.g
             losses.append(step.loss)
     finite = [x for x in losses if math.isfinite(x)]
-    return ZOResult(indices, scalars, len(data), {
+    return ZOResult(indices[taken], scalars[taken], len(data), {
         "train-loss": float(np.mean(finite)) if finite else 0.0,
         "skipped-steps": skipped,
         "dropped-examples": data.dropped,
@@ -108,9 +111,17 @@ def evaluate(cfg: Config, accumulated: np.ndarray, node: Node) -> tuple[float, i
                         cfg.eval.eval_batch_size), len(data)
 
 
+def identity_of(conf: dict) -> dict[str, object]:
+    """The server's identity of a version (the round config's ``model``, ``zo-lr``, ``zo-eps``,
+    ``pool``) in :attr:`ZOModel.identity`'s keys."""
+    keys = {"model": "model", "lr": "zo-lr", "eps": "zo-eps", "pool": "pool"}
+    return {mine: conf[theirs] for mine, theirs in keys.items() if theirs in conf}
+
+
 class FedKSeedClient:
     """FedKSeed's client side: records ``arrays`` (A) and ``config`` (``server-round``, the
-    pool's fingerprint ``pool``, FedKSeed-Pro's ``importance`` bytes) in; the packed
+    identity of the version ``model``/``zo-lr``/``zo-eps``/``pool``, FedKSeed-Pro's
+    ``importance`` bytes) in; the packed
     (seed index, scalar) pairs (record ``zo``) and the round's metrics out."""
 
     def __init__(self, cfg: Config) -> None:
@@ -121,7 +132,7 @@ class FedKSeedClient:
         conf = content.configs["config"]
         importance = conf.get("importance")
         res = train(self.cfg, content.arrays["arrays"]["accumulated"],
-                    int(conf["server-round"]), node, fingerprint=int(conf["pool"]),
+                    int(conf["server-round"]), node, identity=identity_of(conf),
                     importance=importance if isinstance(importance, bytes) else None)
         pairs = pack_pairs(res.seed_indices, res.scalars, self.cfg.zo.zo_seeds)
         return Records(configs={"zo": {"pairs": pairs}},

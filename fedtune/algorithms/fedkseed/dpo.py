@@ -9,7 +9,6 @@ the version it needs) and cached in the process and, when ``zo-cache-dir`` is se
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from fedtune.algorithms.fedkseed.model import ZOModel
 from fedtune.config import Config
@@ -24,9 +23,7 @@ def reference_logps(cfg: Config, zm: ZOModel, data: PairSet) -> np.ndarray:
     ``zm.load(accumulated)`` afterwards."""
 
     def compute() -> np.ndarray:
-        with torch.no_grad():
-            for p, w in zip(zm.params, zm.w0, strict=True):
-                p.copy_(w)
+        zm.store.load_w0()
         return pair_logps(zm.model, data, zm.tokenizer.pad_token_id, cfg.eval.eval_batch_size)
 
     ref_id = f"zo-w0|{cfg.model.model}|{cfg.model.device}|float32"

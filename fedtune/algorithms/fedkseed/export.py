@@ -1,4 +1,4 @@
-"""Materialize a finished FedKSeed run as a model: the base, replayed with the saved scalars."""
+"""Materialize a finished FedKSeed run as a model: the base, brought to the saved version."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedtune.algorithms.fedkseed.server import STATE_FILE
-from fedtune.zo import replay_, zo_parameters
+from fedtune.zo import zo_parameters
+from fedtune.zo.versions import VersionStore
 
 
 def is_fedkseed_run(run_dir: Path) -> bool:
@@ -28,5 +29,6 @@ def materialize(run_dir: Path):
     state = np.load(run_dir / STATE_FILE)
     for p in model.parameters():
         p.requires_grad_(True)  # zo_parameters lists the tuned (trainable) tensors
-    replay_(zo_parameters(model), None, state["accumulated"], state["seeds"], float(state["lr"]))
+    params = [p.data for p in zo_parameters(model)]
+    VersionStore(params, state["seeds"], float(state["lr"])).load(state["accumulated"])
     return model, tokenizer

@@ -1,32 +1,41 @@
 """The float32 model a process tunes or evaluates with FedKSeed, and its versions.
 
-A version is the accumulated-scalar vector A; the model of a version is *defined* as the
-canonical replay ``w0 - lr * sum_s A_s z(s)`` (``fedtune.zo.replay_``), so every party that
-holds A holds the same weights, bit for bit on the same device type. A process keeps w0 and
-one replayed version: virtual clients on one simulation worker share it, and a client's own
-steps are undone by copying the version back, never by subtracting them.
+A version is the accumulated-scalar vector A; its model is the exact integer-sum definition of
+:mod:`fedtune.zo.versions`, so every party that holds A holds the same weights bit for bit,
+whichever versions it passed through. A process holds only the float32 weights: w0 and the
+integer sums S are files, and a new version costs a pass over the seeds that changed.
 
-Weights are float32 whatever the device: at eps = 5e-4 a bfloat16 weight cannot even
-represent the perturbation (one rounding step at |w| = 0.1), so FedKSeed never tunes in 16 bits.
+With a shared ``cache-dir`` (every process of a simulation, or a deployed node's successive
+ClientApp processes), a computed version is published there; a process that is further behind
+adopts the nearest published version instead of catching up alone, and a lock per version keeps
+two processes from computing the same one. Files live in a folder per run identity (model
+fingerprint, lr, eps, seed pool), and pruning touches that folder only.
+
+Weights are float32 whatever the device: at eps = 5e-4 a bfloat16 weight cannot even represent
+the perturbation (one rounding step at |w| = 0.1), so FedKSeed never tunes in 16 bits.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
-import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from fedtune.algorithms.fedkseed.config import ZOConfig
 from fedtune.algorithms.fedkseed.defaults import zo_eps, zo_lr
 from fedtune.config import Config
 from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer
-from fedtune.zo import SeedPool, float32_snapshot, replay_, zo_parameters
+from fedtune.zo import SeedPool
+from fedtune.zo.params import zo_named_parameters
+from fedtune.zo.versions import VersionStore, codes_path, to_codes
+
+KEEP = 3  # published versions kept per run
 
 
 def version_key(accumulated: np.ndarray) -> str:
@@ -40,51 +49,83 @@ def pool_fingerprint(seeds: np.ndarray) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def identity_mismatch(mine: dict[str, str], theirs: dict[str, object]) -> str | None:
+    """One sentence naming what differs between this party's identity and the server's."""
+    differs = [k for k, v in mine.items() if k in theirs and str(theirs[k]) != v]
+    if not differs:
+        return None
+    what = {"model": "the model (parameter names, shapes, dtypes or w0 weights)",
+            "lr": "zo-lr", "eps": "zo-eps", "pool": "the seed pool (seed or zo-seeds)"}
+    names = [what[k] for k in differs]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (f"{listed} of this client differ{'s' if len(names) == 1 else ''} from the "
+            "server's; run both with the same model, seed and zo-* settings")
+
+
 @dataclass
 class ZOModel:
     model: torch.nn.Module
     tokenizer: object
     params: list[torch.Tensor]
-    w0: list[torch.Tensor]
     seeds: np.ndarray
     lr: float
     eps: float
+    store: VersionStore
+    identity: dict[str, str]  # what a version means here: model, lr, eps, pool
     version: str | None = None
-    _snapshot: list[torch.Tensor] = field(default_factory=list)
+    applied: list[int] = field(default_factory=list)  # seeds applied per load (for benchmarks)
 
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
 
-    def load(self, accumulated: np.ndarray, cache_dir: str | Path | None = None) -> str:
-        """Set the weights to the model of version ``accumulated``; returns its key.
+    @property
+    def run_id(self) -> str:
+        text = "|".join(f"{k}={v}" for k, v in sorted(self.identity.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-        Sources, cheapest first: this process's copy of the version; ``cache_dir``, where any
-        party that replayed the version left it; the canonical replay (then written there).
-        Every source holds the canonical replay's exact bits.
-        """
+    def load(self, accumulated: np.ndarray, cache_dir: str | Path | None = None) -> str:
+        """Set the weights to the model of version ``accumulated``; returns its key."""
         key = version_key(accumulated)
-        if key != self.version:
-            path = self._cache_path(cache_dir, key)
-            if path is not None and path.exists():
-                tensors = load_file(path, device=str(self.params[0].device))
-                self._snapshot = [tensors[str(i)] for i in range(len(self.params))]
-            else:
-                replay_(self.params, self.w0, np.asarray(accumulated, dtype=np.float32),
-                        self.seeds, self.lr)
-                self._snapshot = [p.detach().clone() for p in self.params]
-                if path is not None:
-                    _write_atomic(path, self._snapshot)
-            self.version = key
-        with torch.no_grad():
-            for p, s in zip(self.params, self._snapshot, strict=True):
-                p.copy_(s)
+        if key == self.version:
+            self.store.restore()
+            self.applied.append(0)
+            return key
+        folder = Path(cache_dir) / f"versions-{self.run_id}" if cache_dir else None
+        if folder is None:
+            self.applied.append(self.store.load(accumulated))
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"S-{key[:32]}.i64"
+            with _locked(target.with_suffix(".lock")):
+                self._adopt_nearest(folder, to_codes(accumulated))
+                self.applied.append(self.store.load(accumulated))
+                if not target.exists():
+                    self.store.publish(target)
+                    _prune(folder)
+        self.version = key
         return key
 
-    def _cache_path(self, cache_dir: str | Path | None, key: str) -> Path | None:
-        if not cache_dir:
-            return None
-        return Path(cache_dir) / f"{pool_fingerprint(self.seeds):x}-{key[:32]}.safetensors"
+    def _adopt_nearest(self, folder: Path, codes: np.ndarray) -> None:
+        """Adopt a published version that is closer to ``codes`` than the one held."""
+        best, best_changes = None, int((self.store.codes != codes).sum())
+        for s_file in folder.glob("S-*.i64"):
+            try:
+                theirs = np.load(codes_path(s_file))
+            except (OSError, ValueError):
+                continue  # being replaced or pruned
+            changes = int((theirs != codes).sum())
+            if changes < best_changes:
+                best, best_changes = (theirs, s_file), changes
+        if best is not None:
+            try:
+                self.store.adopt(*best)
+            except FileNotFoundError:  # pruned meanwhile: catch up from what we hold
+                pass
+
+    def mark_changed(self) -> None:
+        """The weights were moved in place (ZO steps); the next load restores them."""
+        self.store.mark_changed()
 
     def checksum(self) -> str:
         """sha256 of the current weights (to check that parties agree bit for bit)."""
@@ -94,35 +135,56 @@ class ZOModel:
         return h.hexdigest()
 
 
-def _write_atomic(path: Path, tensors: list[torch.Tensor], keep: int = 3) -> None:
-    """Write then rename (readers never see a partial file); keep the newest ``keep``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)}, tmp)
-    os.replace(tmp, path)
-    old = sorted(path.parent.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)[:-keep]
-    for stale in old:
-        stale.unlink(missing_ok=True)
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock (a lock file) held while one process computes a version."""
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _prune(folder: Path) -> None:
+    """Keep the newest ``KEEP`` published versions of this run (its folder only)."""
+    published = sorted(folder.glob("S-*.i64"), key=lambda p: p.stat().st_mtime)
+    for old in published[:-KEEP]:
+        old.unlink(missing_ok=True)
+        codes_path(old).unlink(missing_ok=True)
+        old.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def model_fingerprint(named: list[tuple[str, torch.Tensor]], w0_digest: str) -> str:
+    h = hashlib.sha256()
+    for name, p in named:
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+    h.update(w0_digest.encode())
+    return h.hexdigest()[:32]
 
 
 @functools.lru_cache(maxsize=1)
-def _cached(model: str, device: str, k: int, seed: int, lr: float, eps: float) -> ZOModel:
+def _cached(model: str, device: str, k: int, seed: int, lr: float, eps: float,
+            cache_dir: str) -> ZOModel:
     zo = ZOConfig(zo_lr=lr, zo_eps=eps)
     placement = choose_placement(device, "float32")
     net = load_model(model, placement)
     for p in net.parameters():
         p.requires_grad_(True)  # every weight is tuned; no autograd ever runs
-    params = zo_parameters(net)
+    named = zo_named_parameters(net)
+    params = [p for _, p in named]
     n = sum(p.numel() for p in params)
-    return ZOModel(
-        model=net, tokenizer=load_tokenizer(model), params=params,
-        w0=float32_snapshot(params, device=placement.device),
-        seeds=SeedPool.from_run_seed(seed, k).seeds,
-        lr=zo_lr(zo, n, is_tiny(model)), eps=zo_eps(zo, n),
-    )
+    seeds = SeedPool.from_run_seed(seed, k).seeds
+    step_lr, step_eps = zo_lr(zo, n, is_tiny(model)), zo_eps(zo, n)
+    store = VersionStore([p.data for p in params], seeds, step_lr,
+                         Path(cache_dir) if cache_dir else None)
+    identity = {"model": model_fingerprint(named, store.w0_digest), "lr": repr(step_lr),
+                "eps": repr(step_eps), "pool": str(pool_fingerprint(seeds))}
+    return ZOModel(model=net, tokenizer=load_tokenizer(model), params=params, seeds=seeds,
+                   lr=step_lr, eps=step_eps, store=store, identity=identity)
 
 
 def zo_model_for(cfg: Config) -> ZOModel:
     """The process's FedKSeed model for this config (loaded once)."""
     return _cached(cfg.model.model, cfg.model.device, cfg.zo.zo_seeds, cfg.server.seed,
-                   cfg.zo.zo_lr, cfg.zo.zo_eps)
+                   cfg.zo.zo_lr, cfg.zo.zo_eps, cfg.zo.zo_cache_dir)

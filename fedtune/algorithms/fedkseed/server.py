@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fedtune.algorithms.fedkseed.dpo import heldout_pairs
-from fedtune.algorithms.fedkseed.model import pool_fingerprint, zo_model_for
+from fedtune.algorithms.fedkseed.model import zo_model_for
 from fedtune.algorithms.fedkseed.pro import encode_importance
 from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
@@ -57,7 +57,10 @@ class FedKSeedServer:
         self.pool.counts[:] = pool.counts
 
     def check_reply(self, content: Records) -> str | None:
-        """Exactly ``zo-steps`` (seed index < K, finite scalar) pairs, packed, and metrics."""
+        """At most ``zo-steps`` (seed index < K, finite scalar) pairs, packed, and metrics.
+
+        A client uploads only the steps it took (a skipped step is left out), so 0 pairs is a
+        valid reply: a client that took no step contributes a zero delta."""
         record = content.configs.get("zo")
         if record is None or not isinstance(record.get("pairs"), bytes):
             return "no 'zo' record with packed 'pairs' bytes"
@@ -65,12 +68,16 @@ class FedKSeedServer:
             indices, _ = unpack_pairs(record["pairs"], self.pool.k)
         except ValueError as err:
             return f"bad seed pairs: {err}"
-        if len(indices) != self.cfg.zo.zo_steps:
-            return f"{len(indices)} seed pairs, expected zo-steps={self.cfg.zo.zo_steps}"
+        if len(indices) > self.cfg.zo.zo_steps:
+            return f"{len(indices)} seed pairs, expected at most zo-steps={self.cfg.zo.zo_steps}"
         return check_metrics(content)
 
-    def train_config(self, server_round: int) -> dict[str, int | bytes]:
-        config: dict[str, int | bytes] = {"pool": pool_fingerprint(self.pool.seeds)}
+    def train_config(self, server_round: int) -> dict[str, int | str | bytes]:
+        """What a version means (clients refuse a mismatch) and, for Pro, the importance."""
+        ident = self.zm.identity
+        config: dict[str, int | str | bytes] = {
+            "pool": int(ident["pool"]), "model": ident["model"], "zo-lr": ident["lr"],
+            "zo-eps": ident["eps"]}
         if self.pro:
             config["importance"] = encode_importance(self.pool)
         return config

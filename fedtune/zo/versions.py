@@ -1,0 +1,213 @@
+"""Exact, incremental model versions for FedKSeed, with w0 and the integer sums off the device.
+
+The model of version A (the accumulated-scalar vector every party holds) is *defined* as
+
+    w = float32( float64(w0) - c * float64(S) ),   S = sum_s Aint_s * zcode_s,   c = lr * 2**-28
+
+per weight, where ``Aint = rint(A * 2**16)`` (int64, :func:`to_codes`) and ``zcode_s`` is the
+integer code of z(seed s) (``z = zcode / 4096``, :data:`fedtune.zo.rng.ZCODE_TABLE`), so
+``lr * Aint * zcode * 2**-28 = lr * A * z`` up to the 2**-16 quantum of A. Integer addition is
+associative, so a party at version v reaches version r by adding only
+``(Aint_r - Aint_v)_s * zcode_s`` for the seeds whose entry changed, and holds the same S, hence
+the same bits of w, as a party that summed every seed from zero, on any device.
+
+Bounds (checked): |A| < 2**20, |zcode| <= 17,715 < 2**14.2 and K <= 2**12 keep
+|S| < 2**20 * 2**16 * 2**14.2 * 2**12 = 2**62.2 inside int64; larger pools need a smaller |A|
+(:func:`check_bounds`). Quantising A to 2**-16 moves a weight by at most
+lr * K * 2**-17 * 4.33 (1.4e-3 * lr at K = 4096), far below one ZO step.
+
+Memory: the process holds only the float32 parameters (on their device). w0 and S live in files
+(:class:`VersionStore`), streamed one chunk at a time with explicit reads and writes (no mmap), so
+the resident set stays at the weights plus a chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedtune.zo.rng import Z_FRAC_BITS, ZCODE_TABLE
+
+__all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "check_bounds", "codes_path", "scale",
+           "to_codes"]
+
+A_FRAC_BITS = 16
+A_LIMIT = 2.0**20
+CHUNK = 1 << 20  # elements per streamed chunk: 8 MiB of S, 4 MiB of w0
+
+
+def check_bounds(k: int, limit: float = A_LIMIT) -> None:
+    """Raise unless K seeds with |A| < ``limit`` keep every S inside int64."""
+    worst = limit * 2**A_FRAC_BITS * int(ZCODE_TABLE.abs().max()) * k
+    if worst >= 2**63:
+        raise ValueError(f"K={k} seeds with |A| < {limit:g} could overflow the integer version "
+                         "sums; use a smaller seed pool")
+
+
+def to_codes(accumulated: np.ndarray) -> np.ndarray:
+    """``rint(A * 2**16)`` as int64 (one deterministic rounding on every party)."""
+    a = np.asarray(accumulated, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("the accumulated vector contains NaN or Inf")
+    if a.size and float(np.abs(a).max()) >= A_LIMIT:
+        raise ValueError(f"an accumulated scalar reached {float(np.abs(a).max()):.3g}, beyond the "
+                         f"exact-version limit {A_LIMIT:g}; lower zo-lr or clip scalars")
+    return np.rint(a * 2.0**A_FRAC_BITS).astype(np.int64)
+
+
+def scale(lr: float) -> float:
+    """c in w = w0 - c * S."""
+    return float(lr) * 2.0 ** -(A_FRAC_BITS + Z_FRAC_BITS)
+
+
+def _file_digest(arrays: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class VersionStore:
+    """w0 and S of one process's model in files, and the float32 parameters they define.
+
+    ``params`` are the model's ZO parameters (any device, float32). At construction their values
+    are w0: they are written to ``folder/w0-<digest>.f32`` (shared: one per model) and S starts
+    at zero in a file of this process. :meth:`load` brings the parameters to a version,
+    :meth:`restore` back to the current one after local steps, :meth:`load_w0` to w0.
+    """
+
+    def __init__(self, params: list[torch.Tensor], seeds: np.ndarray, lr: float,
+                 folder: str | Path | None = None, chunk: int = CHUNK) -> None:
+        if any(p.dtype != torch.float32 for p in params):
+            raise ValueError("exact versions need float32 parameters")
+        check_bounds(len(seeds))
+        self.params = params
+        self.seeds = np.asarray(seeds, dtype=np.int64)
+        self.c = scale(lr)
+        self.chunk = chunk
+        self.sizes = [p.numel() for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="fedtune-zo-")
+            weakref.finalize(self, _remove_tree, folder)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.w0_path = self._write_w0()
+        fd, name = tempfile.mkstemp(prefix=".S-", suffix=".i64", dir=self.folder)
+        os.close(fd)
+        self.s_path = Path(name)
+        weakref.finalize(self, self.s_path.unlink, missing_ok=True)
+        os.truncate(self.s_path, 8 * int(self.offsets[-1]))  # S = 0 (sparse)
+        self.codes = np.zeros(len(self.seeds), dtype=np.int64)  # the version S holds
+        self.current = True  # whether the parameters equal the version's weights
+
+    # ---- files -----------------------------------------------------------------------------
+    def _write_w0(self) -> Path:
+        """Write w0 (the parameters now) once per distinct model; returns its path."""
+        host = [p.detach().to("cpu").contiguous().view(-1).numpy() for p in self.params]
+        self.w0_digest = _file_digest(host)
+        path = self.folder / f"w0-{self.w0_digest[:24]}.f32"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as fh:
+                for a in host:
+                    fh.write(a.tobytes())
+            os.replace(tmp, path)
+        return path
+
+    # ---- versions ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _rewrite(self, seeds: Sequence[int], deltas: np.ndarray, *, update_s: bool,
+                 from_w0_only: bool = False) -> None:
+        """One streamed pass: S += sum deltas z-codes (if ``update_s``), params = w0 - c S."""
+        from fedtune.zo.fused import add_codes_
+
+        i64, f32 = np.dtype(np.int64), np.dtype(np.float32)
+        with self.s_path.open("r+b") as s_file, self.w0_path.open("rb") as w0_file:
+            for index, p in enumerate(self.params):
+                flat = p.view(-1)
+                for start in range(0, flat.numel(), self.chunk):
+                    n = min(self.chunk, flat.numel() - start)
+                    at = int(self.offsets[index]) + start
+                    w0_file.seek(at * 4)
+                    w0 = torch.from_numpy(np.fromfile(w0_file, dtype=f32, count=n))
+                    if from_w0_only:
+                        flat[start:start + n].copy_(w0)
+                        continue
+                    s_file.seek(at * 8)
+                    s = torch.from_numpy(np.fromfile(s_file, dtype=i64, count=n))
+                    if update_s and len(seeds):
+                        s_dev = s.to(p.device)
+                        add_codes_(s_dev, seeds, torch.from_numpy(deltas), index, start)
+                        s = s_dev.cpu()
+                        s_file.seek(at * 8)
+                        s_file.write(s.numpy().tobytes())
+                    w = w0.to(p.device, torch.float64) - self.c * s.to(p.device, torch.float64)
+                    flat[start:start + n].copy_(w.to(torch.float32))
+
+    def load(self, accumulated: np.ndarray) -> int:
+        """Set the parameters to the model of ``accumulated``; returns how many seeds it took
+        (those whose code changed since the version held)."""
+        new = to_codes(accumulated)
+        if new.shape != self.codes.shape:
+            raise ValueError(f"A has {new.size} entries but the pool has {self.codes.size} seeds")
+        changed = np.flatnonzero(new != self.codes)
+        if not changed.size and self.current:
+            return 0
+        self._rewrite([int(s) for s in self.seeds[changed]], new[changed] - self.codes[changed],
+                      update_s=True)
+        self.codes = new
+        self.current = True
+        return int(changed.size)
+
+    def restore(self) -> None:
+        """Undo local steps: the parameters become the held version's weights again, exactly."""
+        if not self.current:
+            self._rewrite([], np.zeros(0, np.int64), update_s=False)
+            self.current = True
+
+    def load_w0(self) -> None:
+        """The parameters become w0 (e.g. for a DPO reference); :meth:`restore` undoes it."""
+        self._rewrite([], np.zeros(0, np.int64), update_s=False, from_w0_only=True)
+        self.current = False
+
+    def mark_changed(self) -> None:
+        """Call after changing the parameters in place (ZO steps), so the next load restores."""
+        self.current = False
+
+    def adopt(self, codes: np.ndarray, s_file: Path) -> None:
+        """Take over a version another process computed: its codes and its S file (copied)."""
+        with s_file.open("rb") as src, self.s_path.open("r+b") as dst:
+            while block := src.read(64 << 20):
+                dst.write(block)
+        self.codes = np.asarray(codes, dtype=np.int64).copy()
+        self.current = False
+
+    def publish(self, path: Path) -> None:
+        """Copy this version's S to ``path`` atomically (for other processes to adopt)."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with self.s_path.open("rb") as src, tmp.open("wb") as dst:
+            while block := src.read(64 << 20):
+                dst.write(block)
+        codes_tmp = path.with_name(f".{path.stem}.{os.getpid()}.codes.npy")
+        np.save(codes_tmp, self.codes)
+        os.replace(codes_tmp, codes_path(path))
+        os.replace(tmp, path)  # last: a visible S file always has its codes beside it
+
+
+def codes_path(s_file: Path) -> Path:
+    """Where a published S file's version codes are kept."""
+    return s_file.with_name(s_file.stem + ".codes.npy")
+
+
+def _remove_tree(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

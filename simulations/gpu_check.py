@@ -1,0 +1,441 @@
+"""GPU check: what fedtune must show on a CUDA machine, in under 5 minutes.
+
+    python -m simulations.gpu_check                     # from the project folder, with CUDA
+    python -m simulations.gpu_check --json gpu.json     # also write the results as JSON
+    python -m simulations.gpu_check --cpu-dry-run       # CPU halves only, small sizes (CI)
+
+(a) z (``fedtune.zo.perturbations``) and the replay (``fedtune.zo.replay_``) are bit-identical on
+    CPU and CUDA; so is ``fedtune.zo.fused.add_codes_`` when that module exists;
+(b) the default FedIT and FedKSeed runs learn on CUDA (the ServerApp's main on an in-process
+    Grid of ClientApps, 3 small rounds): the final held-out loss is below round 0's;
+(c) throughput on CUDA in seed-elements/s (seeds applied x elements per second) of the replay,
+    of one ZO perturbation pass, and of ``add_codes_`` when it exists;
+(d) Ray with GPU fractions: ``fedtune simulate --rounds 2 --client-gpus 0.5`` on tiny finishes.
+
+The dry run compares CPU against CPU by another route (z chunk by chunk, the replay with another
+chunk size), runs one small round of each algorithm on the CPU and parses the Ray command without
+starting Ray, so every function here is exercised where no GPU is. Exit status: 0 when every
+check passed or was skipped, 1 when one failed, 2 without CUDA and without ``--cpu-dry-run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # tests.inprocess_grid and the apps, from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from fedtune.zo import (  # noqa: E402
+    add_perturbation_,
+    derive_seeds,
+    float32_snapshot,
+    perturbations,
+    replay_,
+)
+from fedtune.zo.rng import Z_FRAC_BITS  # noqa: E402
+
+Z_SCALE = 1 << Z_FRAC_BITS  # z = zcode / 4096 exactly
+
+
+@dataclass
+class Result:
+    """One check's outcome: status is pass, fail, skip or error (the check itself raised)."""
+
+    check: str
+    status: str
+    summary: str
+    seconds: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the second half of each comparison runs, and how big everything is."""
+
+    other: str  # "cuda", or "cpu" in the dry run
+    dry_run: bool
+    z_numel: int  # elements of z compared per (seed, parameter)
+    z_chunk: int  # chunk of the chunked route
+    codes_numel: int  # integer sums compared in the add_codes_ check
+    replay_k: int  # seeds in the pool of the replay check (about half of A nonzero)
+    replay_shapes: tuple[tuple[int, ...], ...]  # weights replayed; () = the tiny model's
+    rounds: int
+    local_steps: int
+    zo_steps: int
+    examples: int  # per client
+    eval_examples: int
+    bench_tensors: tuple[int, ...]  # tensor sizes of the throughput checks
+    bench_seeds: int
+    repeats: int
+    ray_timeout: float
+
+
+def plan_for(dry_run: bool) -> Plan:
+    """The CUDA check's sizes (a few minutes on one GPU), or the dry run's (seconds on a CPU)."""
+    if dry_run:
+        return Plan("cpu", True, z_numel=4_003, z_chunk=1_024, codes_numel=4_003, replay_k=16,
+                    replay_shapes=((300, 17), (17,), (3, 5, 7), (2, 2_500)), rounds=1,
+                    local_steps=2, zo_steps=4, examples=8, eval_examples=4,
+                    bench_tensors=(1 << 14, 1 << 10), bench_seeds=2, repeats=1, ray_timeout=0.0)
+    return Plan("cuda", False, z_numel=(1 << 22) + 3, z_chunk=1 << 20, codes_numel=1 << 20,
+                replay_k=512, replay_shapes=(), rounds=3, local_steps=10, zo_steps=100,
+                examples=64, eval_examples=32, bench_tensors=(1 << 24,) * 4 + (4096,) * 64,
+                bench_seeds=32, repeats=3, ray_timeout=240.0)
+
+
+def fused_add_codes() -> Callable[..., None] | None:
+    """``fedtune.zo.fused.add_codes_`` when the module exists, else None."""
+    try:
+        return importlib.import_module("fedtune.zo.fused").add_codes_
+    except (ImportError, AttributeError):
+        return None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---- (a) bit identity ---------------------------------------------------------------------------
+def check_z(plan: Plan) -> Result:
+    """z on ``plan.other``, in one batch and chunk by chunk, equals z on the CPU bit for bit."""
+    seeds = [int(s) for s in derive_seeds(11, 6)] + [1, (1 << 63) - 1]
+    compared = mismatched = 0
+    for index in (0, 3, 1000):
+        offset = 5 + index  # not a multiple of 4: lanes start mid-hash
+        ref = perturbations(seeds, index, plan.z_numel, "cpu", offset=offset)
+        whole = perturbations(seeds, index, plan.z_numel, plan.other, offset=offset).cpu()
+        parts = torch.cat([
+            perturbations(seeds, index, min(plan.z_chunk, plan.z_numel - s), plan.other,
+                          offset=offset + s).cpu()
+            for s in range(0, plan.z_numel, plan.z_chunk)], dim=1)
+        for got in (whole, parts):
+            compared += got.numel()
+            mismatched += int((got.view(torch.int32) != ref.view(torch.int32)).sum())
+    ok = mismatched == 0
+    return Result("a/z", "pass" if ok else "fail",
+                  f"{compared:,} values, {mismatched} differ (cpu vs {plan.other})",
+                  data={"compared": compared, "mismatched": mismatched})
+
+
+def replay_weights(plan: Plan) -> list[torch.Tensor]:
+    """w0 of the replay check: the tiny model's ZO parameters, or random ``replay_shapes``."""
+    if not plan.replay_shapes:
+        from fedtune.models.loading import build_tiny
+
+        return float32_snapshot(build_tiny())
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(shape, generator=gen) * 0.1 for shape in plan.replay_shapes]
+
+
+def check_replay(plan: Plan) -> Result:
+    """The replay of one A: on ``plan.other`` (dry run: with another chunk size) it gives the
+    CPU replay's weights bit for bit."""
+    w0 = replay_weights(plan)
+    k = plan.replay_k
+    rng = np.random.default_rng(0)
+    a = (rng.normal(size=k) * (rng.random(k) < 0.5)).astype(np.float32)
+    seeds = derive_seeds(0, k)
+    lr = 1e-3
+    here = [w.clone() for w in w0]
+    replay_(here, w0, a, seeds, lr)
+    there = [w.to(plan.other, copy=True) for w in w0]
+    replay_(there, [w.to(plan.other) for w in w0], a, seeds, lr,
+            chunk_size=1_024 if plan.dry_run else None)
+    moved = sum(int((h != w).sum()) for h, w in zip(here, w0, strict=True))
+    differ = sum(int((h.view(torch.int32) != t.cpu().view(torch.int32)).sum())
+                 for h, t in zip(here, there, strict=True))
+    n = sum(p.numel() for p in here)
+    ok = differ == 0 and moved > 0
+    return Result("a/replay", "pass" if ok else "fail",
+                  f"{n:,} weights, {np.count_nonzero(a)} seeds: {differ} differ "
+                  f"(cpu vs {plan.other}), {moved:,} moved from w0",
+                  data={"weights": n, "seeds": int(np.count_nonzero(a)), "mismatched": differ,
+                        "moved": moved})
+
+
+def reference_add_codes_(s: torch.Tensor, seeds: Sequence[int], deltas: torch.Tensor,
+                         index: int, start: int) -> None:
+    """What ``add_codes_`` computes, from z itself: s += sum_j deltas[j] * zcode(seeds[j])."""
+    codes = (perturbations(list(seeds), index, s.numel(), s.device, offset=start)
+             * Z_SCALE).round().to(torch.int64)
+    s.add_((codes * deltas.to(s.device).unsqueeze(1)).sum(0))
+
+
+def check_add_codes(plan: Plan) -> Result:
+    """``add_codes_`` on the CPU and on ``plan.other`` equals the integer sum built from z."""
+    add_codes_ = fused_add_codes()
+    if add_codes_ is None:
+        return Result("a/add_codes_", "skip", "fedtune.zo.fused.add_codes_ is not present")
+    seeds = [int(s) for s in derive_seeds(5, 16)]
+    gen = torch.Generator().manual_seed(0)
+    deltas = torch.randint(-(1 << 20), 1 << 20, (len(seeds),), generator=gen, dtype=torch.int64)
+    s0 = torch.randint(-(1 << 40), 1 << 40, (plan.codes_numel,), generator=gen,
+                       dtype=torch.int64)
+    index, start = 2, 12_344  # add_codes_ wants start % 4 == 0
+    want = s0.clone()
+    reference_add_codes_(want, seeds, deltas, index, start)
+    differ = {}
+    for device in dict.fromkeys(("cpu", plan.other)):
+        got = s0.to(device)
+        add_codes_(got, seeds, deltas, index, start)
+        differ[device] = int((got.cpu() != want).sum())
+    ok = not any(differ.values())
+    return Result("a/add_codes_", "pass" if ok else "fail",
+                  f"{plan.codes_numel:,} sums of {len(seeds)} seeds, differing from z's codes: "
+                  + ", ".join(f"{d} {n}" for d, n in differ.items()), data={"mismatched": differ})
+
+
+# ---- (b) learning runs --------------------------------------------------------------------------
+def run_config(plan: Plan, algorithm: str, run_dir: Path) -> dict[str, Any]:
+    """A default run of ``algorithm``, made small: fewer rounds, steps and examples."""
+    flat: dict[str, Any] = {
+        "algorithm": algorithm, "device": plan.other, "num-server-rounds": plan.rounds,
+        "examples-per-client": plan.examples, "eval-examples": plan.eval_examples,
+        "client-eval-examples": 4, "max-new-tokens": 4, "min-train-nodes": 2,
+        "min-available-nodes": 3, "fraction-train": 1.0, "fraction-evaluate": 0.0,
+        "run-dir": str(run_dir)}
+    if algorithm == "fedit":
+        flat["local-steps"] = plan.local_steps
+    else:
+        flat["zo-steps"] = plan.zo_steps
+    return flat
+
+
+def run_inprocess(flat: dict[str, Any], nodes: int = 3) -> list[dict[str, Any]]:
+    """The ServerApp's main on an in-process Grid of ``nodes`` ClientApps; the metric rows."""
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client_app.app import app as client_app
+    from server_app.app import main
+    from tests.inprocess_grid import InProcessGrid
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    grid = InProcessGrid(client_app, nodes, flat)
+    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                       run_config=flat))
+    lines = (Path(flat["run-dir"]) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def check_learning(plan: Plan, algorithm: str) -> Result:
+    """A small default run of ``algorithm`` on ``plan.other``: every round aggregates and the
+    final held-out loss is below round 0's."""
+    cuda = plan.other.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    printed = io.StringIO()  # the run's own round lines and tables: kept for a failure only
+    with tempfile.TemporaryDirectory(prefix="fedtune-gpu-check-") as tmp, \
+            contextlib.redirect_stdout(printed):
+        rows = run_inprocess(run_config(plan, algorithm, Path(tmp) / algorithm))
+    first, last = rows[0]["eval_loss"], rows[-1]["eval_loss"]
+    rounds_ok = len(rows) == plan.rounds + 1 and all(r["clients"] >= 2 for r in rows[1:])
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    ok = rounds_ok and last < first and (peak > 0 or not cuda)
+    return Result(f"b/{algorithm}", "pass" if ok else "fail",
+                  f"eval_loss {first:.3f} -> {last:.3f} in {len(rows) - 1} rounds on "
+                  f"{plan.other}" + (f", peak {peak / 2**20:.0f} MiB" if cuda else ""),
+                  data={"eval_loss": [r["eval_loss"] for r in rows],
+                        "train_loss": [r.get("train_loss") for r in rows[1:]],
+                        "peak_cuda_bytes": peak,
+                        "output_tail": "" if ok else printed.getvalue()[-2000:]})
+
+
+# ---- (c) throughput -----------------------------------------------------------------------------
+def _best(fn: Callable[[], object], device: str, repeats: int) -> float:
+    fn()  # warm-up (kernels, tables, workspaces)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _rate(name: str, seed_elements: int, seconds: float, device: str) -> Result:
+    rate = seed_elements / seconds
+    return Result(name, "pass", f"{rate:.3g} seed-elements/s on {device} "
+                  f"({seed_elements:,} in {seconds * 1e3:.1f} ms)",
+                  data={"seed_elements_per_s": rate, "seed_elements": seed_elements,
+                        "seconds": seconds})
+
+
+def check_throughput(plan: Plan) -> list[Result]:
+    """Seed-elements/s of what exists on ``plan.other``: the replay (``plan.bench_seeds`` seeds
+    per pass), one perturbation pass (one seed), and ``add_codes_`` if present."""
+    dev = plan.other
+    params = [torch.zeros(n, device=dev) for n in plan.bench_tensors]
+    base = [p.clone() for p in params]
+    total = sum(plan.bench_tensors)
+    k = plan.bench_seeds
+    seeds = derive_seeds(1, k)
+    a = np.random.default_rng(1).normal(size=k).astype(np.float32)
+    out = [
+        _rate("c/replay_", k * total,
+              _best(lambda: replay_(params, base, a, seeds, 1e-6), dev, plan.repeats), dev),
+        _rate("c/add_perturbation_", total,
+              _best(lambda: add_perturbation_(params, int(seeds[0]), 1e-3), dev, plan.repeats),
+              dev),
+    ]
+    add_codes_ = fused_add_codes()
+    if add_codes_ is None:
+        out.append(Result("c/add_codes_", "skip", "fedtune.zo.fused.add_codes_ is not present"))
+        return out
+    sums = [torch.zeros(n, dtype=torch.int64, device=dev) for n in plan.bench_tensors]
+    deltas = torch.ones(k, dtype=torch.int64)
+    seed_list = [int(s) for s in seeds]
+
+    def codes() -> None:
+        for index, s in enumerate(sums):
+            add_codes_(s, seed_list, deltas, index, 0)
+
+    out.append(_rate("c/add_codes_", k * total, _best(codes, dev, plan.repeats), dev))
+    return out
+
+
+# ---- (d) Ray with GPU fractions -----------------------------------------------------------------
+def ray_argv(run_dir: Path) -> list[str]:
+    """``fedtune simulate`` on tiny, 2 rounds, two clients sharing the GPU (0.5 each)."""
+    overrides = ("local-steps=2 examples-per-client=16 eval-examples=8 client-eval-examples=4 "
+                 f"max-new-tokens=2 fraction-train=1.0 run-dir={shlex.quote(str(run_dir))}")
+    return ["simulate", "--model", "tiny", "--rounds", "2", "--num-clients", "2",
+            "--client-gpus", "0.5", "--run-config", overrides]
+
+
+def check_ray(plan: Plan) -> Result:
+    """Run :func:`ray_argv` in a fresh process and read its summary (dry run: parse only)."""
+    with tempfile.TemporaryDirectory(prefix="fedtune-gpu-ray-") as tmp:
+        run_dir = Path(tmp) / "ray"
+        argv = ray_argv(run_dir)
+        if plan.dry_run:
+            from fedtune.cli import build_parser, resolve_config
+
+            args = build_parser().parse_args(argv)
+            cfg = resolve_config(args)
+            ok = (args.client_gpus == 0.5 and cfg.server.num_server_rounds == 2
+                  and cfg.output.run_dir == str(run_dir))
+            return Result("d/ray", "skip" if ok else "fail",
+                          "dry run: Ray not started; the command parses" if ok
+                          else "the command does not parse as intended",
+                          data={"argv": argv})
+        proc = subprocess.run([sys.executable, "-m", "fedtune.cli", *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=plan.ray_timeout)
+        summary = run_dir / "summary.json"
+        rounds = json.loads(summary.read_text())["rounds"] if summary.exists() else None
+        ok = proc.returncode == 0 and rounds == 2
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        return Result("d/ray", "pass" if ok else "fail",
+                      f"exit {proc.returncode}, {rounds} rounds in the summary",
+                      data={"argv": argv, "returncode": proc.returncode, "rounds": rounds,
+                            "output_tail": "" if ok else tail})
+
+
+# ---- running and reporting ----------------------------------------------------------------------
+def check_fedit(plan: Plan) -> Result:
+    return check_learning(plan, "fedit")
+
+
+def check_fedkseed(plan: Plan) -> Result:
+    return check_learning(plan, "fedkseed")
+
+
+Check = Callable[[Plan], Result | list[Result]]
+CHECKS: dict[str, list[Check]] = {
+    "a": [check_z, check_replay, check_add_codes],
+    "b": [check_fedit, check_fedkseed],
+    "c": [check_throughput],
+    "d": [check_ray],
+}
+
+
+def _guarded(group: str, fn: Check, plan: Plan) -> list[Result]:
+    """``fn``'s results, timed; an exception becomes one ``error`` result, not a crash."""
+    t0 = time.perf_counter()
+    try:
+        got = fn(plan)
+    except Exception as err:  # report and go on with the other checks
+        got = Result(f"{group}/{fn.__name__}", "error", f"{type(err).__name__}: {err}"[:300])
+    results = got if isinstance(got, list) else [got]
+    seconds = (time.perf_counter() - t0) / len(results)
+    for r in results:
+        r.seconds = r.seconds or seconds
+    return results
+
+
+def run_checks(plan: Plan, groups: str = "abcd") -> list[Result]:
+    """Every check of ``groups`` (letters of :data:`CHECKS`), in order."""
+    return [r for g in groups for fn in CHECKS[g] for r in _guarded(g, fn, plan)]
+
+
+def format_table(results: list[Result]) -> str:
+    width = max(len(r.check) for r in results)
+    lines = [f"{'check':<{width}}  status  seconds  result", "-" * (width + 40)]
+    lines += [f"{r.check:<{width}}  {r.status:<6}  {r.seconds:7.1f}  {r.summary}"
+              for r in results]
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    return {"torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "python": sys.version.split()[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.gpu_check",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="PATH", help="write the results here as JSON")
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="CPU halves only, small sizes, no Ray (what CI runs)")
+    parser.add_argument("--only", default="abcd", help="check groups to run, e.g. 'ab'")
+    args = parser.parse_args(argv)
+    if unknown := set(args.only) - set(CHECKS):
+        parser.error(f"--only: unknown groups {sorted(unknown)}; choose from 'abcd'")
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        print("gpu_check: CUDA is not available; --cpu-dry-run runs the CPU halves only",
+              file=sys.stderr)
+        return 2
+    plan = plan_for(args.cpu_dry_run)
+    threads = torch.get_num_threads()
+    if plan.dry_run:  # tiny tensors gain nothing from threads, and they crawl on a busy CPU
+        torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        results = run_checks(plan, args.only)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - t0
+    ok = all(r.status in ("pass", "skip") for r in results)
+    print(format_table(results))
+    print(f"{'ok' if ok else 'FAILED'} in {seconds:.1f} s"
+          + (" (CPU dry run)" if plan.dry_run else ""))
+    if args.json:
+        report = {"ok": ok, "dry_run": plan.dry_run, "device": plan.other, "seconds": seconds,
+                  **environment(), "results": [asdict(r) for r in results]}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

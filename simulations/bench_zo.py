@@ -3,11 +3,16 @@
 (a) one ZO step vs two forward passes, same model and batch (goal: ratio <= 1.5);
 (b) replay throughput: seeds per second, and the cost of one seed in forward passes;
 (c) peak memory of a FedKSeed client round vs a LoRA SFT round vs a full-parameter SGD round, each
-    in its own process, on a ~134M-parameter Llama built from a config (no download).
+    in its own process, on a ~134M-parameter Llama built from a config (no download);
+(d)-(g) exact incremental versions (``simulations/bench_versions.py``): catch-up == full load,
+    seeds applied per round, the fused catch-up vs the per-seed float replay, a client round's
+    peak memory over its float32 weights, and the default FedKSeed run; ``--json PATH`` writes
+    them.
 
     python simulations/bench_zo.py            # full run, a few minutes on 2 CPU cores
     python simulations/bench_zo.py --quick    # smaller models, fewer repeats
     python simulations/bench_zo.py --model ../shared/models/stories260k
+    python simulations/bench_zo.py --versions-only --json bench-zo.json
 """
 
 from __future__ import annotations
@@ -135,96 +140,6 @@ def bench_step_and_replay(model, name: str, args: argparse.Namespace) -> None:
 
 # -- fused integer replay (fedtune.zo.fused) vs today's per-seed float replay ---------------------
 
-FUSED_SHAPES = ((1024, 1024), (1024, 1024), (1536, 1024), (512, 1024), (1024,), (1024,))
-
-
-def memory_bandwidth(device: torch.device, mib: int = 256, repeats: int = 3) -> float:
-    """Bytes per second of a large tensor copy (read + write), best of ``repeats``."""
-    src = torch.ones(mib << 18, device=device)  # float32: mib MiB
-    dst = torch.empty_like(src)
-    best = timed({"copy": lambda: dst.copy_(src)}, repeats, device)["copy"]
-    return 2 * src.numel() * src.element_size() / best
-
-
-def bench_fused_replay(
-    shapes: tuple[tuple[int, ...], ...] = FUSED_SHAPES,
-    n_seeds: int = 256,
-    threads: int | None = None,
-    repeats: int = 3,
-    device: str = "cpu",
-    eager_seeds: int = 32,
-) -> dict:
-    """Today's per-seed float replay (``zo.replay_``) vs the fused integer kernel, side by side.
-
-    Both apply the same ``n_seeds`` seeds to the same ``shapes`` (float32 weights for (a), int64
-    exact sums for (b)); rates are seed-elements per second, best of ``repeats`` interleaved.
-    ``bandwidth_fraction`` = (16 B x elements / copy bandwidth) / fused time: the share of the
-    memory-bound time (one read + write of the int64 sums per pass) the kernel reaches.
-    ``compile_seconds``: building and probing the chosen backend in this process (0 if already
-    built). The eager and batched paths are timed on ``eager_seeds`` seeds only (rates scale).
-    About 45 s with the defaults on 2 CPU cores.
-    """
-    from fedtune.zo import fused
-
-    dev = torch.device(device)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        seeds = zo.derive_seeds(1, n_seeds)
-        rng = np.random.default_rng(0)
-        a = rng.normal(size=n_seeds).astype(np.float32)
-        deltas = [int(x) for x in rng.integers(-(2**40), 2**40, size=n_seeds)]
-        gen = torch.Generator().manual_seed(0)
-        params = [torch.randn(s, generator=gen).to(dev) for s in shapes]
-        w0 = [p.clone() for p in params]
-        sums = [torch.zeros(p.numel(), dtype=torch.int64, device=dev) for p in params]
-        n = sum(p.numel() for p in params)
-        t0 = time.perf_counter()
-        backend = fused.available_backend(dev)
-        compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        compiled_ok = fused._ready("compiled", dev)
-        compiled_s = time.perf_counter() - t0
-
-        def fused_run(name: str, count: int) -> Callable[[], None]:
-            def run() -> None:
-                for i, acc in enumerate(sums):
-                    fused.add_codes_(acc, seeds[:count], deltas[:count], i, backend=name)
-
-            return run
-
-        fns = {
-            "per_seed": lambda: zo.replay_(params, w0, a, seeds, 1e-6),
-            "fused": fused_run(backend, n_seeds),
-        }
-        if compiled_ok and backend != "compiled":
-            fns["compiled"] = fused_run("compiled", n_seeds)
-        best = timed(fns, repeats, dev)
-        small = min(eager_seeds, n_seeds)
-        best |= timed({k: fused_run(k, small) for k in ("eager", "batched")}, repeats, dev)
-        count = {k: small if k in ("eager", "batched") else n_seeds for k in best}
-        rate = {k: count[k] * n / t for k, t in best.items()}
-        bandwidth = memory_bandwidth(dev)
-        return {
-            "replay_speedup_vs_per_seed": rate["fused"] / rate["per_seed"],
-            "fused_seed_elems_per_s": rate["fused"],
-            "per_seed_seed_elems_per_s": rate["per_seed"],
-            "bandwidth_fraction": 16 * n / bandwidth / best["fused"],
-            "compile_seconds": compile_s,
-            "backend": backend,
-            "compiled_seed_elems_per_s": rate.get("compiled"),
-            "compiled_compile_seconds": compiled_s if compiled_ok else None,
-            "eager_seed_elems_per_s": rate["eager"],
-            "batched_eager_seed_elems_per_s": rate["batched"],
-            "bandwidth_bytes_per_s": bandwidth,
-            "elements": n,
-            "seeds": n_seeds,
-            "threads": torch.get_num_threads(),
-            "device": str(dev),
-        }
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- (c) memory: one mode per process ------------------------------------------------------------
@@ -347,6 +262,12 @@ def main() -> None:
     parser.add_argument("--replay-seeds", type=int, default=0, help="nonzero A entries")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-child", choices=MEMORY_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--versions-only", action="store_true",
+                        help="only the exact-version figures (d)-(g)")
+    parser.add_argument("--default-run", metavar="RUN",
+                        help="(g) from this FedKSeed run folder instead of running the default")
+    parser.add_argument("--skip-default-run", action="store_true", help="skip (g) (~5 min)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures (d)-(g) here")
     args = parser.parse_args()
     args.repeats = args.repeats or (4 if args.quick else 12)
     args.replay_seeds = args.replay_seeds or (32 if args.quick else 128)
@@ -361,13 +282,51 @@ def main() -> None:
         f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.2f} (times: best of {args.repeats})"
     )
-    tiny = build_llama(hidden=256, layers=4, vocab=1024, intermediate=688, heads=4)
-    bench_step_and_replay(tiny, "tiny Llama (hidden 256, 4 layers, vocab 1024)", args)
-    if args.model:
-        bench_step_and_replay(load_model(args.model), args.model, args)
-    if not args.skip_memory:
-        bench_memory(args)
+    if not args.versions_only:
+        tiny = build_llama(hidden=256, layers=4, vocab=1024, intermediate=688, heads=4)
+        bench_step_and_replay(tiny, "tiny Llama (hidden 256, 4 layers, vocab 1024)", args)
+        if args.model:
+            bench_step_and_replay(load_model(args.model), args.model, args)
+        if not args.skip_memory:
+            bench_memory(args)
+    report = bench_versions(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def bench_versions(args: argparse.Namespace) -> dict:
+    """(d)-(g): FedKSeed's exact incremental versions (simulations/bench_versions.py)."""
+    from simulations import bench_versions as bv
+
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": args.device}
+    report |= bv.bench_catch_up(size="small" if args.quick else "medium")
+    print(f"\n(d) exact versions: a party following {4} rounds == one loading the last version "
+          f"from w0: {report['catchup_equals_full']}; seeds applied per round "
+          f"{report['catchup_seed_passes_per_round']} (drawn {report['seeds_drawn_per_round']}, "
+          f"K = 4096); {report['catchup_seconds_per_round']:.2f} s per round for "
+          f"{report['params'] / 1e6:.1f}M weights")
+    report |= bv.bench_fused_replay(device=args.device)
+    print(f"(e) fused catch-up ({report['backend']}) vs per-seed float replay, same weights and "
+          f"seeds: {report['replay_speedup_vs_per_seed']:.1f}x "
+          f"({report['fused_seed_elems_per_s'] / 1e9:.2f} vs "
+          f"{report['per_seed_seed_elems_per_s'] / 1e9:.2f} G seed-elements/s; "
+          f"{100 * report['bandwidth_fraction']:.1f}% of the memory-bound rate)")
+    report |= bv.bench_client_memory()
+    print(f"(f) client round peak RSS {report['peak_bytes'] / 2**20:.0f} MiB for "
+          f"{report['weights_bytes'] / 2**20:.0f} MiB of float32 weights "
+          f"({report['memory_params'] / 1e6:.0f}M params): ratio "
+          f"{report['peak_memory_ratio']:.2f}; runtime {report['runtime_bytes'] / 2**20:.0f} MiB; "
+          f"the round adds {report['round_extra_ratio']:.2f}x the weights")
+    if not args.skip_default_run:
+        report |= bv.bench_default_run(args.default_run)
+        print(f"(g) default FedKSeed run: held-out loss {report['default_eval_loss_first']:.3f} "
+              f"-> {report['default_eval_loss_last']:.3f}, payload "
+              f"{report['default_payload_bytes']:,} B per client per round: "
+              f"{'unchanged' if report['default_run_unchanged'] else 'CHANGED'}")
+    return report
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedtune.zo.rng import _MIX1, _MIX2, ZCODE_TABLE, Workspace, _signed, stream_key
@@ -217,18 +218,22 @@ def _eager(acc: torch.Tensor, seeds: list[int], deltas: list[int], index: int, s
             part += ws.draw(seed, index, start + e0, part.numel(), table)
 
 
+_stream = functools.lru_cache(maxsize=1 << 12)(stream_key)  # callers often go chunk by chunk
+
+
 def _run(
-    name: str, acc: torch.Tensor, seeds: list[int], deltas: list[int], index: int, start: int
+    name: str, acc: torch.Tensor, seeds: list[int], deltas: np.ndarray, index: int, start: int
 ) -> None:
     if name == "eager":
-        _eager(acc, seeds, deltas, index, start)
+        _eager(acc, seeds, deltas.tolist(), index, start)
         return
     if name == "native" and acc.device.type != "cpu":
         raise ValueError("the native backend runs on CPU tensors only")
-    streams = [stream_key(s, index) for s in seeds]
-    columns = ([k + (start // 4) * g for k, g in streams], [g for _, g in streams], deltas)
+    streams = np.array([_stream(s, index) for s in seeds], dtype=np.uint64).reshape(-1, 2)
+    first = streams[:, 0] + streams[:, 1] * np.uint64(start // 4)  # counters begin at start
     keys, gammas, d = (
-        torch.tensor([_signed(v) for v in c], dtype=torch.int64, device=acc.device) for c in columns
+        torch.from_numpy(np.ascontiguousarray(c).view(np.int64)).to(acc.device)
+        for c in (first, streams[:, 1], deltas)
     )
     if name == "native":
         _native(acc, keys, gammas, d)
@@ -243,7 +248,7 @@ def _ready(name: str, device: torch.device) -> bool:
         try:
             got = torch.zeros(37, dtype=torch.int64, device=device)
             want = got.clone()
-            probe = ([3, 2**62 + 1], [_signed(-(2**40) - 7), 2**63 - 1], 5, 8)
+            probe = ([3, 2**62 + 1], np.array([-(2**40) - 7, 2**63 - 1]), 5, 8)
             _run(name, got, *probe)
             _run("eager", want, *probe)
             if not torch.equal(got, want):
@@ -283,14 +288,17 @@ def add_codes_(
         raise ValueError(f"start must be a non-negative multiple of 4, got {start}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    dl = deltas.tolist() if isinstance(deltas, torch.Tensor) else [int(x) for x in deltas]
-    if len(dl) != len(seeds):
-        raise ValueError(f"{len(seeds)} seeds but {len(dl)} deltas")
-    pairs = [(int(s), _signed(x)) for s, x in zip(seeds, dl, strict=True) if _signed(x)]
-    if not pairs or acc.numel() == 0:
+    if len(seeds) == 0 and len(deltas) == 0:
+        return
+    d = np.asarray(deltas.cpu() if isinstance(deltas, torch.Tensor) else deltas)
+    if d.shape != (len(seeds),) or d.dtype.kind not in "iu":
+        raise ValueError(f"need {len(seeds)} integer deltas, got {d.dtype} {d.shape}")
+    keep = np.flatnonzero(d)
+    if not keep.size or acc.numel() == 0:
         return
     name = available_backend(acc.device) if backend == "auto" else backend
     work = acc if acc.is_contiguous() else acc.contiguous()
-    _run(name, work, [s for s, _ in pairs], [x for _, x in pairs], index, start)
+    kept = np.asarray(seeds, dtype=np.uint64)[keep].tolist()
+    _run(name, work, kept, d[keep].astype(np.int64), index, start)
     if work is not acc:
         acc.copy_(work)

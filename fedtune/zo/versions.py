@@ -40,7 +40,7 @@ __all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "check_bounds", "codes_path
 
 A_FRAC_BITS = 16
 A_LIMIT = 2.0**20
-CHUNK = 1 << 20  # elements per streamed chunk: 8 MiB of S, 4 MiB of w0
+CHUNK = 1 << 18  # elements per streamed chunk: about 10 MiB of temporaries
 
 
 def check_bounds(k: int, limit: float = A_LIMIT) -> None:
@@ -65,13 +65,6 @@ def to_codes(accumulated: np.ndarray) -> np.ndarray:
 def scale(lr: float) -> float:
     """c in w = w0 - c * S."""
     return float(lr) * 2.0 ** -(A_FRAC_BITS + Z_FRAC_BITS)
-
-
-def _file_digest(arrays: Sequence[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 class VersionStore:
@@ -110,15 +103,20 @@ class VersionStore:
 
     # ---- files -----------------------------------------------------------------------------
     def _write_w0(self) -> Path:
-        """Write w0 (the parameters now) once per distinct model; returns its path."""
-        host = [p.detach().to("cpu").contiguous().view(-1).numpy() for p in self.params]
-        self.w0_digest = _file_digest(host)
+        """Write w0 (the parameters now) once per distinct model and hash it; returns its path.
+        One tensor at a time crosses to the host, so the transient is the largest tensor."""
+        tmp = self.folder / f".w0.{os.getpid()}.{id(self)}.tmp"
+        h = hashlib.sha256()
+        with tmp.open("wb") as fh:
+            for p in self.params:
+                host = p.detach().to("cpu").contiguous().view(-1).numpy()
+                h.update(memoryview(host).cast("B"))
+                host.tofile(fh)
+        self.w0_digest = h.hexdigest()
         path = self.folder / f"w0-{self.w0_digest[:24]}.f32"
-        if not path.exists():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with tmp.open("wb") as fh:
-                for a in host:
-                    fh.write(a.tobytes())
+        if path.exists():
+            tmp.unlink()
+        else:
             os.replace(tmp, path)
         return path
 
@@ -148,7 +146,7 @@ class VersionStore:
                         add_codes_(s_dev, seeds, torch.from_numpy(deltas), index, start)
                         s = s_dev.cpu()
                         s_file.seek(at * 8)
-                        s_file.write(s.numpy().tobytes())
+                        s.numpy().tofile(s_file)
                     w = w0.to(p.device, torch.float64) - self.c * s.to(p.device, torch.float64)
                     flat[start:start + n].copy_(w.to(torch.float32))
 

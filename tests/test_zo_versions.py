@@ -133,3 +133,15 @@ def test_concurrent_loads_of_one_version_compute_it_once(tmp_path):
     want = definition(versions[-1])
     for m in models:
         assert all(torch.equal(a, b) for a, b in zip(m.params, want, strict=True))
+
+
+@pytest.mark.gpu
+def test_a_version_on_cuda_has_the_bits_of_the_cpu_one():
+    versions = history(4, seed=4)
+    cpu, params_cpu = store()
+    cpu.load(versions[2])
+    cpu.load(versions[4])  # via an intermediate version on the CPU ...
+    params = [p.cuda() for p in w0()]
+    VersionStore(params, SEEDS, LR).load(versions[4])  # ... directly on the GPU
+    for a, b in zip(params, params_cpu, strict=True):
+        assert torch.equal(a.cpu(), b)

@@ -12,6 +12,7 @@ aggregation is the strategy ``fedtune.strategies.fedkseed``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,12 +57,5 @@ FEDKSEED = Algorithm(
     check=_check,
     simulation_setup=_simulation_setup,
 )
-FEDKSEED_PRO = Algorithm(
-    name="fedkseed-pro",
-    summary="FedKSeed with seeds sampled by their importance",
-    payload="seeds",
-    client=_client,
-    server=partial(_server, pro=True),
-    check=_check,
-    simulation_setup=_simulation_setup,
-)
+FEDKSEED_PRO = replace(FEDKSEED, name="fedkseed-pro", server=partial(_server, pro=True),
+                       summary="FedKSeed with seeds sampled by their importance")

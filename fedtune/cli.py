@@ -248,12 +248,11 @@ def keys_cmd(args: argparse.Namespace) -> int:
 
 
 def algorithms_cmd(args: argparse.Namespace) -> int:
-    from fedtune.algorithms import REGISTRY
-    from fedtune.strategies import names_for
+    from fedtune.algorithms import REGISTRY, strategies
 
     del args
     for algo in REGISTRY.values():
-        how = (f"strategies: {', '.join(names_for(algo.payload))}" if algo.federated
+        how = (f"strategies: {', '.join(strategies(algo))}" if algo.federated
                else "baseline, runs in one process")
         print(f"{algo.name:14} {algo.summary} ({how}; objectives: {', '.join(algo.objectives)})")
     return 0

@@ -26,7 +26,7 @@ def test_readme_example_is_the_real_folder():
     assert "full-ft" in REGISTRY
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedprox"])
 def test_full_ft_learns_through_the_apps(tmp_path, strategy, one_thread):
     flat = {"algorithm": "full-ft", "strategy": strategy, "server-lr": 0.01,
             "num-server-rounds": 2, "local-steps": 4, "examples-per-client": 24,
@@ -53,5 +53,8 @@ def test_full_ft_learns_through_the_apps(tmp_path, strategy, one_thread):
 def test_full_ft_refuses_what_it_cannot_run():
     with pytest.raises(ConfigError, match="objective=dpo runs with"):
         resolve(Config.from_flat({"algorithm": "full-ft", "objective": "dpo"}))
+    with pytest.raises(ConfigError, match="strategy='scaffold' needs its client half, which the "
+                                          "full-ft client does not run; use one of fedavg, "):
+        resolve(Config.from_flat({"algorithm": "full-ft", "strategy": "scaffold"}))
     with pytest.raises(ConfigError, match="strategy=.scaffold. does not fit algorithm .fedkseed."):
         resolve(Config.from_flat({"algorithm": "fedkseed", "strategy": "scaffold"}))

@@ -21,7 +21,7 @@ from fedtune.errors import ConfigError
 if TYPE_CHECKING:
     from fedtune.config import Config
 
-__all__ = ["REGISTRY", "Algorithm", "register", "resolve"]
+__all__ = ["REGISTRY", "Algorithm", "register", "resolve", "strategies"]
 
 REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     FEDIT,
@@ -56,6 +56,17 @@ def resolve(cfg: Config) -> Algorithm:
     if algo.federated:
         from fedtune.strategies import entry
 
-        entry(cfg.strategy.strategy, algo.payload, name)
+        found = entry(cfg.strategy.strategy, algo.payload, name)
+        if found.client_hook and not algo.client_hooks:
+            raise ConfigError(f"strategy='{found.name}' needs its client half, which the {name} "
+                              f"client does not run; use one of {', '.join(strategies(algo))}.")
     algo.check(cfg)
     return algo
+
+
+def strategies(algo: Algorithm) -> list[str]:
+    """The strategy names that fit ``algo``."""
+    from fedtune.strategies import REGISTRY as STRATEGIES
+
+    return [e.name for (kind, _), e in STRATEGIES.items()
+            if kind == algo.payload and (algo.client_hooks or not e.client_hook)]

@@ -75,8 +75,10 @@ class Algorithm:
     ``client``/``server`` build the two sides from the run's config; ``payload`` is the update
     kind its strategies must accept; ``check`` raises ``ConfigError`` for configs this
     algorithm cannot run; ``simulation_setup`` sets what ``fedtune simulate`` chooses for it
-    (e.g. a shared cache inside the run folder). A baseline (``federated=False``) runs in one
-    process through ``run(cfg, num_clients)`` instead of Flower.
+    (e.g. a shared cache inside the run folder). ``client_hooks``: its client side runs a
+    strategy's client half (SCAFFOLD's); strategies that have one fit only such algorithms. A
+    baseline (``federated=False``) runs in one process through ``run(cfg, num_clients)``
+    instead of Flower.
     """
 
     name: str
@@ -89,3 +91,4 @@ class Algorithm:
     federated: bool = True
     run: Callable[[Config, int], Path] | None = None
     objectives: tuple[str, ...] = field(default=("sft", "dpo"))
+    client_hooks: bool = False

@@ -34,4 +34,5 @@ FEDIT = Algorithm(
     payload="arrays",
     client=_client,
     server=_server,
+    client_hooks=True,  # FedITClient runs the strategy's client half (SCAFFOLD)
 )

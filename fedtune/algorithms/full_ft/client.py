@@ -32,7 +32,8 @@ class FullClient:
         conf, t = content.configs["config"], self.cfg.train
         model, tokenizer = _model(self.cfg, content.arrays["arrays"])
         data = node_data(self.cfg, node)
-        settings = SFTSettings(steps=t.local_steps, batch_size=t.batch_size, lr=float(conf["lr"]))
+        settings = SFTSettings(steps=t.local_steps, batch_size=t.batch_size, lr=float(conf["lr"]),
+                               prox_mu=float(conf.get("proximal-mu", 0.0)))  # FedProx
         stats = train_round(model, data, settings, tokenizer.pad_token_id,
                             (self.cfg.server.seed, int(conf["server-round"]), node.name))
         return Records(arrays={"arrays": _weights(model)}, metrics={"metrics": {

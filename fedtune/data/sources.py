@@ -31,16 +31,18 @@ T = TypeVar("T")
 
 CLIENT_FILE = re.compile(r"^local_training_(\d+)\.json$")
 GLOBAL_TEST = "global_test.json"
+CLIENT_FOLDER = "client-files"  # a folder of per-client files (the FedIT paper's Dolly split)
 
 
 def kind(spec: str) -> str:
-    """``ni``, ``fedit``, ``hub`` or ``file``: what a ``data`` / ``eval-data`` value names."""
+    """``ni``, ``client-files``, ``hub`` or ``file``: what a ``data`` / ``eval-data`` value
+    names (``client-files``: a folder of ``local_training_<i>.json``, as FedIT split Dolly)."""
     p = Path(spec)
     if p.is_dir():
         if is_task_folder(p):
             return "ni"
         if client_files(p):
-            return "fedit"
+            return CLIENT_FOLDER
         raise DataFileError(f"Folder '{p}' holds neither Natural Instructions task files "
                             "(task*.json) nor local_training_<i>.json client files; pass one "
                             "of those folders or a data file.")
@@ -104,7 +106,8 @@ def _examples_only(records: RecordType, folder: str | Path) -> None:
 
 def separate_held_out(cfg: DataConfig) -> bool:
     """Whether the server's held-out set comes from elsewhere than a slice of ``data``."""
-    return bool(cfg.eval_data) or _eval_task_folder(cfg) is not None or kind(cfg.data) == "fedit"
+    return (bool(cfg.eval_data) or _eval_task_folder(cfg) is not None
+            or kind(cfg.data) == CLIENT_FOLDER)
 
 
 def held_out_source(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
@@ -117,7 +120,7 @@ def held_out_source(cfg: DataConfig, records: RecordType[T], seed: int) -> list[
         _examples_only(records, folder)
         return load_eval_tasks(folder, cfg.eval_tasks, seed, ni_rules(cfg))[0]
     path = cfg.eval_data or cfg.data
-    if Path(path).is_dir() and kind(path) == "fedit":
+    if Path(path).is_dir() and kind(path) == CLIENT_FOLDER:
         path = str(_global_test(Path(path)))
     return records.read(path, cfg.data_fields)[: cfg.eval_examples]
 
@@ -131,7 +134,7 @@ def all_records(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
         _examples_only(records, cfg.data)
         return load_train_tasks(cfg.data, cfg.data_tasks, seed, ni_rules(cfg),
                                 exclude=_eval_task_names(cfg))[0]
-    if source == "fedit":
+    if source == CLIENT_FOLDER:
         return [r for f in client_files(cfg.data) for r in records.read(f, cfg.data_fields)]
     return records.read(cfg.data, cfg.data_fields)
 
@@ -141,7 +144,7 @@ def method(cfg: DataConfig) -> str:
     FedIT folder, one per task (``natural``) for a Natural Instructions folder, else ``iid``."""
     if cfg.partition != "auto":
         return cfg.partition
-    return {"fedit": "files", "ni": "natural"}.get(kind(cfg.data), "iid")
+    return {CLIENT_FOLDER: "files", "ni": "natural"}.get(kind(cfg.data), "iid")
 
 
 def client_file(cfg: DataConfig, records: RecordType[T], partition_id: int,

@@ -177,14 +177,10 @@ def bench_default_run(run_dir: str | None = None) -> dict:
             "default_rounds": len(rows) - 1, "default_payload_bytes": payload}
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device):
-    from simulations.bench_zo import timed as best_of
-
-    return best_of(fns, repeats, device)
-
-
 def memory_bandwidth(device: torch.device, mib: int = 256, repeats: int = 3) -> float:
     """Bytes per second of a large tensor copy (read + write), best of ``repeats``."""
+    from simulations.bench_zo import timed  # bench_zo imports this module in its main()
+
     src = torch.ones(mib << 18, device=device)  # float32: mib MiB
     dst = torch.empty_like(src)
     best = timed({"copy": lambda: dst.copy_(src)}, repeats, device)["copy"]
@@ -211,6 +207,7 @@ def bench_fused_replay(
     """
     import fedtune.zo as zo
     from fedtune.zo import fused
+    from simulations.bench_zo import timed
 
     dev = torch.device(device)
     before = torch.get_num_threads()

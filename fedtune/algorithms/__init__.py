@@ -2,9 +2,9 @@
 
 The client app, the server app, the CLI and the checkpoint code ask this registry and never
 compare algorithm names. Adding an algorithm = one new folder with an
-:class:`~fedtune.algorithms.base.Algorithm` entry + one line in ``REGISTRY`` below (or
-:func:`register` from your own code). Importing this module is light: an algorithm's client and
-server modules (torch, transformers) load only when its sides are built.
+:class:`~fedtune.algorithms.base.Algorithm` entry + one line in ``REGISTRY`` below. Importing
+this module is light: an algorithm's client and server modules (torch, transformers) load only
+when its sides are built.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fedtune.errors import ConfigError
 if TYPE_CHECKING:
     from fedtune.config import Config
 
-__all__ = ["REGISTRY", "Algorithm", "register", "resolve", "strategies"]
+__all__ = ["REGISTRY", "Algorithm", "resolve", "strategies"]
 
 REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     FEDIT,
@@ -31,12 +31,6 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     LOCAL,
     CENTRALIZED,
 )}
-
-
-def register(algorithm: Algorithm) -> Algorithm:
-    """Add (or replace) an algorithm under its name."""
-    REGISTRY[algorithm.name] = algorithm
-    return algorithm
 
 
 def resolve(cfg: Config) -> Algorithm:

@@ -26,10 +26,6 @@ Arrays = dict[str, np.ndarray]
 #: Arrays a node keeps between rounds (Flower's ``Context.state``; SCAFFOLD's c_i), by name.
 NodeState = dict[str, Arrays]
 
-#: Payload kinds: ``arrays`` = the clients' full named float arrays (LoRA adapters), aggregated
-#: by any array strategy; ``seeds`` = (seed index, scalar) pairs over a shared seed pool.
-PAYLOADS = ("arrays", "seeds")
-
 
 class ClientSide(Protocol):
     """A node's work for one message; built per message from the run's config."""
@@ -60,11 +56,7 @@ class ServerSide(Protocol):
     def save(self, arrays: Arrays, run_dir: Path) -> Path: ...
 
 
-def _no_checks(cfg: Config) -> None:
-    del cfg
-
-
-def _no_setup(cfg: Config) -> None:
+def _nothing(cfg: Config) -> None:
     del cfg
 
 
@@ -73,9 +65,11 @@ class Algorithm:
     """One registry entry.
 
     ``client``/``server`` build the two sides from the run's config; ``payload`` is the update
-    kind its strategies must accept; ``check`` raises ``ConfigError`` for configs this
-    algorithm cannot run; ``simulation_setup`` sets what ``fedtune simulate`` chooses for it
-    (e.g. a shared cache inside the run folder). ``client_hooks``: its client side runs a
+    kind its strategies must accept (``arrays``: named float arrays such as LoRA adapters, for
+    any array strategy; ``seeds``: (seed index, scalar) pairs over a shared seed pool);
+    ``check`` raises ``ConfigError`` for configs this algorithm cannot run;
+    ``simulation_setup`` sets what ``fedtune simulate`` chooses for it (e.g. a shared cache
+    inside the run folder). ``client_hooks``: its client side runs a
     strategy's client half (SCAFFOLD's); strategies that have one fit only such algorithms. A
     baseline (``federated=False``) runs in one process through ``run(cfg, num_clients)``
     instead of Flower.
@@ -86,8 +80,8 @@ class Algorithm:
     payload: str = "arrays"
     client: Callable[[Config], ClientSide] | None = None
     server: Callable[[Config], ServerSide] | None = None
-    check: Callable[[Config], None] = _no_checks
-    simulation_setup: Callable[[Config], None] = _no_setup
+    check: Callable[[Config], None] = _nothing
+    simulation_setup: Callable[[Config], None] = _nothing
     federated: bool = True
     run: Callable[[Config, int], Path] | None = None
     objectives: tuple[str, ...] = field(default=("sft", "dpo"))

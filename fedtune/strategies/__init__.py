@@ -47,12 +47,6 @@ _ENTRIES = [
 REGISTRY: dict[tuple[str, str], StrategyEntry] = {(e.payload, e.name): e for e in _ENTRIES}
 
 
-def register(entry: StrategyEntry) -> StrategyEntry:
-    """Add a strategy (its module must define ``build(name, cfg, server)``)."""
-    REGISTRY[(entry.payload, entry.name)] = entry
-    return entry
-
-
 def names_for(payload: str) -> list[str]:
     """The strategy names that aggregate ``payload`` updates, in registry order."""
     return [name for (kind, name) in REGISTRY if kind == payload]

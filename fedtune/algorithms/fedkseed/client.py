@@ -35,7 +35,8 @@ class ZOResult:
 def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
           identity: dict[str, object], importance: bytes | None = None) -> ZOResult:
     """tau ZO-SGD steps on the SFT (or DPO) loss of this node's data (FedKSeed, Alg. 1,
-    client side)."""
+    client side). ``identity``: the server's round config (or any mapping with the keys of
+    :attr:`ZOModel.identity`); a mismatch refuses the round."""
     zm = zo_model_for(cfg)
     mismatch = identity_mismatch(zm.identity, identity)
     if mismatch:
@@ -111,13 +112,6 @@ def evaluate(cfg: Config, accumulated: np.ndarray, node: Node) -> tuple[float, i
                         cfg.eval.eval_batch_size), len(data)
 
 
-def identity_of(conf: dict) -> dict[str, object]:
-    """The server's identity of a version (the round config's ``model``, ``zo-lr``, ``zo-eps``,
-    ``pool``) in :attr:`ZOModel.identity`'s keys."""
-    keys = {"model": "model", "lr": "zo-lr", "eps": "zo-eps", "pool": "pool"}
-    return {mine: conf[theirs] for mine, theirs in keys.items() if theirs in conf}
-
-
 class FedKSeedClient:
     """FedKSeed's client side: records ``arrays`` (A) and ``config`` (``server-round``, the
     identity of the version ``model``/``zo-lr``/``zo-eps``/``pool``, FedKSeed-Pro's
@@ -132,7 +126,7 @@ class FedKSeedClient:
         conf = content.configs["config"]
         importance = conf.get("importance")
         res = train(self.cfg, content.arrays["arrays"]["accumulated"],
-                    int(conf["server-round"]), node, identity=identity_of(conf),
+                    int(conf["server-round"]), node, identity=conf,
                     importance=importance if isinstance(importance, bytes) else None)
         pairs = pack_pairs(res.seed_indices, res.scalars, self.cfg.zo.zo_seeds)
         return Records(configs={"zo": {"pairs": pairs}},

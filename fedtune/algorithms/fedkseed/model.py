@@ -49,13 +49,14 @@ def pool_fingerprint(seeds: np.ndarray) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def identity_mismatch(mine: dict[str, str], theirs: dict[str, object]) -> str | None:
-    """One sentence naming what differs between this party's identity and the server's."""
-    differs = [k for k, v in mine.items() if k in theirs and str(theirs[k]) != v]
+def identity_mismatch(mine: dict[str, str | int], theirs: dict[str, object]) -> str | None:
+    """One sentence naming what differs between this party's identity and the server's (a
+    round config: the keys it lacks are not compared)."""
+    differs = [k for k, v in mine.items() if k in theirs and str(theirs[k]) != str(v)]
     if not differs:
         return None
     what = {"model": "the model (parameter names, shapes, dtypes or w0 weights)",
-            "lr": "zo-lr", "eps": "zo-eps", "pool": "the seed pool (seed or zo-seeds)"}
+            "zo-lr": "zo-lr", "zo-eps": "zo-eps", "pool": "the seed pool (seed or zo-seeds)"}
     names = [what[k] for k in differs]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return (f"{listed} of this client differ{'s' if len(names) == 1 else ''} from the "
@@ -71,7 +72,8 @@ class ZOModel:
     lr: float
     eps: float
     store: VersionStore
-    identity: dict[str, str]  # what a version means here: model, lr, eps, pool
+    # What a version means here, under the round config's keys: model, zo-lr, zo-eps, pool.
+    identity: dict[str, str | int]
     version: str | None = None
     applied: list[int] = field(default_factory=list)  # seeds applied per load (for benchmarks)
 
@@ -178,8 +180,8 @@ def _cached(model: str, device: str, k: int, seed: int, lr: float, eps: float,
     step_lr, step_eps = zo_lr(zo, n, is_tiny(model)), zo_eps(zo, n)
     store = VersionStore([p.data for p in params], seeds, step_lr,
                          Path(cache_dir) if cache_dir else None)
-    identity = {"model": model_fingerprint(named, store.w0_digest), "lr": repr(step_lr),
-                "eps": repr(step_eps), "pool": str(pool_fingerprint(seeds))}
+    identity = {"pool": pool_fingerprint(seeds), "model": model_fingerprint(named, store.w0_digest),
+                "zo-lr": repr(step_lr), "zo-eps": repr(step_eps)}
     return ZOModel(model=net, tokenizer=load_tokenizer(model), params=params, seeds=seeds,
                    lr=step_lr, eps=step_eps, store=store, identity=identity)
 

@@ -74,10 +74,7 @@ class FedKSeedServer:
 
     def train_config(self, server_round: int) -> dict[str, int | str | bytes]:
         """What a version means (clients refuse a mismatch) and, for Pro, the importance."""
-        ident = self.zm.identity
-        config: dict[str, int | str | bytes] = {
-            "pool": int(ident["pool"]), "model": ident["model"], "zo-lr": ident["lr"],
-            "zo-eps": ident["eps"]}
+        config: dict[str, int | str | bytes] = dict(self.zm.identity)
         if self.pro:
             config["importance"] = encode_importance(self.pool)
         return config

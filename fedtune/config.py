@@ -23,6 +23,7 @@ from fedtune.errors import ConfigError
 from fedtune.eval.config import EvalConfig
 from fedtune.flower.config import ServerConfig
 from fedtune.models.config import ModelConfig
+from fedtune.privacy.config import PrivacyConfig
 from fedtune.results import OutputConfig
 from fedtune.strategies.config import StrategySection
 from fedtune.train.config import TrainConfig
@@ -36,6 +37,7 @@ SECTIONS = {
     "train": TrainConfig,
     "strategy": StrategySection,
     "zo": ZOConfig,
+    "privacy": PrivacyConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
@@ -56,6 +58,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategySection = field(default_factory=StrategySection)
     zo: ZOConfig = field(default_factory=ZOConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

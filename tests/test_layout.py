@@ -21,7 +21,7 @@ LAYERS = [
     ("config", r"fedtune\.config$"),
     ("library", r"fedtune\.(data|models|train|eval|zo|deploy)(\..+)?$"
                 r"|fedtune\.(node|plot|progress)$"),
-    ("methods", r"fedtune\.(algorithms|strategies)(\..+)?$"),
+    ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli$"),
 ]

@@ -54,6 +54,9 @@ def resolve(cfg: Config) -> Algorithm:
         if found.client_hook and not algo.client_hooks:
             raise ConfigError(f"strategy='{found.name}' needs its client half, which the {name} "
                               f"client does not run; use one of {', '.join(strategies(algo))}.")
+    from fedtune.strategies import check_privacy
+
+    check_privacy(cfg, algo.payload, name, algo.federated)
     algo.check(cfg)
     return algo
 

@@ -12,6 +12,7 @@ from fedtune.algorithms import resolve
 from fedtune.config import Config
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 from fedtune.node import Node
+from fedtune.privacy.payloads import clip_reply
 
 
 def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> RecordDict:
@@ -19,7 +20,11 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
     algo = resolve(cfg)
     kept = {name: from_arrayrecord(rec) for name, rec in state.array_records.items()}
     before = {name: id(arrays) for name, arrays in kept.items()}
-    reply = algo.client(cfg).train(to_records(content), node, kept)
+    received = to_records(content)
+    reply = algo.client(cfg).train(received, node, kept)
+    if cfg.privacy.dp == "client":  # clipped here: the server never sees more than C
+        reply = clip_reply(algo.payload, reply, received,
+                           cfg.privacy.clip_norm_for(algo.payload), cfg.zo.zo_seeds)
     for name, arrays in kept.items():
         if before.get(name) != id(arrays):  # new or replaced: persist it for the next round
             state[name] = to_arrayrecord(arrays)

@@ -196,6 +196,19 @@ def reply_check(algo: ServerSide, strategy: Strategy) -> Check:
     return lambda content: algo.check_reply(content) or extra(content)
 
 
+def admit(strategy: Strategy, rnd: int, population: int, sample_size: int) -> str | None:
+    """A strategy with a budget (differential privacy) may refuse a round: the reason, or
+    None. ``population``: the connected nodes the sample was drawn from."""
+    gate = getattr(strategy, "admit_round", None)
+    return gate(rnd, population, sample_size) if gate is not None else None
+
+
+def round_report(strategy: Strategy) -> dict[str, Any]:
+    """The strategy's own columns for a metrics row (DP: epsilon so far, noise, clip)."""
+    report = getattr(strategy, "round_report", None)
+    return report() if report is not None else {}
+
+
 def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0,
                resume_from: tuple[int, dict[str, np.ndarray]] | None = None,
@@ -204,6 +217,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
 
     A train reply is dropped (and logged) when :func:`reply_check` gives a reason.
+    A strategy's :func:`admit` may end the run before a round (a spent privacy budget).
     ``resume_from`` = (last complete round, its global arrays) continues a run from its
     checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
     """
@@ -214,7 +228,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
         done, arrays = 0, algo.initial_arrays()
         start = time.perf_counter()
         on_round({"round": 0, **_row_defaults(cfg), **algo.evaluate(arrays),
-                  "seconds": time.perf_counter() - start})
+                  **round_report(strategy), "seconds": time.perf_counter() - start})
         if on_checkpoint is not None:
             on_checkpoint(0, arrays)
     else:
@@ -230,6 +244,11 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
         # too few nodes: send nothing (Flower's configure_train would wait for them forever)
         chosen = (sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
                   if len(ids) >= s.min_train_nodes else [])
+        stop = admit(strategy, rnd, len(ids), len(chosen)) if chosen else None
+        if stop:
+            log.warning("%s", stop)
+            print(f"fedtune: {stop}; the run ends here.", flush=True)
+            break
         train_config = algo.train_config(rnd)
         msgs = _to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
                                                  ConfigRecord(train_config),
@@ -259,6 +278,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                                    algo.wire_dtype))
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
             row.update(algo.evaluate(arrays))
+        row.update(round_report(strategy))
         row["seconds"] = time.perf_counter() - start
         on_round(row)
         if on_checkpoint is not None:

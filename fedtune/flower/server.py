@@ -73,7 +73,8 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     cache = Path(cfg.zo.zo_cache_dir) if cfg.zo.zo_cache_dir else None
     if cache is not None and cache.resolve().is_relative_to(run_dir.resolve()):
         shutil.rmtree(cache, ignore_errors=True)  # shared replays of this run only
-    writer.write_summary({"result": str(saved)})
+    final = getattr(strategy, "final_report", None)
+    writer.write_summary({"result": str(saved), **(final() if final is not None else {})})
     plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: {cfg.model.model}")
     print(final_table(writer.rows[0], writer.rows[-1]), flush=True)
     print(f"result: {saved}\nplot: {run_dir / 'metrics.png'}", flush=True)

@@ -27,8 +27,10 @@ class StrategyEntry:
     module: str  # fedtune.strategies.<module>.build(name, cfg, server) builds it
     reference: str
     client_hook: str = ""  # "<module>:<class>" of the node's half, if any
+    no_dp: str = ""  # why it cannot run under differential privacy ("" = it can)
 
 
+_EACH = "it looks at each client's update, not only at their (noised) mean"
 _ENTRIES = [
     StrategyEntry("fedavg", "arrays", "flower", "McMahan et al., AISTATS 2017"),
     StrategyEntry("fedprox", "arrays", "flower", "Li et al., MLSys 2020"),
@@ -36,11 +38,13 @@ _ENTRIES = [
     StrategyEntry("fedadam", "arrays", "flower", "Reddi et al., ICLR 2021"),
     StrategyEntry("fedyogi", "arrays", "flower", "Reddi et al., ICLR 2021"),
     StrategyEntry("fedadagrad", "arrays", "flower", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedmedian", "arrays", "flower", "Yin et al., ICML 2018"),
-    StrategyEntry("fedtrimmedavg", "arrays", "flower", "Yin et al., ICML 2018"),
-    StrategyEntry("krum", "arrays", "flower", "Blanchard et al., NeurIPS 2017"),
+    StrategyEntry("fedmedian", "arrays", "flower", "Yin et al., ICML 2018", no_dp=_EACH),
+    StrategyEntry("fedtrimmedavg", "arrays", "flower", "Yin et al., ICML 2018", no_dp=_EACH),
+    StrategyEntry("krum", "arrays", "flower", "Blanchard et al., NeurIPS 2017", no_dp=_EACH),
     StrategyEntry("scaffold", "arrays", "scaffold", "Karimireddy et al., ICML 2020",
-                  client_hook="scaffold:ScaffoldClient"),
+                  client_hook="scaffold:ScaffoldClient",
+                  no_dp="each client also uploads its control variate, unclipped and without "
+                        "noise"),
     # FedKSeed's seed-space FedAvg (options: zo-server-momentum, zo-robust-clip)
     StrategyEntry("fedavg", "seeds", "fedkseed", "Qin et al., ICML 2024"),
 ]
@@ -71,7 +75,12 @@ def _load(module: str) -> Any:
 def build_strategy(cfg: Config, payload: str, server: Any) -> Any:
     """The configured strategy for an algorithm's ``payload``, built over its server side."""
     found = entry(cfg.strategy.strategy, payload, cfg.train.algorithm)
-    return _load(found.module).build(found.name, cfg, server)
+    strategy = _load(found.module).build(found.name, cfg, server)
+    if cfg.privacy.enabled:
+        from fedtune.strategies.dp import wrap
+
+        strategy = wrap(strategy, cfg, payload, server)
+    return strategy
 
 
 def client_hook(cfg: Config, payload: str) -> Any | None:
@@ -81,3 +90,22 @@ def client_hook(cfg: Config, payload: str) -> Any | None:
         return None
     module, _, cls = found.client_hook.partition(":")
     return getattr(_load(module), cls)()
+
+
+def check_privacy(cfg: Config, payload: str, algorithm: str, federated: bool) -> None:
+    """Configs that would break the DP guarantee are one-sentence errors."""
+    if not cfg.privacy.enabled:
+        return
+    dp = cfg.privacy.dp
+    if not federated:
+        raise ConfigError(f"dp='{dp}' protects federated rounds; the {algorithm} baseline "
+                          "has none, so set dp='off'.")
+    found = entry(cfg.strategy.strategy, payload, algorithm)
+    if found.no_dp:
+        fits = [n for n in names_for(payload) if not REGISTRY[(payload, n)].no_dp]
+        raise ConfigError(f"strategy='{found.name}' cannot run with dp='{dp}': {found.no_dp}; "
+                          f"use one of {', '.join(fits)}.")
+    if payload == "seeds" and cfg.zo.zo_robust_clip > 0:
+        raise ConfigError(f"zo-robust-clip cannot run with dp='{dp}': its bound is the median "
+                          "of all clients' scalars, so one client moves the others' clipping; "
+                          "set zo-robust-clip=0 (dp-clip-norm bounds every client).")

@@ -1,0 +1,54 @@
+"""The ``privacy`` config section (``dp-*`` keys): user-level central differential privacy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedtune.errors import one_of, require
+
+PLACEMENTS = ("off", "server", "client")
+#: dp-clip-norm = 0 (auto), by payload, near the clients' typical norms in the default runs
+#: (measured: FedIT's adapter updates 8.8 in round 1 down to 1.0 by round 6; FedKSeed's
+#: per-seed sums 130 to 240), so clipping binds without discarding most of the signal.
+CLIP_NORMS = {"arrays": 1.0, "seeds": 100.0}
+
+
+@dataclass
+class PrivacyConfig:
+    """Central DP with fixed clipping (see :mod:`fedtune.privacy`).
+
+    ``dp``: ``server`` clips each reply on the server; ``client`` clips on the node before
+    upload, so the server never sees an unclipped update (it still enforces the bound).
+    """
+
+    dp: str = "off"
+    dp_noise_multiplier: float = 1.0  # z: noise std on the sum = z x dp-clip-norm
+    dp_clip_norm: float = 0.0  # C, the L2 bound of one client's contribution; 0 = auto
+    dp_delta: float = 0.0  # the delta epsilon is reported at; 0 = auto: 0.1 / federation size
+    dp_max_epsilon: float = 0.0  # budget: a round that would exceed it is not run (0 = none)
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp != "off"
+
+    def validate(self) -> None:
+        one_of("dp", self.dp, PLACEMENTS)
+        require(self.dp_noise_multiplier >= 0,
+                f"dp-noise-multiplier={self.dp_noise_multiplier} must be >= 0.")
+        require(self.dp_clip_norm >= 0,
+                f"dp-clip-norm={self.dp_clip_norm} must be > 0 (or 0 = auto).")
+        require(0 <= self.dp_delta < 1, f"dp-delta={self.dp_delta} must be in [0, 1).")
+        require(self.dp_max_epsilon >= 0,
+                f"dp-max-epsilon={self.dp_max_epsilon} must be >= 0 (0 = no budget).")
+        require(not (self.enabled and self.dp_max_epsilon > 0
+                     and self.dp_noise_multiplier == 0),
+                "dp-max-epsilon needs dp-noise-multiplier > 0: without noise every round "
+                "costs an unbounded epsilon.")
+
+    def clip_norm_for(self, payload: str) -> float:
+        """``dp-clip-norm``, or the default for the algorithm's payload (see CLIP_NORMS)."""
+        return self.dp_clip_norm or CLIP_NORMS[payload]
+
+    def delta_for(self, federation_size: int) -> float:
+        """``dp-delta``, or the default rule 0.1 / N (N = the federation size), below 1/N."""
+        return self.dp_delta or 0.1 / max(1, federation_size)

@@ -1,0 +1,185 @@
+"""User-level central differential privacy with fixed clipping, around any strategy that uses
+the clients' updates only through their mean (Abadi et al., CCS 2016; McMahan et al., "Learning
+Differentially Private Recurrent Language Models", ICLR 2018).
+
+Every round, each reply's contribution (:mod:`fedtune.privacy.payloads`: FedIT's adapter
+update, FedKSeed's per-seed sums) is clipped to L2 norm C (``dp=server``; with ``dp=client``
+the node already clipped it and a reply over C is dropped as invalid), the clipped
+contributions are summed with equal weights, N(0, (z C)^2) is added to every coordinate, and
+the sum is divided by the number of clients *sampled*. Every reply handed to the wrapped
+strategy then carries that same noisy mean, so FedAvg, FedProx, FedAvgM and the FedOpt family
+(whatever their weights) compute from the released value only: post-processing. Strategies that
+look at individual updates (median, trimmed mean, Krum) or upload more (SCAFFOLD's control
+variates) are refused by :func:`fedtune.strategies.check_privacy`.
+
+Why not Flower's ``DifferentialPrivacy*FixedClipping`` wrappers: they add the noise after the
+wrapped strategy aggregates, so only plain FedAvg stays private; they fail a round unless
+exactly ``num_sampled_clients`` replies arrive (fedtune drops bad replies and goes on); they draw
+noise from numpy's global generator (a run would not reproduce, nor resume exactly); their
+accountant has no amplification by sampling; and they handle array replies only, not
+FedKSeed's (seed, scalar) pairs.
+
+The round loop asks :meth:`admit_round` before sending a round (the budget ``dp-max-epsilon``)
+and adds :meth:`round_report` to every metrics row and :meth:`final_report` to the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedtune.algorithms.replies import Records
+from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, Accountant
+from fedtune.privacy.mechanism import l2_norm, noisy_mean
+from fedtune.privacy.payloads import Payload, payload_for
+
+#: a client-clipped reply may exceed C by float64 rounding only
+TOLERANCE = 1e-9
+
+
+def _payload_records(content: Any, record: str) -> Records:
+    """The payload's record of a Flower message content, as plain Python."""
+    if record in content.array_records:
+        return Records(arrays={record: {k: v.numpy() for k, v in content[record].items()}})
+    return Records(configs={record: dict(content.config_records[record])})
+
+
+def _write_back(content: Any, records: Records, record: str) -> None:
+    if record in records.arrays:
+        content[record] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                       for k, v in records.arrays[record].items()})
+    else:
+        content[record] = ConfigRecord(records.configs[record])
+
+
+class DifferentialPrivacy(Strategy):
+    """Clip, sum with equal weights, add Gaussian noise, account; then the wrapped strategy."""
+
+    def __init__(self, inner: Strategy, payload: str, placement: str, noise_multiplier: float,
+                 clip_norm: float, delta: float, max_epsilon: float, seed: int, k: int,
+                 wire_dtype: type | None) -> None:
+        self.inner = inner
+        self.kind = payload
+        self.placement = placement
+        self.z = noise_multiplier
+        self.c = clip_norm
+        self.max_epsilon = max_epsilon
+        self.seed = seed
+        self.k = k
+        self.wire_dtype = wire_dtype
+        self.accountant = Accountant(delta)
+        self.payload: Payload | None = None  # against this round's global model
+        self.population = self.sample_size = 0  # this round's N and m (admit_round)
+        self.clipped: float | None = None
+        self.stopped = ""
+
+    # ---- the round loop's hooks ----------------------------------------------------------
+    def admit_round(self, server_round: int, population: int, sample_size: int) -> str | None:
+        """None if the round may run; else the sentence saying why the run stops here."""
+        if self.max_epsilon > 0:
+            after = self.accountant.epsilon_after(self.z, sample_size, population)
+            if after > self.max_epsilon:
+                self.stopped = (
+                    f"round {server_round} was not run: it would raise epsilon from "
+                    f"{self.accountant.epsilon():.3g} to {after:.3g}, above dp-max-epsilon="
+                    f"{self.max_epsilon:g} (delta={self.accountant.delta:.3g})")
+                return self.stopped
+        self.population, self.sample_size = population, sample_size
+        return None
+
+    def round_report(self) -> dict[str, Any]:
+        """The privacy columns of a metrics row (epsilon: null = unbounded, no noise)."""
+        return {"dp_epsilon": self.accountant.epsilon(), "dp_delta": self.accountant.delta,
+                "dp_noise_multiplier": self.z, "dp_clip_norm": self.c,
+                "dp_clipped": self.clipped}
+
+    def final_report(self) -> dict[str, Any]:
+        return {"dp": self.placement, "dp_epsilon": self.accountant.epsilon(),
+                "dp_delta": self.accountant.delta, "dp_rounds": len(self.accountant.rounds),
+                "dp_noise_multiplier": self.z, "dp_clip_norm": self.c,
+                "dp_accounting": f"RDP (dp-accounting), {SAMPLING}, {NEIGHBOURING} "
+                                 "(sensitivity 2C)",
+                "dp_stopped": self.stopped or None}
+
+    def check_reply(self, content: Records) -> str | None:
+        """The wrapped strategy's check; with ``dp=client``, the norm bound too."""
+        extra = getattr(self.inner, "check_reply", None)
+        reason = extra(content) if extra is not None else None
+        if reason or self.placement != "client" or self.payload is None:
+            return reason
+        norm = l2_norm(self.payload.contribution(content))
+        if norm > self.c * (1 + TOLERANCE):
+            return f"update norm {norm:.4g} exceeds dp-clip-norm={self.c:g} (dp='client')"
+        return None
+
+    # ---- Flower's Strategy ---------------------------------------------------------------
+    def summary(self) -> None:
+        log(INFO, "\t├──> DP (%s): z=%g, C=%g", self.placement, self.z, self.c)
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        x = {k: v.numpy() for k, v in arrays.items()}
+        if self.wire_dtype is not None:  # the reference is what the clients receive
+            x = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in x.items()}
+        self.payload = payload_for(self.kind, Records(arrays={"arrays": x}), self.k)
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if not replies or self.payload is None:
+            return self.inner.aggregate_train(server_round, replies)
+        if not self.sample_size:
+            raise RuntimeError("DifferentialPrivacy.admit_round was not called for round "
+                               f"{server_round}: the round loop must call it before sending")
+        record = self.payload.record
+        parts = [_payload_records(r.content, record) for r in replies]
+        mean, norms = noisy_mean([self.payload.contribution(p) for p in parts],
+                                 self.sample_size, self.c, self.z, self.seed, "dp-noise",
+                                 server_round)
+        self.clipped = sum(n > self.c for n in norms) / len(norms)
+        for reply, part in zip(replies, parts, strict=True):
+            self.payload.write(part, mean)
+            _write_back(reply.content, part, record)
+        out = self.inner.aggregate_train(server_round, replies)
+        self.accountant.record(self.z, self.sample_size, self.population)
+        self.sample_size = 0
+        return out
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The accountant's ledger and the wrapped strategy's state."""
+        inner = self.inner.state_dict()  # type: ignore[attr-defined]
+        return {**{f"dp:{k}": v for k, v in self.accountant.state_dict().items()},
+                **{f"inner:{k}": v for k, v in inner.items()}}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.accountant.load_state_dict({k[3:]: v for k, v in state.items()
+                                         if k.startswith("dp:")})
+        self.inner.load_state_dict(  # type: ignore[attr-defined]
+            {k[6:]: v for k, v in state.items() if k.startswith("inner:")})
+
+
+def wrap(strategy: Strategy, cfg: Any, payload: str, server: Any) -> DifferentialPrivacy:
+    """``strategy`` under the run's ``privacy`` section."""
+    p = cfg.privacy
+    return DifferentialPrivacy(
+        strategy, payload, p.dp, p.dp_noise_multiplier, p.clip_norm_for(payload),
+        p.delta_for(cfg.server.min_available_nodes), p.dp_max_epsilon, cfg.server.seed,
+        cfg.zo.zo_seeds, getattr(server, "wire_dtype", None))

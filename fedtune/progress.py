@@ -21,12 +21,20 @@ def _task(row: dict[str, Any]) -> str:
             f" | rouge_l {_fmt(row.get('rouge_l'))}")
 
 
+def _privacy(row: dict[str, Any]) -> str:
+    """Differential privacy's epsilon so far (inf: no noise)."""
+    if "dp_epsilon" not in row:
+        return ""
+    eps = row["dp_epsilon"]
+    return f" | eps {'inf' if eps is None or eps == float('inf') else format(eps, '.2f')}"
+
+
 def round_line(row: dict[str, Any], num_rounds: int) -> str:
     return (
         f"round {row['round']:>3}/{num_rounds} | clients {row.get('clients', 0):>2}"
         f" | train_loss {_fmt(row.get('train_loss'))}"
         f" | eval_loss {_fmt(row.get('eval_loss'))}"
-        f"{_task(row)}"
+        f"{_task(row)}{_privacy(row)}"
         f" | down {_mb(row.get('bytes_down_per_client'))} up {_mb(row.get('bytes_up_per_client'))}"
         f" | {row.get('seconds', 0):.1f}s"
     )

@@ -34,6 +34,10 @@ CASES = {
     "fedit-fedadam": {"strategy": "fedadam", "server-lr": 0.01},
     "fedkseed-pro": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
                      "batch-size": 2, "zo-server-momentum": 0.5},
+    # the accountant's ledger: a resumed run reports the same epsilon as one that never stopped
+    "fedkseed-pro-dp": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
+                        "batch-size": 2, "zo-server-momentum": 0.5, "dp": "client",
+                        "dp-noise-multiplier": 0.8, "dp-clip-norm": 5.0},
 }
 
 
@@ -82,9 +86,13 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
     assert ckpt.round == 2 and [r["round"] for r in ckpt.rows] == [0, 1, 2]
     if case == "fedit-fedadam":
         assert {k.split("/")[0] for k in ckpt.strategy} == {"current_arrays", "m_t", "v_t"}
-    else:
+    elif case == "fedkseed-pro":
         assert ckpt.algorithm["pro_counts"].sum() == 2 * 2 * 4  # 2 rounds x 2 clients x tau
         assert np.abs(ckpt.strategy["momentum/array/"]).sum() > 0
+    else:  # DP: (z, m, N) of the 2 released rounds; Pro counts the dense noisy mean per reply
+        assert ckpt.strategy["dp:ledger"].tolist() == [[0.8, 2, 2]] * 2
+        assert ckpt.algorithm["pro_counts"].sum() == 2 * 2 * 64
+        assert np.abs(ckpt.strategy["inner:momentum/array/"]).sum() > 0
 
     resumed = run(tmp_path, "crashed", CASES[case], resume=True)
     assert final_state(resumed) == final_state(whole)

@@ -39,7 +39,10 @@ def test_user_errors_stop_the_cli_before_any_engine(capsys):
 
     for argv, says in ((["--algorithm", "fedkseed", "--run-config", "strategy='krum'"],
                         "strategy='krum' does not fit algorithm 'fedkseed'; use one of fedavg."),
-                       (["--algorithm", "fedsgd"], "algorithm='fedsgd' is not supported")):
+                       (["--algorithm", "fedsgd"], "algorithm='fedsgd' is not supported"),
+                       (["--run-config", "dp='server' strategy='krum'"],
+                        "strategy='krum' cannot run with dp='server'"),
+                       (["--run-config", "dp='yes'"], "dp='yes' is unknown")):
         assert main(["simulate", *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err and err.count("\n") == 1

@@ -267,3 +267,14 @@ def test_dp_off_builds_the_plain_strategy():
     algo = resolve(cfg)
     assert type(build_strategy(cfg, "seeds" if algo.payload == "seeds" else "arrays",
                                algo.server(cfg))).__name__ == "FedAvg"
+
+
+def test_server_side_clipping_bounds_fedkseeds_change_of_a(tmp_path, one_thread):
+    """Without noise, one round moves A by the mean of norm-<=C per-seed sums: <= C."""
+    run_app(tmp_path, "zo", dp="server", **ZO, **{"dp-noise-multiplier": 0.0,
+                                                   "dp-clip-norm": 0.5, "num-server-rounds": 1})
+    with np.load(tmp_path / "zo" / "fedkseed-state.npz") as state:
+        change = state["accumulated"]
+    # each of the 3 clipped sums has norm 0.5 (the clip binds: they are ~10); their seeds
+    # barely overlap, so the mean of the 3 has norm near 0.5 / sqrt(3)
+    assert 0.25 < l2_norm(change) <= 0.5 * (1 + 1e-6)

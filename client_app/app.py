@@ -57,6 +57,14 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node": ConfigRecord({"name": _name(context)})}), reply_to=msg)
 
 
+@app.query("secagg")
+def secagg(msg: Message, context: Context) -> Message:
+    """A stage of secure aggregation (keys, shares, unmasking); no model is loaded."""
+    from fedtune.flower import secure
+
+    return Message(secure.stage(msg.content, context.state), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     from fedtune.flower import client

@@ -25,6 +25,7 @@ from fedtune.flower.config import ServerConfig
 from fedtune.models.config import ModelConfig
 from fedtune.privacy.config import PrivacyConfig
 from fedtune.results import OutputConfig
+from fedtune.secagg.config import SecAggConfig
 from fedtune.strategies.config import StrategySection
 from fedtune.train.config import TrainConfig
 
@@ -38,6 +39,7 @@ SECTIONS = {
     "strategy": StrategySection,
     "zo": ZOConfig,
     "privacy": PrivacyConfig,
+    "secagg": SecAggConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
@@ -59,6 +61,7 @@ class Config:
     strategy: StrategySection = field(default_factory=StrategySection)
     zo: ZOConfig = field(default_factory=ZOConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

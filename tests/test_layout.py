@@ -19,7 +19,7 @@ MAX_LINES = 400
 LAYERS = [
     ("sections", r"fedtune$|fedtune\.(errors|seeding|logs|results|[\w.]+\.config)$"),
     ("config", r"fedtune\.config$"),
-    ("library", r"fedtune\.(data|models|train|eval|zo|deploy)(\..+)?$"
+    ("library", r"fedtune\.(data|models|train|eval|zo|deploy|secagg)(\..+)?$"
                 r"|fedtune\.(node|plot|progress)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),

@@ -11,6 +11,7 @@ from flwr.app import RecordDict
 from fedtune.algorithms import resolve
 from fedtune.config import Config
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
+from fedtune.flower.secure import SECAGG, masked_reply
 from fedtune.node import Node
 from fedtune.privacy.payloads import clip_reply
 
@@ -25,6 +26,8 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
     if cfg.privacy.dp == "client":  # clipped here: the server never sees more than C
         reply = clip_reply(algo.payload, reply, received,
                            cfg.privacy.clip_norm_for(algo.payload), cfg.zo.zo_seeds)
+    if SECAGG in content.config_records:  # only the masked vector leaves the node
+        return masked_reply(cfg, algo.payload, reply, received, node, state)
     for name, arrays in kept.items():
         if before.get(name) != id(arrays):  # new or replaced: persist it for the next round
             state[name] = to_arrayrecord(arrays)

@@ -189,8 +189,11 @@ def _as_float32(reply: Message) -> Message:
 
 
 def reply_check(algo: ServerSide, strategy: Strategy) -> Check:
-    """The algorithm's check of a train reply, then the strategy's own (SCAFFOLD's record)."""
+    """The algorithm's check of a train reply, then the strategy's own (SCAFFOLD's record).
+    Under secure aggregation replies are masked, so only the strategy can check them."""
     extra = getattr(strategy, "check_reply", None)
+    if getattr(strategy, "masks_replies", False):
+        return extra
     if extra is None:
         return algo.check_reply
     return lambda content: algo.check_reply(content) or extra(content)
@@ -269,7 +272,10 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             row["skipped"] = True
         else:
             new, metrics = strategy.aggregate_train(rnd, [_as_float32(r) for r in got.valid])
-            arrays = from_arrayrecord(new)
+            if new is None:  # the strategy could not aggregate (it logged why)
+                row["skipped"] = True
+            else:
+                arrays = from_arrayrecord(new)
             row["train_loss"] = metrics.get("train-loss") if metrics else None
             for key in ("train-reward-accuracy", "train-reward-margin"):  # DPO rounds
                 if metrics and key in metrics:

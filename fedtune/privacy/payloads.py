@@ -70,7 +70,7 @@ class SeedsPayload:
     def write(self, reply: Records, vec: np.ndarray) -> None:
         """The reply's pairs become one (s, vec[s]) per seed of the pool."""
         reply.configs[self.record] = {
-            **reply.configs[self.record],
+            **reply.configs.get(self.record, {}),
             "pairs": pack_pairs(np.arange(self.k), vec.astype(np.float32), self.k)}
 
     def scaled(self, reply: Records, scale: float) -> Records:

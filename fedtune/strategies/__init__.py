@@ -27,7 +27,7 @@ class StrategyEntry:
     module: str  # fedtune.strategies.<module>.build(name, cfg, server) builds it
     reference: str
     client_hook: str = ""  # "<module>:<class>" of the node's half, if any
-    no_dp: str = ""  # why it cannot run under differential privacy ("" = it can)
+    per_client: str = ""  # why it needs each client's update ("" = their mean is enough)
 
 
 _EACH = "it looks at each client's update, not only at their (noised) mean"
@@ -38,12 +38,12 @@ _ENTRIES = [
     StrategyEntry("fedadam", "arrays", "flower", "Reddi et al., ICLR 2021"),
     StrategyEntry("fedyogi", "arrays", "flower", "Reddi et al., ICLR 2021"),
     StrategyEntry("fedadagrad", "arrays", "flower", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedmedian", "arrays", "flower", "Yin et al., ICML 2018", no_dp=_EACH),
-    StrategyEntry("fedtrimmedavg", "arrays", "flower", "Yin et al., ICML 2018", no_dp=_EACH),
-    StrategyEntry("krum", "arrays", "flower", "Blanchard et al., NeurIPS 2017", no_dp=_EACH),
+    StrategyEntry("fedmedian", "arrays", "flower", "Yin et al., ICML 2018", per_client=_EACH),
+    StrategyEntry("fedtrimmedavg", "arrays", "flower", "Yin et al., ICML 2018", per_client=_EACH),
+    StrategyEntry("krum", "arrays", "flower", "Blanchard et al., NeurIPS 2017", per_client=_EACH),
     StrategyEntry("scaffold", "arrays", "scaffold", "Karimireddy et al., ICML 2020",
                   client_hook="scaffold:ScaffoldClient",
-                  no_dp="each client also uploads its control variate, unclipped and without "
+                  per_client="each client also uploads its control variate, unclipped and without "
                         "noise"),
     # FedKSeed's seed-space FedAvg (options: zo-server-momentum, zo-robust-clip)
     StrategyEntry("fedavg", "seeds", "fedkseed", "Qin et al., ICML 2024"),
@@ -80,6 +80,10 @@ def build_strategy(cfg: Config, payload: str, server: Any) -> Any:
         from fedtune.strategies.dp import wrap
 
         strategy = wrap(strategy, cfg, payload, server)
+    if cfg.secagg.enabled:
+        from fedtune.strategies import secagg
+
+        strategy = secagg.wrap(strategy, cfg, payload, server)
     return strategy
 
 
@@ -93,19 +97,29 @@ def client_hook(cfg: Config, payload: str) -> Any | None:
 
 
 def check_privacy(cfg: Config, payload: str, algorithm: str, federated: bool) -> None:
-    """Configs that would break the DP guarantee are one-sentence errors."""
-    if not cfg.privacy.enabled:
+    """Configs that would break differential privacy or secure aggregation: one sentence."""
+    on = [f"{key}='{value}'" for key, value, enabled in (
+        ("dp", cfg.privacy.dp, cfg.privacy.enabled), ("secagg", cfg.secagg.secagg,
+                                                      cfg.secagg.enabled)) if enabled]
+    if not on:
         return
-    dp = cfg.privacy.dp
+    what = on[0]
+    if len(on) > 1:
+        raise ConfigError("dp and secagg together are not supported yet: the server would "
+                          "have to clip and noise a sum it cannot see; use one of them.")
     if not federated:
-        raise ConfigError(f"dp='{dp}' protects federated rounds; the {algorithm} baseline "
-                          "has none, so set dp='off'.")
+        raise ConfigError(f"{what} protects federated rounds; the {algorithm} baseline "
+                          "has none, so turn it off.")
     found = entry(cfg.strategy.strategy, payload, algorithm)
-    if found.no_dp:
-        fits = [n for n in names_for(payload) if not REGISTRY[(payload, n)].no_dp]
-        raise ConfigError(f"strategy='{found.name}' cannot run with dp='{dp}': {found.no_dp}; "
-                          f"use one of {', '.join(fits)}.")
+    if found.per_client:
+        fits = [n for n in names_for(payload) if not REGISTRY[(payload, n)].per_client]
+        raise ConfigError(f"strategy='{found.name}' cannot run with {what}: "
+                          f"{found.per_client}; use one of {', '.join(fits)}.")
     if payload == "seeds" and cfg.zo.zo_robust_clip > 0:
-        raise ConfigError(f"zo-robust-clip cannot run with dp='{dp}': its bound is the median "
-                          "of all clients' scalars, so one client moves the others' clipping; "
-                          "set zo-robust-clip=0 (dp-clip-norm bounds every client).")
+        raise ConfigError(f"zo-robust-clip cannot run with {what}: its bound is the median "
+                          "of all clients' scalars, so it needs each client's scalars; set "
+                          "zo-robust-clip=0.")
+    if cfg.secagg.enabled:
+        if cfg.server.min_train_nodes < 2:
+            raise ConfigError("secagg='on' needs min-train-nodes >= 2: the sum of one client "
+                              "is that client's update.")

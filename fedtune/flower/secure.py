@@ -1,0 +1,63 @@
+"""A node's side of secure aggregation (:mod:`fedtune.strategies.secagg`): the protocol's
+stages, its state kept in the node's ``Context.state`` between messages (a deployed ClientApp
+is a new process per message), and the masked reply that replaces the plain one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, RecordDict
+
+from fedtune.algorithms.replies import Records
+from fedtune.config import Config
+from fedtune.node import Node
+from fedtune.privacy.sums import quantize_vector, to_vector
+from fedtune.secagg.protocol import client_mask, client_setup, client_share, client_unmask
+from fedtune.seeding import rng
+
+SECAGG = "secagg"  # the record (messages) and the node-state entry (the protocol's state)
+
+
+def _saved(state: RecordDict) -> dict[str, Any]:
+    return dict(state.config_records[SECAGG]) if SECAGG in state.config_records else {}
+
+
+def stage(content: RecordDict, state: RecordDict) -> RecordDict:
+    """Answer one stage: ``setup`` (public keys), ``share`` (encrypted shares for each
+    neighbour) or ``unmask`` (the shares that remove the masks of the round's sum)."""
+    conf = content.config_records[SECAGG]
+    kind = conf["stage"]
+    if kind == "setup":
+        saved, reply = client_setup(int(conf["index"]), int(conf["threshold"]),
+                                    [int(j) for j in conf["neighbours"]], bytes(conf["context"]))
+    elif kind == "share":
+        keys = {int(j): (c, s) for j, c, s in zip(conf["ids"], conf["pk_c"], conf["pk_s"],
+                                                  strict=True)}
+        saved, cts = client_share(_saved(state), keys)
+        reply = {"ids": list(cts), "ct": list(cts.values())}
+    elif kind == "unmask":
+        saved = _saved(state)
+        shares = client_unmask(saved, [int(j) for j in conf.get("survivors", [])],
+                               [int(j) for j in conf.get("dropped", [])])
+        reply = {}
+        for name in ("b", "sk"):
+            reply[f"{name}-ids"], reply[name] = list(shares[name]), list(shares[name].values())
+    else:
+        raise ValueError(f"unknown secure aggregation stage '{kind}'")
+    state[SECAGG] = ConfigRecord(saved)
+    return RecordDict({SECAGG: ConfigRecord({k: v for k, v in reply.items() if v != []})})
+
+
+def masked_reply(cfg: Config, kind: str, reply: Records, received: Records, node: Node,
+                 state: RecordDict) -> RecordDict:
+    """The reply as one quantised vector, masked: uniform in Z_2^32 to anyone but the sum."""
+    conf = received.configs[SECAGG]
+    rnd = int(received.configs["config"]["server-round"])
+    vector = to_vector(kind, reply, received, cfg.zo.zo_seeds)
+    quantised = quantize_vector(vector, float(conf["clip-range"]), int(conf["bits"]),
+                         rng(cfg.server.seed, "secagg-rounding", rnd, node.name))
+    ciphertexts = dict(zip((int(j) for j in conf.get("ids", [])), conf.get("ct", []),
+                           strict=True))
+    saved, masked = client_mask(_saved(state), ciphertexts, quantised)
+    state[SECAGG] = ConfigRecord(saved)
+    return RecordDict({SECAGG: ConfigRecord({"masked": masked.astype("<u4").tobytes()})})

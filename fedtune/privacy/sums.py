@@ -1,0 +1,62 @@
+"""A client's reply as one vector for a secure sum, and a sum of such vectors as one reply.
+
+Under secure aggregation the server sees only the sum over clients, so everything it needs
+goes into the vector: the example-weighted contribution n x (y - x) (FedIT) or n x (per-seed
+sums) (FedKSeed), then n and n x train-loss. The sum divided by the sum of n is the weighted
+mean update and the weighted mean loss: FedAvg's aggregate, without any client's n or loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedtune.algorithms.replies import NUM_EXAMPLES, Records
+from fedtune.privacy.payloads import Payload, payload_for
+from fedtune.secagg.masking import dequantize, quantize
+
+EXTRA = 2  # n and n x train-loss after the contribution
+
+
+def extra_range(bits: int) -> float:
+    """The clip range of n and n x loss: 2^(bits-4), i.e. a quantisation step of 1/8 (an
+    example count up to a million fits whatever the contribution's range)."""
+    return float(2 ** (bits - 4))
+
+
+def quantize_vector(vector: np.ndarray, clip_range: float, bits: int,
+                    gen: np.random.Generator) -> np.ndarray:
+    """The contribution quantised over +-``clip_range``, n and n x loss over their own range."""
+    return np.concatenate([quantize(vector[:-EXTRA], clip_range, bits, gen),
+                           quantize(vector[-EXTRA:], extra_range(bits), bits, gen)])
+
+
+def dequantize_sum(total: np.ndarray, count: int, clip_range: float, bits: int) -> np.ndarray:
+    """The float sum of ``count`` vectors from the sum of their quantised forms."""
+    return np.concatenate([dequantize(total[:-EXTRA], count, clip_range, bits),
+                           dequantize(total[-EXTRA:], count, extra_range(bits), bits)])
+
+
+def vector_length(payload: Payload) -> int:
+    """The secure-sum vector's length for a payload (against the round's global model)."""
+    size = payload.k if hasattr(payload, "k") else sum(x.size for x in payload.x.values())
+    return size + EXTRA
+
+
+def to_vector(kind: str, reply: Records, received: Records, k: int) -> np.ndarray:
+    """[n x contribution, n, n x train-loss] (float64) of a client's plain reply."""
+    metrics = reply.metrics["metrics"]
+    n = float(metrics[NUM_EXAMPLES])
+    contribution = payload_for(kind, received, k).contribution(reply)
+    return np.concatenate([n * contribution, [n, n * float(metrics.get("train-loss", 0.0))]])
+
+
+def from_sum(payload: Payload, total: np.ndarray) -> Records:
+    """The one reply FedAvg would have computed: the weighted mean contribution written as the
+    payload, ``num-examples`` = sum of n, ``train-loss`` = the weighted mean loss."""
+    n = float(total[-2])
+    if not n > 0:
+        raise ValueError(f"the secure sum's example count is {n}, not positive")
+    reply = Records(metrics={"metrics": {NUM_EXAMPLES: int(round(n)),
+                                         "train-loss": float(total[-1]) / n}})
+    payload.write(reply, total[:-EXTRA] / n)
+    return reply

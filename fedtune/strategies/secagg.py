@@ -68,6 +68,7 @@ class SecureAggregation(Strategy):
         self.server: SecAggServer | None = None
         self.payload: Payload | None = None
         self.index: dict[int, int] = {}  # Flower node id -> protocol index 1..m
+        self.logged: set[tuple[str, int]] = set()
         self.down = self.up = 0.0  # protocol bytes per client this round
 
     # ---- the protocol's exchanges ----------------------------------------------------------
@@ -91,13 +92,23 @@ class SecureAggregation(Strategy):
             out[self.index[node]] = reply.content.config_records[RECORD]
         return out
 
+    def _log_dropped(self, stage: str) -> None:
+        """Name (once) every node the protocol dropped or whose shares it ignored, and why."""
+        assert self.server is not None
+        names = {i: node for node, i in self.index.items()}
+        for what, found in (("dropped", self.server.dropped), ("ignored", self.server.ignored)):
+            for i, reason in found.items():
+                if (what, i) not in self.logged:
+                    self.logged.add((what, i))
+                    log.warning("secagg %s: node %d %s: %s", stage, names[i], what, reason)
+
     def _content(self, stage: str, **values: Any) -> RecordDict:
         return RecordDict({RECORD: ConfigRecord({"stage": stage, **values})})
 
     def configure_train(self, server_round: int, arrays: Any, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        self.grid, self.down, self.up = grid, 0.0, 0.0
+        self.grid, self.down, self.up, self.logged = grid, 0.0, 0.0, set()
         x = {k: v.numpy() for k, v in arrays.items()}
         if self.wire_dtype is not None:  # the reference is what the clients receive
             x = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in x.items()}
@@ -120,12 +131,14 @@ class SecureAggregation(Strategy):
             "setup", index=i, threshold=threshold, neighbours=graph[i], context=context)
             for i in nodes})
         routed_keys = self.server.receive_keys({i: dict(r) for i, r in keys.items()})
+        self._log_dropped("setup")
         shares = self._exchange(grid, {nodes[i]: self._content(
             "share", ids=list(peers), pk_c=[peers[j][0] for j in peers],
             pk_s=[peers[j][1] for j in peers]) for i, peers in routed_keys.items()})
         routed = self.server.route_shares(
             {i: dict(zip(r["ids"], r["ct"], strict=True)) for i, r in shares.items()
              if "ids" in r and "ct" in r})
+        self._log_dropped("share")
         out = []
         for msg in messages:
             i = self.index[msg.metadata.dst_node_id]
@@ -158,6 +171,7 @@ class SecureAggregation(Strategy):
         self.server.receive_masked({self.index[r.metadata.src_node_id]: np.frombuffer(
             r.content.config_records[RECORD]["masked"], dtype="<u4") for r in replies},
             length)
+        self._log_dropped("masked input")
         nodes = {i: node for node, i in self.index.items()}
         requests = self.server.unmask_requests()
         answers = self._exchange(self.grid, {nodes[i]: self._content(
@@ -166,9 +180,11 @@ class SecureAggregation(Strategy):
         try:
             total = self.server.finish({i: _shares(r) for i, r in answers.items()})
         except SecAggError as err:
+            self._log_dropped("unmask")
             log.warning("round %d skipped: secure aggregation could not unmask the sum: %s",
                         server_round, err)
             return None, None
+        self._log_dropped("unmask")
         count = len(self.server.survivors)
         summed = dequantize_sum(total, count, self.clip_range, self.section.secagg_bits)
         plain = from_sum(self.payload, summed)

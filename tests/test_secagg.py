@@ -1,0 +1,178 @@
+"""Secure aggregation through fedtune's round loop on an in-process Grid: what the server
+receives is masked (uniform in Z_2^32), the unmasked sum is exact, a SecAgg run matches the
+plain run within quantisation, dropouts and bad replies cost a node or a round, never the run.
+(The protocol's own unit tests are in test_secagg_protocol.py.)"""
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message
+from scipy import stats
+
+import fedtune.flower.secure as secure
+from client_app.app import app
+from fedtune.algorithms import resolve
+from fedtune.config import Config, ConfigError
+from fedtune.privacy.sums import EXTRA, dequantize_sum, extra_range
+from fedtune.secagg.protocol import SecAggServer
+from tests.conftest import run_loop, small_config
+from tests.inprocess_grid import InProcessGrid
+
+FAST = {"secagg": "on", "min-train-nodes": 2, "min-available-nodes": 5, "fraction-train": 1.0,
+        "fraction-evaluate": 0.0, "num-server-rounds": 1, "local-steps": 2,
+        "examples-per-client": 16, "eval-examples": 8, "max-new-tokens": 2, "eval-every": 9}
+ZO = {"algorithm": "fedkseed", "zo-seeds": 64, "zo-steps": 6, "batch-size": 2}
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Record each node's float vector, its quantised form and its masked upload, and every sum
+    the server unmasks."""
+    seen = {"vectors": [], "plain": [], "masked": [], "sums": []}
+
+    def to_vector(*args):
+        vec = original["to_vector"](*args)
+        seen["vectors"].append(vec)
+        return vec
+
+    def mask(state, ciphertexts, vector):
+        state, y = original["mask"](state, ciphertexts, vector)
+        seen["plain"].append((state["index"], vector.copy()))
+        seen["masked"].append(y.copy())
+        return state, y
+
+    def finish(self, replies):
+        total = original["finish"](self, replies)
+        seen["sums"].append((list(self.survivors), total.copy()))
+        return total
+
+    original = {"to_vector": secure.to_vector, "mask": secure.client_mask,
+                "finish": SecAggServer.finish}
+    monkeypatch.setattr(secure, "to_vector", to_vector)
+    monkeypatch.setattr(secure, "client_mask", mask)
+    monkeypatch.setattr(SecAggServer, "finish", finish)
+    return seen
+
+
+def run(keys, tamper=None, nodes=5):
+    cfg = small_config(**{**FAST, **keys})
+    rows = []
+    run_loop(InProcessGrid(app, nodes, cfg.to_flat(), tamper=tamper), cfg, rows.append)
+    return rows
+
+
+@pytest.mark.parametrize("algo", ["fedit", "fedkseed"])
+def test_the_server_sees_only_uniform_masks_and_unmasks_the_exact_sum(algo, spies, one_thread):
+    rows = run(ZO if algo == "fedkseed" else {})
+    assert rows[1]["clients"] == 5 and not rows[1].get("skipped")
+    plain = dict(spies["plain"])
+    for (_, x), y in zip(spies["plain"], spies["masked"], strict=True):
+        assert np.mean(x == y) < 1e-3  # every upload differs from its plaintext...
+        counts = np.bincount(y >> np.uint32(24), minlength=256)  # ...and its top byte is
+        assert stats.chisquare(counts).pvalue > 1e-6  # uniform (the plaintext's is not)
+        assert stats.chisquare(np.bincount(x >> np.uint32(24), minlength=256)).pvalue < 1e-6
+    survivors, total = spies["sums"][0]
+    assert np.array_equal(total, sum(plain[i] for i in survivors).astype(np.uint32))
+    # ...and dequantised it is the float sum of the clients' vectors within the quantisation
+    cfg = Config.from_flat({**FAST, **(ZO if algo == "fedkseed" else {})})
+    payload = "seeds" if algo == "fedkseed" else "arrays"
+    r, bits = cfg.secagg.clip_range_for(payload), cfg.secagg.secagg_bits
+    exact = sum(spies["vectors"])
+    summed = dequantize_sum(total, 5, r, bits)
+    step = np.concatenate([np.full(exact.size - EXTRA, 2 * r), np.full(EXTRA, 2 * extra_range(
+        bits))]) / (2**bits - 1)
+    assert np.all(np.abs(summed - exact) <= 5 * step)
+
+
+@pytest.mark.parametrize("algo", ["fedit", "fedkseed"])
+def test_a_secagg_run_matches_the_plain_run(algo, one_thread):
+    keys = {**(ZO if algo == "fedkseed" else {}), "num-server-rounds": 2, "eval-every": 1}
+    masked = run(keys)
+    plain = run({**keys, "secagg": "off"})
+    for a, b in zip(masked[1:], plain[1:], strict=True):
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+        assert a["bytes_up_per_client"] > b["bytes_up_per_client"]  # 32 bits a value
+        assert a["secagg_bytes_up_per_client"] > 0
+
+
+def test_one_dropout_after_the_share_stage_leaves_the_survivors_exact_sum(spies, one_thread):
+    def tamper(node, reply):
+        if reply.metadata.message_type == "train" and node == min(grid_nodes):
+            return _error(reply)
+        return reply
+
+    grid_nodes = [1001 + 7919 * p for p in range(5)]
+    rows = run({}, tamper=tamper)
+    assert rows[1]["clients"] == 4 and not rows[1].get("skipped")
+    survivors, total = spies["sums"][0]
+    plain = dict(spies["plain"])  # all 5 masked; one upload was lost
+    assert len(survivors) == 4 and len(set(plain) - set(survivors)) == 1
+    assert np.array_equal(total, sum(plain[i] for i in survivors).astype(np.uint32))
+
+
+def _error(reply: Message) -> Message:
+    """An error in place of a node's train reply: it crashed after the share stage."""
+    return Message(Error(code=1, reason="node lost"), reply_to=reply)
+
+
+def test_more_dropouts_than_the_threshold_skip_the_round_not_the_run(caplog, one_thread):
+    grid_nodes = [1001 + 7919 * p for p in range(5)]
+    seen_rounds = []
+
+    def tamper(node, reply):
+        if reply.metadata.message_type == "train":
+            rnd = len(seen_rounds) // 5 + 1
+            seen_rounds.append(node)
+            if rnd == 1 and node in grid_nodes[:3]:  # 2 survivors < t = 3 of k = 4
+                return _error(reply)
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="fedtune"):
+        rows = run({"num-server-rounds": 2}, tamper=tamper)
+    assert rows[1].get("skipped") and "could not unmask" in caplog.text
+    assert rows[2]["clients"] == 5 and not rows[2].get("skipped")  # the run goes on
+
+
+def test_a_wrong_length_vector_or_malformed_shares_drop_that_node(caplog, one_thread):
+    """Of 7 nodes (k = 6, t = 4, each keeps one share of its own seed): one sends ciphertexts
+    for too few neighbours, one a truncated upload, one garbage shares at unmasking; the
+    4 honest ones still hold t shares of every secret."""
+    grid_nodes = [1001 + 7919 * p for p in range(7)]
+
+    def tamper(node, reply):
+        content = reply.content
+        if reply.has_error() or "secagg" not in content.config_records:
+            return reply
+        record = content["secagg"]
+        if node == grid_nodes[0] and "masked" in record:  # a truncated upload
+            content["secagg"] = ConfigRecord({"masked": record["masked"][:-8]})
+        if node == grid_nodes[1] and "ct" in record:  # ciphertexts for too few neighbours
+            content["secagg"] = ConfigRecord({"ids": record["ids"][:1], "ct": record["ct"][:1]})
+        if node == grid_nodes[2] and "b" in record:  # garbage shares at unmasking
+            content["secagg"] = ConfigRecord({"b-ids": record["b-ids"],
+                                              "b": [b"x" * 86 for _ in record["b"]]})
+        return reply
+
+    with caplog.at_level(logging.WARNING, logger="fedtune"):
+        rows = run({"min-available-nodes": 7}, tamper=tamper, nodes=7)
+    assert not rows[1].get("skipped")
+    assert rows[1]["clients"] == 5 and rows[1]["dropped"] == 1  # 7 - share stage - truncated
+    assert "masked vector of" in caplog.text and "secagg share: node" in caplog.text
+    assert "ignored" in caplog.text  # node 3's garbage shares; the others reconstruct
+    assert np.isfinite(rows[1]["train_loss"])
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"strategy": "krum"}, "strategy='krum' cannot run with secagg='on'"),
+    ({"strategy": "scaffold"}, "control variate"),
+    ({"algorithm": "fedkseed-pro"}, "does not support fedkseed-pro"),
+    ({"dp": "client"}, "dp and secagg together are not supported"),
+    ({"min-train-nodes": 1}, "min-train-nodes >= 2"),
+    ({"secagg-threshold": 0.5}, "secagg-threshold=0.5 must be in"),
+    ({"secagg-neighbours": 3}, "must be an even number"),
+])
+def test_configs_secagg_cannot_run_are_one_sentence_errors(keys, words):
+    with pytest.raises(ConfigError, match=words):
+        resolve(Config.from_flat({"secagg": "on", **keys}))

@@ -176,3 +176,10 @@ def test_a_wrong_length_vector_or_malformed_shares_drop_that_node(caplog, one_th
 def test_configs_secagg_cannot_run_are_one_sentence_errors(keys, words):
     with pytest.raises(ConfigError, match=words):
         resolve(Config.from_flat({"secagg": "on", **keys}))
+
+
+def test_values_beyond_the_clip_range_are_counted_in_the_sum(caplog, one_thread):
+    with caplog.at_level(logging.WARNING, logger="fedtune"):
+        rows = run({"secagg-clip-range": 1e-4})
+    assert rows[1]["secagg_clipped_values"] > 1000 and "raise it" in caplog.text
+    assert run({})[1]["secagg_clipped_values"] == 0

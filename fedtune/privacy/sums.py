@@ -2,8 +2,9 @@
 
 Under secure aggregation the server sees only the sum over clients, so everything it needs
 goes into the vector: the example-weighted contribution n x (y - x) (FedIT) or n x (per-seed
-sums) (FedKSeed), then n and n x train-loss. The sum divided by the sum of n is the weighted
-mean update and the weighted mean loss: FedAvg's aggregate, without any client's n or loss.
+sums) (FedKSeed), then n, n x train-loss and how many of its values the quantiser clipped.
+The sum divided by the sum of n is the weighted mean update and the weighted mean loss:
+FedAvg's aggregate, without any client's n or loss.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.privacy.payloads import Payload, payload_for
 from fedtune.secagg.masking import dequantize, quantize
 
-EXTRA = 2  # n and n x train-loss after the contribution
+EXTRA = 3  # n, n x train-loss and the clipped-value count after the contribution
 
 
 def extra_range(bits: int) -> float:
@@ -25,7 +26,12 @@ def extra_range(bits: int) -> float:
 
 def quantize_vector(vector: np.ndarray, clip_range: float, bits: int,
                     gen: np.random.Generator) -> np.ndarray:
-    """The contribution quantised over +-``clip_range``, n and n x loss over their own range."""
+    """The contribution quantised over +-``clip_range`` (the count of values beyond it goes in
+    the last slot), n, n x loss and that count over their own range."""
+    if not np.isfinite(vector).all():
+        raise ValueError("the update is not finite; it is not uploaded")
+    vector = vector.copy()
+    vector[-1] = np.count_nonzero(np.abs(vector[:-EXTRA]) > clip_range)
     return np.concatenate([quantize(vector[:-EXTRA], clip_range, bits, gen),
                            quantize(vector[-EXTRA:], extra_range(bits), bits, gen)])
 
@@ -43,20 +49,21 @@ def vector_length(payload: Payload) -> int:
 
 
 def to_vector(kind: str, reply: Records, received: Records, k: int) -> np.ndarray:
-    """[n x contribution, n, n x train-loss] (float64) of a client's plain reply."""
+    """[n x contribution, n, n x train-loss, 0] (float64) of a client's plain reply."""
     metrics = reply.metrics["metrics"]
     n = float(metrics[NUM_EXAMPLES])
     contribution = payload_for(kind, received, k).contribution(reply)
-    return np.concatenate([n * contribution, [n, n * float(metrics.get("train-loss", 0.0))]])
+    loss = float(metrics.get("train-loss", 0.0))
+    return np.concatenate([n * contribution, [n, n * loss, 0.0]])
 
 
 def from_sum(payload: Payload, total: np.ndarray) -> Records:
     """The one reply FedAvg would have computed: the weighted mean contribution written as the
     payload, ``num-examples`` = sum of n, ``train-loss`` = the weighted mean loss."""
-    n = float(total[-2])
+    n = float(total[-3])
     if not n > 0:
         raise ValueError(f"the secure sum's example count is {n}, not positive")
     reply = Records(metrics={"metrics": {NUM_EXAMPLES: int(round(n)),
-                                         "train-loss": float(total[-1]) / n}})
+                                         "train-loss": float(total[-2]) / n}})
     payload.write(reply, total[:-EXTRA] / n)
     return reply

@@ -69,6 +69,7 @@ class SecureAggregation(Strategy):
         self.payload: Payload | None = None
         self.index: dict[int, int] = {}  # Flower node id -> protocol index 1..m
         self.logged: set[tuple[str, int]] = set()
+        self.clipped = 0  # values beyond the clip range in the round's sum
         self.down = self.up = 0.0  # protocol bytes per client this round
 
     # ---- the protocol's exchanges ----------------------------------------------------------
@@ -108,7 +109,7 @@ class SecureAggregation(Strategy):
     def configure_train(self, server_round: int, arrays: Any, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        self.grid, self.down, self.up, self.logged = grid, 0.0, 0.0, set()
+        self.grid, self.down, self.up, self.logged, self.clipped = grid, 0.0, 0.0, set(), 0
         x = {k: v.numpy() for k, v in arrays.items()}
         if self.wire_dtype is not None:  # the reference is what the clients receive
             x = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in x.items()}
@@ -187,6 +188,11 @@ class SecureAggregation(Strategy):
         self._log_dropped("unmask")
         count = len(self.server.survivors)
         summed = dequantize_sum(total, count, self.clip_range, self.section.secagg_bits)
+        self.clipped = int(round(summed[-1]))
+        if self.clipped:
+            log.warning("round %d: %d values of the clients' vectors exceeded secagg-clip-range="
+                        "%g and were clipped; raise it", server_round, self.clipped,
+                        self.clip_range)
         plain = from_sum(self.payload, summed)
         reply = replies[0]
         for name in list(reply.content.keys()):
@@ -201,7 +207,7 @@ class SecureAggregation(Strategy):
 
     def round_report(self) -> dict[str, Any]:
         return {"secagg_bytes_down_per_client": self.down,
-                "secagg_bytes_up_per_client": self.up}
+                "secagg_bytes_up_per_client": self.up, "secagg_clipped_values": self.clipped}
 
     # ---- delegated -------------------------------------------------------------------------
     def summary(self) -> None:

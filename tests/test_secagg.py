@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Error, Message
 from scipy import stats
 
 import fedtune.flower.secure as secure
+import fedtune.privacy.sums as sums
 from client_app.app import app
 from fedtune.algorithms import resolve
 from fedtune.config import Config, ConfigError
@@ -47,9 +48,9 @@ def spies(monkeypatch):
         seen["sums"].append((list(self.survivors), total.copy()))
         return total
 
-    original = {"to_vector": secure.to_vector, "mask": secure.client_mask,
+    original = {"to_vector": sums.to_vector, "mask": secure.client_mask,
                 "finish": SecAggServer.finish}
-    monkeypatch.setattr(secure, "to_vector", to_vector)
+    monkeypatch.setattr(sums, "to_vector", to_vector)
     monkeypatch.setattr(secure, "client_mask", mask)
     monkeypatch.setattr(SecAggServer, "finish", finish)
     return seen

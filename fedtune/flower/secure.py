@@ -1,19 +1,21 @@
 """A node's side of secure aggregation (:mod:`fedtune.strategies.secagg`): the protocol's
 stages, its state kept in the node's ``Context.state`` between messages (a deployed ClientApp
-is a new process per message), and the masked reply that replaces the plain one."""
+is a new process per message, so the stages import no torch), and the masked reply that
+replaces the plain one."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedtune.algorithms.replies import Records
-from fedtune.config import Config
-from fedtune.node import Node
-from fedtune.privacy.sums import quantize_vector, to_vector
 from fedtune.secagg.protocol import client_mask, client_setup, client_share, client_unmask
 from fedtune.seeding import rng
+
+if TYPE_CHECKING:
+    from fedtune.algorithms.replies import Records
+    from fedtune.config import Config
+    from fedtune.node import Node
 
 SECAGG = "secagg"  # the record (messages) and the node-state entry (the protocol's state)
 
@@ -51,6 +53,8 @@ def stage(content: RecordDict, state: RecordDict) -> RecordDict:
 def masked_reply(cfg: Config, kind: str, reply: Records, received: Records, node: Node,
                  state: RecordDict) -> RecordDict:
     """The reply as one quantised vector, masked: uniform in Z_2^32 to anyone but the sum."""
+    from fedtune.privacy.sums import quantize_vector, to_vector  # torch: not for the stages
+
     conf = received.configs[SECAGG]
     rnd = int(received.configs["config"]["server-round"])
     vector = to_vector(kind, reply, received, cfg.zo.zo_seeds)

@@ -184,3 +184,12 @@ def test_values_beyond_the_clip_range_are_counted_in_the_sum(caplog, one_thread)
         rows = run({"secagg-clip-range": 1e-4})
     assert rows[1]["secagg_clipped_values"] > 1000 and "raise it" in caplog.text
     assert run({})[1]["secagg_clipped_values"] == 0
+
+
+def test_the_protocol_stages_import_no_torch():
+    """A deployed ClientApp is a new process per message: a stage must not pay for torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, fedtune.flower.secure; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

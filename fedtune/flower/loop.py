@@ -207,7 +207,8 @@ def admit(strategy: Strategy, rnd: int, population: int, sample_size: int) -> st
 
 
 def round_report(strategy: Strategy) -> dict[str, Any]:
-    """The strategy's own columns for a metrics row (DP: epsilon so far, noise, clip)."""
+    """The strategy's own columns for a metrics row (DP: epsilon so far, noise, clip). Its
+    ``extra_bytes_{down,up}_per_client`` (messages it sent itself) add to the bytes columns."""
     report = getattr(strategy, "round_report", None)
     return report() if report is not None else {}
 
@@ -285,6 +286,8 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
             row.update(algo.evaluate(arrays))
         row.update(round_report(strategy))
+        for way in ("down", "up"):  # a strategy's own exchanges (SecAgg's stages) count too
+            row[f"bytes_{way}_per_client"] += row.get(f"extra_bytes_{way}_per_client", 0)
         row["seconds"] = time.perf_counter() - start
         on_round(row)
         if on_checkpoint is not None:

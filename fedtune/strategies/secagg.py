@@ -15,7 +15,7 @@ runs as extra message exchanges inside a round of fedtune's own loop:
    and hands the wrapped strategy the single reply that FedAvg would have computed.
 
 The server never holds one client's update, its example count or its loss. Bytes of the extra
-exchanges are reported in ``secagg_bytes_down_per_client`` / ``secagg_bytes_up_per_client``.
+exchanges are in ``extra_bytes_{down,up}_per_client`` and included in the bytes columns.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ class SecureAggregation(Strategy):
         return self.inner.aggregate_train(server_round, [reply])
 
     def round_report(self) -> dict[str, Any]:
-        return {"secagg_bytes_down_per_client": self.down,
-                "secagg_bytes_up_per_client": self.up, "secagg_clipped_values": self.clipped}
+        return {"extra_bytes_down_per_client": self.down,
+                "extra_bytes_up_per_client": self.up, "secagg_clipped_values": self.clipped}
 
     # ---- delegated -------------------------------------------------------------------------
     def summary(self) -> None:

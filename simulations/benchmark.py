@@ -8,7 +8,9 @@ Flower's Simulation Engine; the local and centralized baselines in-process), whi
 records the peak resident memory of the whole process tree (Ray workers included). The suite
 writes ``results.md`` (a Markdown table: final and best metric, final held-out loss, bytes per
 client per round, total bytes per client, wall time, peak memory; mean ± std over seeds; the
-package versions and seeds) and ``results.png`` (held-out loss and metric per round).
+package versions and seeds) and ``results.png`` (held-out loss and metric per round). The
+``privacy`` suite also writes ``privacy.md`` and ``privacy.png`` (held-out loss against epsilon,
+:mod:`simulations.privacy_report`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,31 @@ class Suite:
     common: str  # --run-config overrides shared by every method
     methods: dict[str, str] = field(default_factory=dict)  # method -> extra overrides
     recipe: str | None = None
+    algorithms: dict[str, str] = field(default_factory=dict)  # method -> --algorithm if not
+    # the method's own name
+    privacy: bool = False  # also write the privacy-utility table and plot (privacy_report)
 
+
+#: The privacy suite's noise multipliers. With 8 rounds, 16 of 64 clients per round (fixed-size
+#: sampling without replacement) and delta = 0.1/64 the RDP accountant gives epsilon = 344, 21.5
+#: and 6.2 for z = 0.3, 1 and 2 (z = 4 would give 2.4, z = 0.5 116); z = 0 is unbounded.
+PRIVACY_Z = (0.0, 0.3, 1.0, 2.0)
+
+
+def _privacy_methods() -> tuple[dict[str, str], dict[str, str]]:
+    """Per algorithm, one dp=off reference and one dp=server run per z: overrides, algorithms."""
+    methods: dict[str, str] = {}
+    algorithms: dict[str, str] = {}
+    for algorithm, steps in (("fedit", "local-steps=10"), ("fedkseed", "zo-steps=40")):
+        runs = {"off": "dp=off"} | {f"z{z:g}": f"dp=server dp-noise-multiplier={z:g}"
+                                    for z in PRIVACY_Z}
+        for tag, dp in runs.items():
+            methods[f"{algorithm}-{tag}"] = f"{steps} {dp}"
+            algorithms[f"{algorithm}-{tag}"] = algorithm
+    return methods, algorithms
+
+
+PRIVACY_METHODS, PRIVACY_ALGORITHMS = _privacy_methods()
 
 ALL = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
 
@@ -62,6 +88,36 @@ SUITES = {
         "Dolly-15k, the FedIT split (10 clients) on stories260k",
         metric="rouge_l", num_clients=10, common="", recipe="fedit-dolly",
         methods={"fedit": "", "fedkseed": "", "local": "", "centralized": ""},
+    ),
+    # Probes on this 2-core CPU (tiny model, 64 clients, 16 per round): a FedIT round with
+    # local-steps=10 takes ~6 s, a FedKSeed round with zo-steps=50 ~19 s (~1.2 s per client; the
+    # default 200 steps would be ~75 s), and each run starts in ~15-20 s. Both learn in 8 rounds
+    # without noise (held-out loss 6.19 -> 2.8 FedIT, -> 4.7 FedKSeed), so: 8 rounds, FedKSeed
+    # at zo-steps=40, a one-epoch FedIT round (10 steps x batch 8 = examples-per-client=80),
+    # the cheap centralized eval every round (48 examples, 6 new tokens), no federated eval.
+    # Measured (docs/bench-privacy.md): FedIT runs 60-75 s, FedKSeed 135-150 s on an idle
+    # machine; 10 runs per seed ~ 18 min, 2 seeds ~ 35 min. Noise: 4-round probes put the cliff
+    # between z = 0.3 and 1 for both (the noise per coordinate of the mean, z C / 16, swamps a
+    # clipped update spread over ~140k LoRA or 4096 seed coordinates), so z = 0.3 (large
+    # epsilon, still learns), 1 and 2 (epsilon 21.5 and 6.2), and z = 0 (clipping only).
+    "privacy": Suite(
+        "privacy-utility of user-level central DP (dp=server, default C: 1 FedIT, 100 FedKSeed), "
+        "tiny model, built-in tasks, 64 clients (16 per round), 8 rounds",
+        metric="exact_match", num_clients=64,  # --num-clients sets min-available-nodes=64
+        common="num-server-rounds=8 fraction-train=0.25 min-train-nodes=16 "
+               "examples-per-client=80 eval-examples=48 max-new-tokens=6 fraction-evaluate=0.0",
+        methods=PRIVACY_METHODS, algorithms=PRIVACY_ALGORITHMS, privacy=True,
+    ),
+    # The cost of secure aggregation at the default sizes (the default run of each algorithm:
+    # 4 clients, 2 per round, 12 rounds): bytes per client per round (the protocol's own
+    # exchanges included) and wall time, with and without it.
+    "secagg": Suite(
+        "cost of secure aggregation (SecAgg+), default runs: tiny model, built-in tasks, "
+        "4 clients (2 per round), 12 rounds",
+        metric="exact_match", num_clients=4, common="",
+        methods={"fedit": "", "fedit-secagg": "secagg=on", "fedkseed": "",
+                 "fedkseed-secagg": "secagg=on"},
+        algorithms={"fedit-secagg": "fedit", "fedkseed-secagg": "fedkseed"},
     ),
 }
 
@@ -92,7 +148,8 @@ def run_one(suite: Suite, method: str, seed: int, out: Path) -> dict[str, Any]:
     """Run one method with one seed; return its rows plus wall time and peak memory."""
     name = f"{method}-seed{seed}"
     overrides = " ".join(x for x in (suite.common, suite.methods[method], f"seed={seed}") if x)
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--algorithm", method,
+    algorithm = suite.algorithms.get(method, method)
+    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--algorithm", algorithm,
            "--num-clients", str(suite.num_clients), "--output-dir", str(out / "runs"),
            "--name", name, "--run-config", overrides]
     if suite.recipe:
@@ -219,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     plot(suite, results, out / "results.png")
     print(md)
     print(f"wrote {out / 'results.md'} and {out / 'results.png'}")
+    if suite.privacy:
+        from simulations import privacy_report
+
+        print(privacy_report.write(results, args.seeds, out, suite.description))
+        print(f"wrote {out / 'privacy.md'} and {out / 'privacy.png'}")
     return 0
 
 

@@ -109,12 +109,12 @@ SUITES = {
         methods=PRIVACY_METHODS, algorithms=PRIVACY_ALGORITHMS, privacy=True,
     ),
     # The cost of secure aggregation at the default sizes (the default run of each algorithm:
-    # 4 clients, 2 per round, 12 rounds): bytes per client per round (the protocol's own
+    # 8 clients, 4 per round, 12 rounds): bytes per client per round (the protocol's own
     # exchanges included) and wall time, with and without it.
     "secagg": Suite(
         "cost of secure aggregation (SecAgg+), default runs: tiny model, built-in tasks, "
-        "4 clients (2 per round), 12 rounds",
-        metric="exact_match", num_clients=4, common="",
+        "8 clients (4 per round), 12 rounds",
+        metric="exact_match", num_clients=8, common="",
         methods={"fedit": "", "fedit-secagg": "secagg=on", "fedkseed": "",
                  "fedkseed-secagg": "secagg=on"},
         algorithms={"fedit-secagg": "fedit", "fedkseed-secagg": "fedkseed"},

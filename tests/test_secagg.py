@@ -193,3 +193,11 @@ def test_the_protocol_stages_import_no_torch():
 
     code = "import sys, fedtune.flower.secure; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_server_optimizers_step_from_the_unmasked_mean(one_thread):
+    """FedAdam needs only the mean: with SecAgg it ends where the plain run does."""
+    keys = {"strategy": "fedadam", "server-lr": 0.01, "num-server-rounds": 2, "eval-every": 2}
+    masked, plain = run(keys), run({**keys, "secagg": "off"})
+    assert masked[2]["eval_loss"] == pytest.approx(plain[2]["eval_loss"], rel=1e-4)
+    assert masked[2]["eval_loss"] < masked[0]["eval_loss"]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from fedtune.algorithms.replies import NUM_EXAMPLES, Records
-from fedtune.privacy.payloads import Payload, payload_for
+from fedtune.privacy.payloads import Payload, SeedsPayload, payload_for
 from fedtune.secagg.masking import dequantize, quantize
+from fedtune.zo import PRO_CLIP, unpack_pairs
 
 EXTRA = 3  # n, n x train-loss and the clipped-value count after the contribution
 
@@ -42,28 +43,51 @@ def dequantize_sum(total: np.ndarray, count: int, clip_range: float, bits: int) 
                            dequantize(total[-EXTRA:], count, extra_range(bits), bits)])
 
 
-def vector_length(payload: Payload) -> int:
-    """The secure-sum vector's length for a payload (against the round's global model)."""
-    size = payload.k if hasattr(payload, "k") else sum(x.size for x in payload.x.values())
-    return size + EXTRA
+def _size(payload: Payload) -> int:
+    return payload.k if isinstance(payload, SeedsPayload) else sum(
+        x.size for x in payload.x.values())
 
 
-def to_vector(kind: str, reply: Records, received: Records, k: int) -> np.ndarray:
-    """[n x contribution, n, n x train-loss, 0] (float64) of a client's plain reply."""
+def vector_length(payload: Payload, pro: bool = False) -> int:
+    """The secure-sum vector's length for a payload (against the round's global model);
+    ``pro``: FedKSeed-Pro's per-seed statistics (2 K values) follow the contribution."""
+    return _size(payload) + (2 * _size(payload) if pro else 0) + EXTRA
+
+
+def pro_statistics(reply: Records, k: int) -> np.ndarray:
+    """FedKSeed-Pro's per-seed statistics of one reply: the sums of |clipped scalar| and the
+    counts of draws (what :meth:`~fedtune.zo.SeedPool.update` adds), 2 K values."""
+    indices, scalars = unpack_pairs(reply.configs["zo"]["pairs"], k)
+    clipped = np.abs(np.clip(scalars.astype(np.float64), -PRO_CLIP, PRO_CLIP))
+    return np.concatenate([np.bincount(indices, weights=clipped, minlength=k),
+                           np.bincount(indices, minlength=k).astype(np.float64)])
+
+
+def to_vector(kind: str, reply: Records, received: Records, k: int,
+              pro: bool = False) -> np.ndarray:
+    """[n x contribution, (Pro's statistics,) n, n x train-loss, 0] (float64) of a client's
+    plain reply."""
     metrics = reply.metrics["metrics"]
     n = float(metrics[NUM_EXAMPLES])
     contribution = payload_for(kind, received, k).contribution(reply)
+    stats = pro_statistics(reply, k) if pro else np.zeros(0)
     loss = float(metrics.get("train-loss", 0.0))
-    return np.concatenate([n * contribution, [n, n * loss, 0.0]])
+    return np.concatenate([n * contribution, stats, [n, n * loss, 0.0]])
 
 
-def from_sum(payload: Payload, total: np.ndarray) -> Records:
+def from_sum(payload: Payload, total: np.ndarray, pro: bool = False) -> Records:
     """The one reply FedAvg would have computed: the weighted mean contribution written as the
-    payload, ``num-examples`` = sum of n, ``train-loss`` = the weighted mean loss."""
+    payload, ``num-examples`` = sum of n, ``train-loss`` = the weighted mean loss; the summed
+    Pro statistics as ``pro-abs-sums``/``pro-counts`` in the ``zo`` record."""
     n = float(total[-3])
     if not n > 0:
         raise ValueError(f"the secure sum's example count is {n}, not positive")
     reply = Records(metrics={"metrics": {NUM_EXAMPLES: int(round(n)),
                                          "train-loss": float(total[-2]) / n}})
-    payload.write(reply, total[:-EXTRA] / n)
+    size = _size(payload)
+    payload.write(reply, total[:size] / n)
+    if isinstance(payload, SeedsPayload):  # its statistics come from here, not the mean
+        stats = total[size:size + 2 * size] if pro else np.zeros(2 * size)
+        reply.configs["zo"]["pro-abs-sums"] = stats[:size].astype("<f8").tobytes()
+        reply.configs["zo"]["pro-counts"] = np.rint(stats[size:]).astype("<i8").tobytes()
     return reply

@@ -98,8 +98,13 @@ class FedKSeedStrategy(StatefulStrategy, Strategy):
             indices, scalars = unpack_pairs(reply.content["zo"]["pairs"], self.pool.k)
             parsed.append((indices, scalars, int(reply.content["metrics"]["num-examples"])))
         parsed = robust_clip(parsed, self.zo.zo_robust_clip)
-        for indices, scalars, _ in parsed:  # Pro's statistics see the clipped scalars
-            self.pool.update(indices, scalars)
+        for reply, (indices, scalars, _) in zip(replies, parsed, strict=True):
+            zo = reply.content["zo"]
+            if "pro-abs-sums" in zo:  # a secure sum: the clients' statistics, summed
+                self.pool.abs_sums += np.frombuffer(zo["pro-abs-sums"], dtype="<f8")
+                self.pool.counts += np.frombuffer(zo["pro-counts"], dtype="<i8")
+            else:  # Pro's statistics see the clipped scalars
+                self.pool.update(indices, scalars)
         new, self.momentum = aggregate(self.current, parsed, self.zo, self.momentum)
         metrics = aggregate_metricrecords([r.content for r in replies], "num-examples")
         return ArrayRecord({"accumulated": Array(new)}), metrics

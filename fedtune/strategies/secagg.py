@@ -54,8 +54,9 @@ class SecureAggregation(Strategy):
     masks_replies = True  # the round loop checks replies with check_reply only
 
     def __init__(self, inner: Strategy, payload: str, section: Any, seed: int, k: int,
-                 wire_dtype: type | None, timeout: float) -> None:
+                 wire_dtype: type | None, timeout: float, pro: bool = False) -> None:
         self.inner = inner
+        self.pro = pro  # FedKSeed-Pro: the clients' seed statistics are summed too
         self.kind = payload
         self.section = section
         self.seed = seed
@@ -158,9 +159,9 @@ class SecureAggregation(Strategy):
         masked = content.configs.get(RECORD, {}).get("masked")
         if not isinstance(masked, bytes):
             return "no 'secagg' record with 'masked' bytes"
-        if self.payload is not None and len(masked) != 4 * vector_length(self.payload):
+        if self.payload is not None and len(masked) != 4 * vector_length(self.payload, self.pro):
             return (f"masked vector of {len(masked)} bytes, expected "
-                    f"{4 * vector_length(self.payload)}")
+                    f"{4 * vector_length(self.payload, self.pro)}")
         return None
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -168,7 +169,7 @@ class SecureAggregation(Strategy):
         replies = list(replies)
         if not replies or self.server is None or self.grid is None or self.payload is None:
             return None, None
-        length = vector_length(self.payload)
+        length = vector_length(self.payload, self.pro)
         self.server.receive_masked({self.index[r.metadata.src_node_id]: np.frombuffer(
             r.content.config_records[RECORD]["masked"], dtype="<u4") for r in replies},
             length)
@@ -193,7 +194,7 @@ class SecureAggregation(Strategy):
             log.warning("round %d: %d values of the clients' vectors exceeded secagg-clip-range="
                         "%g and were clipped; raise it", server_round, self.clipped,
                         self.clip_range)
-        plain = from_sum(self.payload, summed)
+        plain = from_sum(self.payload, summed, self.pro)
         reply = replies[0]
         for name in list(reply.content.keys()):
             del reply.content[name]
@@ -236,4 +237,5 @@ def _shares(record: Any) -> dict[str, dict[int, bytes]]:
 
 def wrap(strategy: Strategy, cfg: Any, payload: str, server: Any) -> SecureAggregation:
     return SecureAggregation(strategy, payload, cfg.secagg, cfg.server.seed, cfg.zo.zo_seeds,
-                             getattr(server, "wire_dtype", None), cfg.server.round_timeout)
+                             getattr(server, "wire_dtype", None), cfg.server.round_timeout,
+                             pro=getattr(server, "pro", False))

@@ -59,13 +59,5 @@ FEDKSEED = Algorithm(
 )
 
 
-def _check_pro(cfg: Config) -> None:
-    _check(cfg)
-    require(not cfg.secagg.enabled,
-            "secagg='on' does not support fedkseed-pro yet: its importance statistics need "
-            "each client's scalars; use fedkseed.")
-
-
 FEDKSEED_PRO = replace(FEDKSEED, name="fedkseed-pro", server=partial(_server, pro=True),
-                       check=_check_pro,
                        summary="FedKSeed with seeds sampled by their importance")

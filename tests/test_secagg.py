@@ -32,8 +32,8 @@ def spies(monkeypatch):
     the server unmasks."""
     seen = {"vectors": [], "plain": [], "masked": [], "sums": []}
 
-    def to_vector(*args):
-        vec = original["to_vector"](*args)
+    def to_vector(*args, **kwargs):
+        vec = original["to_vector"](*args, **kwargs)
         seen["vectors"].append(vec)
         return vec
 
@@ -168,7 +168,8 @@ def test_a_wrong_length_vector_or_malformed_shares_drop_that_node(caplog, one_th
 @pytest.mark.parametrize("keys, words", [
     ({"strategy": "krum"}, "strategy='krum' cannot run with secagg='on'"),
     ({"strategy": "scaffold"}, "control variate"),
-    ({"dp": "client"}, "dp and secagg together are not supported"),
+    ({"dp": "server"}, "dp='server' cannot run with secagg='on'"),
+    ({"dp": "client", "algorithm": "fedkseed-pro"}, "released without noise"),
     ({"min-train-nodes": 1}, "min-train-nodes >= 2"),
     ({"secagg-threshold": 0.5}, "secagg-threshold=0.5 must be in"),
     ({"secagg-neighbours": 3}, "must be an even number"),
@@ -224,3 +225,18 @@ def test_fedkseed_pro_sums_the_seed_statistics_securely(one_thread):
     assert masked.counts.sum() == 2 * 5 * 6  # rounds x clients x zo-steps
     assert np.allclose(masked.abs_sums, plain.abs_sums, rtol=0, atol=5 * 2 * 7.9e-3)
     assert rows_masked[-1]["eval_loss"] == pytest.approx(rows_plain[-1]["eval_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["fedit", "fedkseed"])
+def test_client_clipped_dp_runs_on_the_secure_sum(algo, one_thread):
+    """dp='client' + secagg: nodes clip, the server unmasks only the sum of clipped updates and
+    adds the noise to it. Without noise it gives DP's own result; with noise the same epsilon."""
+    keys = {**(ZO if algo == "fedkseed" else {}), "num-server-rounds": 2, "eval-every": 2,
+            "dp": "client"}
+    loose = {"dp-noise-multiplier": 0.0, "dp-clip-norm": 1e6}
+    both, dp_only = run({**keys, **loose}), run({**keys, **loose, "secagg": "off"})
+    assert both[2]["eval_loss"] == pytest.approx(dp_only[2]["eval_loss"], rel=1e-4)
+    noisy = {"dp-noise-multiplier": 0.8}
+    both, dp_only = run({**keys, **noisy}), run({**keys, **noisy, "secagg": "off"})
+    assert [r["dp_epsilon"] for r in both] == [r["dp_epsilon"] for r in dp_only]
+    assert both[2]["dp_epsilon"] > 0 and both[2]["extra_bytes_up_per_client"] > 0

@@ -58,7 +58,8 @@ def masked_reply(cfg: Config, kind: str, reply: Records, received: Records, node
     conf = received.configs[SECAGG]
     rnd = int(received.configs["config"]["server-round"])
     pro = "importance" in received.configs["config"]  # FedKSeed-Pro: its statistics too
-    vector = to_vector(kind, reply, received, cfg.zo.zo_seeds, pro)
+    vector = to_vector(kind, reply, received, cfg.zo.zo_seeds, pro,
+                       equal_weights=cfg.privacy.enabled)
     quantised = quantize_vector(vector, float(conf["clip-range"]), int(conf["bits"]),
                          rng(cfg.server.seed, "secagg-rounding", rnd, node.name))
     ciphertexts = dict(zip((int(j) for j in conf.get("ids", [])), conf.get("ct", []),

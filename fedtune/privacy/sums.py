@@ -43,7 +43,8 @@ def dequantize_sum(total: np.ndarray, count: int, clip_range: float, bits: int) 
                            dequantize(total[-EXTRA:], count, extra_range(bits), bits)])
 
 
-def _size(payload: Payload) -> int:
+def payload_size(payload: Payload) -> int:
+    """The contribution's length: K seeds, or the number of adapter weights."""
     return payload.k if isinstance(payload, SeedsPayload) else sum(
         x.size for x in payload.x.values())
 
@@ -51,7 +52,7 @@ def _size(payload: Payload) -> int:
 def vector_length(payload: Payload, pro: bool = False) -> int:
     """The secure-sum vector's length for a payload (against the round's global model);
     ``pro``: FedKSeed-Pro's per-seed statistics (2 K values) follow the contribution."""
-    return _size(payload) + (2 * _size(payload) if pro else 0) + EXTRA
+    return payload_size(payload) + (2 * payload_size(payload) if pro else 0) + EXTRA
 
 
 def pro_statistics(reply: Records, k: int) -> np.ndarray:
@@ -63,12 +64,12 @@ def pro_statistics(reply: Records, k: int) -> np.ndarray:
                            np.bincount(indices, minlength=k).astype(np.float64)])
 
 
-def to_vector(kind: str, reply: Records, received: Records, k: int,
-              pro: bool = False) -> np.ndarray:
+def to_vector(kind: str, reply: Records, received: Records, k: int, pro: bool = False,
+              equal_weights: bool = False) -> np.ndarray:
     """[n x contribution, (Pro's statistics,) n, n x train-loss, 0] (float64) of a client's
-    plain reply."""
+    plain reply; with ``equal_weights`` (differential privacy) n is 1."""
     metrics = reply.metrics["metrics"]
-    n = float(metrics[NUM_EXAMPLES])
+    n = 1.0 if equal_weights else float(metrics[NUM_EXAMPLES])
     contribution = payload_for(kind, received, k).contribution(reply)
     stats = pro_statistics(reply, k) if pro else np.zeros(0)
     loss = float(metrics.get("train-loss", 0.0))
@@ -84,7 +85,7 @@ def from_sum(payload: Payload, total: np.ndarray, pro: bool = False) -> Records:
         raise ValueError(f"the secure sum's example count is {n}, not positive")
     reply = Records(metrics={"metrics": {NUM_EXAMPLES: int(round(n)),
                                          "train-loss": float(total[-2]) / n}})
-    size = _size(payload)
+    size = payload_size(payload)
     payload.write(reply, total[:size] / n)
     if isinstance(payload, SeedsPayload):  # its statistics come from here, not the mean
         stats = total[size:size + 2 * size] if pro else np.zeros(2 * size)

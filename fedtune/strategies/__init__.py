@@ -103,10 +103,10 @@ def check_privacy(cfg: Config, payload: str, algorithm: str, federated: bool) ->
                                                       cfg.secagg.enabled)) if enabled]
     if not on:
         return
-    what = on[0]
-    if len(on) > 1:
-        raise ConfigError("dp and secagg together are not supported yet: the server would "
-                          "have to clip and noise a sum it cannot see; use one of them.")
+    what = " and ".join(on)
+    if cfg.secagg.enabled and cfg.privacy.dp == "server":
+        raise ConfigError("dp='server' cannot run with secagg='on': the server cannot clip "
+                          "updates it never sees; use dp='client' (each node clips).")
     if not federated:
         raise ConfigError(f"{what} protects federated rounds; the {algorithm} baseline "
                           "has none, so turn it off.")

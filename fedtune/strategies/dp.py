@@ -37,7 +37,7 @@ from flwr.supercore import log
 
 from fedtune.algorithms.replies import Records
 from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, Accountant
-from fedtune.privacy.mechanism import l2_norm, noisy_mean
+from fedtune.privacy.mechanism import gaussian_noise, l2_norm, noisy_mean
 from fedtune.privacy.payloads import Payload, payload_for
 
 #: a client-clipped reply may exceed C by float64 rounding only
@@ -146,9 +146,28 @@ class DifferentialPrivacy(Strategy):
                                  self.sample_size, self.c, self.z, self.seed, "dp-noise",
                                  server_round)
         self.clipped = sum(n > self.c for n in norms) / len(norms)
+        return self._release(server_round, replies, parts, mean)
+
+    def release_sum(self, server_round: int, reply: Message, total: np.ndarray
+                    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Under secure aggregation (``dp=client``): ``total`` is the sum of the survivors'
+        client-clipped contributions, which the server never saw one by one. The same noise
+        is added, the same division by the sample size follows."""
+        if not self.sample_size or self.payload is None:
+            raise RuntimeError("DifferentialPrivacy.admit_round and configure_train must run "
+                               f"before round {server_round} is released")
+        noise = gaussian_noise(total.size, self.z * self.c, self.seed, "dp-noise", server_round)
+        self.clipped = None  # each client clipped its own; the server cannot tell
+        part = _payload_records(reply.content, self.payload.record)
+        return self._release(server_round, [reply], [part], (total + noise) / self.sample_size)
+
+    def _release(self, server_round: int, replies: list[Message], parts: list[Records],
+                 mean: np.ndarray) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Every reply carries the noisy mean; the wrapped strategy aggregates; account."""
+        assert self.payload is not None
         for reply, part in zip(replies, parts, strict=True):
             self.payload.write(part, mean)
-            _write_back(reply.content, part, record)
+            _write_back(reply.content, part, self.payload.record)
         out = self.inner.aggregate_train(server_round, replies)
         self.accountant.record(self.z, self.sample_size, self.population)
         self.sample_size = 0

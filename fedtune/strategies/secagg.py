@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.replies import Records
 from fedtune.privacy.payloads import Payload, payload_for
-from fedtune.privacy.sums import dequantize_sum, from_sum, vector_length
+from fedtune.privacy.sums import dequantize_sum, from_sum, payload_size, vector_length
 from fedtune.secagg.crypto import SecAggError
 from fedtune.secagg.masking import max_clients
 from fedtune.secagg.protocol import SecAggServer, neighbours
@@ -204,10 +204,23 @@ class SecureAggregation(Strategy):
         for name, values in plain.configs.items():
             reply.content[name] = ConfigRecord(values)
         reply.content["metrics"] = MetricRecord(plain.metrics["metrics"])
+        release = getattr(self.inner, "release_sum", None)
+        if release is not None:  # dp='client': noise on the sum of clipped contributions
+            return release(server_round, reply, summed[:payload_size(self.payload)])
         return self.inner.aggregate_train(server_round, [reply])
 
+    # ---- the round loop's hooks: differential privacy's inside, if any ---------------------
+    def admit_round(self, server_round: int, population: int, sample_size: int) -> str | None:
+        gate = getattr(self.inner, "admit_round", None)
+        return gate(server_round, population, sample_size) if gate is not None else None
+
+    def final_report(self) -> dict[str, Any]:
+        final = getattr(self.inner, "final_report", None)
+        return final() if final is not None else {}
+
     def round_report(self) -> dict[str, Any]:
-        return {"extra_bytes_down_per_client": self.down,
+        inner = getattr(self.inner, "round_report", None)
+        return {**(inner() if inner is not None else {}),"extra_bytes_down_per_client": self.down,
                 "extra_bytes_up_per_client": self.up, "secagg_clipped_values": self.clipped}
 
     # ---- delegated -------------------------------------------------------------------------

@@ -59,5 +59,13 @@ FEDKSEED = Algorithm(
 )
 
 
+def _check_pro(cfg: Config) -> None:
+    _check(cfg)
+    require(not (cfg.secagg.enabled and cfg.privacy.enabled),
+            "fedkseed-pro cannot run with both dp and secagg: the seeds' statistics would be "
+            "summed securely but released without noise; use fedkseed, or one of the two.")
+
+
 FEDKSEED_PRO = replace(FEDKSEED, name="fedkseed-pro", server=partial(_server, pro=True),
+                       check=_check_pro,
                        summary="FedKSeed with seeds sampled by their importance")

@@ -54,6 +54,16 @@ def _vectors(m: int, n: int, seed: int = 0) -> dict[int, np.ndarray]:
     return {i: gen.integers(0, 2**16, n, dtype=np.uint32) for i in range(1, m + 1)}
 
 
+def _keys_and_shares(server: SecAggServer, graph, t: int, context: bytes, persist=dict):
+    """Every client through setup and share: their states and the shares they send."""
+    states, keys, shares = {}, {}, {}
+    for i in graph:
+        states[i], keys[i] = client_setup(i, t, graph[i], context)
+    for i, peer_keys in server.receive_keys(keys).items():
+        states[i], shares[i] = client_share(persist(states[i]), peer_keys)
+    return states, shares
+
+
 def _run(m: int, k: int, t: int, n: int = 500, *, vectors=None, silent_at_mask=(), short=(),
          corrupt_unmask=None, seed: int = 0, persist=dict) -> Round:  # fmt: skip
     """One round of m clients; ``persist`` stands for storing a client's state between messages
@@ -61,11 +71,7 @@ def _run(m: int, k: int, t: int, n: int = 500, *, vectors=None, silent_at_mask=(
     context = f"test|{seed}|round-1".encode()
     graph = neighbours(m, k, seed)
     rnd = Round(SecAggServer(list(graph), t, graph, context), vectors or _vectors(m, n, seed))
-    states, keys, shares = {}, {}, {}
-    for i in graph:
-        states[i], keys[i] = client_setup(i, t, graph[i], context)
-    for i, peer_keys in rnd.server.receive_keys(keys).items():
-        states[i], shares[i] = client_share(persist(states[i]), peer_keys)
+    states, shares = _keys_and_shares(rnd.server, graph, t, context, persist)
     for i, cts in rnd.server.route_shares(shares).items():
         if i not in silent_at_mask:
             states[i], rnd.masked[i] = client_mask(persist(states[i]), cts, rnd.vectors[i])
@@ -349,11 +355,7 @@ def _masked_client(m: int = 5, k: int = 4, t: int = 3):
     context = b"refusals"
     graph = neighbours(m, k, 0)
     server = SecAggServer(list(graph), t, graph, context)
-    states, keys, shares = {}, {}, {}
-    for i in graph:
-        states[i], keys[i] = client_setup(i, t, graph[i], context)
-    for i, peer_keys in server.receive_keys(keys).items():
-        states[i], shares[i] = client_share(states[i], peer_keys)
+    states, shares = _keys_and_shares(server, graph, t, context)
     for i, cts in server.route_shares(shares).items():
         states[i], _ = client_mask(states[i], cts, np.zeros(4, dtype=np.uint32))
     return states, server
@@ -398,11 +400,7 @@ def test_client_share_rejects_strangers_and_too_few_neighbours():
 def test_a_tampered_or_replayed_share_is_refused_before_masking():
     graph = neighbours(3, 2, 0)
     server = SecAggServer(list(graph), 2, graph, b"round-a")
-    states, keys, shares = {}, {}, {}
-    for i in graph:
-        states[i], keys[i] = client_setup(i, 2, graph[i], b"round-a")
-    for i, peer_keys in server.receive_keys(keys).items():
-        states[i], shares[i] = client_share(states[i], peer_keys)
+    states, shares = _keys_and_shares(server, graph, 2, b"round-a")
     routed = server.route_shares(shares)
     cts = dict(routed[1])
     j = next(iter(cts))
@@ -443,11 +441,7 @@ def test_server_drops_bad_keys_and_strays():
 def test_server_drops_a_node_sending_shares_to_strangers():
     graph = neighbours(8, 4, 0)
     server = SecAggServer(list(graph), 3, graph, b"c")
-    states, keys, shares = {}, {}, {}
-    for i in graph:
-        states[i], keys[i] = client_setup(i, 3, graph[i], b"c")
-    for i, peer_keys in server.receive_keys(keys).items():
-        states[i], shares[i] = client_share(states[i], peer_keys)
+    states, shares = _keys_and_shares(server, graph, 3, b"c")
     stranger = next(j for j in graph if j != 1 and j not in graph[1])
     shares[1] = {**shares[1], stranger: b"x" * 60}
     routed = server.route_shares(shares)

@@ -30,7 +30,7 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -38,44 +38,25 @@ from flwr.supercore import log
 from fedtune.algorithms.replies import Records
 from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, Accountant
 from fedtune.privacy.mechanism import gaussian_noise, l2_norm, noisy_mean
-from fedtune.privacy.payloads import Payload, payload_for
+from fedtune.strategies.wrapper import Wrapper, payload_records, write_back
 
 #: a client-clipped reply may exceed C by float64 rounding only
 TOLERANCE = 1e-9
 
 
-def _payload_records(content: Any, record: str) -> Records:
-    """The payload's record of a Flower message content, as plain Python."""
-    if record in content.array_records:
-        return Records(arrays={record: {k: v.numpy() for k, v in content[record].items()}})
-    return Records(configs={record: dict(content.config_records[record])})
-
-
-def _write_back(content: Any, records: Records, record: str) -> None:
-    if record in records.arrays:
-        content[record] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                       for k, v in records.arrays[record].items()})
-    else:
-        content[record] = ConfigRecord(records.configs[record])
-
-
-class DifferentialPrivacy(Strategy):
+class DifferentialPrivacy(Wrapper):
     """Clip, sum with equal weights, add Gaussian noise, account; then the wrapped strategy."""
 
     def __init__(self, inner: Strategy, payload: str, placement: str, noise_multiplier: float,
                  clip_norm: float, delta: float, max_epsilon: float, seed: int, k: int,
                  wire_dtype: type | None) -> None:
-        self.inner = inner
-        self.kind = payload
+        super().__init__(inner, payload, k, wire_dtype)
         self.placement = placement
         self.z = noise_multiplier
         self.c = clip_norm
         self.max_epsilon = max_epsilon
         self.seed = seed
-        self.k = k
-        self.wire_dtype = wire_dtype
         self.accountant = Accountant(delta)
-        self.payload: Payload | None = None  # against this round's global model
         self.population = self.sample_size = 0  # this round's N and m (admit_round)
         self.clipped: float | None = None
         self.stopped = ""
@@ -126,10 +107,7 @@ class DifferentialPrivacy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        x = {k: v.numpy() for k, v in arrays.items()}
-        if self.wire_dtype is not None:  # the reference is what the clients receive
-            x = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in x.items()}
-        self.payload = payload_for(self.kind, Records(arrays={"arrays": x}), self.k)
+        self.set_reference(arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -141,7 +119,7 @@ class DifferentialPrivacy(Strategy):
             raise RuntimeError("DifferentialPrivacy.admit_round was not called for round "
                                f"{server_round}: the round loop must call it before sending")
         record = self.payload.record
-        parts = [_payload_records(r.content, record) for r in replies]
+        parts = [payload_records(r.content, record) for r in replies]
         mean, norms = noisy_mean([self.payload.contribution(p) for p in parts],
                                  self.sample_size, self.c, self.z, self.seed, "dp-noise",
                                  server_round)
@@ -158,7 +136,7 @@ class DifferentialPrivacy(Strategy):
                                f"before round {server_round} is released")
         noise = gaussian_noise(total.size, self.z * self.c, self.seed, "dp-noise", server_round)
         self.clipped = None  # each client clipped its own; the server cannot tell
-        part = _payload_records(reply.content, self.payload.record)
+        part = payload_records(reply.content, self.payload.record)
         return self._release(server_round, [reply], [part], (total + noise) / self.sample_size)
 
     def _release(self, server_round: int, replies: list[Message], parts: list[Records],
@@ -167,19 +145,11 @@ class DifferentialPrivacy(Strategy):
         assert self.payload is not None
         for reply, part in zip(replies, parts, strict=True):
             self.payload.write(part, mean)
-            _write_back(reply.content, part, self.payload.record)
+            write_back(reply.content, part, self.payload.record)
         out = self.inner.aggregate_train(server_round, replies)
         self.accountant.record(self.z, self.sample_size, self.population)
         self.sample_size = 0
         return out
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -25,18 +25,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.replies import Records
-from fedtune.privacy.payloads import Payload, payload_for
 from fedtune.privacy.sums import dequantize_sum, from_sum, payload_size, vector_length
 from fedtune.secagg.crypto import SecAggError
 from fedtune.secagg.masking import max_clients
 from fedtune.secagg.protocol import SecAggServer, neighbours
 from fedtune.seeding import derive_seed
+from fedtune.strategies.wrapper import Wrapper, write_back
 
 log = logging.getLogger("fedtune")
 
@@ -48,26 +48,22 @@ def _size(content: RecordDict) -> int:
     return recorddict_to_proto(content).ByteSize()
 
 
-class SecureAggregation(Strategy):
+class SecureAggregation(Wrapper):
     """The protocol's server side; the wrapped strategy aggregates the unmasked sum."""
 
     masks_replies = True  # the round loop checks replies with check_reply only
 
     def __init__(self, inner: Strategy, payload: str, section: Any, seed: int, k: int,
                  wire_dtype: type | None, timeout: float, pro: bool = False) -> None:
-        self.inner = inner
+        super().__init__(inner, payload, k, wire_dtype)
         self.pro = pro  # FedKSeed-Pro: the clients' seed statistics are summed too
-        self.kind = payload
         self.section = section
         self.seed = seed
-        self.k = k
-        self.wire_dtype = wire_dtype
         self.timeout = timeout
         self.clip_range = section.clip_range_for(payload)
         # per round, rebuilt by configure_train (transient: nothing to checkpoint)
         self.grid: Grid | None = None
         self.server: SecAggServer | None = None
-        self.payload: Payload | None = None
         self.index: dict[int, int] = {}  # Flower node id -> protocol index 1..m
         self.logged: set[tuple[str, int]] = set()
         self.clipped = 0  # values beyond the clip range in the round's sum
@@ -111,10 +107,7 @@ class SecureAggregation(Strategy):
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.grid, self.down, self.up, self.logged, self.clipped = grid, 0.0, 0.0, set(), 0
-        x = {k: v.numpy() for k, v in arrays.items()}
-        if self.wire_dtype is not None:  # the reference is what the clients receive
-            x = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in x.items()}
-        self.payload = payload_for(self.kind, Records(arrays={"arrays": x}), self.k)
+        self.set_reference(arrays)
         m = len(messages)
         if not 2 <= m <= max_clients(self.section.secagg_bits):
             log.warning("round %d skipped: secure aggregation needs 2 to %d clients per round "
@@ -198,48 +191,18 @@ class SecureAggregation(Strategy):
         reply = replies[0]
         for name in list(reply.content.keys()):
             del reply.content[name]
-        for name, arrays in plain.arrays.items():
-            reply.content[name] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                               for k, v in arrays.items()})
-        for name, values in plain.configs.items():
-            reply.content[name] = ConfigRecord(values)
+        for name in (*plain.arrays, *plain.configs):
+            write_back(reply.content, plain, name)
         reply.content["metrics"] = MetricRecord(plain.metrics["metrics"])
         release = getattr(self.inner, "release_sum", None)
         if release is not None:  # dp='client': noise on the sum of clipped contributions
             return release(server_round, reply, summed[:payload_size(self.payload)])
         return self.inner.aggregate_train(server_round, [reply])
 
-    # ---- the round loop's hooks: differential privacy's inside, if any ---------------------
-    def admit_round(self, server_round: int, population: int, sample_size: int) -> str | None:
-        gate = getattr(self.inner, "admit_round", None)
-        return gate(server_round, population, sample_size) if gate is not None else None
-
-    def final_report(self) -> dict[str, Any]:
-        final = getattr(self.inner, "final_report", None)
-        return final() if final is not None else {}
-
     def round_report(self) -> dict[str, Any]:
-        inner = getattr(self.inner, "round_report", None)
-        return {**(inner() if inner is not None else {}),"extra_bytes_down_per_client": self.down,
+        """The wrapped strategy's columns (DP's, if any) and the protocol's own."""
+        return {**super().round_report(), "extra_bytes_down_per_client": self.down,
                 "extra_bytes_up_per_client": self.up, "secagg_clipped_values": self.clipped}
-
-    # ---- delegated -------------------------------------------------------------------------
-    def summary(self) -> None:
-        self.inner.summary()
-
-    def configure_evaluate(self, server_round: int, arrays: Any, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return self.inner.state_dict()  # type: ignore[attr-defined]
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.inner.load_state_dict(state)  # type: ignore[attr-defined]
 
 
 def _shares(record: Any) -> dict[str, dict[int, bytes]]:

@@ -31,24 +31,29 @@ def _name(context: Context) -> str:
 
 def _node(context: Context) -> Node:
     """The node's stable identity and data: its partition in simulation; in deployment its
-    ``node-name`` and its own file, ``--node-config "node-name='a' data-path='a.jsonl'"``."""
+    ``node-name`` and its own file, ``--node-config "node-name='a' data-path='a.jsonl'"``
+    (and, for FedIT with mixed ranks, its ``lora-r``)."""
     from fedtune.node import Node
 
     nc = context.node_config
     return Node(name=_name(context), partition_id=int(nc.get("partition-id", 0)),
                 num_partitions=int(nc.get("num-partitions", 1)),
-                data_path=str(nc.get("data-path", "")))
+                data_path=str(nc.get("data-path", "")), lora_r=int(nc.get("lora-r", 0)))
 
 
 def _config(context: Context) -> Config:
     """The run's config; a node's ``--node-config "cache-dir='...'"`` becomes its FedKSeed
-    version cache. A deployed ClientApp is a new process per message: with the cache, the
-    evaluate message (and any later message of the same version) loads the model that the train
-    message replayed instead of replaying it again."""
+    version cache, its ``state-dir`` the folder of its state snapshots (for resumed runs). A
+    deployed ClientApp is a new process per message: with the cache, the evaluate message (and
+    any later message of the same version) loads the model that the train message replayed
+    instead of replaying it again."""
     cfg = Config.from_flat(dict(context.run_config))
     cache = context.node_config.get("cache-dir")
     if cache:
         cfg.zo.zo_cache_dir = str(cache)
+    state_dir = context.node_config.get("state-dir")
+    if state_dir:
+        cfg.output.node_state_dir = str(state_dir)
     return cfg
 
 
@@ -77,5 +82,5 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     from fedtune.flower import client
 
-    return Message(client.evaluate(_config(context), _node(context), msg.content),
-                   reply_to=msg)
+    content = client.evaluate(_config(context), _node(context), msg.content, context.state)
+    return Message(content, reply_to=msg)

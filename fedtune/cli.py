@@ -130,6 +130,7 @@ def simulate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-clients={num_clients} differs from the run's "
                           f"{cfg.server.min_available_nodes}; resume with the same clients.")
     cfg.output.run_dir = str(new_run_dir(cfg).resolve())
+    cfg.output.node_state_dir = str(Path(cfg.output.run_dir) / "node-state")
     cfg.server.min_available_nodes = num_clients
     algorithm.simulation_setup(cfg)
     if not algorithm.federated:
@@ -181,20 +182,25 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
 
 
 def _run_model(run_dir: Path):
-    """(the run's final model, tokenizer): FedIT's adapter merged in, or FedKSeed replayed."""
+    """(the run's final model, tokenizer): FedIT's adapter merged in, the merged model of
+    FLoRA/FedEx-LoRA (and full-ft), or FedKSeed replayed."""
     from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedtune.algorithms.fedkseed.export import is_fedkseed_run, materialize
 
     if is_fedkseed_run(run_dir):
         return materialize(run_dir)
-    adapter = run_dir / "adapter"
-    if not adapter.is_dir():
-        raise ConfigError(f"'{run_dir}' has neither an adapter folder nor FedKSeed state; pass "
-                          "a finished run folder.")
-    model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    adapter, merged = run_dir / "adapter", run_dir / "model"
+    if adapter.is_dir():
+        folder = adapter
+        model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
+    elif merged.is_dir():
+        folder, model = merged, AutoModelForCausalLM.from_pretrained(merged)
+    else:
+        raise ConfigError(f"'{run_dir}' has neither an adapter folder, a model folder nor "
+                          "FedKSeed state; pass a finished run folder.")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

@@ -22,6 +22,7 @@ class Node:
     partition_id: int
     num_partitions: int
     data_path: str = ""  # deployment: the node's own data file, read instead of a partition
+    lora_r: int = 0  # its LoRA rank from its node config (0: the run's lora-ranks / lora-r)
 
 
 @functools.lru_cache(maxsize=128)

@@ -21,6 +21,10 @@ class OutputConfig:
     run_name: str = ""  # default: "<algorithm>-<objective>"
     run_dir: str = ""  # set by `fedtune simulate`; otherwise output-dir/run-name-timestamp
     resume: str = ""  # a run folder: continue it from its checkpoint (same config)
+    # Where each node also writes what it keeps between rounds (FedSA's B, SCAFFOLD's c_i, a
+    # merged base), so a resumed run finds it: `fedtune simulate` sets <run-dir>/node-state; a
+    # deployed node sets its own with --node-config "state-dir='...'". "": node state only.
+    node_state_dir: str = ""
 
     def validate(self) -> None:
         """Any folder names are valid; resume's checkpoint is checked when the run starts."""

@@ -10,7 +10,8 @@ writes ``results.md`` (a Markdown table: final and best metric, final held-out l
 client per round, total bytes per client, wall time, peak memory; mean ± std over seeds; the
 package versions and seeds) and ``results.png`` (held-out loss and metric per round). The
 ``privacy`` suite also writes ``privacy.md`` and ``privacy.png`` (held-out loss against epsilon,
-:mod:`simulations.privacy_report`).
+:mod:`simulations.privacy_report`); the ``lora-aggregation`` suites write ``lora.md`` and
+``lora.png`` (held-out loss against bytes per client, :mod:`simulations.lora_report`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Suite:
     algorithms: dict[str, str] = field(default_factory=dict)  # method -> --algorithm if not
     # the method's own name
     privacy: bool = False  # also write the privacy-utility table and plot (privacy_report)
+    lora_report: bool = False  # also write the LoRA-aggregation table and plot (lora_report)
 
 
 #: The privacy suite's noise multipliers. With 8 rounds, 16 of 64 clients per round (fixed-size
@@ -65,6 +67,14 @@ def _privacy_methods() -> tuple[dict[str, str], dict[str, str]]:
 PRIVACY_METHODS, PRIVACY_ALGORITHMS = _privacy_methods()
 
 ALL = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
+
+#: The LoRA aggregation variants of FedIT (the ``lora-aggregation`` config key), each run with
+#: ``--algorithm fedit``.
+LORA_AGGREGATIONS = ("fedit", "ffa", "fedsa", "flora", "fedex")
+LORA_METHODS = {m: f"lora-aggregation={m}" for m in LORA_AGGREGATIONS}
+#: Heterogeneous client ranks (assigned by partition) for the variants that support them.
+LORA_HET_METHODS = {f"{m}-het": f"lora-aggregation={m} lora-ranks=4,8,16"
+                    for m in ("fedit", "flora")}
 
 SUITES = {
     "smoke": Suite(
@@ -118,6 +128,25 @@ SUITES = {
         methods={"fedit": "", "fedit-secagg": "secagg=on", "fedkseed": "",
                  "fedkseed-secagg": "secagg=on"},
         algorithms={"fedit-secagg": "fedit", "fedkseed-secagg": "fedkseed"},
+    ),
+    # FedIT's LoRA aggregation variants at the default sizes (the default run: 12 rounds), and
+    # fedit and flora also with heterogeneous client ranks 4, 8, 16 (by partition); lora.md /
+    # lora.png compare held-out loss with the bytes each client sends and receives.
+    "lora-aggregation": Suite(
+        "LoRA aggregation variants, tiny model, built-in tasks (non-IID default split), "
+        "8 clients (4 per round), 12 rounds",
+        metric="exact_match", num_clients=8, common="",
+        methods=LORA_METHODS | LORA_HET_METHODS,
+        algorithms={m: "fedit" for m in LORA_METHODS | LORA_HET_METHODS}, lora_report=True,
+    ),
+    # The same variants on the FedIT Dolly split, cut to 4 rounds of 10 local steps (the recipe:
+    # 8 rounds of 20) so that 5 methods fit a CPU budget.
+    "lora-aggregation-dolly": Suite(
+        "LoRA aggregation variants on Dolly-15k, the FedIT split (10 clients, 5 per round) on "
+        "stories260k; 4 rounds of 10 local steps (the recipe's 8 of 20, to fit a CPU budget)",
+        metric="rouge_l", num_clients=10, common="num-server-rounds=4 local-steps=10",
+        recipe="fedit-dolly", methods=dict(LORA_METHODS),
+        algorithms={m: "fedit" for m in LORA_METHODS}, lora_report=True,
     ),
 }
 
@@ -281,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(privacy_report.write(results, args.seeds, out, suite.description))
         print(f"wrote {out / 'privacy.md'} and {out / 'privacy.png'}")
+    if suite.lora_report:
+        from simulations import lora_report
+
+        print(lora_report.write(results, args.seeds, out, suite.description, suite.metric))
+        print(f"wrote {out / 'lora.md'} and {out / 'lora.png'}")
     return 0
 
 

@@ -38,6 +38,12 @@ CASES = {
     "fedkseed-pro-dp": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
                         "batch-size": 2, "zo-server-momentum": 0.5, "dp": "client",
                         "dp-noise-multiplier": 0.8, "dp-clip-norm": 5.0},
+    # LoRA aggregation variants: FedSA's B lives on the nodes (their snapshots carry it over
+    # the crash), FLoRA's and FedEx-LoRA's merged base on the server and the nodes
+    "fedit-fedsa": {"lora-aggregation": "fedsa"},
+    "fedit-flora": {"lora-aggregation": "flora", "lora-ranks": "4,8"},
+    "fedit-fedex": {"lora-aggregation": "fedex"},
+    "fedit-ffa": {"lora-aggregation": "ffa"},
 }
 
 
@@ -46,7 +52,8 @@ class Crash(BaseException):
 
 
 def run(tmp_path, name, keys, crash_in_round=None, resume=False):
-    cfg = small_config(**{**FAST, **keys, "run-dir": str(tmp_path / name)})
+    cfg = small_config(**{**FAST, **keys, "run-dir": str(tmp_path / name),
+                          "node-state-dir": str(tmp_path / name / "node-state")})
     if resume:
         cfg.output.resume = cfg.output.run_dir
     if cfg.train.algorithm.startswith("fedkseed"):
@@ -68,6 +75,8 @@ def run(tmp_path, name, keys, crash_in_round=None, resume=False):
 def final_state(run_dir):
     if (run_dir / "adapter").is_dir():
         return {"adapter": (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()}
+    if (run_dir / "model").is_dir():  # FLoRA, FedEx-LoRA: the merged model
+        return {"model": (run_dir / "model" / "model.safetensors").read_bytes()}
     with np.load(run_dir / "fedkseed-state.npz") as data:
         return {k: data[k].tobytes() for k in data.files}
 
@@ -89,6 +98,11 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
     elif case == "fedkseed-pro":
         assert ckpt.algorithm["pro_counts"].sum() == 2 * 2 * 4  # 2 rounds x 2 clients x tau
         assert np.abs(ckpt.strategy["momentum/array/"]).sum() > 0
+    elif case in ("fedit-flora", "fedit-fedex"):  # Delta, the nodes' rounds, recent factors
+        assert int(ckpt.algorithm["round"]) == 2 and np.abs(ckpt.algorithm[
+            next(k for k in ckpt.algorithm if k.startswith("delta/"))]).sum() > 0
+    elif case in ("fedit-fedsa", "fedit-ffa"):
+        assert not ckpt.algorithm
     else:  # DP: (z, m, N) of the 2 released rounds; Pro counts the dense noisy mean per reply
         assert ckpt.strategy["dp:ledger"].tolist() == [[0.8, 2, 2]] * 2
         assert ckpt.algorithm["pro_counts"].sum() == 2 * 2 * 64

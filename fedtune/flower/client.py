@@ -10,30 +10,51 @@ from flwr.app import RecordDict
 
 from fedtune.algorithms import resolve
 from fedtune.config import Config
+from fedtune.flower import snapshots
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 from fedtune.flower.secure import SECAGG, masked_reply
 from fedtune.node import Node
 from fedtune.privacy.payloads import clip_reply
 
 
+def _kept(state: RecordDict) -> dict:
+    return {name: from_arrayrecord(rec) for name, rec in state.array_records.items()}
+
+
+def _persist(kept: dict, before: dict[str, int], state: RecordDict) -> None:
+    for name, arrays in kept.items():
+        if before.get(name) != id(arrays):  # new or replaced: persist it for the next round
+            state[name] = to_arrayrecord(arrays)
+
+
 def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> RecordDict:
-    """One local round; ``state`` (the node's ``Context.state``) keeps arrays between rounds."""
+    """One local round; ``state`` (the node's ``Context.state``) keeps arrays between rounds,
+    mirrored to ``node-state-dir`` when set (:mod:`fedtune.flower.snapshots`)."""
     algo = resolve(cfg)
-    kept = {name: from_arrayrecord(rec) for name, rec in state.array_records.items()}
-    before = {name: id(arrays) for name, arrays in kept.items()}
     received = to_records(content)
+    server_round = int(received.configs.get("config", {}).get("server-round", 0))
+    kept = _kept(state)
+    before = {name: id(arrays) for name, arrays in kept.items()}
+    if not kept and cfg.output.node_state_dir:  # a resumed run: this node's last snapshot
+        kept = snapshots.load(cfg.output.node_state_dir, node.name, server_round)
     reply = algo.client(cfg).train(received, node, kept)
+    _persist(kept, before, state)
+    if kept and cfg.output.node_state_dir:
+        snapshots.save(cfg.output.node_state_dir, node.name, server_round, kept)
     if cfg.privacy.dp == "client":  # clipped here: the server never sees more than C
         reply = clip_reply(algo.payload, reply, received,
                            cfg.privacy.clip_norm_for(algo.payload), cfg.zo.zo_seeds)
     if SECAGG in content.config_records:  # only the masked vector leaves the node
         return masked_reply(cfg, algo.payload, reply, received, node, state)
-    for name, arrays in kept.items():
-        if before.get(name) != id(arrays):  # new or replaced: persist it for the next round
-            state[name] = to_arrayrecord(arrays)
     return to_recorddict(reply)
 
 
-def evaluate(cfg: Config, node: Node, content: RecordDict) -> RecordDict:
-    """The node's evaluation of the global model on its own held-out data."""
-    return to_recorddict(resolve(cfg).client(cfg).evaluate(to_records(content), node))
+def evaluate(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> RecordDict:
+    """The node's evaluation of the global model on its own held-out data (a personalised
+    method reads the parts it keeps in ``state``; an evaluation changes none of them)."""
+    received = to_records(content)
+    kept = _kept(state)
+    if not kept and cfg.output.node_state_dir:
+        server_round = int(received.configs.get("config", {}).get("server-round", 0))
+        kept = snapshots.load(cfg.output.node_state_dir, node.name, server_round + 1)
+    return to_recorddict(resolve(cfg).client(cfg).evaluate(received, node, kept))

@@ -29,6 +29,7 @@ from fedtune.flower.records import (
     from_arrayrecord,
     payload_bytes,
     to_arrayrecord,
+    to_recorddict,
     to_records,
 )
 from fedtune.seeding import rng
@@ -118,6 +119,7 @@ class RoundReplies:
     missing: int
     bytes_up: float
     payload_up: float
+    answered: set[int] = field(default_factory=set)  # node ids that replied without error
 
 
 Check = Callable[[Records], str | None]
@@ -153,7 +155,8 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
         log.warning("no reply within %.0f s from %s", timeout, ", ".join(silent))
     return RoundReplies(valid, dropped, len(messages) - len(replies),
                         _mean([content_bytes(r.content) for r in ok]),
-                        _mean([payload_bytes(r.content) for r in ok]))
+                        _mean([payload_bytes(r.content) for r in ok]),
+                        {origin(r) for r in ok})
 
 
 def _mean(values: list[int]) -> float:
@@ -186,6 +189,51 @@ def _as_float32(reply: Message) -> Message:
     arrays = from_arrayrecord(reply.content.array_records["arrays"])
     reply.content["arrays"] = to_arrayrecord(arrays)
     return reply
+
+
+def address(messages: list[Message], algo: ServerSide, registry: NodeRegistry
+            ) -> list[Message]:
+    """Add what the algorithm sends one node only (``down_records(name)``: e.g. the merged base
+    change a FLoRA node missed) to that node's message, on its own copy of the content."""
+    extra = getattr(algo, "down_records", None)
+    if extra is None:
+        return messages
+    for msg in messages:
+        records = extra(registry.name(msg.metadata.dst_node_id))
+        if records is not None:
+            content = RecordDict(dict(msg.content.items()))
+            for name, record in to_recorddict(records).items():
+                content[name] = record
+            msg.content = content
+    return messages
+
+
+def delivered(algo: ServerSide, registry: NodeRegistry, messages: list[Message],
+              got: RoundReplies) -> None:
+    """Tell the algorithm which addressed nodes replied without error (``delivered``)."""
+    hook = getattr(algo, "delivered", None)
+    if hook is not None:
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            hook(registry.name(node), node in got.answered)
+
+
+def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Message]
+              ) -> tuple[dict[str, np.ndarray] | None, Any]:
+    """The strategy's aggregate of the valid replies, between the algorithm's ``receive``
+    (each reply, e.g. zero-padded to the global rank) and ``merge`` (the result, e.g. FLoRA's
+    exact product merged into the base)."""
+    receive = getattr(algo, "receive", None)
+    if receive is not None:
+        records = receive([to_records(r.content) for r in replies])
+        for reply, rec in zip(replies, records, strict=True):
+            reply.content = to_recorddict(rec)
+    new, metrics = strategy.aggregate_train(rnd, replies)
+    if new is None:
+        return None, metrics
+    arrays = from_arrayrecord(new)
+    merge = getattr(algo, "merge", None)
+    return (merge(rnd, arrays) if merge is not None else arrays), metrics
 
 
 def reply_check(algo: ServerSide, strategy: Strategy) -> Check:
@@ -254,13 +302,14 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             print(f"fedtune: {stop}; the run ends here.", flush=True)
             break
         train_config = algo.train_config(rnd)
-        msgs = _to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
-                                                 ConfigRecord(train_config),
-                                                 SampledGrid(grid, chosen)),
-                        algo.wire_dtype) if chosen else []
+        msgs = address(_to_wire(strategy.configure_train(rnd, to_arrayrecord(arrays),
+                                                         ConfigRecord(train_config),
+                                                         SampledGrid(grid, chosen)),
+                                algo.wire_dtype), algo, registry) if chosen else []
         down = _mean([content_bytes(m.content) for m in msgs])
         down_payload = _mean([payload_bytes(m.content) for m in msgs])
         got = collect(grid, msgs, registry, s.round_timeout, check_reply)
+        delivered(algo, registry, msgs, got)
         row: dict[str, Any] = {"round": rnd, **_row_defaults(cfg), "lr": train_config.get("lr"),
                                "clients": len(got.valid), "sampled": len(msgs),
                                "dropped": got.dropped, "timed_out": got.missing,
@@ -272,17 +321,16 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                         rnd, len(got.valid), s.min_train_nodes)
             row["skipped"] = True
         else:
-            new, metrics = strategy.aggregate_train(rnd, [_as_float32(r) for r in got.valid])
+            new, metrics = aggregate(strategy, algo, rnd, [_as_float32(r) for r in got.valid])
             if new is None:  # the strategy could not aggregate (it logged why)
                 row["skipped"] = True
             else:
-                arrays = from_arrayrecord(new)
+                arrays = new
             row["train_loss"] = metrics.get("train-loss") if metrics else None
             for key in ("train-reward-accuracy", "train-reward-margin"):  # DPO rounds
                 if metrics and key in metrics:
                     row[key.replace("-", "_")] = metrics[key]
-        row.update(_federated_eval(grid, cfg, strategy, registry, ids, arrays, rnd,
-                                   algo.wire_dtype))
+        row.update(_federated_eval(grid, cfg, strategy, algo, registry, ids, arrays, rnd))
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
             row.update(algo.evaluate(arrays))
         row.update(round_report(strategy))
@@ -301,18 +349,19 @@ def _row_defaults(cfg: Config) -> dict[str, Any]:
             "bytes_up_per_client": 0, "clients": 0}
 
 
-def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, registry: NodeRegistry,
-                    ids: list[int], arrays: dict[str, np.ndarray], rnd: int,
-                    wire_dtype: type | None) -> dict[str, Any]:
-    """Clients evaluate the new global adapter on their own held-out examples."""
+def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, algo: ServerSide,
+                    registry: NodeRegistry, ids: list[int], arrays: dict[str, np.ndarray],
+                    rnd: int) -> dict[str, Any]:
+    """Clients evaluate the new global adapter on their own held-out examples (a personalised
+    method's clients, with the parts they keep)."""
     s = cfg.server
     if s.fraction_evaluate == 0 or not ids:
         return {}
     chosen = sample(ids, s.fraction_evaluate, s.min_evaluate_nodes, s.seed, "evaluate", rnd)
-    msgs = _to_wire(strategy.configure_evaluate(rnd, to_arrayrecord(arrays), ConfigRecord({}),
-                                                SampledGrid(grid, chosen)), wire_dtype)
-    got = collect(grid, msgs, registry, s.round_timeout,
-                  check_metrics)
+    msgs = address(_to_wire(strategy.configure_evaluate(
+        rnd, to_arrayrecord(arrays), ConfigRecord({}), SampledGrid(grid, chosen)),
+        algo.wire_dtype), algo, registry)
+    got = collect(grid, msgs, registry, s.round_timeout, check_metrics)
     metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None
     if not metrics:
         return {}

@@ -70,9 +70,10 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     arrays = run_rounds(grid, cfg, algo, strategy, on_round, resume_from=resume_from,
                         on_checkpoint=on_checkpoint)
     saved = algo.save(arrays, run_dir)
-    cache = Path(cfg.zo.zo_cache_dir) if cfg.zo.zo_cache_dir else None
-    if cache is not None and cache.resolve().is_relative_to(run_dir.resolve()):
-        shutil.rmtree(cache, ignore_errors=True)  # shared replays of this run only
+    for folder in (cfg.zo.zo_cache_dir, cfg.output.node_state_dir):  # of this run only: the
+        # shared replays, the nodes' snapshots (a finished run is not resumed)
+        if folder and Path(folder).resolve().is_relative_to(run_dir.resolve()):
+            shutil.rmtree(folder, ignore_errors=True)
     final = getattr(strategy, "final_report", None)
     writer.write_summary({"result": str(saved), **(final() if final is not None else {})})
     plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: {cfg.model.model}")

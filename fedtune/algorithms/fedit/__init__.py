@@ -3,7 +3,9 @@ ICASSP 2024): clients train LoRA adapters locally; a server strategy aggregates 
 
 ``config`` (the ``lora-*`` section), ``adapter`` (peft adapters <-> named arrays), ``model``
 (the process's LoRA model), ``client`` and ``server`` (the two sides), ``dpo`` (the fixed
-reference of a DPO run).
+reference of a DPO run); the ``lora-aggregation`` variants (FedIT, FFA-LoRA, FedSA-LoRA, FLoRA,
+FedEx-LoRA) in ``variants``, their math in ``factors`` and FLoRA's/FedEx-LoRA's merged base in
+``merged``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ def _client(cfg: Config):
     return FedITClient(cfg)
 
 
+def _check(cfg: Config) -> None:
+    from fedtune.algorithms.fedit.variants import check
+
+    check(cfg)
+
+
 def _server(cfg: Config):
     from fedtune.algorithms.fedit.server import FedITServer
 
@@ -34,5 +42,6 @@ FEDIT = Algorithm(
     payload="arrays",
     client=_client,
     server=_server,
+    check=_check,
     client_hooks=True,  # FedITClient runs the strategy's client half (SCAFFOLD)
 )

@@ -56,7 +56,7 @@ def add_lora(model: PreTrainedModel, cfg: LoraSection, base_is_random: bool = Fa
 
 def adapter_state(model: PeftModel) -> OrderedDict[str, np.ndarray]:
     """The trainable adapter as float32 numpy arrays, in peft's key order."""
-    state = get_peft_model_state_dict(model)
+    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
     return OrderedDict(
         (k, v.detach().to(device="cpu", dtype=torch.float32).numpy().copy())
         for k, v in state.items()
@@ -65,7 +65,7 @@ def adapter_state(model: PeftModel) -> OrderedDict[str, np.ndarray]:
 
 def load_adapter_state(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
     """Load named arrays into the adapter; every key must match the model's adapter exactly."""
-    expected = get_peft_model_state_dict(model)
+    expected = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
     missing, extra = set(expected) - set(arrays), set(arrays) - set(expected)
     if missing or extra:
         raise KeyError(f"adapter keys differ: missing {sorted(missing)[:3]}, "
@@ -75,16 +75,18 @@ def load_adapter_state(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
         k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(ref.device, expected[k].dtype)
         for k, v in arrays.items()
     }
-    set_peft_model_state_dict(model, tensors)
+    set_peft_model_state_dict(model, tensors, adapter_name=model.active_adapter)
 
 
 def adapter_spec(model: PeftModel) -> dict[str, tuple[int, ...]]:
     """Key -> shape, used by the server to validate client replies."""
-    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def trainable_keys(model: PeftModel) -> list[str]:
     """The adapter-state key of every trainable parameter, in ``model.parameters()`` order
     (matched by storage: peft's state dict holds views of the parameters)."""
-    by_ptr = {v.data_ptr(): k for k, v in get_peft_model_state_dict(model).items()}
+    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
+    by_ptr = {v.data_ptr(): k for k, v in state.items()}
     return [by_ptr[p.data_ptr()] for p in model.parameters() if p.requires_grad]

@@ -1,10 +1,14 @@
-"""FedIT's config section: the LoRA adapter every client trains (``lora-*`` keys)."""
+"""FedIT's config section: the LoRA adapter every client trains and how the server aggregates
+it (``lora-*`` keys)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedtune.errors import at_least_one, require
+from fedtune.errors import ConfigError, at_least_one, one_of, require
+
+#: ``lora-aggregation`` values, each a :class:`~fedtune.algorithms.fedit.variants.Variant`.
+AGGREGATIONS = ("fedit", "ffa", "fedsa", "flora", "fedex")
 
 
 @dataclass
@@ -16,7 +20,38 @@ class LoraSection:
     # "auto": train embeddings and LM head too when the base is randomly initialised (the
     # `tiny` preset), since LoRA alone barely moves a random base; "" for none; or a comma list.
     lora_modules_to_save: str = "auto"
+    lora_aggregation: str = "fedit"  # fedit | ffa | fedsa | flora | fedex
+    # Simulation: client ranks by partition id ("4,8,16": partition i gets the (i mod 3)-th);
+    # "" = every client uses lora-r. A deployed node sets its own with --node-config "lora-r=8".
+    lora_ranks: str = ""
 
     def validate(self) -> None:
         at_least_one(lora_r=self.lora_r)
         require(0 <= self.lora_dropout < 1, f"lora-dropout={self.lora_dropout} must be in [0, 1).")
+        one_of("lora-aggregation", self.lora_aggregation, AGGREGATIONS)
+        self.ranks()
+
+    def ranks(self) -> list[int]:
+        """``lora-ranks`` as integers (empty: one rank, ``lora-r``, for every client)."""
+        try:
+            ranks = [int(r) for r in self.lora_ranks.replace(" ", "").split(",") if r]
+        except ValueError:
+            raise ConfigError(f"lora-ranks='{self.lora_ranks}' is not a comma list of integers; "
+                              "write it as e.g. lora-ranks='4,8,16'.") from None
+        require(all(r >= 1 for r in ranks),
+                f"lora-ranks='{self.lora_ranks}' has a rank below 1; every rank must be >= 1.")
+        return ranks
+
+    def rank_for(self, partition_id: int, node_rank: int = 0) -> int:
+        """A client's rank: its node config's ``lora-r``, else ``lora-ranks`` by partition,
+        else ``lora-r``."""
+        if node_rank:
+            return node_rank
+        ranks = self.ranks()
+        return ranks[partition_id % len(ranks)] if ranks else self.lora_r
+
+    @property
+    def scale(self) -> float:
+        """alpha / r of the run's ``lora-r``: every client's adapter uses this scale whatever its
+        rank, so a rank-4 and a rank-16 update count on the same footing."""
+        return self.lora_alpha / self.lora_r

@@ -1,7 +1,10 @@
-"""Server-side FedIT: the initial global adapter, centralized evaluation, saving the result."""
+"""Server-side FedIT: the initial global adapter, centralized evaluation, saving the result, and
+the ``lora-aggregation`` variants' server half (what goes down, what the strategy aggregates,
+what is merged into the base)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -9,8 +12,16 @@ import numpy as np
 
 from fedtune.algorithms.fedit.adapter import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.algorithms.fedit.dpo import heldout_pairs
-from fedtune.algorithms.fedit.model import initial_adapter, peft_model_for
-from fedtune.algorithms.replies import Records, check_metrics, check_record
+from fedtune.algorithms.fedit.factors import A, B, check_ranks, pad, select, stacked
+from fedtune.algorithms.fedit.merged import MergedBase
+from fedtune.algorithms.fedit.model import (
+    base_shapes,
+    initial_adapter,
+    peft_model_for,
+    set_base,
+)
+from fedtune.algorithms.fedit.variants import variant
+from fedtune.algorithms.replies import NUM_EXAMPLES, Records, check_metrics, check_record
 from fedtune.config import Config
 from fedtune.data.split import EXAMPLES, split
 from fedtune.data.tokenize import encode_examples
@@ -21,35 +32,101 @@ from fedtune.train.schedule import round_lr
 
 
 class FedITServer:
-    """Owns the server's copy of the model, used for evaluation and for saving the adapter."""
+    """Owns the server's copy of the model, used for evaluation and for saving the adapter.
+
+    The global ``arrays`` the strategy aggregates are the variant's shared parts; the rest of
+    the adapter is its initialisation (FFA's A, FedSA's B, FLoRA's restarted factors).
+    """
 
     wire_dtype = WIRE_DTYPE
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.variant = variant(cfg)
         self.model, self.tokenizer = peft_model_for(cfg)
+        self.merged = MergedBase(base_shapes(self.model)) if self.variant.merges else None
+        if self.merged is not None:
+            set_base(cfg, None)  # a DPO reference is the base the run starts from
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
         self.pairs = heldout_pairs(cfg, self.model, self.tokenizer) if dpo else None
         self.eval_examples = [] if dpo else split(cfg.data, EXAMPLES, "server", cfg.server.seed)
         self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
-        self._spec = self.spec()
+        self._spec = select(adapter_spec(self.model), self.variant.uploads)
+        self._stash: list[tuple[dict[str, np.ndarray], float]] = []
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
-        return initial_adapter(self.cfg)
+        return select(initial_adapter(self.cfg), self.variant.shares)
 
     def spec(self) -> dict[str, tuple[int, ...]]:
-        return adapter_spec(self.model)
+        """Key -> shape of the shared parts of the global adapter."""
+        peft_model_for(self.cfg)
+        return select(adapter_spec(self.model), self.variant.shares)
+
+    def full_adapter(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The whole global adapter: the shared ``arrays`` over the initialisation."""
+        return {**initial_adapter(self.cfg), **arrays}
 
     def check_reply(self, content: Records) -> str | None:
-        """The adapter with the global adapter's keys and shapes, finite, 16 or 32 bits."""
-        return check_record(content, "arrays", self._spec) or check_metrics(content)
+        """The uploaded parts with the global adapter's keys and shapes (FedIT and FLoRA: any
+        one rank per reply, at most ``lora-r`` for FedIT), finite, 16 or 32 bits."""
+        if self.variant.mixed_ranks:
+            if "arrays" not in content.arrays:
+                return "no 'arrays' record"
+            cap = self.cfg.lora.lora_r if self.variant.name == "fedit" else None
+            reason = check_ranks(content.arrays["arrays"], self._spec, cap)
+        else:
+            reason = check_record(content, "arrays", self._spec)
+        return reason or check_metrics(content)
 
+    # ---- the round loop's hooks (fedtune.flower.loop) ------------------------------------
+    def down_records(self, node: str) -> Records | None:
+        """FLoRA/FedEx-LoRA: the update of the merged base that ``node`` needs."""
+        return self.merged.update_for(node) if self.merged is not None else None
+
+    def delivered(self, node: str, ok: bool) -> None:
+        """``node`` answered a message that carried :meth:`down_records` (``ok``: no error)."""
+        if self.merged is not None:
+            self.merged.delivered(node, ok, self.merged.round)
+
+    def receive(self, replies: list[Records]) -> list[Records]:
+        """The valid replies, before the strategy: FedIT pads lower ranks with zeros; FLoRA and
+        FedEx-LoRA keep each client's factors (FLoRA's are not for the strategy)."""
+        v, r = self.variant, self.cfg.lora.lora_r
+        if v.merges:
+            self._stash = [(select(rep.arrays["arrays"], (A, B)),
+                            float(rep.metrics["metrics"][NUM_EXAMPLES])) for rep in replies]
+        for rep in replies:
+            if v.name == "fedit":
+                rep.arrays["arrays"] = pad(rep.arrays["arrays"], r)
+            elif v.merges:
+                rep.arrays["arrays"] = select(rep.arrays["arrays"], v.shares)
+        return replies
+
+    def merge(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """After the strategy: merge sum_i p_i s B_i A_i (FLoRA), or its difference from the
+        averaged adapter's s B A (FedEx-LoRA), into the base; p_i = n_i / sum n (FedAvg's)."""
+        if self.merged is None or not self._stash:
+            return arrays
+        adapters, counts = zip(*self._stash, strict=True)
+        weights = [n / sum(counts) for n in counts]
+        mean = arrays if not self.variant.restarts else None
+        self.merged.add(server_round, stacked(list(adapters), weights, self.cfg.lora.scale,
+                                              mean))
+        self._stash = []
+        return arrays
+
+    # ---- state, evaluation, the result ---------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Nothing beyond the global adapter (which the checkpoint holds) changes per round."""
-        return {}
+        """The merged base (FLoRA, FedEx-LoRA); nothing else beyond the global adapter (which
+        the checkpoint holds) changes per round."""
+        return self.merged.state_dict() if self.merged is not None else {}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        if state:
+        if self.merged is not None:
+            self.merged.load_state_dict(state)
+            if not self.cfg.output.node_state_dir:  # nodes restart with empty state
+                self.merged.forget_nodes()
+        elif state:
             raise ValueError(f"unexpected FedIT server state: {sorted(state)}")
 
     def train_config(self, server_round: int) -> dict[str, float]:
@@ -58,9 +135,16 @@ class FedITServer:
         return {"lr": round_lr(t.lr, server_round, self.cfg.server.num_server_rounds,
                                t.lr_schedule, t.min_lr_ratio)}
 
+    def _load(self, arrays: dict[str, np.ndarray]) -> None:
+        peft_model_for(self.cfg)  # the global adapter active (clients may share the model)
+        if self.merged is not None:
+            set_base(self.cfg, self.merged.delta)
+        load_adapter_state(self.model, self.full_adapter(arrays))
+
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        """Held-out loss, perplexity and exact match of the global adapter (all categories)."""
-        load_adapter_state(self.model, arrays)
+        """Held-out loss, perplexity and exact match of the global adapter (all categories).
+        FedSA-LoRA's global model has B = 0 (each client keeps its own B)."""
+        self._load(arrays)
         if self.pairs is not None:  # DPO: reward accuracy, margin, log-probs, DPO loss
             return self.pairs.metrics(self.model)
         loss = heldout_loss(self.model, self.eval_data, self.tokenizer.pad_token_id,
@@ -72,8 +156,11 @@ class FedITServer:
         return metrics
 
     def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:
-        """Write the PEFT adapter folder (and, for `tiny`, the base model + tokenizer)."""
-        load_adapter_state(self.model, arrays)
+        """Write the PEFT adapter folder (and, for `tiny`, the base model + tokenizer); FLoRA
+        and FedEx-LoRA, whose base changed, write the merged model instead."""
+        self._load(arrays)
+        if self.merged is not None:
+            return self._save_merged(run_dir)
         out = run_dir / "adapter"
         if is_tiny(self.cfg.model.model):
             base_dir = run_dir / "base-model"
@@ -85,5 +172,19 @@ class FedITServer:
         self.model.peft_config["default"].base_model_name_or_path = base_ref
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
-        (out / "fedtune.json").write_text(json.dumps({"base_model": base_ref}, indent=2))
+        (out / "fedtune.json").write_text(json.dumps(
+            {"base_model": base_ref, "lora_aggregation": self.variant.name}, indent=2))
         return out
+
+    def _save_merged(self, run_dir: Path) -> Path:
+        """W0 + Delta + s B A (and the trained modules_to_save) as a Hugging Face model folder."""
+        out = run_dir / "model"
+        merged = copy.deepcopy(self.model).merge_and_unload()
+        merged.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        (out / "fedtune.json").write_text(json.dumps(
+            {"base_model": self.cfg.model.model, "lora_aggregation": self.variant.name,
+             "merged_rounds": self.merged.round}, indent=2))
+        return out
+
+

@@ -132,6 +132,6 @@ class FedKSeedClient:
         return Records(configs={"zo": {"pairs": pairs}},
                        metrics={"metrics": {NUM_EXAMPLES: res.num_examples, **res.metrics}})
 
-    def evaluate(self, content: Records, node: Node) -> Records:
+    def evaluate(self, content: Records, node: Node, state: NodeState) -> Records:
         loss, n = evaluate(self.cfg, content.arrays["arrays"]["accumulated"], node)
         return Records(metrics={"metrics": {"eval-loss": loss, NUM_EXAMPLES: n}})

@@ -39,7 +39,7 @@ class FullClient:
         return Records(arrays={"arrays": _weights(model)}, metrics={"metrics": {
             "num-examples": len(data), "train-loss": stats.train_loss}})
 
-    def evaluate(self, content: Records, node: Node) -> Records:
+    def evaluate(self, content: Records, node: Node, state: dict) -> Records:
         model, tokenizer = _model(self.cfg, content.arrays["arrays"])
         data = node_data(self.cfg, node, held_out=True)
         loss = heldout_loss(model, data, tokenizer.pad_token_id, self.cfg.eval.eval_batch_size)

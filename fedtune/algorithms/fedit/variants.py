@@ -1,0 +1,98 @@
+"""How the server combines the clients' LoRA adapters (``lora-aggregation``).
+
+Every variant is a :class:`Variant`: which parts of the adapter are shared (sent down and
+aggregated by the strategy), which a client uploads, which it trains, keeps or restarts, and
+whether the round's exact product is merged into the frozen base. A LoRA key is one of three
+parts: ``A`` (``lora_A``, r x in), ``B`` (``lora_B``, out x r) or ``other`` (full copies of
+``modules_to_save``, always shared and averaged).
+
+Averaging A and B separately (FedIT) gives the model (sum_i p_i B_i)(sum_j p_j A_j), not the
+average of the clients' updates sum_i p_i B_i A_i; the cross terms p_i p_j B_i A_j are
+aggregation noise. The variants below remove it in different ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedtune.config import Config
+
+A, B, OTHER = "A", "B", "other"
+ALL = frozenset({A, B, OTHER})
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    reference: str
+    shares: frozenset[str]  # parts the server sends down and its strategy aggregates
+    uploads: frozenset[str]  # parts a client sends up
+    frozen: frozenset[str] = frozenset()  # parts a client never trains
+    local: frozenset[str] = frozenset()  # parts a client keeps in its node state (personal)
+    merges: bool = False  # the exact sum_i p_i s B_i A_i minus the adapter's own product goes
+    #                       into the base each round (the factors of that change go down)
+    restarts: bool = False  # the adapter restarts from its initialisation every round
+    mixed_ranks: str = ""  # how it takes clients of different ranks ("" = it cannot)
+    strategies: tuple[str, ...] = ()  # the strategies that fit ( () = every array strategy
+    #                                   but SCAFFOLD's, whose control variates span the adapter)
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("fedit", "Zhang et al., ICASSP 2024 (FedAvg of A and B)", shares=ALL, uploads=ALL,
+            mixed_ranks="zero padding (HetLoRA-style): a rank-r client trains the first r "
+                        "rows of A and columns of B; the server pads its reply with zeros",
+            strategies=("*",)),
+    Variant("ffa", "Sun et al., ICLR 2024 (FFA-LoRA)", shares=frozenset({B, OTHER}),
+            uploads=frozenset({B, OTHER}), frozen=frozenset({A})),
+    Variant("fedsa", "Guo et al., ICLR 2025 (FedSA-LoRA)", shares=frozenset({A, OTHER}),
+            uploads=frozenset({A, OTHER}), local=frozenset({B})),
+    Variant("flora", "Wang et al., NeurIPS 2024 (FLoRA)", shares=frozenset({OTHER}),
+            uploads=ALL, merges=True, restarts=True,
+            mixed_ranks="stacking: the product of the stacked factors is exact for any ranks",
+            strategies=("fedavg", "fedprox")),
+    Variant("fedex", "Singhal et al., ACL 2025 (FedEx-LoRA)", shares=ALL, uploads=ALL,
+            merges=True, strategies=("fedavg", "fedprox")),
+)}
+
+
+def variant(cfg: Config) -> Variant:
+    return VARIANTS[cfg.lora.lora_aggregation]
+
+
+def check(cfg: Config) -> None:
+    """Configs a variant cannot run, as one sentence (called by the algorithm's check)."""
+    v, lora = variant(cfg), cfg.lora
+    key = f"lora-aggregation='{v.name}'"
+    ranks = lora.ranks()
+    mixed = any(r != lora.lora_r for r in ranks)
+    if mixed and not v.mixed_ranks:
+        raise ConfigError(f"{key} needs one rank for every client, but lora-ranks="
+                          f"'{lora.lora_ranks}' mixes them; use fedit (zero padding) or flora "
+                          "for mixed ranks, or drop lora-ranks.")
+    if mixed and v.name == "fedit" and max(ranks) > lora.lora_r:
+        raise ConfigError(f"lora-ranks='{lora.lora_ranks}' has a rank above lora-r="
+                          f"{lora.lora_r}, the global adapter's rank that fedit pads to; raise "
+                          "lora-r to the largest rank.")
+    if mixed and cfg.train.init_adapter:
+        raise ConfigError("lora-ranks cannot start from init-adapter, whose rank is fixed; "
+                          "drop one of them.")
+    name = cfg.strategy.strategy
+    if v.strategies and "*" not in v.strategies and name not in v.strategies:
+        raise ConfigError(f"strategy='{name}' does not fit {key}: its aggregate is the exact "
+                          "product of each client's factors, which an averaging strategy "
+                          f"cannot form; use one of {', '.join(v.strategies)}.")
+    if name == "scaffold" and (v.name != "fedit" or mixed):
+        raise ConfigError(f"strategy='scaffold' needs every client to train the whole global "
+                          f"adapter, which {key}{' with mixed ranks' if mixed else ''} does "
+                          "not; use another strategy or lora-aggregation='fedit'.")
+    private = [k for k, on in (("dp", cfg.privacy.enabled), ("secagg", cfg.secagg.enabled))
+               if on]
+    if private and (v.merges or mixed):
+        what = f"{key}" if v.merges else "mixed lora-ranks"
+        raise ConfigError(f"{what} cannot run with {' and '.join(private)}: it needs each "
+                          "client's own factors, not only their sum; use fedit, ffa or fedsa "
+                          "with one rank.")

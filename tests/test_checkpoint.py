@@ -44,6 +44,7 @@ CASES = {
     "fedit-flora": {"lora-aggregation": "flora", "lora-ranks": "4,8"},
     "fedit-fedex": {"lora-aggregation": "fedex"},
     "fedit-ffa": {"lora-aggregation": "ffa"},
+    "fedit-scaffold": {"strategy": "scaffold"},  # c on the server, c_i in the nodes' snapshots
 }
 
 
@@ -101,7 +102,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
     elif case in ("fedit-flora", "fedit-fedex"):  # Delta, the nodes' rounds, recent factors
         assert int(ckpt.algorithm["round"]) == 2 and np.abs(ckpt.algorithm[
             next(k for k in ckpt.algorithm if k.startswith("delta/"))]).sum() > 0
-    elif case in ("fedit-fedsa", "fedit-ffa"):
+    elif case in ("fedit-fedsa", "fedit-ffa", "fedit-scaffold"):
         assert not ckpt.algorithm
     else:  # DP: (z, m, N) of the 2 released rounds; Pro counts the dense noisy mean per reply
         assert ckpt.strategy["dp:ledger"].tolist() == [[0.8, 2, 2]] * 2

@@ -13,7 +13,7 @@ from client_app.app import app as client_app
 from fedtune.algorithms import resolve
 from fedtune.algorithms.fedit.adapter import adapter_state
 from fedtune.algorithms.fedit.client import FedITClient
-from fedtune.algorithms.fedit.factors import A, B, OTHER, key, layers, part, select
+from fedtune.algorithms.fedit.factors import OTHER, A, B, key, layers, part, select
 from fedtune.algorithms.fedit.merged import MergedBase, apply_update
 from fedtune.algorithms.fedit.model import initial_adapter, lora_layers, peft_model_for, set_base
 from fedtune.algorithms.fedit.server import FedITServer

@@ -221,10 +221,11 @@ def delivered(algo: ServerSide, registry: NodeRegistry, messages: list[Message],
 def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Message]
               ) -> tuple[dict[str, np.ndarray] | None, Any]:
     """The strategy's aggregate of the valid replies, between the algorithm's ``receive``
-    (each reply, e.g. zero-padded to the global rank) and ``merge`` (the result, e.g. FLoRA's
-    exact product merged into the base)."""
+    (each reply, e.g. zero-padded to the global rank; not for masked replies, which only a
+    secure-aggregation strategy can read) and ``merge`` (the result, e.g. FLoRA's exact product
+    merged into the base)."""
     receive = getattr(algo, "receive", None)
-    if receive is not None:
+    if receive is not None and not getattr(strategy, "masks_replies", False):
         records = receive([to_records(r.content) for r in replies])
         for reply, rec in zip(replies, records, strict=True):
             reply.content = to_recorddict(rec)

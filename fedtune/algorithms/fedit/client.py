@@ -163,6 +163,9 @@ class FedITClient:
         if not self.variant.mixed_ranks:
             raise ValueError(f"this node's rank {rank} differs from lora-r={lora.lora_r}, and "
                              f"lora-aggregation='{self.variant.name}' needs one rank for all")
+        if self.cfg.privacy.enabled or self.cfg.secagg.enabled:
+            raise ValueError(f"this node's rank {rank} differs from lora-r={lora.lora_r}, and "
+                             "differential privacy and secure aggregation need one rank for all")
         if self.variant.name == "fedit" and rank > lora.lora_r:
             raise ValueError(f"this node's rank {rank} is above lora-r={lora.lora_r}, the "
                              "global adapter's rank that fedit pads to")

@@ -252,3 +252,13 @@ def test_config_errors_name_the_fix():
     assert "is unknown" in error(**{"lora-aggregation": "hetlora"})
     resolve(small_config(**{"lora-aggregation": "fedsa", "secagg": "on",
                             "min-train-nodes": 2}))  # linear in A: secure aggregation fits
+
+
+@pytest.mark.parametrize("aggregation", ["flora", "fedsa"])
+def test_dpo_rounds_run_with_the_unmerged_reference(tmp_path, aggregation, one_thread):
+    """DPO's reference is the model the run started from: round 0 (policy = reference) has
+    the DPO loss log 2 exactly, and later rounds run on the merged base / personal B."""
+    _, _, rows = _run(tmp_path, aggregation, rounds=2, objective="dpo")
+    assert rows[0]["eval_loss"] == pytest.approx(np.log(2), abs=1e-6)
+    assert all(r["dropped"] == 0 and r["clients"] == 3 and r["fed_eval_loss"] is not None
+               for r in rows[1:])

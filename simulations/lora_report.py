@@ -78,13 +78,23 @@ def table(results: list[dict[str, Any]], seeds: list[int], metric: str,
     return "\n".join(lines) + "\n"
 
 
-def _mean_curves(runs: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
-    """Rounds, cumulative bytes and held-out loss, each the mean over seeds (common rounds)."""
+#: Methods whose clients keep part of the model (FedSA-LoRA's B): the plot also shows their
+#: personalised loss (``fed_eval_loss``, each client's model on its own held-out split), since
+#: the server's model (B = 0) is not what they are used as.
+PERSONALISED = ("fedsa",)
+
+
+def _mean_curves(runs: list[dict[str, Any]], key: str = "eval_loss"
+                 ) -> tuple[list[int], list[float], list[float | None]]:
+    """Rounds, cumulative bytes and ``key`` (None where a row lacks it), each the mean over
+    seeds (common rounds)."""
     n = min(len(r["rows"]) for r in runs)
     rounds = [int(row["round"]) for row in runs[0]["rows"][:n]]
     xs = [statistics.mean(c) for c in zip(*(cumulative_bytes(r["rows"])[:n] for r in runs),
                                           strict=True)]
-    ys = [statistics.mean(float(r["rows"][i]["eval_loss"]) for r in runs) for i in range(n)]
+    ys = [statistics.mean(vals) if len(vals := [float(r["rows"][i][key]) for r in runs
+                                                if r["rows"][i].get(key) is not None])
+          == len(runs) else None for i in range(n)]
     return rounds, xs, ys
 
 
@@ -115,6 +125,13 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
         if trained:
             ax_bytes.plot(*zip(*trained, strict=True), **style)
         ax_round.plot(rounds, ys, **style)
+        if base in PERSONALISED:
+            rounds, xs, ys = _mean_curves(runs, "fed_eval_loss")
+            style.update(ls=":", marker="^", label=f"{method} personalised (fed eval)")
+            points = [(r, x, y) for r, x, y in zip(rounds, xs, ys, strict=True) if y is not None]
+            if points:
+                ax_bytes.plot([p[1] for p in points], [p[2] for p in points], **style)
+                ax_round.plot([p[0] for p in points], [p[2] for p in points], **style)
     if starts:
         start = statistics.mean(starts)
         for ax in (ax_bytes, ax_round):

@@ -42,7 +42,8 @@ def test_lora_suites_run_every_variant_as_fedit():
     assert len(tiny.methods) == 7
     assert dolly.recipe == "fedit-dolly" and dolly.metric == "rouge_l"
     assert dolly.num_clients == 10 and list(dolly.methods) == list(VARIANTS)
-    assert dolly.common == "num-server-rounds=4 local-steps=10"
+    assert dolly.common == ("num-server-rounds=4 local-steps=10 eval-every=2 "
+                            "max-new-tokens=24")
     assert not any("lora-ranks" in o for o in dolly.methods.values())
 
 

@@ -19,7 +19,7 @@ from fedtune.algorithms.fedit.model import initial_adapter, lora_layers, peft_mo
 from fedtune.algorithms.fedit.server import FedITServer
 from fedtune.algorithms.replies import Records
 from fedtune.errors import ConfigError
-from fedtune.flower.loop import aggregate
+from fedtune.flower.hooks import aggregate
 from fedtune.flower.records import payload_bytes, to_arrayrecord
 from fedtune.flower.server import run_server
 from fedtune.node import Node

@@ -36,7 +36,14 @@ class ClientSide(Protocol):
 
 
 class ServerSide(Protocol):
-    """The server's half of an algorithm; the round loop drives it."""
+    """The server's half of an algorithm; the round loop drives it.
+
+    Optional hooks the loop calls when present (FedIT's LoRA variants use them):
+    ``down_records(node) -> Records | None`` adds records to one node's train and evaluate
+    messages, ``delivered(node, ok)`` says whether that node's train reply came without error,
+    ``receive(replies) -> replies`` sees the valid train replies before the strategy and
+    ``merge(round, arrays) -> arrays`` the strategy's result after it.
+    """
 
     #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)
     wire_dtype: type | None

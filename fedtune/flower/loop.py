@@ -22,14 +22,22 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.base import ServerSide
-from fedtune.algorithms.replies import Records, check_metrics
+from fedtune.algorithms.replies import check_metrics
 from fedtune.config import Config
+from fedtune.flower.hooks import (
+    Check,
+    address,
+    admit,
+    aggregate,
+    delivered,
+    reply_check,
+    round_report,
+)
 from fedtune.flower.records import (
     content_bytes,
     from_arrayrecord,
     payload_bytes,
     to_arrayrecord,
-    to_recorddict,
     to_records,
 )
 from fedtune.seeding import rng
@@ -122,9 +130,6 @@ class RoundReplies:
     answered: set[int] = field(default_factory=set)  # node ids that replied without error
 
 
-Check = Callable[[Records], str | None]
-
-
 def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout: float,
             check: Check) -> RoundReplies:
     """Send, wait at most ``timeout``, drop (and log) failed or invalid replies, sort by name."""
@@ -191,77 +196,6 @@ def _as_float32(reply: Message) -> Message:
     return reply
 
 
-def address(messages: list[Message], algo: ServerSide, registry: NodeRegistry
-            ) -> list[Message]:
-    """Add what the algorithm sends one node only (``down_records(name)``: e.g. the merged base
-    change a FLoRA node missed) to that node's message, on its own copy of the content."""
-    extra = getattr(algo, "down_records", None)
-    if extra is None:
-        return messages
-    for msg in messages:
-        records = extra(registry.name(msg.metadata.dst_node_id))
-        if records is not None:
-            content = RecordDict(dict(msg.content.items()))
-            for name, record in to_recorddict(records).items():
-                content[name] = record
-            msg.content = content
-    return messages
-
-
-def delivered(algo: ServerSide, registry: NodeRegistry, messages: list[Message],
-              got: RoundReplies) -> None:
-    """Tell the algorithm which addressed nodes replied without error (``delivered``)."""
-    hook = getattr(algo, "delivered", None)
-    if hook is not None:
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            hook(registry.name(node), node in got.answered)
-
-
-def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Message]
-              ) -> tuple[dict[str, np.ndarray] | None, Any]:
-    """The strategy's aggregate of the valid replies, between the algorithm's ``receive``
-    (each reply, e.g. zero-padded to the global rank; not for masked replies, which only a
-    secure-aggregation strategy can read) and ``merge`` (the result, e.g. FLoRA's exact product
-    merged into the base)."""
-    receive = getattr(algo, "receive", None)
-    if receive is not None and not getattr(strategy, "masks_replies", False):
-        records = receive([to_records(r.content) for r in replies])
-        for reply, rec in zip(replies, records, strict=True):
-            reply.content = to_recorddict(rec)
-    new, metrics = strategy.aggregate_train(rnd, replies)
-    if new is None:
-        return None, metrics
-    arrays = from_arrayrecord(new)
-    merge = getattr(algo, "merge", None)
-    return (merge(rnd, arrays) if merge is not None else arrays), metrics
-
-
-def reply_check(algo: ServerSide, strategy: Strategy) -> Check:
-    """The algorithm's check of a train reply, then the strategy's own (SCAFFOLD's record).
-    Under secure aggregation replies are masked, so only the strategy can check them."""
-    extra = getattr(strategy, "check_reply", None)
-    if getattr(strategy, "masks_replies", False):
-        return extra
-    if extra is None:
-        return algo.check_reply
-    return lambda content: algo.check_reply(content) or extra(content)
-
-
-def admit(strategy: Strategy, rnd: int, population: int, sample_size: int) -> str | None:
-    """A strategy with a budget (differential privacy) may refuse a round: the reason, or
-    None. ``population``: the connected nodes the sample was drawn from."""
-    gate = getattr(strategy, "admit_round", None)
-    return gate(rnd, population, sample_size) if gate is not None else None
-
-
-def round_report(strategy: Strategy) -> dict[str, Any]:
-    """The strategy's own columns for a metrics row (DP: epsilon so far, noise, clip). Its
-    ``extra_bytes_{down,up}_per_client`` (messages it sent itself) add to the bytes columns."""
-    report = getattr(strategy, "round_report", None)
-    return report() if report is not None else {}
-
-
 def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0,
                resume_from: tuple[int, dict[str, np.ndarray]] | None = None,
@@ -310,7 +244,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
         down = _mean([content_bytes(m.content) for m in msgs])
         down_payload = _mean([payload_bytes(m.content) for m in msgs])
         got = collect(grid, msgs, registry, s.round_timeout, check_reply)
-        delivered(algo, registry, msgs, got)
+        delivered(algo, registry, msgs, got.answered)
         row: dict[str, Any] = {"round": rnd, **_row_defaults(cfg), "lr": train_config.get("lr"),
                                "clients": len(got.valid), "sampled": len(msgs),
                                "dropped": got.dropped, "timed_out": got.missing,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedtune.algorithms.base import Algorithm
+from fedtune.algorithms.fedit.config import AGGREGATIONS
 
 if TYPE_CHECKING:
     from fedtune.config import Config
@@ -38,7 +39,8 @@ def _server(cfg: Config):
 
 FEDIT = Algorithm(
     name="fedit",
-    summary="LoRA adapters trained locally, aggregated by a Flower strategy",
+    summary="LoRA adapters trained locally, aggregated by a Flower strategy "
+            f"(lora-aggregation: {', '.join(AGGREGATIONS)})",
     payload="arrays",
     client=_client,
     server=_server,

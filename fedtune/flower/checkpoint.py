@@ -17,6 +17,7 @@ seeded by (run seed, round, node name), so a resumed round draws exactly what it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -94,6 +95,13 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"cannot read {path}: {err}") from err
     return Checkpoint(int(meta["round"]), meta["config"], parts["arrays"], parts["algorithm"],
                       parts["strategy"], meta["rows"])
+
+
+def config_fingerprint(flat: dict[str, Any]) -> str:
+    """A short hash of what a run computes (its config minus :data:`RESUMABLE_CHANGES`): the
+    same for a run and its resumption, different for another config."""
+    kept = {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

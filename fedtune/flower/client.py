@@ -6,11 +6,14 @@ arguments here; this module finds the algorithm in the registry and converts the
 
 from __future__ import annotations
 
+import os
+
 from flwr.app import RecordDict
 
 from fedtune.algorithms import resolve
 from fedtune.config import Config
 from fedtune.flower import snapshots
+from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 from fedtune.flower.secure import SECAGG, masked_reply
 from fedtune.node import Node
@@ -27,6 +30,14 @@ def _persist(kept: dict, before: dict[str, int], state: RecordDict) -> None:
             state[name] = to_arrayrecord(arrays)
 
 
+def _snapshot_dir(cfg: Config) -> str:
+    """``node-state-dir``/<config fingerprint>: a run and its resumption share it, a run with
+    another config never reads it."""
+    if not cfg.output.node_state_dir:
+        return ""
+    return os.path.join(cfg.output.node_state_dir, config_fingerprint(cfg.to_flat()))
+
+
 def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> RecordDict:
     """One local round; ``state`` (the node's ``Context.state``) keeps arrays between rounds,
     mirrored to ``node-state-dir`` when set (:mod:`fedtune.flower.snapshots`)."""
@@ -35,12 +46,13 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
     server_round = int(received.configs.get("config", {}).get("server-round", 0))
     kept = _kept(state)
     before = {name: id(arrays) for name, arrays in kept.items()}
-    if not kept and cfg.output.node_state_dir:  # a resumed run: this node's last snapshot
-        kept = snapshots.load(cfg.output.node_state_dir, node.name, server_round)
+    folder = _snapshot_dir(cfg)
+    if not kept and folder:  # a resumed run: this node's last snapshot
+        kept = snapshots.load(folder, node.name, server_round)
     reply = algo.client(cfg).train(received, node, kept)
     _persist(kept, before, state)
-    if kept and cfg.output.node_state_dir:
-        snapshots.save(cfg.output.node_state_dir, node.name, server_round, kept)
+    if kept and folder:
+        snapshots.save(folder, node.name, server_round, kept)
     if cfg.privacy.dp == "client":  # clipped here: the server never sees more than C
         reply = clip_reply(algo.payload, reply, received,
                            cfg.privacy.clip_norm_for(algo.payload), cfg.zo.zo_seeds)
@@ -54,7 +66,8 @@ def evaluate(cfg: Config, node: Node, content: RecordDict, state: RecordDict) ->
     method reads the parts it keeps in ``state``; an evaluation changes none of them)."""
     received = to_records(content)
     kept = _kept(state)
-    if not kept and cfg.output.node_state_dir:
+    folder = _snapshot_dir(cfg)
+    if not kept and folder:
         server_round = int(received.configs.get("config", {}).get("server-round", 0))
-        kept = snapshots.load(cfg.output.node_state_dir, node.name, server_round + 1)
+        kept = snapshots.load(folder, node.name, server_round + 1)
     return to_recorddict(resolve(cfg).client(cfg).evaluate(received, node, kept))

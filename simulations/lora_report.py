@@ -119,25 +119,26 @@ def plot(results: list[dict[str, Any]], path: Path, title: str = "") -> None:
         color = base_color.setdefault(base, colors[len(base_color) % len(colors)])
         style = {"color": color, "ls": "--" if base != method else "-",
                  "marker": "s" if base != method else "o", "ms": 4, "label": method}
-        rounds, xs, ys = _mean_curves(runs)
-        starts.append(ys[0])
-        trained = [(x, y) for x, y in zip(xs[1:], ys[1:], strict=True) if x > 0]
-        if trained:
-            ax_bytes.plot(*zip(*trained, strict=True), **style)
-        ax_round.plot(rounds, ys, **style)
+        curves = [("eval_loss", style)]
         if base in PERSONALISED:
-            rounds, xs, ys = _mean_curves(runs, "fed_eval_loss")
-            style.update(ls=":", marker="^", label=f"{method} personalised (fed eval)")
-            points = [(r, x, y) for r, x, y in zip(rounds, xs, ys, strict=True) if y is not None]
-            if points:
-                ax_bytes.plot([p[1] for p in points], [p[2] for p in points], **style)
-                ax_round.plot([p[0] for p in points], [p[2] for p in points], **style)
+            curves.append(("fed_eval_loss", {**style, "ls": ":", "marker": "^",
+                                             "label": f"{method} personalised (fed eval)"}))
+        for key, how in curves:  # rounds without the value (eval-every > 1) are skipped
+            rounds, xs, ys = _mean_curves(runs, key)
+            if key == "eval_loss":
+                starts.append(ys[0])
+            points = [(r, x, y) for r, x, y in zip(rounds, xs, ys, strict=True)
+                      if y is not None]
+            if trained := [(x, y) for r, x, y in points if r > 0 and x > 0]:
+                ax_bytes.plot(*zip(*trained, strict=True), **how)
+            ax_round.plot([p[0] for p in points], [p[2] for p in points], **how)
     if starts:
         start = statistics.mean(starts)
         for ax in (ax_bytes, ax_round):
             ax.axhline(start, color="0.4", ls=":", lw=1.2,
                        label=f"round 0 (untrained): {start:.2f}")
     ax_bytes.set_xscale("log")
+    ax_bytes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_bytes.set_xlabel("cumulative bytes per participating client (down + up), log scale")
     ax_round.set_xlabel("round")
     for ax in (ax_bytes, ax_round):

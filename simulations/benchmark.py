@@ -30,6 +30,8 @@ from typing import Any
 
 import psutil
 
+from fedtune.algorithms.fedit.config import AGGREGATIONS
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -70,8 +72,7 @@ ALL = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
 
 #: The LoRA aggregation variants of FedIT (the ``lora-aggregation`` config key), each run with
 #: ``--algorithm fedit``.
-LORA_AGGREGATIONS = ("fedit", "ffa", "fedsa", "flora", "fedex")
-LORA_METHODS = {m: f"lora-aggregation={m}" for m in LORA_AGGREGATIONS}
+LORA_METHODS = {m: f"lora-aggregation={m}" for m in AGGREGATIONS}
 #: Heterogeneous client ranks (assigned by partition) for the variants that support them.
 LORA_HET_METHODS = {f"{m}-het": f"lora-aggregation={m} lora-ranks=4,8,16"
                     for m in ("fedit", "flora")}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from fedtune.algorithms.fedit.variants import OTHER, A, B
+from fedtune.algorithms.replies import check_arrays
 
 Arrays = dict[str, np.ndarray]
 _SUFFIX = {A: ".lora_A.weight", B: ".lora_B.weight"}
@@ -46,11 +47,6 @@ def layers(arrays: Mapping[str, np.ndarray]) -> list[str]:
     return [layer(k) for k in arrays if part(k) == A]
 
 
-def rank_of(arrays: Mapping[str, np.ndarray]) -> int:
-    """The rank of an adapter (of its first layer; :func:`check_ranks` checks the rest)."""
-    return next(int(v.shape[0]) for k, v in arrays.items() if part(k) == A)
-
-
 def truncate(arrays: Mapping[str, np.ndarray], rank: int) -> Arrays:
     """The first ``rank`` rows of every A and columns of every B (a rank-r client's share of a
     higher-rank global adapter)."""
@@ -80,8 +76,6 @@ def check_ranks(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[int, 
                 max_rank: int | None) -> str | None:
     """``None`` when ``arrays`` has ``spec``'s keys, every other part its exact shape and every
     layer one rank r (<= ``max_rank`` if given) in both factors; else the reason."""
-    from fedtune.algorithms.replies import check_arrays
-
     shaped = {}
     ranks = set()
     for k, shape in spec.items():

@@ -71,17 +71,15 @@ class MergedBase:
     def update_for(self, node: str) -> Records:
         """What brings ``node`` to the current round: the missed factors, or the whole Delta."""
         have = self.nodes.get(node, 0)
-        whole = have is None or (have < self.round and any(
-            r not in self.log for r in range(have + 1, self.round + 1)))
-        if not whole and have is not None and have < self.round:
-            missed = [self.log[r] for r in range(have + 1, self.round + 1)]
-            whole = sum(map(_size, missed)) >= self.dense_bytes
+        missed = range((have or 0) + 1, self.round + 1)
+        whole = (have is None or any(r not in self.log for r in missed)
+                 or sum(_size(self.log[r]) for r in missed) >= self.dense_bytes)
         start = 0 if whole else have
         arrays: dict[str, np.ndarray] = {}
         if whole:
-            arrays = {name: d for name, d in self.delta.items()} if self.round else {}
+            arrays = dict(self.delta) if self.round else {}
         else:
-            for rnd in range(start + 1, self.round + 1):
+            for rnd in missed:
                 for name, (b, a) in self.log[rnd].items():
                     arrays[f"{rnd}/{name}/B"], arrays[f"{rnd}/{name}/A"] = b, a
         return Records(arrays={RECORD: arrays},

@@ -37,15 +37,14 @@ class Variant:
     #                       into the base each round (the factors of that change go down)
     restarts: bool = False  # the adapter restarts from its initialisation every round
     mixed_ranks: str = ""  # how it takes clients of different ranks ("" = it cannot)
-    strategies: tuple[str, ...] = ()  # the strategies that fit ( () = every array strategy
-    #                                   but SCAFFOLD's, whose control variates span the adapter)
+    strategies: tuple[str, ...] = ()  # the strategies that fit ( () = every array strategy;
+    #                                   SCAFFOLD only with fedit at one rank, see check())
 
 
 VARIANTS = {v.name: v for v in (
     Variant("fedit", "Zhang et al., ICASSP 2024 (FedAvg of A and B)", shares=ALL, uploads=ALL,
             mixed_ranks="zero padding (HetLoRA-style): a rank-r client trains the first r "
-                        "rows of A and columns of B; the server pads its reply with zeros",
-            strategies=("*",)),
+                        "rows of A and columns of B; the server pads its reply with zeros"),
     Variant("ffa", "Sun et al., ICLR 2024 (FFA-LoRA)", shares=frozenset({B, OTHER}),
             uploads=frozenset({B, OTHER}), frozen=frozenset({A})),
     Variant("fedsa", "Guo et al., ICLR 2025 (FedSA-LoRA)", shares=frozenset({A, OTHER}),
@@ -81,7 +80,7 @@ def check(cfg: Config) -> None:
         raise ConfigError("lora-ranks cannot start from init-adapter, whose rank is fixed; "
                           "drop one of them.")
     name = cfg.strategy.strategy
-    if v.strategies and "*" not in v.strategies and name not in v.strategies:
+    if v.strategies and name not in v.strategies:
         raise ConfigError(f"strategy='{name}' does not fit {key}: its aggregate is the exact "
                           "product of each client's factors, which an averaging strategy "
                           f"cannot form; use one of {', '.join(v.strategies)}.")

@@ -1,4 +1,5 @@
-"""Shared fixtures: Flower task identity, small configs, paths to ../shared."""
+"""Shared fixtures: a hermetic environment, Flower task identity, small configs, paths to
+../shared."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+# Variables of the caller's shell that change what the code under test does: Hugging Face
+# (offline mode, endpoint, caches), Flower (home, telemetry), the visible GPUs and proxies
+# (gRPC and HTTP clients route even localhost through them). Tests that need one set it.
+ENV_PREFIXES = ("HF_", "FLWR_")
+ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_HUB_CACHE",
+                       "http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy",
+                       "ftp_proxy"})
+ENV_SET = {"FLWR_TELEMETRY_ENABLED": "0"}
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -25,6 +35,20 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
         for item in gpu:
             item.add_marker(skip)
+
+
+def _caller_specific(name: str) -> bool:
+    return name.startswith(ENV_PREFIXES) or name in ENV_NAMES or name.lower() in ENV_NAMES
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(monkeypatch):
+    """Every test starts without the caller's HF_*, FLWR_*, CUDA_VISIBLE_DEVICES and proxy
+    variables (Flower telemetry off); a test that needs a value sets it with monkeypatch."""
+    for name in [n for n in os.environ if _caller_specific(n)]:
+        monkeypatch.delenv(name)
+    for name, value in ENV_SET.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(autouse=True)

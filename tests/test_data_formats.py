@@ -131,3 +131,6 @@ def test_hub_names_load_through_datasets_or_fail_in_one_sentence(monkeypatch, tm
     monkeypatch.setattr(readers, "_hub_reachable", lambda: False)
     with pytest.raises(DataFileError, match=r"Cannot load 'acme/qa': .* needs network access"):
         read_examples("acme/qa")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode: a cached copy, no reachability
+    assert _triples(read_examples("acme/qa", FIELDS)) == _expected()
+    assert calls[-1] == ("acme/qa", "train")

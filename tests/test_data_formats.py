@@ -134,3 +134,40 @@ def test_hub_names_load_through_datasets_or_fail_in_one_sentence(monkeypatch, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline mode: a cached copy, no reachability
     assert _triples(read_examples("acme/qa", FIELDS)) == _expected()
     assert calls[-1] == ("acme/qa", "train")
+
+
+def _with_bom(path, text):
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    return path
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_field(tmp_path):
+    """Spreadsheet programs save 'CSV UTF-8' with a BOM; JSON editors sometimes do too."""
+    rows = [{"instruction": r["question"], "output": r["answer"], "category": r["topic"]}
+            for r in ROWS]
+    header = "instruction,output,category\n"
+    csv_text = header + "".join(f"{r['instruction']},{r['output']},{r['category']}\n"
+                                for r in rows)
+    files = [_with_bom(tmp_path / "sheet.csv", csv_text),
+             _with_bom(tmp_path / "records.json", json.dumps(rows)),
+             _with_bom(tmp_path / "records.jsonl", "".join(json.dumps(r) + "\n" for r in rows))]
+    gz = tmp_path / "sheet.csv.gz"
+    gz.write_bytes(gzip.compress(files[0].read_bytes()))
+    for path in [*files, gz]:
+        assert _triples(read_examples(path)) == _expected(), path
+
+
+def test_a_preference_csv_with_a_byte_order_mark_reads(tmp_path):
+    from fedtune.data.preference import read_pairs
+
+    path = _with_bom(tmp_path / "pairs.csv", "prompt,chosen,rejected\nQ?,good,bad\n")
+    (pair,) = read_pairs(path).pairs
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("Q?", "good", "bad")
+
+
+def test_a_file_that_is_not_utf8_is_one_sentence(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("instruction,output\nCafé?,oui\n".encode("latin-1"))
+    with pytest.raises(DataFileError, match=r"latin1.csv: byte \d+ is not UTF-8 text .* save "
+                                            "the file as UTF-8"):
+        read_examples(path)

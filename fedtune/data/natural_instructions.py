@@ -78,7 +78,7 @@ def is_task_folder(folder: str | Path) -> bool:
     first = next(iter(sorted(tasks_dir(p).glob("task*.json"))), None)
     if first is None:
         return False
-    with first.open(encoding="utf-8") as fh:
+    with first.open(encoding="utf-8-sig") as fh:
         head = fh.read(4096)
     return '"Definition"' in head or '"Instances"' in head or '"Contributors"' in head
 
@@ -96,7 +96,7 @@ def task_names(spec: str, folder: str | Path) -> list[str] | None:
         if not path.is_file():
             raise DataFileError(f"Task list '{spec}' does not exist (also not under {folder}); "
                                 "pass a file with one task name per line, or a comma list.")
-        items = path.read_text(encoding="utf-8").split()
+        items = path.read_text(encoding="utf-8-sig").split()
     else:
         items = spec.split(",")
     names = [n.strip().removesuffix(".json") for n in items if n.strip()]
@@ -142,7 +142,7 @@ def read_task(path: str | Path) -> tuple[str, list[tuple[str, str]]]:
     """(Definition[0], [(input, output[0])]) of one task file, no rules applied."""
     p = Path(path)
     try:
-        with p.open(encoding="utf-8") as fh:
+        with p.open(encoding="utf-8-sig") as fh:
             raw = json.load(fh)
     except json.JSONDecodeError as err:
         raise DataFileError(f"{p}: line {err.lineno} is not valid JSON ({err.msg}).") from None

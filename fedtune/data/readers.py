@@ -47,9 +47,11 @@ def is_hub_name(spec: str) -> bool:
 
 
 def _open(path: Path) -> IO[str]:
+    """UTF-8 text; ``utf-8-sig`` drops the byte-order mark spreadsheet programs write, which
+    would otherwise stick to the first CSV column's name (``'\\ufeffinstruction'``)."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
 
 
 def _jsonl(path: Path, fh: IO[str]) -> Iterator[tuple[str, Any]]:
@@ -128,8 +130,12 @@ def file_records(path: str | Path) -> Iterator[tuple[str, Any]]:
         raise DataFileError(f"{p}: unsupported file type; use .json, .jsonl, .csv (each "
                             "optionally .gz) or .parquet.")
     read = {".json": _json, ".jsonl": _jsonl, ".csv": _csv}[kind]
-    with _open(p) as fh:
-        yield from read(p, fh)
+    try:
+        with _open(p) as fh:
+            yield from read(p, fh)
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: byte {err.start} is not UTF-8 text ({err.reason}); save "
+                            "the file as UTF-8 (in a spreadsheet: CSV UTF-8).") from None
 
 
 def _hub_reachable() -> bool:

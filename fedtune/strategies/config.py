@@ -1,10 +1,15 @@
-"""The ``strategy`` config section: the server strategy's name and its parameters."""
+"""The ``strategy`` config section: the server strategy's name, its parameters, and the trust
+policy for the clients' weights and updates (:mod:`fedtune.strategies.trust`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedtune.errors import require
+from fedtune.errors import one_of, require
+
+#: ``example-weights``: ``auto`` = ``capped`` through a SuperLink (or with ``max-examples`` set),
+#: else ``reported`` (the ServerApp decides: :func:`fedtune.strategies.trust.resolve_weights`).
+EXAMPLE_WEIGHTS = ("auto", "reported", "capped", "equal")
 
 
 @dataclass
@@ -20,6 +25,11 @@ class StrategySection:
     prox_mu: float = 0.01  # fedprox: weight of the proximal term
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     krum_malicious: int = 1  # krum: number of malicious clients to tolerate
+    # trust policy, applied by the round loop before any strategy sees the replies
+    example_weights: str = "auto"  # reported | capped | equal | auto (see EXAMPLE_WEIGHTS)
+    max_examples: int = 0  # capped: each client's weight <= this; 0 = a multiple of the median
+    max_examples_ratio: float = 3.0  # capped, max-examples=0: <= ratio x the round's median
+    max_update_norm_ratio: float = 0.0  # > 0: updates scaled to <= ratio x the median norm
 
     def validate(self) -> None:
         # the name is checked against the algorithm by fedtune.algorithms.resolve
@@ -29,3 +39,15 @@ class StrategySection:
         require(0 <= self.server_momentum < 1 and 0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1,
                 "server-momentum, beta-1 and beta-2 must be in [0, 1).")
         require(self.krum_malicious >= 0, f"krum-malicious={self.krum_malicious} must be >= 0.")
+        one_of("example-weights", self.example_weights, EXAMPLE_WEIGHTS)
+        require(self.max_examples >= 0,
+                f"max-examples={self.max_examples} must be >= 0 (0: use max-examples-ratio).")
+        require(self.max_examples_ratio >= 1,
+                f"max-examples-ratio={self.max_examples_ratio} must be at least 1 (a cap "
+                "below the median would cut honest clients).")
+        require(self.max_update_norm_ratio == 0 or self.max_update_norm_ratio >= 1,
+                f"max-update-norm-ratio={self.max_update_norm_ratio} must be 0 (off) or at "
+                "least 1 (a bound below the median would cut honest clients).")
+        require(self.example_weights in ("auto", "capped") or self.max_examples == 0,
+                f"max-examples={self.max_examples} applies to example-weights='capped', not "
+                f"'{self.example_weights}'; set example-weights='capped' or max-examples=0.")

@@ -18,6 +18,7 @@ from typing import Any
 
 from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.algorithms.fedkseed.config import ZOConfig
+from fedtune.algorithms.ferret.config import FerretConfig
 from fedtune.data.config import DataConfig
 from fedtune.errors import ConfigError
 from fedtune.eval.config import EvalConfig
@@ -38,6 +39,7 @@ SECTIONS = {
     "train": TrainConfig,
     "strategy": StrategySection,
     "zo": ZOConfig,
+    "ferret": FerretConfig,
     "privacy": PrivacyConfig,
     "secagg": SecAggConfig,
     "server": ServerConfig,
@@ -60,6 +62,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategySection = field(default_factory=StrategySection)
     zo: ZOConfig = field(default_factory=ZOConfig)
+    ferret: FerretConfig = field(default_factory=FerretConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     server: ServerConfig = field(default_factory=ServerConfig)

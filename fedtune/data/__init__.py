@@ -2,6 +2,8 @@
 
 - ``config``: the ``data`` config section.
 - ``readers``: raw records of one data file or hub dataset, with their locations.
+- ``fields``: values of a raw record's fields (dotted paths, text, chat turns in the
+  OpenAI and ShareGPT spellings).
 - ``instructions`` / ``preference``: raw records -> :class:`Example` (``example``) /
   ``PreferenceExample``; ``natural_instructions``: Natural Instructions task files and rules.
 - ``records``: the two record types (examples, pairs): how each is read and labelled.

@@ -13,8 +13,23 @@ TARGETS = ("instruction", "input", "output", "category", "messages",
            "prompt", "chosen", "rejected")  # the last three: preference data (DPO)
 
 
+# other tools' names for fedtune's targets, for the error that names the right one
+ALIASES = {"response": "output", "answer": "output", "completion": "output",
+           "query": "input", "context": "input", "question": "instruction",
+           "conversations": "messages"}
+
+
+def _unknown_target(target: str) -> str:
+    alias = ALIASES.get(target)
+    hint = f" ('{target}' is fedtune's '{alias}')" if alias else ""
+    return (f"data-fields names '{target}', which is not one of {', '.join(TARGETS)}{hint}; "
+            "map those to your file's fields.")
+
+
 def parse_fields(text: str) -> dict[str, str]:
-    """``"instruction=question,output=answer"`` -> ``{"instruction": "question", ...}``."""
+    """``"instruction=question,output=answer"`` -> ``{"instruction": "question", ...}``; a
+    field may be a dotted path into nested values (``conversations.0.value``, see
+    :mod:`fedtune.data.fields`)."""
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         target, sep, source = (s.strip() for s in item.partition("="))
@@ -22,8 +37,7 @@ def parse_fields(text: str) -> dict[str, str]:
             raise ValueError(f"data-fields item '{item}' is not target=field; write e.g. "
                              "'instruction=question,output=answer'.")
         if target not in TARGETS:
-            raise ValueError(f"data-fields names '{target}', which is not one of "
-                             f"{', '.join(TARGETS)}; map those to your file's fields.")
+            raise ValueError(_unknown_target(target))
         if target in out:
             raise ValueError(f"data-fields maps '{target}' twice; keep one.")
         out[target] = source

@@ -1,22 +1,37 @@
 """Instruction examples from a data file or hub dataset: each raw record -> an :class:`Example`.
 
-Layouts, detected per record: ``chat`` (a ``messages`` list of ``{role, content}``; the last
-assistant turn is the response, the turns before it the prompt), ``dolly`` (``instruction``,
-``context``, ``response``, ``category``) and ``alpaca`` (``instruction``, ``input``, ``output``,
-optional ``category``). Any other layout is mapped with ``data-fields``, e.g.
+Layouts, detected per record:
+
+- ``chat``: a ``messages`` or ``conversations`` list of turns, OpenAI-style ``{role, content}``
+  (``user``/``assistant``/``system``) or ShareGPT-style ``{from, value}``
+  (``human``/``gpt``/``system``, LLaMA-Factory's ``sharegpt`` layout, whose top-level
+  ``system`` text becomes the first turn);
+- ``dolly``: ``instruction``, ``context``, ``response``, ``category``;
+- ``alpaca``: ``instruction``, ``input``, ``output``, optional ``category``.
+
+A multi-turn conversation gives one example: the **last assistant turn is the response** and
+every turn before it is the prompt (later turns are dropped). The prompt keeps its turns
+(``messages``) for a tokenizer's chat template; for the Alpaca template, its last user turn is
+the ``instruction`` and the other turns (the system turn included) are the ``input`` (the
+context), as ``role: content`` lines.
+
+Any other layout is mapped with ``data-fields``, e.g.
 ``"instruction=question,output=answer,category=topic"``: the named fields replace the Alpaca
-names (or, with ``messages=<field>``, the chat field). A single Natural Instructions task file is
-read whole (no preprocessing rules; folders are :mod:`fedtune.data.sources`' business). Every
-malformed record is reported as one sentence naming the file, the line or record, and the field.
+names (or, with ``messages=<field>``, the chat field). A field name may be a dotted path into
+nested values (:mod:`fedtune.data.fields`), e.g.
+``"instruction=conversations.0.value,output=conversations.1.value"``. A single Natural
+Instructions task file is read whole (no preprocessing rules; folders are
+:mod:`fedtune.data.sources`' business). Every malformed record is reported as one sentence
+naming the file, the line or record, and the field.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from fedtune.data.example import Example
+from fedtune.data.fields import present, text, turns, value_at, with_system
 from fedtune.data.natural_instructions import task_examples, task_instances
 from fedtune.data.readers import DataFileError, Record, source_records
 
@@ -39,6 +54,8 @@ def layout_for(record: Record, fields: dict[str, str]) -> dict[str, str]:
         return {**LAYOUTS["alpaca"], **fields}
     if "messages" in record:
         base = LAYOUTS["chat"]
+    elif "conversations" in record:
+        base = {**LAYOUTS["chat"], "messages": "conversations"}
     elif "response" in record and "output" not in record:
         base = LAYOUTS["dolly"]
     else:
@@ -46,86 +63,55 @@ def layout_for(record: Record, fields: dict[str, str]) -> dict[str, str]:
     return {**base, **fields}
 
 
-def _text(value: Any) -> str | None:
-    """Text of a cell: strings as they are, numbers as written; ``None`` for anything else."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def _present(record: Record) -> str:
-    return ", ".join(f"'{k}'" for k in record) or "none"
-
-
 def _required(record: Record, field: str, where: str, hint: str) -> str:
-    if field not in record or record[field] is None:
+    value = value_at(record, field)
+    if value is None:
         raise DataFileError(f"{where}: field '{field}' is missing (the record has "
-                            f"{_present(record)}); {hint}")
-    text = _text(record[field])
-    if text is None:
-        raise DataFileError(f"{where}: field '{field}' is a {type(record[field]).__name__}, "
+                            f"{present(record)}); {hint}")
+    content = text(value)
+    if content is None:
+        raise DataFileError(f"{where}: field '{field}' is a {type(value).__name__}, "
                             "not text; give it a string value.")
-    if not text.strip():
+    if not content.strip():
         raise DataFileError(f"{where}: field '{field}' is empty; give it text or remove the "
                             "record.")
-    return text
+    return content
 
 
 def _optional(record: Record, field: str, where: str) -> str:
-    value = record.get(field)
+    value = value_at(record, field)
     if value is None:
         return ""
-    text = _text(value)
-    if text is None:
+    content = text(value)
+    if content is None:
         raise DataFileError(f"{where}: field '{field}' is a {type(value).__name__}, not text; "
                             "give it a string value.")
-    return text
-
-
-def _turns(value: Any, field: str, where: str) -> list[tuple[str, str]]:
-    if isinstance(value, str):  # CSV cells hold the list as JSON text
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            value = None
-    if not isinstance(value, list) or not value:
-        raise DataFileError(f"{where}: field '{field}' must be a non-empty list of "
-                            "{role, content} turns.")
-    turns = []
-    for i, turn in enumerate(value):
-        role = turn.get("role") if isinstance(turn, dict) else None
-        content = turn.get("content") if isinstance(turn, dict) else None
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise DataFileError(f"{where}: {field}[{i}] needs string 'role' and 'content' "
-                                "fields.")
-        turns.append((role.strip().lower(), content))
-    return turns
+    return content
 
 
 def _chat_example(record: Record, names: dict[str, str], where: str) -> Example:
     field = names["messages"]
-    if field not in record or record[field] is None:
+    value = value_at(record, field)
+    if value is None:
         raise DataFileError(f"{where}: field '{field}' is missing (the record has "
-                            f"{_present(record)}); set data-fields to name the chat field.")
-    turns = _turns(record[field], field, where)
-    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=-1)
+                            f"{present(record)}); set data-fields to name the chat field.")
+    dialogue = turns(value, field, where)
+    last = max((i for i, (role, _) in enumerate(dialogue) if role == "assistant"), default=-1)
     if last < 0:
-        raise DataFileError(f"{where}: '{field}' has no 'assistant' turn; the last assistant "
-                            "turn is the response to learn.")
-    if last == 0:
-        raise DataFileError(f"{where}: '{field}' starts with the assistant turn; the response "
-                            "needs a prompt turn before it.")
-    if not turns[last][1].strip():
+        raise DataFileError(f"{where}: '{field}' has no 'assistant' turn (ShareGPT: 'gpt'); "
+                            "the last assistant turn is the response to learn.")
+    if not any(role != "system" for role, _ in dialogue[:last]):
+        raise DataFileError(f"{where}: '{field}' has no turn but system ones before its last "
+                            "assistant turn; the response needs a user turn before it.")
+    if not dialogue[last][1].strip():
         raise DataFileError(f"{where}: {field}[{last}] (the last assistant turn) is empty; "
                             "give it text or remove the record.")
-    prompt = turns[:last]
+    prompt = with_system(record, dialogue[:last])
     users = [i for i, (role, _) in enumerate(prompt) if role == "user"]
     main = users[-1] if users else len(prompt) - 1
     history = "\n".join(f"{role}: {content}" for i, (role, content) in enumerate(prompt)
                         if i != main)
-    return Example(instruction=prompt[main][1], output=turns[last][1], input=history,
+    return Example(instruction=prompt[main][1], output=dialogue[last][1], input=history,
                    category=_optional(record, names["category"], where),
                    messages=tuple(prompt))
 

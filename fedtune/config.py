@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import shlex
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -20,7 +21,7 @@ from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.algorithms.fedkseed.config import ZOConfig
 from fedtune.algorithms.ferret.config import FerretConfig
 from fedtune.data.config import DataConfig
-from fedtune.errors import ConfigError
+from fedtune.errors import ConfigError, require
 from fedtune.eval.config import EvalConfig
 from fedtune.flower.config import ServerConfig
 from fedtune.models.config import ModelConfig
@@ -112,7 +113,14 @@ class Config:
             self.train.dpo_beta = 0.5 if self.model.model == "tiny" else 0.1
 
     def validate(self) -> None:
-        """Every section's own checks (the algorithm's are in fedtune.algorithms.resolve)."""
+        """Every number is finite, then every section's own checks (the algorithm's are in
+        fedtune.algorithms.resolve). ``inf`` and ``nan`` are floats to Python and TOML, but no
+        setting means them: ``lr=inf`` would drop every reply as NaN and still exit 0."""
+        for key, (section, f) in self.keys().items():
+            value = getattr(getattr(self, section), f.name)
+            require(not isinstance(value, float) or math.isfinite(value),
+                    f"{key}={value} is not a finite number; give a finite value (the default "
+                    f"is {getattr(SECTIONS[section](), f.name)}).")
         for section in SECTIONS:
             getattr(self, section).validate()
 

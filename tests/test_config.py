@@ -105,3 +105,51 @@ def test_declared_python_range_is_one_the_stack_installs_on():
         for minor in range(8, 16):
             if f"3.{minor}" in ours:
                 assert f"3.{minor}" in theirs, f"we declare 3.{minor}, {dist} needs {theirs}"
+
+
+@pytest.mark.parametrize("override", ["lr=inf", "lr=nan", "zo-eps=-inf", "dp-clip-norm=1e999",
+                                      "dirichlet-alpha=nan", "round-timeout='inf'"])
+def test_non_finite_numbers_are_refused_naming_the_key(override):
+    """TOML and float() both read inf and nan; a run with lr=inf trained nothing, exit 0."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}=(-?inf|nan) is not a finite number; give a "
+                                          r"finite value \(the default is [\d.e-]+\)\.$"):
+        Config.from_flat(parse_overrides(override))
+
+
+def test_every_float_key_refuses_inf():
+    floats = [k for k, (_, f) in Config.keys().items() if f.type in ("float", float)]
+    assert len(floats) > 20
+    for key in floats:
+        with pytest.raises(ConfigError, match=f"{key}=inf is not a finite number"):
+            Config.from_flat({key: float("inf")})
+    with pytest.raises(ConfigError, match="local-steps=inf is not a valid int"):
+        Config.from_flat({"local-steps": float("inf")})
+
+
+@pytest.mark.parametrize("flat, says", [
+    ({"num-server-rounds": -1}, "num-server-rounds=-1 must be at least 1."),
+    ({"num-server-rounds": -20}, "num-server-rounds=-20 must be at least 1."),
+    ({"eval-examples": -1}, "eval-examples=-1 must be >= 0."),
+    ({"client-eval-examples": -3}, "client-eval-examples=-3 must be >= 0."),
+])
+def test_negative_counts_are_refused(flat, says):
+    with pytest.raises(ConfigError, match=f"^{says}$"):
+        Config.from_flat(flat)
+    assert Config.from_flat({"num-server-rounds": 0}).server.num_server_rounds == 12  # 0 = auto
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--num-clients", "0"], "--num-clients=0 must be at least 1."),
+    (["--num-clients", "-2"], "--num-clients=-2 must be at least 1."),
+    (["--rounds", "-1"], "num-server-rounds=-1 must be at least 1."),
+    (["--run-config", "lr=inf"], "lr=inf is not a finite number"),
+])
+def test_the_cli_refuses_zero_clients_negative_rounds_and_inf_before_any_engine(
+        argv, says, capsys, tmp_path):
+    from fedtune.cli import main
+
+    assert main(["simulate", "--output-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # no run folder: nothing started

@@ -74,8 +74,11 @@ class DataConfig:
         one_of("partition-by", self.partition_by, LABEL_FIELDS)
         require(self.dirichlet_alpha > 0,
                 f"dirichlet-alpha={self.dirichlet_alpha} must be positive.")
-        require(self.ni_min_instances >= 0 and self.ni_eval_min >= 0,
-                "ni-min-instances and ni-eval-min must be >= 0.")
+        for key, val in (("eval-examples", self.eval_examples),
+                         ("client-eval-examples", self.client_eval_examples),
+                         ("ni-min-instances", self.ni_min_instances),
+                         ("ni-eval-min", self.ni_eval_min)):
+            require(val >= 0, f"{key}={val} must be >= 0.")
         for key, val in (("ni-sample-fraction", self.ni_sample_fraction),
                          ("ni-eval-fraction", self.ni_eval_fraction)):
             require(0 < val <= 1, f"{key}={val} must be in (0, 1].")

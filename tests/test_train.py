@@ -7,6 +7,7 @@ from fedtune.algorithms.fedit.adapter import adapter_state, add_lora
 from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.data.synthetic import make_examples
 from fedtune.data.tokenize import encode_examples
+from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import build_tiny, load_tokenizer
 from fedtune.train.schedule import round_lr
 from fedtune.train.sft import SFTSettings, train_round
@@ -56,9 +57,15 @@ def test_gradient_checkpointing_changes_memory_not_math():
 def test_round_is_deterministic_with_dropout_and_learns():
     s = SFTSettings(steps=8, batch_size=4, lr=3e-3)
     one, a = _round(s, dropout=0.1)
-    two, b = _round(s, dropout=0.1)
+    model, tok, data = _setup(dropout=0.1)
+    before = heldout_loss(model, data, tok.pad_token_id)
+    two = train_round(model, data, s, tok.pad_token_id, (0, 1, "client-0000"))
+    after = heldout_loss(model, data, tok.pad_token_id)
+    b = adapter_state(model)
     assert one.train_loss == two.train_loss
     assert all((a[k] == b[k]).all() for k in a)
+    # measured: 6.24 -> 1.23 on the 16 training examples (the round's mean loss is 3.51)
+    assert after < 0.5 * before and two.train_loss < before
 
 
 def test_empty_data_is_a_clear_error():

@@ -3,11 +3,17 @@
 ``tiny`` needs no download and no files: a 4-layer Llama (about 1M parameters) with
 randomly initialised weights from a fixed seed, and a byte-level BPE tokenizer trained in code
 on the built-in task text. Both are deterministic, so every process builds the same model.
+
+A model that cannot be loaded (a folder that does not exist or lacks files, a hub id that
+cannot be downloaded) is a :class:`ModelError`: one sentence naming it and how to fix it, for
+the tokenizer and the model alike.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +27,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from fedtune.errors import ConfigError
+
 TINY = "tiny"
 TINY_SEED = 1234
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # owner/name, as the hub spells ids
+
+
+class ModelError(ConfigError):
+    """A model or tokenizer that cannot be loaded; the message names it and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -100,13 +113,53 @@ def is_tiny(name: str) -> bool:
     return name == TINY
 
 
+def model_source(name: str) -> str:
+    """``tiny``, ``folder`` or ``hub``: what a ``model`` value names; a path that names no
+    model folder is a :class:`ModelError`."""
+    if is_tiny(name):
+        return "tiny"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"Model folder '{name}' has no config.json; pass a folder saved "
+                             "with save_pretrained (config.json, weights, tokenizer files), "
+                             "'tiny' or a Hugging Face hub id.")
+        return "folder"
+    if path.exists():
+        raise ModelError(f"Model '{name}' is a file, not a folder; pass the folder that holds "
+                         "its config.json, 'tiny' or a Hugging Face hub id.")
+    if not HUB_ID.match(name) or ".." in name:
+        raise ModelError(f"Model folder '{name}' does not exist; fix the path, or pass 'tiny' "
+                         "or a Hugging Face hub id (owner/name).")
+    return "hub"
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+
+
+def _from_pretrained(load: Callable, name: str, what: str, **kwargs):
+    """``load(name, **kwargs)`` (a ``from_pretrained``), its failure as one sentence."""
+    source = model_source(name)
+    try:
+        return load(name, **kwargs)
+    except (OSError, ValueError) as err:
+        if source == "folder":
+            raise ModelError(f"Could not load the {what} of the model folder '{name}' "
+                             f"({_first_line(err)}); the folder needs config.json, the weights "
+                             "and the tokenizer files, as save_pretrained writes them.") from err
+        raise ModelError(f"Could not load the {what} of '{name}', which is no local folder, "
+                         f"from the Hugging Face hub ({_first_line(err)}); fix the path or the "
+                         "hub id, or download the model elsewhere and pass its folder.") from err
+
+
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str):
     """Tokenizer with a pad token (the EOS token when the model defines none); one per process."""
     if is_tiny(name):
         tok = tiny_tokenizer()
     else:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -117,14 +170,8 @@ def load_model(name: str, placement: Placement) -> PreTrainedModel:
     if is_tiny(name):
         model = build_tiny()
     else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=placement.dtype)
-        except OSError as err:
-            where = "local folder" if Path(name).exists() else "hub id (needs network)"
-            raise ValueError(
-                f"Could not load model '{name}' as a {where}: {err}. Pass 'tiny', a folder "
-                "with config.json and weights, or a reachable Hugging Face hub id."
-            ) from err
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "model",
+                                 dtype=placement.dtype)
     model = model.to(device=placement.device, dtype=placement.dtype)
     model.eval()
     return model

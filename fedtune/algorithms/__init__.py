@@ -15,6 +15,7 @@ from fedtune.algorithms.base import Algorithm
 from fedtune.algorithms.baselines import CENTRALIZED, LOCAL
 from fedtune.algorithms.fedit import FEDIT
 from fedtune.algorithms.fedkseed import FEDKSEED, FEDKSEED_PRO
+from fedtune.algorithms.ferret import FERRET
 from fedtune.algorithms.full_ft import FULL_FT
 from fedtune.errors import ConfigError
 
@@ -27,6 +28,7 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
     FEDIT,
     FEDKSEED,
     FEDKSEED_PRO,
+    FERRET,
     FULL_FT,
     LOCAL,
     CENTRALIZED,

@@ -38,7 +38,7 @@ import torch
 
 from fedtune.zo.rng import _MIX1, _MIX2, ZCODE_TABLE, Workspace, _signed, stream_key
 
-__all__ = ["BACKENDS", "add_codes_", "available_backend"]
+__all__ = ["BACKENDS", "add_codes_", "available_backend", "dot_perturbations"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,23 @@ void add_codes(u64 *acc, int64_t lo, int64_t hi, int64_t n, const u64 *key, cons
     for (int l = 0; l < 4 && 4 * i + l < n; l++) acc[4 * i + l] += a[l];
   }
 }
+/* Ferret's projection: out[s] = sum_e T[code of element e of seed s] * x[e], seeds s0..s1-1,
+   each seed's sum in one fixed order (so the result does not depend on the thread split). */
+void dot_codes(double *out, int64_t s0, int64_t s1, int64_t n, const u64 *key, const u64 *gamma,
+               const double *x, const int32_t *T) {
+  for (int64_t s = s0; s < s1; s++) {
+    double a[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; 4 * i < n; i++) {
+      u64 h = key[s] + (u64)(i + 1) * gamma[s];
+      h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL;
+      h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL;
+      h ^= h >> 31;
+      for (int l = 0; l < 4 && 4 * i + l < n; l++)
+        a[l] += (double)T[(h >> (16 * l)) & 0xFFFF] * x[4 * i + l];
+    }
+    out[s] = (a[0] + a[1]) + (a[2] + a[3]);
+  }
+}
 """
 
 _status: dict[tuple[str, str], bool] = {}  # (backend, device type) -> passed its probe
@@ -138,6 +155,8 @@ def _native_lib(archs: tuple[str, ...] = ("-march=native", "")) -> ctypes.CDLL:
     lib.add_codes.restype = None
     lib.add_codes.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3
     lib.add_codes.argtypes += [ctypes.c_int64, ctypes.c_void_p]
+    lib.dot_codes.restype = None
+    lib.dot_codes.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4
     return lib
 
 
@@ -302,3 +321,42 @@ def add_codes_(
     _run(name, work, kept, d[keep].astype(np.int64), index, start)
     if work is not acc:
         acc.copy_(work)
+
+
+@torch.no_grad()
+def dot_perturbations(x: torch.Tensor, seeds: Sequence[int], index: int, start: int = 0
+                      ) -> np.ndarray:
+    """``<z(seed, index)[start : start + n], x>`` for every seed, float64, for a 1-D float64
+    ``x`` of n elements (``start % 4 == 0``): Ferret's projection, one pass per seed with no
+    z stored. CPU: the native kernel on up to ``torch.get_num_threads()`` threads (each seed's
+    sum in one fixed order); elsewhere, or without a C compiler, batched generation."""
+    if x.dtype != torch.float64 or x.dim() != 1:
+        raise ValueError(f"x must be a 1-D float64 tensor, got {x.dtype} {tuple(x.shape)}")
+    if start < 0 or start % 4:
+        raise ValueError(f"start must be a non-negative multiple of 4, got {start}")
+    if not len(seeds) or not x.numel():
+        return np.zeros(len(seeds))
+    if x.device.type == "cpu" and _ready("native", x.device):
+        return _native_dots(x.contiguous(), seeds, index, start)
+    from fedtune.zo.rng import perturbations
+
+    out = np.zeros(len(seeds))
+    rows = max(1, (1 << 22) // x.numel())
+    for s0 in range(0, len(seeds), rows):
+        z = perturbations(list(seeds[s0:s0 + rows]), index, x.numel(), x.device, offset=start)
+        out[s0:s0 + rows] = (z.double() @ x).cpu().numpy()
+    return out
+
+
+def _native_dots(x: torch.Tensor, seeds: Sequence[int], index: int, start: int) -> np.ndarray:
+    fn = _native_lib().dot_codes
+    streams = np.array([_stream(int(s), index) for s in seeds], dtype=np.uint64).reshape(-1, 2)
+    keys = np.ascontiguousarray(streams[:, 0] + streams[:, 1] * np.uint64(start // 4))
+    gammas = np.ascontiguousarray(streams[:, 1])
+    out = np.zeros(len(seeds))
+    args = [x.numel(), keys.ctypes.data, gammas.ctypes.data, x.data_ptr(),
+            _table(x.device, torch.int32).data_ptr()]
+    parts = max(1, min(torch.get_num_threads(), len(seeds), x.numel() * len(seeds) >> 18))
+    cuts = [len(seeds) * k // parts for k in range(parts + 1)]
+    list(_pool(parts).map(lambda c: fn(out.ctypes.data, *c, *args), itertools.pairwise(cuts)))
+    return out / 4096.0  # z = code / 2**12, exactly

@@ -16,6 +16,13 @@ Bounds (checked): |A| < 2**20, |zcode| <= 17,715 < 2**14.2 and K <= 2**12 keep
 (:func:`check_bounds`). Quantising A to 2**-16 moves a weight by at most
 lr * K * 2**-17 * 4.33 (1.4e-3 * lr at K = 4096), far below one ZO step.
 
+Blocks (Ferret, Shu et al., ICML 2025): with ``blocks`` (a block id per parameter), A has one
+entry per (block, seed), entry ``b * K + k`` scaling seed k's z on block b's parameters only, and
+``S = sum_k Aint_{b(p),k} * zcode_k`` per weight of parameter p; each block then stays within the
+bound above. ``frac_bits`` sets A's quantum 2**-frac_bits (16 for FedKSeed, whose A holds
+accumulated directional derivatives; Ferret's projection coefficients are smaller and need a
+finer quantum).
+
 Memory: the process holds only the float32 parameters (on their device). w0 and S live in files
 (:class:`VersionStore`), streamed one chunk at a time with explicit reads and writes (no mmap), so
 the resident set stays at the weights plus a chunk.
@@ -35,36 +42,42 @@ import torch
 
 from fedtune.zo.rng import Z_FRAC_BITS, ZCODE_TABLE
 
-__all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "check_bounds", "codes_path", "scale",
-           "to_codes"]
+__all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "a_limit", "check_bounds", "codes_path",
+           "scale", "to_codes"]
 
 A_FRAC_BITS = 16
 A_LIMIT = 2.0**20
 CHUNK = 1 << 18  # elements per streamed chunk: about 10 MiB of temporaries
 
 
-def check_bounds(k: int, limit: float = A_LIMIT) -> None:
+def check_bounds(k: int, limit: float = A_LIMIT, frac_bits: int = A_FRAC_BITS) -> None:
     """Raise unless K seeds with |A| < ``limit`` keep every S inside int64."""
-    worst = limit * 2**A_FRAC_BITS * int(ZCODE_TABLE.abs().max()) * k
+    worst = limit * 2**frac_bits * int(ZCODE_TABLE.abs().max()) * k
     if worst >= 2**63:
         raise ValueError(f"K={k} seeds with |A| < {limit:g} could overflow the integer version "
                          "sums; use a smaller seed pool")
 
 
-def to_codes(accumulated: np.ndarray) -> np.ndarray:
-    """``rint(A * 2**16)`` as int64 (one deterministic rounding on every party)."""
+def a_limit(frac_bits: int = A_FRAC_BITS) -> float:
+    """The largest |A| the exact versions take with a quantum of 2**-frac_bits (2**20 at 16)."""
+    return A_LIMIT * 2.0 ** (A_FRAC_BITS - frac_bits)
+
+
+def to_codes(accumulated: np.ndarray, frac_bits: int = A_FRAC_BITS) -> np.ndarray:
+    """``rint(A * 2**frac_bits)`` as int64 (one deterministic rounding on every party)."""
     a = np.asarray(accumulated, dtype=np.float64)
     if not np.all(np.isfinite(a)):
         raise ValueError("the accumulated vector contains NaN or Inf")
-    if a.size and float(np.abs(a).max()) >= A_LIMIT:
+    limit = a_limit(frac_bits)
+    if a.size and float(np.abs(a).max()) >= limit:
         raise ValueError(f"an accumulated scalar reached {float(np.abs(a).max()):.3g}, beyond the "
-                         f"exact-version limit {A_LIMIT:g}; lower zo-lr or clip scalars")
-    return np.rint(a * 2.0**A_FRAC_BITS).astype(np.int64)
+                         f"exact-version limit {limit:g}; lower the learning rate or clip scalars")
+    return np.rint(a * 2.0**frac_bits).astype(np.int64)
 
 
-def scale(lr: float) -> float:
+def scale(lr: float, frac_bits: int = A_FRAC_BITS) -> float:
     """c in w = w0 - c * S."""
-    return float(lr) * 2.0 ** -(A_FRAC_BITS + Z_FRAC_BITS)
+    return float(lr) * 2.0 ** -(frac_bits + Z_FRAC_BITS)
 
 
 class VersionStore:
@@ -74,16 +87,24 @@ class VersionStore:
     are w0: they are written to ``folder/w0-<digest>.f32`` (shared: one per model) and S starts
     at zero in a file of this process. :meth:`load` brings the parameters to a version,
     :meth:`restore` back to the current one after local steps, :meth:`load_w0` to w0.
+    ``blocks``: a block id (0 .. L-1) per parameter, for per-block coefficients (A then has
+    L * K entries); None: one block, A has one entry per seed (FedKSeed).
     """
 
     def __init__(self, params: list[torch.Tensor], seeds: np.ndarray, lr: float,
-                 folder: str | Path | None = None, chunk: int = CHUNK) -> None:
+                 folder: str | Path | None = None, chunk: int = CHUNK, *,
+                 blocks: Sequence[int] | None = None, frac_bits: int = A_FRAC_BITS) -> None:
         if any(p.dtype != torch.float32 for p in params):
             raise ValueError("exact versions need float32 parameters")
-        check_bounds(len(seeds))
+        check_bounds(len(seeds), a_limit(frac_bits), frac_bits)
         self.params = params
         self.seeds = np.asarray(seeds, dtype=np.int64)
-        self.c = scale(lr)
+        self.blocks = np.zeros(len(params), np.int64) if blocks is None else np.asarray(blocks)
+        if self.blocks.shape != (len(params),) or (len(params) and self.blocks.min() < 0):
+            raise ValueError(f"need one block id >= 0 per parameter ({len(params)})")
+        self.num_blocks = int(self.blocks.max()) + 1 if len(params) else 1
+        self.frac_bits = frac_bits
+        self.c = scale(lr, frac_bits)
         self.chunk = chunk
         self.sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
@@ -98,7 +119,8 @@ class VersionStore:
         self.s_path = Path(name)
         weakref.finalize(self, self.s_path.unlink, missing_ok=True)
         os.truncate(self.s_path, 8 * int(self.offsets[-1]))  # S = 0 (sparse)
-        self.codes = np.zeros(len(self.seeds), dtype=np.int64)  # the version S holds
+        # the version S holds: entry b * K + k is seed k on block b
+        self.codes = np.zeros(self.num_blocks * len(self.seeds), dtype=np.int64)
         self.current = True  # whether the parameters equal the version's weights
 
     # ---- files -----------------------------------------------------------------------------
@@ -121,15 +143,24 @@ class VersionStore:
         return path
 
     # ---- versions ----------------------------------------------------------------------------
+    def codes_for(self, accumulated: np.ndarray) -> np.ndarray:
+        """The integer codes of version ``accumulated`` (:func:`to_codes` at this quantum)."""
+        return to_codes(accumulated, self.frac_bits)
+
     @torch.no_grad()
-    def _rewrite(self, seeds: Sequence[int], deltas: np.ndarray, *, update_s: bool,
-                 from_w0_only: bool = False) -> None:
-        """One streamed pass: S += sum deltas z-codes (if ``update_s``), params = w0 - c S."""
+    def _rewrite(self, changes: dict[int, tuple[list[int], np.ndarray]], *, update_s: bool,
+                 from_w0_only: bool = False, only_changed: bool = False) -> None:
+        """One streamed pass: S += sum deltas z-codes for each block's ``changes`` (block ->
+        (seeds, deltas), if ``update_s``), params = w0 - c S; ``only_changed`` skips the
+        parameters of blocks without changes (their weights are already the version's)."""
         from fedtune.zo.fused import add_codes_
 
         i64, f32 = np.dtype(np.int64), np.dtype(np.float32)
         with self.s_path.open("r+b") as s_file, self.w0_path.open("rb") as w0_file:
             for index, p in enumerate(self.params):
+                seeds, deltas = changes.get(int(self.blocks[index]), ([], np.zeros(0, np.int64)))
+                if only_changed and not seeds:
+                    continue
                 flat = p.view(-1)
                 for start in range(0, flat.numel(), self.chunk):
                     n = min(self.chunk, flat.numel() - start)
@@ -150,17 +181,38 @@ class VersionStore:
                     w = w0.to(p.device, torch.float64) - self.c * s.to(p.device, torch.float64)
                     flat[start:start + n].copy_(w.to(torch.float32))
 
+    @torch.no_grad()
+    def version_chunk(self, index: int, start: int, n: int) -> torch.Tensor:
+        """Elements ``start .. start + n - 1`` of parameter ``index`` at the held version (float32,
+        on the parameter's device), read from w0 and S: the weights before local steps, without
+        a copy of the model."""
+        at = int(self.offsets[index]) + start
+        with self.s_path.open("rb") as s_file, self.w0_path.open("rb") as w0_file:
+            w0_file.seek(at * 4)
+            w0 = torch.from_numpy(np.fromfile(w0_file, dtype=np.float32, count=n))
+            s_file.seek(at * 8)
+            s = torch.from_numpy(np.fromfile(s_file, dtype=np.int64, count=n))
+        device = self.params[index].device
+        w = w0.to(device, torch.float64) - self.c * s.to(device, torch.float64)
+        return w.to(torch.float32)
+
     def load(self, accumulated: np.ndarray) -> int:
-        """Set the parameters to the model of ``accumulated``; returns how many seeds it took
-        (those whose code changed since the version held)."""
-        new = to_codes(accumulated)
+        """Set the parameters to the model of ``accumulated``; returns how many entries of A it
+        took (those whose code changed since the version held)."""
+        new = self.codes_for(accumulated)
         if new.shape != self.codes.shape:
-            raise ValueError(f"A has {new.size} entries but the pool has {self.codes.size} seeds")
+            raise ValueError(f"A has {new.size} entries but the pool has {self.codes.size} "
+                             f"({self.num_blocks} block(s) x {self.seeds.size} seeds)")
         changed = np.flatnonzero(new != self.codes)
         if not changed.size and self.current:
             return 0
-        self._rewrite([int(s) for s in self.seeds[changed]], new[changed] - self.codes[changed],
-                      update_s=True)
+        k = self.seeds.size
+        changes: dict[int, tuple[list[int], np.ndarray]] = {}
+        for block in np.unique(changed // k):
+            at = changed[changed // k == block]
+            changes[int(block)] = ([int(s) for s in self.seeds[at % k]],
+                                   new[at] - self.codes[at])
+        self._rewrite(changes, update_s=True, only_changed=self.current)
         self.codes = new
         self.current = True
         return int(changed.size)
@@ -168,12 +220,12 @@ class VersionStore:
     def restore(self) -> None:
         """Undo local steps: the parameters become the held version's weights again, exactly."""
         if not self.current:
-            self._rewrite([], np.zeros(0, np.int64), update_s=False)
+            self._rewrite({}, update_s=False)
             self.current = True
 
     def load_w0(self) -> None:
         """The parameters become w0 (e.g. for a DPO reference); :meth:`restore` undoes it."""
-        self._rewrite([], np.zeros(0, np.int64), update_s=False, from_w0_only=True)
+        self._rewrite({}, update_s=False, from_w0_only=True)
         self.current = False
 
     def mark_changed(self) -> None:

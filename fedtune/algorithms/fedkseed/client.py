@@ -9,7 +9,7 @@ import numpy as np
 
 from fedtune.algorithms.base import NodeState
 from fedtune.algorithms.fedkseed.dpo import reference_logps
-from fedtune.algorithms.fedkseed.model import identity_mismatch, zo_model_for
+from fedtune.algorithms.fedkseed.model import ZOModel, identity_mismatch, zo_model_for
 from fedtune.algorithms.fedkseed.pro import probabilities_from
 from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.config import Config
@@ -94,10 +94,12 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     })
 
 
-def evaluate(cfg: Config, accumulated: np.ndarray, node: Node) -> tuple[float, int]:
+def evaluate(cfg: Config, accumulated: np.ndarray, node: Node, zm: ZOModel | None = None
+             ) -> tuple[float, int]:
     """Held-out loss (DPO loss for objective=dpo) of the global model of this version on the
-    node's own held-out examples."""
-    zm = zo_model_for(cfg)
+    node's own held-out examples. ``zm``: the process's model (default: FedKSeed's; Ferret
+    passes its own)."""
+    zm = zm or zo_model_for(cfg)
     if cfg.train.objective == "dpo":
         pairs = node_pairs(cfg, node, held_out=True)
         reference = reference_logps(cfg, zm, pairs)

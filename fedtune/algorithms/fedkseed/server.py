@@ -27,11 +27,12 @@ class FedKSeedServer:
     A lives in the round loop; the strategy aggregates it."""
 
     wire_dtype = None  # A travels as float32: the model is defined by its exact value
+    model_for = staticmethod(zo_model_for)  # the process's model at exact versions
 
     def __init__(self, cfg: Config, pro: bool = False) -> None:
         self.cfg = cfg
         self.pro = pro  # FedKSeed-Pro: clients sample seeds by importance
-        self.zm = zo_model_for(cfg)
+        self.zm = self.model_for(cfg)
         self.pool = SeedPool(self.zm.seeds)
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
         self.pairs = heldout_pairs(cfg, self.zm) if dpo else None

@@ -1,0 +1,72 @@
+"""Server-side Ferret: the version's identity and the round's local lr out, the coefficient
+replies checked, evaluation of a version, the result (the reconstructed model as an HF folder).
+
+A is one accumulated coefficient per (block, seed), L * K entries; the ``seeds`` strategy
+(:mod:`fedtune.strategies.fedkseed`) aggregates the replies into it exactly as FedKSeed's
+scalars: A_bk += sum_i w_i gamma_ibk, w_i by examples or equal (``zo-equal-weights``, the
+official script's choice), so with a constant server lr the model is the FedAvg of the clients'
+reconstructed updates. It sees A's entries as a pool of L * K coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedtune.algorithms.fedkseed.server import FedKSeedServer
+from fedtune.algorithms.ferret.model import FRAC_BITS, ferret_model_for
+from fedtune.algorithms.replies import Records, check_metrics
+from fedtune.config import Config
+from fedtune.train.schedule import round_lr
+from fedtune.zo import SeedPool, unpack_pairs
+
+STATE_FILE = "ferret-state.npz"
+
+
+class FerretServer(FedKSeedServer):
+    """FedKSeed's server (evaluation by version, checkpoint state) over Ferret's model."""
+
+    model_for = staticmethod(ferret_model_for)
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        # the strategy's coordinates: one per entry of A (its "seeds" are entry ids)
+        self.pool = SeedPool(np.arange(1, self.zm.store.codes.size + 1))
+
+    def check_reply(self, content: Records) -> str | None:
+        """Distinct entries of A (< L * K), finite coefficients, packed; and metrics."""
+        record = content.configs.get("zo")
+        if record is None or not isinstance(record.get("pairs"), bytes):
+            return "no 'zo' record with packed 'pairs' bytes"
+        try:
+            entries, _ = unpack_pairs(record["pairs"], self.pool.k)
+        except ValueError as err:
+            return f"bad coefficient pairs: {err}"
+        if np.unique(entries).size != entries.size:
+            return "a coefficient entry appears twice"
+        return check_metrics(content)
+
+    def train_config(self, server_round: int) -> dict[str, int | str | float]:
+        """The version's identity (clients refuse a mismatch) and the round's local lr."""
+        t = self.cfg.train
+        lr = round_lr(t.lr, server_round, self.cfg.server.num_server_rounds, t.lr_schedule,
+                      t.min_lr_ratio)
+        return {**self.zm.identity, "lr": lr}
+
+    def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:
+        """``model/`` (the reconstructed model, an HF folder: ``fedtune generate``/``export``
+        and ``from_pretrained`` load it) and ``ferret-state.npz`` (seeds, blocks, A, server lr:
+        the exact version, for audit or to rebuild the model from the base)."""
+        store = self.zm.store
+        np.savez(run_dir / STATE_FILE, seeds=store.seeds, blocks=store.blocks,
+                 accumulated=arrays["accumulated"], server_lr=np.float64(self.zm.lr),
+                 frac_bits=np.int64(FRAC_BITS))
+        (run_dir / "ferret.json").write_text(json.dumps(
+            {"base_model": self.cfg.model.model, "state": STATE_FILE, "server_lr": self.zm.lr,
+             "k": int(store.seeds.size), "blocks": store.num_blocks}, indent=2))
+        self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)
+        self.zm.model.save_pretrained(run_dir / "model")
+        self.zm.tokenizer.save_pretrained(run_dir / "model")
+        return run_dir / "model"

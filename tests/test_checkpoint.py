@@ -45,6 +45,8 @@ CASES = {
     "fedit-fedex": {"lora-aggregation": "fedex"},
     "fedit-ffa": {"lora-aggregation": "ffa"},
     "fedit-scaffold": {"strategy": "scaffold"},  # c on the server, c_i in the nodes' snapshots
+    # Ferret: A of (block, seed) coefficients and the seeds strategy's momentum
+    "ferret": {"algorithm": "ferret", "ferret-seeds": 16, "zo-server-momentum": 0.5},
 }
 
 
@@ -57,7 +59,7 @@ def run(tmp_path, name, keys, crash_in_round=None, resume=False):
                           "node-state-dir": str(tmp_path / name / "node-state")})
     if resume:
         cfg.output.resume = cfg.output.run_dir
-    if cfg.train.algorithm.startswith("fedkseed"):
+    if cfg.train.algorithm.startswith("fedkseed") or cfg.train.algorithm == "ferret":
         cfg.zo.zo_cache_dir = str(tmp_path / name / "zo-cache")
 
     trained = []  # both nodes train every round (fraction-train 1.0)
@@ -102,6 +104,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
     elif case in ("fedit-flora", "fedit-fedex"):  # Delta, the nodes' rounds, recent factors
         assert int(ckpt.algorithm["round"]) == 2 and np.abs(ckpt.algorithm[
             next(k for k in ckpt.algorithm if k.startswith("delta/"))]).sum() > 0
+    elif case == "ferret":
+        assert np.abs(ckpt.strategy["momentum/array/"]).sum() > 0
     elif case in ("fedit-fedsa", "fedit-ffa", "fedit-scaffold"):
         assert not ckpt.algorithm
     else:  # DP: (z, m, N) of the 2 released rounds; Pro counts the dense noisy mean per reply

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from fedtune.algorithms.fedkseed.server import FedKSeedServer
+from fedtune.algorithms.ferret.config import ferret_lr
 from fedtune.algorithms.ferret.model import FRAC_BITS, ferret_model_for
 from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
+from fedtune.models.loading import is_tiny
 from fedtune.train.schedule import round_lr
 from fedtune.zo import SeedPool, unpack_pairs
 
@@ -51,7 +53,8 @@ class FerretServer(FedKSeedServer):
     def train_config(self, server_round: int) -> dict[str, int | str | float]:
         """The version's identity (clients refuse a mismatch) and the round's local lr."""
         t = self.cfg.train
-        lr = round_lr(t.lr, server_round, self.cfg.server.num_server_rounds, t.lr_schedule,
+        base = ferret_lr(self.cfg.ferret, self.zm.num_params, is_tiny(self.cfg.model.model))
+        lr = round_lr(base, server_round, self.cfg.server.num_server_rounds, t.lr_schedule,
                       t.min_lr_ratio)
         return {**self.zm.identity, "lr": lr}
 

@@ -45,6 +45,7 @@ class Suite:
     # the method's own name
     privacy: bool = False  # also write the privacy-utility table and plot (privacy_report)
     lora_report: bool = False  # also write the LoRA-aggregation table and plot (lora_report)
+    full_report: bool = False  # also write the full-parameter table (fullparam_report)
 
 
 #: The privacy suite's noise multipliers. With 8 rounds, 16 of 64 clients per round (fixed-size
@@ -68,7 +69,7 @@ def _privacy_methods() -> tuple[dict[str, str], dict[str, str]]:
 
 PRIVACY_METHODS, PRIVACY_ALGORITHMS = _privacy_methods()
 
-ALL = ("fedit", "fedkseed", "fedkseed-pro", "local", "centralized")
+ALL = ("fedit", "fedkseed", "fedkseed-pro", "ferret", "local", "centralized")
 
 #: The LoRA aggregation variants of FedIT (the ``lora-aggregation`` config key), each run with
 #: ``--algorithm fedit``.
@@ -83,12 +84,33 @@ SUITES = {
         metric="exact_match", num_clients=8,
         common="num-server-rounds=6 eval-examples=48 max-new-tokens=6 fraction-evaluate=0.0",
         methods={"fedit": "", "fedkseed": "zo-steps=100", "fedkseed-pro": "zo-steps=100",
-                 "local": "", "centralized": ""},
+                 "ferret": "", "local": "", "centralized": ""},
     ),
     "tiny": Suite(
         "tiny model, built-in tasks, 8 clients (4 per round), the default 12 rounds",
         metric="exact_match", num_clients=8, common="",
         methods={m: "" for m in ALL},
+    ),
+    # Federated full-parameter tuning: FedKSeed, FedKSeed-Pro and Ferret at their defaults (the
+    # default run: 8 clients, 4 per round, 12 rounds), FedIT (LoRA) as the reference;
+    # full-parameter.md adds rounds to FedKSeed's final loss and the clients' compute time.
+    "full-parameter": Suite(
+        "full-parameter tuning (FedKSeed, FedKSeed-Pro, Ferret; FedIT for reference), tiny "
+        "model, built-in tasks, 8 clients (4 per round), 12 rounds",
+        metric="exact_match", num_clients=8, common="",
+        methods={"fedkseed": "", "fedkseed-pro": "", "ferret": "", "fedit": ""},
+        full_report=True,
+    ),
+    # The same on Natural Instructions (the fedkseed-ni recipe; Ferret with ferret-ni's
+    # settings), cut to 4 rounds with Rouge-L of 32 tokens every 2 rounds to fit a CPU.
+    "full-parameter-ni": Suite(
+        "full-parameter tuning on Natural Instructions (FedKSeed setup), stories260k, 40 "
+        "clients (2 per round), 4 rounds",
+        metric="rouge_l", num_clients=40, recipe="fedkseed-ni",
+        common="num-server-rounds=4 eval-every=2 max-new-tokens=32",
+        methods={"fedkseed": "", "fedkseed-pro": "",
+                 "ferret": "local-steps=10 grad-accum=4 zo-equal-weights=true", "fedit": ""},
+        full_report=True,
     ),
     "ni-stories260k": Suite(
         "Natural Instructions (FedKSeed setup) on stories260k: one client per train task",
@@ -320,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(lora_report.write(results, args.seeds, out, suite.description, suite.metric))
         print(f"wrote {out / 'lora.md'} and {out / 'lora.png'}")
+    if suite.full_report:
+        from simulations import fullparam_report
+
+        print(fullparam_report.write(results, out, suite.description))
+        print(f"wrote {out / 'full-parameter.md'}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     """tau ZO-SGD steps on the SFT (or DPO) loss of this node's data (FedKSeed, Alg. 1,
     client side). ``identity``: the server's round config (or any mapping with the keys of
     :attr:`ZOModel.identity`); a mismatch refuses the round."""
+    started = time.perf_counter()
     zm = zo_model_for(cfg)
     mismatch = identity_mismatch(zm.identity, identity)
     if mismatch:
@@ -88,6 +90,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     finite = [x for x in losses if math.isfinite(x)]
     return ZOResult(indices[taken], scalars[taken], len(data), {
         "train-loss": float(np.mean(finite)) if finite else 0.0,
+        "train-seconds": time.perf_counter() - started,  # catch-up and the ZO steps
         "skipped-steps": skipped,
         "dropped-examples": data.dropped,
         **(dpo_stats.metrics() if dpo else {}),  # over both perturbed forwards of each step

@@ -4,6 +4,7 @@ then the update's projection onto the shared seeds (Shu et al., ICML 2025, Alg. 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
     """``local-steps`` optimizer steps on the node's SFT (or DPO) loss from version
     ``accumulated``, then the projection of the change. ``conf``: the round config (identity,
     the round's ``lr``); an identity mismatch refuses the round."""
+    started = time.perf_counter()
     fm = ferret_model_for(cfg)
     mismatch = identity_mismatch(fm.identity, conf)
     if mismatch:
@@ -63,6 +65,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
                                                    node.name), cfg.ferret.ferret_min_seeds)
     return FerretResult(entries, gammas, len(data), {
         "train-loss": stats.train_loss,
+        "train-seconds": time.perf_counter() - started,  # catch-up, local steps, projection
         "update-norm": float(np.sqrt(np.square(norms).sum())),
         "coefficients": int(entries.size),
         "dropped-examples": data.dropped,

@@ -183,7 +183,7 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
 
 def _run_model(run_dir: Path):
     """(the run's final model, tokenizer): FedIT's adapter merged in, the merged model of
-    FLoRA/FedEx-LoRA (and full-ft), or FedKSeed replayed."""
+    FLoRA/FedEx-LoRA (and full-ft), Ferret's reconstructed model, or FedKSeed replayed."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a local multi-client simulation (Flower)")
     sim.add_argument("--recipe", help="TOML file of config keys")
-    sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, local (each "
+    sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, ferret, local (each "
                      "client alone) or centralized (all data pooled); `fedtune algorithms` "
                      "lists them")
     sim.add_argument("--objective", help="sft (default) or dpo (preference pairs)")

@@ -24,7 +24,7 @@ def test_bad_values_are_one_clear_sentence():
     from fedtune.algorithms import resolve
 
     with pytest.raises(ConfigError, match="algorithm='fedsgd' is not supported; use one of "
-                                          "fedit, fedkseed, fedkseed-pro, full-ft, local"):
+                                          "fedit, fedkseed, fedkseed-pro, ferret, full-ft, local"):
         resolve(Config.from_flat({"algorithm": "fedsgd"}))
     with pytest.raises(ConfigError, match="objective=dpo runs with fedit, fedkseed, "
                                           "fedkseed-pro; the local baseline supports sft only"):

@@ -16,6 +16,7 @@ import torch
 
 from fedtune.data.tokenize import EncodedSet, collate
 from fedtune.seeding import derive_seed, rng
+from fedtune.train.config import OPTIMIZERS
 
 
 @dataclass
@@ -54,9 +55,6 @@ def batches(n: int, batch_size: int, count: int, *seed_parts: int | str):
             order += gen.permutation(n).tolist()
         yield order[:batch_size]
         order = order[batch_size:]
-
-
-OPTIMIZERS = ("adamw", "sgd")
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,

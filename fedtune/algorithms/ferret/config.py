@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedtune.errors import one_of, require
-from fedtune.train.sft import OPTIMIZERS
+from fedtune.train.config import OPTIMIZERS
 
 
 @dataclass

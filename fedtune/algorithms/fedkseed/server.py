@@ -62,16 +62,23 @@ class FedKSeedServer:
 
         A client uploads only the steps it took (a skipped step is left out), so 0 pairs is a
         valid reply: a client that took no step contributes a zero delta."""
-        record = content.configs.get("zo")
-        if record is None or not isinstance(record.get("pairs"), bytes):
-            return "no 'zo' record with packed 'pairs' bytes"
-        try:
-            indices, _ = unpack_pairs(record["pairs"], self.pool.k)
-        except ValueError as err:
-            return f"bad seed pairs: {err}"
+        indices, problem = self.reply_pairs(content, "seed")
+        if problem:
+            return problem
         if len(indices) > self.cfg.zo.zo_steps:
             return f"{len(indices)} seed pairs, expected at most zo-steps={self.cfg.zo.zo_steps}"
         return check_metrics(content)
+
+    def reply_pairs(self, content: Records, what: str) -> tuple[np.ndarray, str | None]:
+        """The entries of the reply's packed (entry < pool size, finite scalar) pairs, or a
+        reason to drop it."""
+        record = content.configs.get("zo")
+        if record is None or not isinstance(record.get("pairs"), bytes):
+            return np.zeros(0, np.int64), "no 'zo' record with packed 'pairs' bytes"
+        try:
+            return unpack_pairs(record["pairs"], self.pool.k)[0], None
+        except ValueError as err:
+            return np.zeros(0, np.int64), f"bad {what} pairs: {err}"
 
     def train_config(self, server_round: int) -> dict[str, int | str | bytes]:
         """What a version means (clients refuse a mismatch) and, for Pro, the importance."""

@@ -22,7 +22,7 @@ from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
 from fedtune.models.loading import is_tiny
 from fedtune.train.schedule import round_lr
-from fedtune.zo import SeedPool, unpack_pairs
+from fedtune.zo import SeedPool
 
 STATE_FILE = "ferret-state.npz"
 
@@ -39,13 +39,9 @@ class FerretServer(FedKSeedServer):
 
     def check_reply(self, content: Records) -> str | None:
         """Distinct entries of A (< L * K), finite coefficients, packed; and metrics."""
-        record = content.configs.get("zo")
-        if record is None or not isinstance(record.get("pairs"), bytes):
-            return "no 'zo' record with packed 'pairs' bytes"
-        try:
-            entries, _ = unpack_pairs(record["pairs"], self.pool.k)
-        except ValueError as err:
-            return f"bad coefficient pairs: {err}"
+        entries, problem = self.reply_pairs(content, "coefficient")
+        if problem:
+            return problem
         if np.unique(entries).size != entries.size:
             return "a coefficient entry appears twice"
         return check_metrics(content)

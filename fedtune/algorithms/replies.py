@@ -2,8 +2,9 @@
 
 :class:`Records` mirrors a Flower ``RecordDict`` without Flower's types (``fedtune.flower.records``
 converts), so an algorithm builds and checks its messages as numpy arrays and dicts. A reply
-that would corrupt the global model (NaN/Inf, missing or extra keys, wrong shapes or dtypes, a
-non-positive example count) is rejected with a reason; the round loop logs it with the node's
+that would corrupt the global model (NaN/Inf, values at float16's limit or too large to square in
+float32, missing or extra keys, wrong shapes or dtypes, fewer than one example) is rejected with
+a reason; the round loop logs it with the node's
 name and goes on without it (Flower's own strategies would stop the whole ServerApp).
 """
 
@@ -18,6 +19,11 @@ import numpy as np
 
 ALLOWED_DTYPES = ("float16", "float32")
 NUM_EXAMPLES = "num-examples"  # the metric every reply weights itself by
+#: |value| at which an array counts as overflowed: float16's largest finite value (a cast that
+#: overflowed saturates there or becomes Inf), and for float32 the square root of its largest
+#: (server optimizers such as FedAdam square updates; norms sum squares).
+LIMITS = {"float16": float(np.finfo(np.float16).max),
+          "float32": float(np.sqrt(np.finfo(np.float32).max))}
 
 
 @dataclass
@@ -30,13 +36,15 @@ class Records:
 
 
 def check_metrics(content: Records, weight_key: str = NUM_EXAMPLES) -> str | None:
-    """``None`` when the ``metrics`` record has a positive weight and only finite values."""
+    """``None`` when the ``metrics`` record has a weight of at least 1 and only finite values
+    (a count below one is no example count, and FedKSeed's ``int`` would make it 0)."""
     if "metrics" not in content.metrics:
         return "no 'metrics' record"
     metrics = content.metrics["metrics"]
     weight = metrics.get(weight_key)
-    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
-        return f"'{weight_key}' is {weight!r}, not a positive number"
+    if (isinstance(weight, bool) or not isinstance(weight, int | float)
+            or not math.isfinite(weight) or weight < 1):
+        return f"'{weight_key}' is {weight!r}, not a positive number of examples (at least 1)"
     for key, value in metrics.items():
         values = value if isinstance(value, list) else [value]
         if any(not math.isfinite(float(v)) for v in values):
@@ -47,7 +55,7 @@ def check_metrics(content: Records, weight_key: str = NUM_EXAMPLES) -> str | Non
 def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[int, ...]]
                  ) -> str | None:
     """``None`` when ``arrays`` has exactly ``spec``'s keys and shapes, 16/32-bit floats, all
-    finite."""
+    finite and below their dtype's :data:`LIMITS`."""
     missing, extra = set(spec) - set(arrays), set(arrays) - set(spec)
     if missing or extra:
         return (f"adapter keys differ ({len(missing)} missing, e.g. {sorted(missing)[:1]}; "
@@ -60,6 +68,9 @@ def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[int,
             return f"'{key}' has dtype {arr.dtype.name}, expected one of {ALLOWED_DTYPES}"
         if not np.isfinite(arr).all():
             return f"'{key}' contains NaN or Inf"
+        limit = LIMITS[arr.dtype.name]
+        if arr.size and float(np.max(np.abs(arr))) >= limit:
+            return f"'{key}' has a value of magnitude >= {limit:.4g} ({arr.dtype.name} overflow)"
     return None
 
 

@@ -41,6 +41,7 @@ from fedtune.flower.records import (
     to_records,
 )
 from fedtune.seeding import rng
+from fedtune.strategies.trust import TrustPolicy
 
 log = logging.getLogger("fedtune")
 
@@ -67,11 +68,17 @@ class SampledGrid:
 
 @dataclass
 class NodeRegistry:
-    """Flower node id -> stable name (partition id in simulation, node-name in deployment)."""
+    """Flower node id -> stable name (partition id in simulation, node-name in deployment).
+
+    A node that takes a name another connected node already holds is excluded for the rest of
+    the run (logged once); a node that refuses to identify itself (e.g. it has no data) is
+    asked again at the next refresh and logged when its reason changes."""
 
     grid: Grid
     timeout: float
     names: dict[int, str] = field(default_factory=dict)
+    excluded: dict[int, str] = field(default_factory=dict)  # node id -> the name it duplicated
+    refused: dict[int, str] = field(default_factory=dict)  # node id -> why it did not identify
 
     def refresh(self, min_nodes: int, wait: float, strict: bool = True) -> None:
         """Wait (up to ``wait`` s) for ``min_nodes`` nodes, then ask new nodes for their name.
@@ -89,7 +96,7 @@ class NodeRegistry:
                     f"{wait:.0f} s; start more SuperNodes or lower min-available-nodes"
                 )
             time.sleep(0.5)
-        new = [i for i in ids if i not in self.names]
+        new = [i for i in ids if i not in self.names and i not in self.excluded]
         if not new:
             return
         msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=i,
@@ -97,13 +104,26 @@ class NodeRegistry:
         for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
             node_id = reply.metadata.src_node_id
             if reply.has_error() or "node" not in reply.content.config_records:
-                log.warning("node %d did not identify itself; it will not be sampled", node_id)
+                reason = reply.error.reason if reply.has_error() else "no 'node' record"
+                if self.refused.get(node_id) != reason:
+                    log.warning("node %d did not identify itself (%s); it will not be sampled",
+                                node_id, reason)
+                self.refused[node_id] = reason
                 continue
-            self.names[node_id] = str(reply.content.config_records["node"]["name"])
-        dupes = {n for n in self.names.values() if list(self.names.values()).count(n) > 1}
-        if dupes:
-            raise RuntimeError(f"several nodes share the name(s) {sorted(dupes)}; give each "
-                               "SuperNode a unique node-name / partition-id")
+            self.refused.pop(node_id, None)
+            self._register(node_id, str(reply.content.config_records["node"]["name"]), set(ids))
+
+    def _register(self, node_id: int, name: str, live: set[int]) -> None:
+        """``name`` for ``node_id``, unless a connected node holds it already."""
+        holder = next((i for i, n in self.names.items() if n == name), None)
+        if holder is not None and holder in live:
+            self.excluded[node_id] = name
+            log.warning("node %d also calls itself '%s' (node %d does); it is excluded from "
+                        "this run: give each SuperNode a unique node-name", node_id, name, holder)
+            return
+        if holder is not None:  # the name's holder left: the new node takes its place
+            del self.names[holder]
+        self.names[node_id] = name
 
     def sorted_ids(self) -> list[int]:
         live = set(self.grid.get_node_ids())
@@ -203,13 +223,17 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                ) -> dict[str, np.ndarray]:
     """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
 
-    A train reply is dropped (and logged) when :func:`reply_check` gives a reason.
+    A train reply is dropped (and logged) when :func:`reply_check` gives a reason; the valid
+    ones then pass the run's trust policy (:mod:`fedtune.strategies.trust`: example weights,
+    update norms) before the strategy sees them, unless they are masked (secure aggregation).
     A strategy's :func:`admit` may end the run before a round (a spent privacy budget).
     ``resume_from`` = (last complete round, its global arrays) continues a run from its
     checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
     """
     s = cfg.server
     check_reply = reply_check(algo, strategy)
+    policy = None if getattr(strategy, "masks_replies", False) else TrustPolicy(
+        cfg.strategy, cfg.zo.zo_seeds, algo.wire_dtype)
     registry = NodeRegistry(grid, timeout=s.round_timeout)
     if resume_from is None:
         done, arrays = 0, algo.initial_arrays()
@@ -256,16 +280,24 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                         rnd, len(got.valid), s.min_train_nodes)
             row["skipped"] = True
         else:
-            new, metrics = aggregate(strategy, algo, rnd, [_as_float32(r) for r in got.valid])
+            replies = [_as_float32(r) for r in got.valid]
+            if policy is not None:
+                names = [registry.name(r.metadata.src_node_id) for r in replies]
+                policy.weigh(replies, names)
+                policy.bound(replies, names, arrays)
+            new, metrics = aggregate(strategy, algo, rnd, replies)
             if new is None:  # the strategy could not aggregate (it logged why)
                 row["skipped"] = True
             else:
                 arrays = new
             row["train_loss"] = metrics.get("train-loss") if metrics else None
+            if metrics and "train-seconds" in metrics:  # a client's local round, on average
+                row["seconds_train"] = metrics["train-seconds"]
             for key in ("train-reward-accuracy", "train-reward-margin"):  # DPO rounds
                 if metrics and key in metrics:
                     row[key.replace("-", "_")] = metrics[key]
-        row.update(_federated_eval(grid, cfg, strategy, algo, registry, ids, arrays, rnd))
+        row.update(_federated_eval(grid, cfg, strategy, algo, registry, ids, arrays, rnd,
+                                   policy))
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
             row.update(algo.evaluate(arrays))
         row.update(round_report(strategy))
@@ -286,9 +318,10 @@ def _row_defaults(cfg: Config) -> dict[str, Any]:
 
 def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, algo: ServerSide,
                     registry: NodeRegistry, ids: list[int], arrays: dict[str, np.ndarray],
-                    rnd: int) -> dict[str, Any]:
+                    rnd: int, policy: TrustPolicy | None) -> dict[str, Any]:
     """Clients evaluate the new global adapter on their own held-out examples (a personalised
-    method's clients, with the parts they keep)."""
+    method's clients, with the parts they keep); the trust policy's example weights apply to
+    the mean of their losses too."""
     s = cfg.server
     if s.fraction_evaluate == 0 or not ids:
         return {}
@@ -297,6 +330,8 @@ def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, algo: ServerSid
         rnd, to_arrayrecord(arrays), ConfigRecord({}), SampledGrid(grid, chosen)),
         algo.wire_dtype), algo, registry)
     got = collect(grid, msgs, registry, s.round_timeout, check_metrics)
+    if policy is not None:
+        policy.weigh(got.valid, [registry.name(r.metadata.src_node_id) for r in got.valid])
     metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None
     if not metrics:
         return {}

@@ -120,6 +120,12 @@ def check_privacy(cfg: Config, payload: str, algorithm: str, federated: bool) ->
                           "of all clients' scalars, so it needs each client's scalars; set "
                           "zo-robust-clip=0.")
     if cfg.secagg.enabled:
+        st = cfg.strategy
+        if st.example_weights not in ("auto", "reported") or st.max_update_norm_ratio > 0:
+            raise ConfigError("example-weights='capped'/'equal' and max-update-norm-ratio "
+                              "cannot run with secagg='on': the server never sees one "
+                              "client's count or update; use example-weights='auto' and "
+                              "max-update-norm-ratio=0.")
         if cfg.server.min_train_nodes < 2:
             raise ConfigError("secagg='on' needs min-train-nodes >= 2: the sum of one client "
                               "is that client's update.")

@@ -1,0 +1,229 @@
+"""The trust policy (``fedtune.strategies.trust``) through fedtune's round loop on an in-process
+Grid: a client lying about its example count or scaling its update, for FedAvg over arrays and
+for FedKSeed's seed aggregation; the deployment default; the reply checks' overflow limits."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedtune.algorithms.replies import check_arrays, check_metrics
+from fedtune.config import Config, ConfigError
+from fedtune.flower.loop import run_rounds
+from fedtune.flower.records import to_arrayrecord
+from fedtune.strategies import build_strategy
+from fedtune.strategies.trust import resolve_weights
+from fedtune.zo import SeedPool, pack_pairs, unpack_pairs
+from tests.inprocess_grid import InProcessGrid
+
+N = 5
+LIAR = N - 1  # partition of the client that lies
+LIAR_NAME = f"client-{LIAR:04d}"
+X0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+DELTAS = [np.array([[0.3, 0.1], [-0.2, 0.4]], np.float32) * (p + 1) * (-1) ** p
+          for p in range(N)]
+EXAMPLES = [10, 20, 30, 15, 25]
+K = 16  # seed pool of the seeds toy
+SEEDS = [(np.array([p, p + 5]), np.array([0.5, -0.25], np.float32) * (p + 1)) for p in range(N)]
+
+toy = ClientApp()
+
+
+@toy.query("identify")
+def _identify(msg: Message, context) -> Message:
+    name = f"client-{int(context.node_config['partition-id']):04d}"
+    return Message(RecordDict({"node": ConfigRecord({"name": name})}), reply_to=msg)
+
+
+@toy.train()
+def _train(msg: Message, context) -> Message:
+    """Client p replies the global array + DELTAS[p] (arrays) or its SEEDS[p] pairs (seeds)."""
+    p = int(context.node_config["partition-id"])
+    metrics = MetricRecord({"num-examples": EXAMPLES[p], "train-loss": 1.0})
+    if "w" in msg.content["arrays"]:
+        w = msg.content["arrays"]["w"].numpy()
+        return Message(RecordDict({"arrays": to_arrayrecord({"w": w + DELTAS[p]}),
+                                   "metrics": metrics}), reply_to=msg)
+    pairs = pack_pairs(*SEEDS[p], K)
+    return Message(RecordDict({"zo": ConfigRecord({"pairs": pairs}), "metrics": metrics}),
+                   reply_to=msg)
+
+
+class ArraysServer:
+    wire_dtype = None  # float32 both ways: exact hand computations
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, np.ndarray]] = []
+
+    def initial_arrays(self):
+        return {"w": X0.copy()}
+
+    def check_reply(self, content):
+        return check_arrays(content.arrays["arrays"], {"w": (2, 2)}) or check_metrics(content)
+
+    def train_config(self, server_round):
+        return {"lr": 0.1}
+
+    def evaluate(self, arrays):
+        self.seen.append({k: v.copy() for k, v in arrays.items()})
+        return {"eval_loss": 0.0}
+
+
+class SeedsServer(ArraysServer):
+    pool = SeedPool(np.arange(K))
+
+    def initial_arrays(self):
+        return {"accumulated": np.zeros(K, np.float32)}
+
+    def check_reply(self, content):
+        unpack_pairs(content.configs["zo"]["pairs"], K)
+        return check_metrics(content)
+
+
+def lie(count: float = 1e9, scale: float = 1.0):
+    """The liar's reply: ``count`` examples, its update (or scalars) times ``scale``."""
+
+    def tamper(node_id: int, reply: Message) -> Message:
+        if reply.metadata.message_type != "train" or node_id != max(nodes):
+            return reply
+        reply.content["metrics"]["num-examples"] = count
+        if "arrays" in reply.content.array_records:
+            w = reply.content["arrays"]["w"].numpy()
+            reply.content["arrays"] = ArrayRecord({"w": Array(X0 + scale * (w - X0))})
+        else:
+            idx, g = unpack_pairs(reply.content["zo"]["pairs"], K)
+            reply.content["zo"]["pairs"] = pack_pairs(idx, g * np.float32(scale), K)
+        return reply
+
+    nodes = [1001 + 7919 * p for p in range(N)]
+    return tamper
+
+
+def run(payload: str, tamper=None, **keys) -> np.ndarray:
+    """The global model after one round: w (arrays) or A (seeds)."""
+    cfg = Config.from_flat({"num-server-rounds": 1, "fraction-train": 1.0,
+                            "fraction-evaluate": 0.0, "min-train-nodes": 1,
+                            "min-available-nodes": N, "zo-seeds": K,
+                            **({"algorithm": "fedkseed"} if payload == "seeds" else {}), **keys})
+    algo = ArraysServer() if payload == "arrays" else SeedsServer()
+    grid = InProcessGrid(toy, N, cfg.to_flat(), tamper=tamper)
+    run_rounds(grid, cfg, algo, build_strategy(cfg, payload, algo), lambda row: None,
+               wait_for_nodes=1)
+    return next(iter(algo.seen[-1].values()))
+
+
+def liar_update(payload: str) -> np.ndarray:
+    if payload == "arrays":
+        return X0 + DELTAS[LIAR]
+    return np.bincount(SEEDS[LIAR][0], SEEDS[LIAR][1], minlength=K).astype(np.float32)
+
+
+@pytest.mark.parametrize("payload", ["arrays", "seeds"])
+def test_a_billion_examples_take_over_only_when_reports_are_trusted(payload, caplog):
+    honest = run(payload)
+    taken = run(payload, lie(1e9))
+    assert np.allclose(taken, liar_update(payload), atol=1e-5)  # reported: the liar wins
+    assert not np.allclose(honest, liar_update(payload), atol=1e-2)
+
+    median = sorted(EXAMPLES)[(N - 1) // 2]  # 20
+    with caplog.at_level("WARNING", logger="fedtune"):
+        capped = run(payload, lie(1e9), **{"example-weights": "capped"})
+    # lying buys exactly what an honest client with 3 x the median examples gets
+    np.testing.assert_array_equal(capped, run(payload, lie(3 * median),
+                                              **{"example-weights": "capped"}))
+    assert f"capped the example count of {LIAR_NAME} from 1e+09 to {3 * median}" in caplog.text
+    np.testing.assert_array_equal(
+        run(payload, lie(1e9), **{"example-weights": "capped", "max-examples": 25}),
+        run(payload, lie(25), **{"example-weights": "capped", "max-examples": 25}))
+
+    equal = run(payload, lie(1e9), **{"example-weights": "equal"})
+    np.testing.assert_array_equal(equal, run(payload, **{"example-weights": "equal"}))
+    if payload == "arrays":
+        np.testing.assert_allclose(equal, X0 + np.mean(DELTAS, axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("payload", ["arrays", "seeds"])
+def test_the_norm_bound_scales_an_outlier_down_to_ratio_times_the_median(payload, caplog):
+    keys = {"example-weights": "equal", "max-update-norm-ratio": 2.0}
+    with caplog.at_level("WARNING", logger="fedtune"):
+        bounded = run(payload, lie(EXAMPLES[LIAR], scale=100.0), **keys)
+    assert f"scaled the update of {LIAR_NAME} down from norm" in caplog.text
+    if payload == "arrays":
+        norms = sorted(float(np.linalg.norm(d)) for d in DELTAS)
+        limit = 2.0 * norms[(N - 1) // 2]
+        liar = DELTAS[LIAR] * (limit / float(np.linalg.norm(DELTAS[LIAR])))
+        want = X0 + np.mean([*DELTAS[:LIAR], liar], axis=0)
+    else:
+        norms = sorted(float(np.linalg.norm(g)) for _, g in SEEDS)
+        limit = 2.0 * norms[(N - 1) // 2]
+        scalars = [g for _, g in SEEDS]
+        scalars[LIAR] = scalars[LIAR] * (limit / float(np.linalg.norm(scalars[LIAR])))
+        want = sum(np.bincount(i, g, minlength=K) for (i, _), g in zip(SEEDS, scalars,
+                                                                        strict=True)) / N
+    np.testing.assert_allclose(bounded, want, rtol=1e-5, atol=1e-6)
+    off = run(payload, lie(EXAMPLES[LIAR], scale=100.0), **{"example-weights": "equal"})
+    assert np.abs(off - bounded).max() > 1.0  # the test can fail: without it the liar pulls
+
+
+def test_honest_rounds_are_untouched_by_the_policy():
+    plain = run("arrays")
+    np.testing.assert_array_equal(plain, run("arrays", **{"example-weights": "capped",
+                                                         "max-update-norm-ratio": 3.0}))
+
+
+def test_auto_is_capped_through_a_superlink_and_reported_in_simulation(monkeypatch):
+    from flwr.superlink.grid import HttpGrid
+
+    import server_app.app as server_app
+
+    seen = []
+    monkeypatch.setattr(server_app, "run_server", lambda grid, cfg: seen.append(cfg))
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    server_app.main(HttpGrid.__new__(HttpGrid), ctx)
+    server_app.main(InProcessGrid(toy, 1, {}), ctx)
+    assert [c.strategy.example_weights for c in seen] == ["capped", "reported"]
+
+    cfg = Config.from_flat({"max-examples": 100})
+    resolve_weights(cfg.strategy, deployed=False)
+    assert cfg.strategy.example_weights == "capped"
+    cfg = Config.from_flat({})
+    resolve_weights(cfg.strategy, deployed=True, masked=True)  # secagg: counts are hidden
+    assert cfg.strategy.example_weights == "reported"
+    explicit = Config.from_flat({"example-weights": "equal"})
+    resolve_weights(explicit.strategy, deployed=True)
+    assert explicit.strategy.example_weights == "equal"
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"example-weights": "trusted"},
+     "example-weights='trusted' is unknown; use one of auto, reported, capped, equal."),
+    ({"max-examples-ratio": 0.5}, "max-examples-ratio=0.5 must be at least 1"),
+    ({"max-update-norm-ratio": 0.5}, "max-update-norm-ratio=0.5 must be 0 (off) or at least 1"),
+    ({"max-examples": -1}, "max-examples=-1 must be >= 0"),
+    ({"example-weights": "equal", "max-examples": 10},
+     "max-examples=10 applies to example-weights='capped', not 'equal'"),
+])
+def test_config_errors_are_one_sentence(keys, message):
+    with pytest.raises(ConfigError) as err:
+        Config.from_flat(keys)
+    assert message in str(err.value)
+    assert str(err.value).count(". ") == 0 and str(err.value).endswith(".")
+
+
+def test_an_explicit_policy_with_secure_aggregation_is_a_config_error():
+    from fedtune.algorithms import resolve
+
+    for keys in ({"example-weights": "capped"}, {"max-update-norm-ratio": 2.0}):
+        with pytest.raises(ConfigError, match="cannot run with secagg='on'"):
+            resolve(Config.from_flat({"secagg": "on", **keys}))
+    resolve(Config.from_flat({"secagg": "on"}))  # auto: as reported, no error
+
+
+def test_reply_checks_treat_float16_saturation_and_unsquarable_float32_as_overflow():
+    spec = {"w": (2,)}
+    assert check_arrays({"w": np.array([65000.0, 1.0], np.float16)}, spec) is None
+    assert "float16 overflow" in check_arrays({"w": np.array([65504.0, 1.0], np.float16)},
+                                              spec)
+    assert "float16 overflow" in check_arrays({"w": np.array([-65504.0, 0], np.float16)}, spec)
+    assert check_arrays({"w": np.array([1e18, 1.0], np.float32)}, spec) is None
+    assert "float32 overflow" in check_arrays({"w": np.array([2e19, 1.0], np.float32)}, spec)

@@ -21,7 +21,9 @@ class Node:
     name: str
     partition_id: int
     num_partitions: int
-    data_path: str = ""  # deployment: the node's own data file, read instead of a partition
+    # deployment: the node's own data file, read instead of a partition ("": its partition; a
+    # deployed node without data-path is refused by the ClientApp unless data-path='builtin')
+    data_path: str = ""
     lora_r: int = 0  # its LoRA rank from its node config (0: the run's lora-ranks / lora-r)
 
 

@@ -102,3 +102,21 @@ def test_a_client_of_another_model_refuses_the_round_naming_what_differs(tmp_pat
 def server_identity(cfg) -> dict:
     """What the server's round config says a version means (FedKSeedServer.train_config)."""
     return dict(zo_model.zo_model_for(cfg).identity)
+
+
+def test_a_deployed_node_without_data_path_refuses_in_one_sentence(one_thread):
+    """No partition-id (not the simulation engine) and no data-path: every message gets an
+    error reply naming the missing node config; data-path='builtin' asks for the built-in data."""
+    cfg = small_config()
+    ctx = context(cfg, {"node-name": "site"})
+    for kind in ("query.identify", "train", "evaluate"):
+        reply = client_app(message(kind, adapter(cfg), lr=1e-3), ctx)
+        assert reply.has_error()
+        assert reply.error.reason == (
+            "node 'site' has no data: start its SuperNode with --node-config "
+            "\"data-path='<its data file>'\" (or data-path='builtin' for fedtune's built-in "
+            "synthetic data)")
+    builtin = context(cfg, {"node-name": "site", "data-path": "builtin"})
+    reply = client_app(message("train", adapter(cfg), lr=1e-3), builtin)
+    assert not reply.has_error(), reply.error
+    assert reply.content["metrics"]["num-examples"] > 0

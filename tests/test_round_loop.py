@@ -51,9 +51,8 @@ def test_same_config_same_result_whatever_flower_node_ids():
     rows_b, arrays_b, grid_b = _run(cfg, first_id=55)
     for key in arrays_a:
         assert np.array_equal(arrays_a[key], arrays_b[key]), key
-    drop = {"seconds"}
-    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
-        {k: v for k, v in r.items() if k not in drop} for r in rows_b
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in rows_a] == [
+        {k: v for k, v in r.items() if "seconds" not in k} for r in rows_b  # timings aside
     ]
     assert all(math.isfinite(r["eval_loss"]) for r in rows_a)
     assert rows_a[1]["bytes_down_per_client"] > 0 and rows_a[1]["bytes_up_per_client"] > 0
@@ -129,3 +128,34 @@ def test_silent_nodes_are_counted_logged_and_too_few_replies_skip_the_round(capl
     assert all(r["skipped"] and r["clients"] == 1 and r["timed_out"] == 2 for r in rows[1:])
     assert rows[-1]["eval_loss"] == rows[0]["eval_loss"]  # nothing was aggregated
     assert "round 1 skipped: 1 valid replies, 2 needed" in caplog.text
+
+
+def test_a_duplicate_node_name_excludes_the_later_node_and_the_run_goes_on(caplog):
+    cfg = small_config(**{"fraction-train": 1.0, "fraction-evaluate": 0.0,
+                          "min-train-nodes": 2})
+    grid = InProcessGrid(client_app, 3, cfg.to_flat())
+    later = sorted(grid.contexts)[2]
+    for node in sorted(grid.contexts)[1:]:
+        grid.contexts[node].node_config["node-name"] = "twin"
+    rows = []
+    with caplog.at_level("WARNING", logger="fedtune"):
+        run_loop(grid, cfg, rows.append)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["clients"] == 2 and r["sampled"] == 2 for r in rows[1:])
+    assert caplog.text.count(f"node {later} also calls itself 'twin'") == 1
+    assert "excluded from this run: give each SuperNode a unique node-name" in caplog.text
+    assert later not in {m.metadata.dst_node_id for m in grid.sent
+                         if m.metadata.message_type == "train"}
+
+
+def test_a_node_without_data_is_not_sampled_and_the_server_log_says_why(caplog):
+    cfg = small_config(**{"fraction-train": 1.0, "fraction-evaluate": 0.0})
+    grid = InProcessGrid(client_app, 3, cfg.to_flat())
+    lost = sorted(grid.contexts)[0]
+    grid.contexts[lost].node_config = {"node-name": "lost"}  # deployed, no data-path
+    rows = []
+    with caplog.at_level("WARNING", logger="fedtune"):
+        run_loop(grid, cfg, rows.append)
+    assert all(r["clients"] == 2 for r in rows[1:])
+    assert caplog.text.count("node 'lost' has no data: start its SuperNode with "
+                             "--node-config \"data-path='") == 1  # asked each round, logged once

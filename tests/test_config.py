@@ -27,7 +27,8 @@ def test_bad_values_are_one_clear_sentence():
                                           "fedit, fedkseed, fedkseed-pro, ferret, full-ft, local"):
         resolve(Config.from_flat({"algorithm": "fedsgd"}))
     with pytest.raises(ConfigError, match="objective=dpo runs with fedit, fedkseed, "
-                                          "fedkseed-pro; the local baseline supports sft only"):
+                                          "fedkseed-pro, ferret; the local baseline supports "
+                                          "sft only"):
         resolve(Config.from_flat({"algorithm": "local", "objective": "dpo"}))
     with pytest.raises(ConfigError, match="init-adapter starts a FedIT"):
         resolve(Config.from_flat({"algorithm": "fedkseed", "init-adapter": "runs/x/adapter"}))

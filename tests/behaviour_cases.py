@@ -22,6 +22,17 @@ import numpy as np
 
 REFERENCE = Path(__file__).with_name("reference") / "behaviour.json"
 
+
+def reference_path() -> Path:
+    """The reference for this CPU's kernel family. torch's AVX2 and AVX-512 kernels round
+    float sums differently in the last bits, so a machine whose capability has its own file
+    (``behaviour-avx2.json``, recorded with the code of the reference before the plug-in work
+    on an AVX2 machine) is compared with that; any other with ``behaviour.json``."""
+    import torch
+
+    own = REFERENCE.with_name(f"behaviour-{torch.backends.cpu.get_cpu_capability().lower()}.json")
+    return own if own.exists() else REFERENCE
+
 BASE = {"local-steps": 3, "examples-per-client": 24, "eval-examples": 12,
         "client-eval-examples": 6, "max-new-tokens": 3, "num-server-rounds": 2,
         "lr-schedule": "cosine", "min-train-nodes": 2, "min-available-nodes": 3,
@@ -100,13 +111,14 @@ def record(names: list[str] | None = None) -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    out = json.loads(REFERENCE.read_text()) if REFERENCE.exists() and names else {}
+    path = reference_path()
+    out = json.loads(path.read_text()) if path.exists() and names else {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names or CASES:
             out[name] = run_case(name, Path(tmp))
             print(f"recorded {name}: {len(out[name]['rows'])} rows", flush=True)
-    REFERENCE.parent.mkdir(exist_ok=True)
-    REFERENCE.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """Behaviour is preserved bit for bit: small runs of every algorithm, objective and a spread of
 strategies give exactly the metrics and final model recorded in ``reference/behaviour.json``
-(recorded before the plug-in refactor; see ``behaviour_cases.py`` to re-record on purpose)."""
+(recorded before the plug-in refactor; ``behaviour-avx2.json`` for AVX2 CPUs, see
+``behaviour_cases.reference_path``; see ``behaviour_cases.py`` to re-record on purpose)."""
 
 import json
 
 import pytest
 
-from tests.behaviour_cases import CASES, REFERENCE, run_case
+from tests.behaviour_cases import CASES, reference_path, run_case
 
-RECORDED = json.loads(REFERENCE.read_text())
+RECORDED = json.loads(reference_path().read_text())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

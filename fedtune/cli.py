@@ -122,8 +122,10 @@ def simulate(args: argparse.Namespace) -> int:
     if cfg.server.min_train_nodes > num_clients:
         raise ConfigError(f"min-train-nodes={cfg.server.min_train_nodes} exceeds --num-clients="
                           f"{num_clients}; lower it or add clients.")
+    from fedtune.models.loading import model_source
     from fedtune.results import new_run_dir
 
+    model_source(cfg.model.model)  # a model path that names no model folder: one sentence now
     if cfg.output.resume and not algorithm.federated:
         raise ConfigError(f"--resume applies to federated runs, not to '{algorithm.name}'.")
     if cfg.output.resume and num_clients != cfg.server.min_available_nodes:

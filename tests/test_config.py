@@ -154,3 +154,12 @@ def test_the_cli_refuses_zero_clients_negative_rounds_and_inf_before_any_engine(
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # no run folder: nothing started
+
+
+@pytest.mark.parametrize("key, value", [("lora-alpha", 0), ("weight-decay", -0.1),
+                                        ("max-grad-norm", -1.0), ("max-new-tokens", -1),
+                                        ("min-available-nodes", -1), ("min-evaluate-nodes", -2)])
+def test_out_of_range_numbers_are_one_sentence_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"{key}={value}") as err:
+        Config.from_flat({key: value})
+    assert "\n" not in str(err.value)

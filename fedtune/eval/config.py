@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedtune.errors import at_least_one
+from fedtune.errors import at_least_one, require
 
 
 @dataclass
@@ -15,3 +15,5 @@ class EvalConfig:
 
     def validate(self) -> None:
         at_least_one(eval_every=self.eval_every, eval_batch_size=self.eval_batch_size)
+        require(self.max_new_tokens >= 0,
+                f"max-new-tokens={self.max_new_tokens} must be >= 0.")

@@ -38,6 +38,9 @@ class TrainConfig:
         at_least_one(local_steps=self.local_steps, batch_size=self.batch_size,
                      grad_accum=self.grad_accum)
         require(self.lr > 0, f"lr={self.lr} must be positive.")
+        require(self.weight_decay >= 0 and self.max_grad_norm >= 0,
+                f"weight-decay={self.weight_decay} and max-grad-norm={self.max_grad_norm} must "
+                "be >= 0 (max-grad-norm 0 = no clipping).")
         one_of("dpo-loss", self.dpo_loss, DPO_LOSSES)
         require(self.dpo_beta > 0, f"dpo-beta={self.dpo_beta} must be positive.")
         require(0 <= self.dpo_label_smoothing < 0.5,

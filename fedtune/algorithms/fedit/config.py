@@ -28,6 +28,7 @@ class LoraSection:
     def validate(self) -> None:
         at_least_one(lora_r=self.lora_r)
         require(0 <= self.lora_dropout < 1, f"lora-dropout={self.lora_dropout} must be in [0, 1).")
+        require(self.lora_alpha > 0, f"lora-alpha={self.lora_alpha} must be positive.")
         one_of("lora-aggregation", self.lora_aggregation, AGGREGATIONS)
         self.ranks()
 

@@ -25,5 +25,8 @@ class ServerConfig:
                 f"fraction-train={self.fraction_train} must be in (0, 1].")
         require(0 <= self.fraction_evaluate <= 1,
                 f"fraction-evaluate={self.fraction_evaluate} must be in [0, 1].")
+        require(self.min_available_nodes >= 0 and self.min_evaluate_nodes >= 0,
+                f"min-available-nodes={self.min_available_nodes} and min-evaluate-nodes="
+                f"{self.min_evaluate_nodes} must be >= 0.")
         require(self.round_timeout > 0,
                 f"round-timeout={self.round_timeout} must be positive seconds.")

@@ -369,6 +369,23 @@ def test_fedkseed_two_rounds(cluster):
     c.timings.update({f"fedkseed round {r['round']}": r["seconds"] for r in got})
 
 
+def test_ferret_two_rounds_learn(cluster):
+    """Ferret through the same apps on real SuperNodes: each message a new ClientApp process
+    that catches up from its node's cache-dir; coefficients up, the reconstructed model saved."""
+    c, t0 = cluster, time.monotonic()
+    run_dir = c.tmp / "runs" / "ferret"
+    run_id = c.launch(small_run(c.tmp, "ferret", algorithm="ferret", **{
+        "ferret-seeds": 16, "local-steps": 4}), "ferret")
+    log = c.follow(run_id)
+    got = _check_run(c, run_id, run_dir, log)
+    for r in got[1:]:
+        assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), r
+        assert not r.get("skipped") and 0 < r["bytes_up_per_client"] < 5_000  # coefficients
+    assert got[-1]["eval_loss"] < got[0]["eval_loss"]  # the nodes' data trained every weight
+    assert (run_dir / "model" / "config.json").exists() and (run_dir / "ferret-state.npz").exists()
+    c.timings["ferret"] = time.monotonic() - t0
+
+
 def test_flwr_stop(cluster):
     c, t0 = cluster, time.monotonic()
     run_dir = c.tmp / "runs" / "stopped"

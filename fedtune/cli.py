@@ -279,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a local multi-client simulation (Flower)")
     sim.add_argument("--recipe", help="TOML file of config keys")
-    sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, ferret, local (each "
-                     "client alone) or centralized (all data pooled); `fedtune algorithms` "
-                     "lists them")
+    sim.add_argument("--algorithm", help="fedit (default), fedkseed, fedkseed-pro, ferret, "
+                     "local (each client alone) or centralized (all data pooled); `fedtune "
+                     "algorithms` lists them")
     sim.add_argument("--objective", help="sft (default) or dpo (preference pairs)")
     sim.add_argument("--init-adapter", help="FedIT: start from this PEFT adapter folder (DPO: "
                      "also the reference), e.g. runs/<sft-run>/adapter")

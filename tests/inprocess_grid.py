@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -74,3 +74,9 @@ class InProcessGrid(Grid):
 
     def pull_messages(self, message_ids):  # noqa: D102
         raise NotImplementedError
+
+
+def identify_by_partition(msg: Message, context: Context) -> Message:
+    """A toy ClientApp's ``identify`` handler: the node's stable name from its partition."""
+    name = f"client-{int(context.node_config['partition-id']):04d}"
+    return Message(RecordDict({"node": ConfigRecord({"name": name})}), reply_to=msg)

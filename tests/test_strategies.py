@@ -3,7 +3,7 @@ on an in-process Grid (no Ray); FedProx's pull towards the global adapter; robus
 
 import numpy as np
 import pytest
-from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedtune.algorithms.replies import Records, check_metrics, check_record
@@ -11,7 +11,7 @@ from fedtune.config import Config
 from fedtune.flower.loop import run_rounds
 from fedtune.flower.records import to_arrayrecord
 from fedtune.strategies import build_strategy, names_for
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, identify_by_partition
 
 X0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
 DELTAS = [np.array([[0.3, 0.1], [-0.2, 0.4]], np.float32) * (p + 1) * (-1) ** p
@@ -21,10 +21,7 @@ EXAMPLES = [10, 20, 30, 15, 25]
 toy = ClientApp()
 
 
-@toy.query("identify")
-def _identify(msg: Message, context) -> Message:
-    name = f"client-{int(context.node_config['partition-id']):04d}"
-    return Message(RecordDict({"node": ConfigRecord({"name": name})}), reply_to=msg)
+toy.query("identify")(identify_by_partition)
 
 
 @toy.train()
@@ -239,7 +236,7 @@ def test_robust_strategies_survive_a_scaled_update_attack(capsys, tmp_path):
 
 CONTROL_DELTAS = [np.full((2, 2), 0.1 * (p + 1), np.float32) for p in range(5)]
 toy_scaffold = ClientApp()
-toy_scaffold.query("identify")(_identify)
+toy_scaffold.query("identify")(identify_by_partition)
 
 
 @toy_scaffold.train()

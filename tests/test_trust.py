@@ -14,25 +14,19 @@ from fedtune.flower.records import to_arrayrecord
 from fedtune.strategies import build_strategy
 from fedtune.strategies.trust import resolve_weights
 from fedtune.zo import SeedPool, pack_pairs, unpack_pairs
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, identify_by_partition
+from tests.test_strategies import DELTAS, EXAMPLES, X0  # the same toy clients' updates
 
 N = 5
 LIAR = N - 1  # partition of the client that lies
 LIAR_NAME = f"client-{LIAR:04d}"
-X0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
-DELTAS = [np.array([[0.3, 0.1], [-0.2, 0.4]], np.float32) * (p + 1) * (-1) ** p
-          for p in range(N)]
-EXAMPLES = [10, 20, 30, 15, 25]
 K = 16  # seed pool of the seeds toy
 SEEDS = [(np.array([p, p + 5]), np.array([0.5, -0.25], np.float32) * (p + 1)) for p in range(N)]
 
 toy = ClientApp()
 
 
-@toy.query("identify")
-def _identify(msg: Message, context) -> Message:
-    name = f"client-{int(context.node_config['partition-id']):04d}"
-    return Message(RecordDict({"node": ConfigRecord({"name": name})}), reply_to=msg)
+toy.query("identify")(identify_by_partition)
 
 
 @toy.train()

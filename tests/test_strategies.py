@@ -123,17 +123,29 @@ def test_adaptive_server_optimizers_over_two_rounds(name):
         np.testing.assert_allclose(xs[rnd], x, rtol=1e-5, atol=1e-6)
 
 
-def test_median_trimmed_mean_and_krum():
-    ys = replies(X0, 1)
-    np.testing.assert_allclose(run_strategy("fedmedian", rounds=1)[1], np.median(ys, axis=0))
-    trimmed = np.sort(ys, axis=0)[1:-1].mean(axis=0)  # beta 0.2 of 5: one cut at each end
-    np.testing.assert_allclose(run_strategy("fedtrimmedavg", rounds=1)[1], trimmed, rtol=1e-6)
-    # Krum (f = 1): score = sum of squared distances to the n - f - 2 = 2 nearest others
-    flat = ys.reshape(5, -1).astype(np.float64)
+def krum_pick(ys: np.ndarray) -> np.ndarray:
+    """Krum (f = 1): score = sum of squared distances to the n - f - 2 = 2 nearest others."""
+    flat = ys.reshape(len(ys), -1).astype(np.float64)
     d = ((flat[:, None] - flat[None]) ** 2).sum(-1)
     scores = [np.sort(row)[1:3].sum() for row in d]
-    np.testing.assert_allclose(run_strategy("krum", rounds=1)[1], ys[int(np.argmin(scores))],
-                               rtol=1e-6)
+    return ys[int(np.argmin(scores))]
+
+
+ROBUST = {
+    "fedmedian": lambda ys: np.median(ys, axis=0),
+    # beta 0.2 of 5: one cut at each end
+    "fedtrimmedavg": lambda ys: np.sort(ys, axis=0)[1:-1].mean(axis=0),
+    "krum": krum_pick,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROBUST))
+def test_median_trimmed_mean_and_krum_over_two_rounds(name):
+    xs = run_strategy(name)
+    x = X0
+    for rnd in (1, 2):  # round 2 aggregates replies made from round 1's result
+        x = ROBUST[name](replies(x, rnd))
+        np.testing.assert_allclose(xs[rnd], x, rtol=1e-6)
 
 
 def test_every_strategy_name_builds_and_a_misfit_is_a_config_error():

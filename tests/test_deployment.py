@@ -259,7 +259,8 @@ def test_guide_blocks_and_variables_agree_with_this_test():
     used = {v for text in blocks["run"].values() for v in re.findall(r"\$\{?(\w+)", text)}
     assert used - {"HOME", "FLWR_HOME", "RUN_ID"} <= set(GUIDE_VARS), "guide: undefined vars"
     assert set(GUIDE_VARS) == {"SUPERLINK_HOST", "PORT", "SUPERLINK", "CERTS", "STATE", "NAME",
-                               "KEYS", "DATA", "CACHE", "NODE_PORT", "RUN_CONFIG"}  # set below
+                               "KEYS", "DATA", "CACHE", "NODE_PORT", "RUN_CONFIG",
+                               "SIGNING", "APPS", "REGISTRY_PORT"}  # set below
     from fedtune.config import Config, tomllib
 
     example = tomllib.loads(blocks["example"]["run-config"])

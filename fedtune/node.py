@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import astuple, dataclass
 
 from fedtune.config import Config
@@ -46,3 +47,17 @@ def node_pairs(cfg: Config, node: Node, held_out: bool = False) -> PairSet:
     """This node's tokenized preference pairs (objective=dpo), cached for the process."""
     return _encoded(PAIRS, astuple(cfg.data), node, cfg.server.seed, held_out,
                     cfg.model.model, cfg.model.max_seq_len)
+
+
+def data_report(cfg: Config, node: Node) -> dict[str, str | list[str]]:
+    """What a deployed node trained on, for the server's ``clients.jsonl``: the SHA-256 of its
+    ``data-path`` file and the sorted category labels of its training records (none: ``[]``).
+    Names only, never a record."""
+    digest = hashlib.sha256()
+    with open(node.data_path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    records = PAIRS if cfg.train.objective == "dpo" else EXAMPLES
+    mine = split(cfg.data, records, "train", cfg.server.seed, own_file=node.data_path)
+    categories = sorted({c for c in records.labels(mine, "category") if c})
+    return {"sha256": digest.hexdigest(), "categories": categories}

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedtune.config import Config
 
+CLIENTS = "clients.jsonl"  # one line per valid train reply: round, node, its metrics
+
 
 @dataclass
 class OutputConfig:
@@ -63,12 +65,25 @@ class RunWriter:
         self.rows: list[dict[str, Any]] = list(rows or [])
         (self.dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        clients = self.dir / CLIENTS
+        if clients.exists():  # a resumed run: keep the lines of the rounds it keeps
+            last = self.rows[-1]["round"] if self.rows else -1
+            kept = [line for line in clients.read_text().splitlines()
+                    if line and json.loads(line)["round"] <= last]
+            clients.write_text("".join(line + "\n" for line in kept))
 
     def log_round(self, row: dict[str, Any]) -> None:
+        """One ``metrics.jsonl`` row; its ``replies`` (what each valid train reply reported,
+        by node name) go to ``clients.jsonl``, one line per reply."""
+        replies = row.pop("replies", None) or []
         row = _clean(row)
         self.rows.append(row)
         with (self.dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if replies:
+            with (self.dir / CLIENTS).open("a") as fh:
+                fh.writelines(json.dumps(_clean({"round": row["round"], **r})) + "\n"
+                              for r in replies)
 
     def write_summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         first, last = self.rows[0], self.rows[-1]

@@ -1,6 +1,7 @@
 """Edge clients: replies carry only the declared records (never private data), and a FedKSeed
 node's cache folder spares a new ClientApp process the replay of a version it already built."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from fedtune.flower.records import recorddict_to_proto, to_arrayrecord
 from tests.conftest import small_config
 
 CANARY = "patient-7f3a9c-record"  # a string only the node's private file holds
-DECLARED = {"arrays", "metrics", "zo", "scaffold"}
+DECLARED = {"arrays", "metrics", "zo", "scaffold", "data"}
 ZO = {"algorithm": "fedkseed", "zo-seeds": 32, "zo-steps": 3, "batch-size": 2}
 
 
@@ -46,7 +47,8 @@ def adapter(cfg):
 @pytest.mark.parametrize("algorithm", ["fedit", "fedkseed"])
 def test_replies_hold_only_declared_records_and_no_private_text(tmp_path, algorithm, one_thread):
     cfg = small_config(**(ZO if algorithm == "fedkseed" else {}))
-    ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path))})
+    private = private_file(tmp_path)
+    ctx = context(cfg, {"node-name": "site", "data-path": str(private)})
     if algorithm == "fedkseed":
         arrays = {"accumulated": np.zeros(32, np.float32)}
         extra = server_identity(cfg)
@@ -57,7 +59,11 @@ def test_replies_hold_only_declared_records_and_no_private_text(tmp_path, algori
         assert not reply.has_error(), reply.error
         content = reply.content
         assert set(content.keys()) <= DECLARED
-        assert not content.config_records.keys() - {"zo"}
+        assert not content.config_records.keys() - {"zo", "data"}
+        if kind == "train":  # a deployed node names its file (hash) and its category labels
+            data = content["data"]
+            assert data["sha256"] == hashlib.sha256(private.read_bytes()).hexdigest()
+            assert list(data["categories"]) == []  # the file has no category field
         wire = recorddict_to_proto(content).SerializeToString()
         assert CANARY.encode() not in wire and b"even" not in wire  # no prompt, no answer
         metrics = content["metrics"]

@@ -16,8 +16,10 @@ from fedtune.flower import snapshots
 from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 from fedtune.flower.secure import SECAGG, masked_reply
-from fedtune.node import Node
+from fedtune.node import Node, data_report
 from fedtune.privacy.payloads import clip_reply
+
+DATA_REPORT = "data"  # a deployed node's train reply: fedtune.node.data_report
 
 
 def _kept(state: RecordDict) -> dict:
@@ -58,6 +60,8 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
                            cfg.privacy.clip_norm_for(algo.payload), cfg.zo.zo_seeds)
     if SECAGG in content.config_records:  # only the masked vector leaves the node
         return masked_reply(cfg, algo.payload, reply, received, node, state)
+    if node.data_path:  # deployed: which file it trained on (its hash, its category labels)
+        reply.configs[DATA_REPORT] = data_report(cfg, node)
     return to_recorddict(reply)
 
 

@@ -37,6 +37,7 @@ from fedtune.flower.records import (
     content_bytes,
     from_arrayrecord,
     payload_bytes,
+    reply_report,
     to_arrayrecord,
     to_records,
 )
@@ -281,6 +282,8 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             row["skipped"] = True
         else:
             replies = [_as_float32(r) for r in got.valid]
+            row["replies"] = [{"node": registry.name(r.metadata.src_node_id),  # as reported
+                               **reply_report(r.content)} for r in replies]
             if policy is not None:
                 names = [registry.name(r.metadata.src_node_id) for r in replies]
                 policy.weigh(replies, names)

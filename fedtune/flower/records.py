@@ -54,3 +54,14 @@ def to_recorddict(records: Records) -> RecordDict:
     out.update({name: ConfigRecord(values) for name, values in records.configs.items()})
     out.update({name: MetricRecord(values) for name, values in records.metrics.items()})
     return RecordDict(out)
+
+
+def reply_report(content: RecordDict) -> dict:
+    """A train reply's own metrics and, from a deployed node, its ``data`` record (the file's
+    hash and category labels): one line of the run folder's ``clients.jsonl``."""
+    out: dict = {}
+    for rec in content.metric_records.values():
+        out.update(rec)
+    if "data" in content.config_records:
+        out["data"] = dict(content.config_records["data"])
+    return out

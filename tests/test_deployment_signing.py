@@ -191,12 +191,6 @@ def test_cli_user_errors_are_one_sentence(tmp_path, capsys):
 # ---- end to end: a SuperLink, the registry, two SuperNodes with --trusted-entities ----------
 
 
-def _bin(name: str) -> str:
-    from tests.test_deployment import BIN
-
-    return str(BIN / name)
-
-
 def _copy_app(dest: Path) -> Path:
     """A checkout-like copy of the app: the files git tracks or would track (what ``flwr run``
     ships), without the ignored folders (virtual environments, runs)."""
@@ -213,7 +207,8 @@ def _copy_app(dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory):
     """The guide's section 7 on 127.0.0.1: signing key, signed app, registry, SuperLink
-    (sections 1 and 7), two SuperNodes with --trusted-entities; yields the Cluster."""
+    (sections 1 and 7), two SuperNodes with --trusted-entities; yields (the Cluster, the
+    signed checkout, what `fedtune sign` printed)."""
     from fedtune.data import synthetic
 
     t0 = time.monotonic()
@@ -227,15 +222,14 @@ def signed(tmp_path_factory):
     blocks = guide()["run"]
     try:
         c.run("certs", c.operator())
-        c.run("signing-key", c.operator())
-        shutil.copy(tmp / "signing" / "trusted-entities.yaml", tmp / "certs")  # to each edge
-        out = c.run("sign", c.operator(), cwd=app)
-        c.timings["sign"] = time.monotonic() - t0
-        c.start("registry", c.operator(), tmp / "registry.log", cwd=tmp)
-        (tmp / "superlink").mkdir()
+        (tmp / "superlink").mkdir()  # the SuperLink starts while the consortium signs
         link_env = c.env("superlink-flwr-home", STATE=str(tmp / "superlink" / "state"))
         link = c.start("superlink", link_env, tmp / "superlink.log", cwd=tmp / "superlink",
                        text=blocks["registry-url"] + "\n" + blocks["superlink"])
+        c.run("signing-key", c.operator())
+        shutil.copy(tmp / "signing" / "trusted-entities.yaml", tmp / "certs")  # to each edge
+        signed = c.run("sign", c.operator(), cwd=app).stdout
+        c.start("registry", c.operator(), tmp / "registry.log", cwd=tmp)
         c.run("connection", c.operator())
         for pid, name in enumerate(NODES):
             env, home = c.edge(name)
@@ -254,10 +248,8 @@ def signed(tmp_path_factory):
         for name in NODES:
             env, home = c.edge(name)
             c.start("supernode-trusted", env, tmp / f"supernode-{name}.log", cwd=home)
-        c.signed_output = out.stdout  # type: ignore[attr-defined]
-        c.app = app  # type: ignore[attr-defined]
         c.timings["fixture"] = time.monotonic() - t0
-        yield c
+        yield c, app, signed
     finally:
         for proc in c.procs:
             stop_tree(proc.pid)
@@ -314,15 +306,15 @@ def test_approved_app_trains_others_are_refused(signed):
     and the unsigned ``flwr run .`` are refused by both, none of their code runs there."""
     from fedtune.deploy import signing
 
-    c, t0 = signed, time.monotonic()
-    assert f"signed {APP_ID}=={VERSION}" in c.signed_output
+    (c, app, printed), t0 = signed, time.monotonic()
+    assert f"signed {APP_ID}=={VERSION}" in printed
     apps = c.tmp / "apps"
     (record_path,) = apps.glob("*.fab.json")
     approved = json.loads(record_path.read_text())
     # an attacker's version 0.1.x+1: the approved app with one byte of client code changed,
     # rebuilt, served by the registry with the approved signature
     tampered_dir = c.tmp / "tampered" / "fedtune"
-    shutil.copytree(c.app, tampered_dir)
+    shutil.copytree(app, tampered_dir)
     _flip_one_byte(tampered_dir / CLIENT_FILE)
     fab = signing.build_fab(tampered_dir)
     bad_version = ".".join([*VERSION.split(".")[:2], str(int(VERSION.split(".")[2]) + 1)])
@@ -338,7 +330,7 @@ def test_approved_app_trains_others_are_refused(signed):
     # took the approved run (the SuperLink keeps one verification record per FAB hash).
     runs = {"approved": _launch(c, "launch-approved", "approved", cwd=c.tmp)}
     _wait_nodes(c, runs["approved"], "Sending: query.identify")
-    runs["unsigned"] = _launch(c, "launch", "unsigned", cwd=c.app)
+    runs["unsigned"] = _launch(c, "launch", "unsigned", cwd=app)
     _wait_nodes(c, runs["unsigned"], "App verification is not supported")
     runs["tampered"] = _launch(c, "launch-approved", "tampered", cwd=c.tmp, text=tampered_block)
     logs = {tag: c.follow(run_id) for tag, run_id in runs.items()}

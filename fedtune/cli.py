@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import tomllib
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +124,17 @@ def simulate(args: argparse.Namespace) -> int:
     if cfg.server.min_train_nodes > num_clients:
         raise ConfigError(f"min-train-nodes={cfg.server.min_train_nodes} exceeds --num-clients="
                           f"{num_clients}; lower it or add clients.")
-    from fedtune.models.loading import model_source
+    from fedtune.data.split import EXAMPLES, PAIRS, check_split
     from fedtune.results import new_run_dir
 
-    model_source(cfg.model.model)  # a model path that names no model folder: one sentence now
+    # the data, then the model, as the server and every client will open them: a user error is
+    # one sentence now, before Ray starts, not a traceback from each client
+    check_split(cfg.data, PAIRS if cfg.train.objective == "dpo" else EXAMPLES, cfg.server.seed,
+                num_clients)
+    from fedtune.models.loading import load_tokenizer, model_source
+
+    model_source(cfg.model.model)
+    load_tokenizer(cfg.model.model)  # a folder without tokenizer files, an unreachable hub id
     if cfg.output.resume and not algorithm.federated:
         raise ConfigError(f"--resume applies to federated runs, not to '{algorithm.name}'.")
     if cfg.output.resume and num_clients != cfg.server.min_available_nodes:
@@ -181,7 +189,9 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
         print(f"fedtune: the simulation ended without a summary; see {cfg.output.run_dir}",
               file=sys.stderr)
         return 1
-    return 0
+    done = json.loads(summary.read_text())  # every round skipped: the server said why
+    skipped = done.get("skipped_rounds", [])
+    return 1 if skipped and len(skipped) == done.get("rounds_run") else 0
 
 
 def _run_model(run_dir: Path):
@@ -326,6 +336,8 @@ def config_cmd(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtune", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="run a local multi-client simulation (Flower)")
@@ -410,13 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from fedtune.logs import quiet_third_party
+    """A user error (ConfigError) is one sentence, exit 2; --debug (anywhere) adds its trace."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    from fedtune.logs import DEBUG_ENV, quiet_third_party
 
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the apps' logs keep user errors' tracebacks too
     quiet_third_party()
     try:
         return args.func(args)
     except ConfigError as err:
+        if debug:
+            traceback.print_exc()
         print(f"fedtune: {err}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,7 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from fedtune.data.config import parse_fields
+from fedtune.errors import ConfigError
 
 Record = dict[str, Any]
 
@@ -28,8 +29,9 @@ SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 
 
-class DataFileError(ValueError):
-    """A malformed or unreadable data source; the message names the file, line and field."""
+class DataFileError(ConfigError):
+    """A malformed or unreadable data source; the message names the file, line and field (a
+    :class:`ConfigError`, so the CLI prints it as one sentence)."""
 
 
 def data_suffix(path: str | Path) -> str:

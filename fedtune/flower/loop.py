@@ -41,6 +41,7 @@ from fedtune.flower.records import (
     to_arrayrecord,
     to_records,
 )
+from fedtune.logs import user_error
 from fedtune.seeding import rng
 from fedtune.strategies.trust import TrustPolicy
 
@@ -149,6 +150,7 @@ class RoundReplies:
     bytes_up: float
     payload_up: float
     answered: set[int] = field(default_factory=set)  # node ids that replied without error
+    drops: list[tuple[str, str]] = field(default_factory=list)  # (node, why) per dropped reply
 
 
 def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout: float,
@@ -163,14 +165,15 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
     def origin(reply: Message) -> int:
         return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
-    valid, dropped = [], 0
+    valid, drops = [], []
     ok = [r for r in replies if not r.has_error()]
     for reply in replies:
         who = registry.name(origin(reply))
         reason = reply.error.reason if reply.has_error() else check(to_records(reply.content))
         if reason:
+            reason = user_error(reason) or reason  # a ClientApp's user error: its sentence
             log.warning("dropped reply from %s: %s", who, reason)
-            dropped += 1
+            drops.append((who, reason))
         else:
             valid.append(reply)
     valid.sort(key=lambda r: registry.name(r.metadata.src_node_id))
@@ -179,10 +182,25 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
                     if m.metadata.dst_node_id not in answered)
     if silent:
         log.warning("no reply within %.0f s from %s", timeout, ", ".join(silent))
-    return RoundReplies(valid, dropped, len(messages) - len(replies),
+    return RoundReplies(valid, len(drops), len(messages) - len(replies),
                         _mean([content_bytes(r.content) for r in ok]),
                         _mean([payload_bytes(r.content) for r in ok]),
-                        {origin(r) for r in ok})
+                        {origin(r) for r in ok}, drops)
+
+
+def skip_reason(got: RoundReplies, sampled: int, needed: int, connected: int) -> str:
+    """Why a round had too few valid replies, for its row and the run's last word."""
+    if not sampled:
+        return f"{connected} nodes connected, {needed} needed (min-train-nodes)"
+    why = f"{len(got.valid)} valid replies of {sampled}, {needed} needed (min-train-nodes)"
+    if got.drops:  # a crash's reason is a traceback: its last line says what
+        who, reason = got.drops[0]
+        last = ([line for line in reason.splitlines() if line.strip()] or [reason])[-1]
+        last = last.rstrip("'>")
+        why += f"; {got.dropped} dropped, e.g. {who}: {last[:300]}"
+    if got.missing:
+        why += f"; {got.missing} without a reply within round-timeout"
+    return why
 
 
 def _mean(values: list[int]) -> float:
@@ -280,6 +298,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             log.warning("round %d skipped: %d valid replies, %d needed (min-train-nodes)",
                         rnd, len(got.valid), s.min_train_nodes)
             row["skipped"] = True
+            row["skip_reason"] = skip_reason(got, len(msgs), s.min_train_nodes, len(ids))
         else:
             replies = [_as_float32(r) for r in got.valid]
             row["replies"] = [{"node": registry.name(r.metadata.src_node_id),  # as reported
@@ -291,6 +310,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             new, metrics = aggregate(strategy, algo, rnd, replies)
             if new is None:  # the strategy could not aggregate (it logged why)
                 row["skipped"] = True
+                row["skip_reason"] = "the strategy could not aggregate the replies (see its log)"
             else:
                 arrays = new
             row["train_loss"] = metrics.get("train-loss") if metrics else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 from fedtune.config import Config
 from fedtune.data.config import DataConfig
@@ -51,13 +51,18 @@ def node_pairs(cfg: Config, node: Node, held_out: bool = False) -> PairSet:
 
 def data_report(cfg: Config, node: Node) -> dict[str, str | list[str]]:
     """What a deployed node trained on, for the server's ``clients.jsonl``: the SHA-256 of its
-    ``data-path`` file and the sorted category labels of its training records (none: ``[]``).
-    Names only, never a record."""
+    ``data-path`` file and the sorted values of the file's own ``category`` field on its
+    training side (``[]`` without one). Read without the run's ``data-fields``, which the caller
+    of a run chooses: mapped to another field, the labels would be record text."""
     digest = hashlib.sha256()
     with open(node.data_path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     records = PAIRS if cfg.train.objective == "dpo" else EXAMPLES
-    mine = split(cfg.data, records, "train", cfg.server.seed, own_file=node.data_path)
+    try:
+        mine = split(replace(cfg.data, data_fields=""), records, "train", cfg.server.seed,
+                     own_file=node.data_path)
+    except ValueError:  # its layout needs data-fields: no label to report
+        mine = []
     categories = sorted({c for c in records.labels(mine, "category") if c})
     return {"sha256": digest.hexdigest(), "categories": categories}

@@ -126,3 +126,19 @@ def test_a_deployed_node_without_data_path_refuses_in_one_sentence(one_thread):
     reply = client_app(message("train", adapter(cfg), lr=1e-3), builtin)
     assert not reply.has_error(), reply.error
     assert reply.content["metrics"]["num-examples"] > 0
+
+
+def test_the_data_report_names_the_files_own_category_field(tmp_path):
+    """A run's data-fields (its caller chooses them) cannot make the report carry record text:
+    with category mapped to output, the labels are still the file's own category field."""
+    from fedtune.node import Node, data_report
+
+    path = tmp_path / "site.jsonl"
+    path.write_text("".join(
+        json.dumps({"instruction": e.instruction, "input": e.input, "output": e.output,
+                    "category": "arith"}) + "\n" for e in make_examples("parity", 24, seed=3)))
+    node = Node(name="site", partition_id=0, num_partitions=1, data_path=str(path))
+    for fields in ("", "category=output"):
+        report = data_report(small_config(**{"data-fields": fields}), node)
+        assert report == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                          "categories": ["arith"]}, fields

@@ -1,17 +1,82 @@
-"""Keep the console for fedtune's progress lines: silence known third-party noise."""
+"""Keep the console for fedtune's progress lines: silence known third-party noise, and show a
+user error raised inside a Flower app as its one sentence, not as Flower's and Ray's tracebacks.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import re
 import warnings
+
+DEBUG_ENV = "FEDTUNE_DEBUG"  # set (by `fedtune --debug`): tracebacks of user errors are kept
+# "fedtune.data.readers.DataFileError: <sentence>", the last line of a traceback's text
+_ERROR_LINE = re.compile(r"^(fedtune(?:\.\w+)+)\.(\w+): (.+?)'?>?$", re.MULTILINE)
+_FLOWER_PREAMBLE = "An exception was raised when processing a message by"
 
 
 def quiet_third_party() -> None:
-    """Hide deprecation chatter and progress bars that say nothing about the run."""
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    """Hide deprecation chatter and progress bars that say nothing about the run.
+
+    Ray keeps hiding every GPU from a client given none (``--client-gpus 0``: the worker gets
+    ``CUDA_VISIBLE_DEVICES=""``), as README says; Ray 2.55 announces that a future release
+    will stop doing so unless ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`` is true, so it is set
+    (a value the caller set wins) and the announcement is silenced."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=".*accelerator visible devices.*")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    one_sentence_errors()
+
+
+def user_error(text: str) -> str | None:
+    """The sentence of the fedtune user error (a :class:`~fedtune.errors.ConfigError`) that
+    a traceback, a Ray error or a Flower error reply carries; ``None`` if it carries none."""
+    from fedtune.errors import ConfigError
+
+    for module, name, sentence in reversed(_ERROR_LINE.findall(text)):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, ConfigError):
+            return sentence.strip()
+    return None
+
+
+class OneSentenceErrors(logging.Filter):
+    """On Flower's logger: a ClientApp's user error, which Flower's simulation engine logs as
+    the exception and its 30-line traceback for every message, becomes one line
+    ``fedtune: a client refused its message: <sentence>``, once per distinct sentence.
+    Other errors pass untouched; with ``FEDTUNE_DEBUG`` set everything does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or os.environ.get(DEBUG_ENV):
+            return True
+        text = record.getMessage()
+        if text.startswith(_FLOWER_PREAMBLE):  # the records after it say what was raised
+            return False
+        sentence = user_error(text)
+        if sentence is None:
+            return True
+        if sentence in self.seen:
+            return False
+        self.seen.add(sentence)
+        record.msg, record.args, record.exc_info = (
+            f"fedtune: a client refused its message: {sentence}", (), None)
+        return True
+
+
+def one_sentence_errors() -> None:
+    """Install :class:`OneSentenceErrors` on Flower's logger (once per process)."""
+    logger = logging.getLogger("flwr")
+    if not any(isinstance(f, OneSentenceErrors) for f in logger.filters):
+        logger.addFilter(OneSentenceErrors())

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from fedtune.errors import ConfigError
 from fedtune.seeding import rng
 
 T = TypeVar("T")
@@ -30,8 +31,9 @@ PARTITIONERS = ("iid", "dirichlet", "natural", "shards")
 DIRICHLET_ATTEMPTS = 10
 
 
-class PartitionError(ValueError):
-    """A partitioning that cannot give every client data; the message says how to fix it."""
+class PartitionError(ConfigError):
+    """A partitioning that cannot give every client data; the message says how to fix it (a
+    :class:`ConfigError`: one sentence from the CLI)."""
 
 
 def _check_parts(n: int) -> None:

@@ -24,7 +24,7 @@ from fedtune.data.sources import (
     separate_held_out,
 )
 
-__all__ = ["EXAMPLES", "PAIRS", "ROLES", "Role", "split"]
+__all__ = ["EXAMPLES", "PAIRS", "ROLES", "Role", "check_split", "split"]
 
 T = TypeVar("T")
 Role = Literal["server", "train", "held-out"]
@@ -82,6 +82,16 @@ def _side(mine: list[T], held_out: bool, whose: str, records: RecordType) -> lis
     return mine[:cut] if held_out else mine[cut:]
 
 
+def check_split(cfg: DataConfig, records: RecordType, seed: int, num_partitions: int) -> None:
+    """Raise the error (a :class:`~fedtune.errors.ConfigError`, one sentence) that the server
+    or any of ``num_partitions`` simulated clients would raise on its share of the data, so a
+    simulation can refuse before it starts an engine: a malformed file (file, line, field), too
+    few records for the held-out set and the clients, an empty partition."""
+    split(cfg, records, "server", seed)
+    for partition_id in range(num_partitions):
+        split(cfg, records, "train", seed, partition_id, num_partitions)
+
+
 def _shuffled(items: Sequence[T], seed: int) -> list[T]:
     return iid_partition(items, 1, seed)[0]
 
@@ -101,16 +111,20 @@ def _server_share(cfg: DataConfig, records: RecordType[T], seed: int) -> tuple[l
     return shuffled[: cfg.eval_examples], shuffled[cfg.eval_examples:]
 
 
-def _pool(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
+def _pool(cfg: DataConfig, records: RecordType[T], seed: int, num_partitions: int) -> list[T]:
     """Every training record: ``data`` less the server's held-out share."""
     if separate_held_out(cfg):
         pool = all_records(cfg, records, seed)
         return _shuffled(pool, seed) if records.shuffle_separate_pool else pool
-    pool = _server_share(cfg, records, seed)[1]
+    held, pool = _server_share(cfg, records, seed)
     if not pool:
+        e, need = cfg.eval_examples, 2 * num_partitions  # each client: one held out, one to train
+        lower = (f", lower eval-examples to at most {len(held) - need}" if len(held) > need
+                 else "")
         raise DataFileError(f"{cfg.data}: all of its {records.name} went to the server's "
-                            f"held-out set (eval-examples={cfg.eval_examples}); lower "
-                            "eval-examples or give eval-data.")
+                            f"held-out set (it has {len(held)}, eval-examples={e}), none to the "
+                            f"{num_partitions} clients; give at least {e + need} {records.name} "
+                            f"({e} held out + 2 per client){lower} or give eval-data.")
     return pool
 
 
@@ -118,7 +132,7 @@ def _pool(cfg: DataConfig, records: RecordType[T], seed: int) -> list[T]:
 def _parts(records: RecordType[T], key: tuple, num_partitions: int, seed: int) -> list[list[T]]:
     cfg = DataConfig(*key)
     how, by = method(cfg), cfg.partition_by
-    pool = _pool(cfg, records, seed)
+    pool = _pool(cfg, records, seed, num_partitions)
     if len(pool) < num_partitions:
         raise DataFileError(f"{cfg.data}: {len(pool)} training {records.name} (after the "
                             f"server's held-out set) cannot cover {num_partitions} clients; "

@@ -18,6 +18,7 @@ from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddi
 from fedtune.flower.secure import SECAGG, masked_reply
 from fedtune.node import Node, data_report
 from fedtune.privacy.payloads import clip_reply
+from fedtune.seeding import deterministic_cuda
 
 DATA_REPORT = "data"  # a deployed node's train reply: fedtune.node.data_report
 
@@ -44,6 +45,7 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
     """One local round; ``state`` (the node's ``Context.state``) keeps arrays between rounds,
     mirrored to ``node-state-dir`` when set (:mod:`fedtune.flower.snapshots`)."""
     algo = resolve(cfg)
+    deterministic_cuda(cfg.model.deterministic, cfg.model.device)  # before any CUDA work
     received = to_records(content)
     server_round = int(received.configs.get("config", {}).get("server-round", 0))
     kept = _kept(state)
@@ -68,6 +70,7 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
 def evaluate(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> RecordDict:
     """The node's evaluation of the global model on its own held-out data (a personalised
     method reads the parts it keeps in ``state``; an evaluation changes none of them)."""
+    deterministic_cuda(cfg.model.deterministic, cfg.model.device)
     received = to_records(content)
     kept = _kept(state)
     folder = _snapshot_dir(cfg)

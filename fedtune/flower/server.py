@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fedtune.flower.loop import run_rounds
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
+from fedtune.seeding import deterministic_cuda
 from fedtune.strategies import build_strategy
 
 
@@ -34,6 +36,7 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     ``resume`` set, the run continues in that folder from its last checkpoint.
     """
     algorithm = resolve(cfg)
+    deterministic_cuda(cfg.model.deterministic, cfg.model.device)  # before any CUDA work
     if not algorithm.federated:
         raise ConfigError(f"'{algorithm.name}' is a baseline without federation; run it with "
                           f"`fedtune simulate --algorithm {algorithm.name}`.")
@@ -75,8 +78,34 @@ def run_server(grid: Grid, cfg: Config) -> Path:
         if folder and Path(folder).resolve().is_relative_to(run_dir.resolve()):
             shutil.rmtree(folder, ignore_errors=True)
     final = getattr(strategy, "final_report", None)
-    writer.write_summary({"result": str(saved), **(final() if final is not None else {})})
+    skipped = skipped_rounds(writer.rows)
+    writer.write_summary({"result": str(saved), **skipped,
+                          **(final() if final is not None else {})})
     plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: {cfg.model.model}")
     print(final_table(writer.rows[0], writer.rows[-1]), flush=True)
     print(f"result: {saved}\nplot: {run_dir / 'metrics.png'}", flush=True)
+    if skipped["skipped_rounds"]:  # every round skipped is a failed run: on stderr
+        every = len(skipped["skipped_rounds"]) == skipped["rounds_run"]
+        print(f"fedtune: {skipped['skip_report']}", file=sys.stderr if every else sys.stdout,
+              flush=True)
     return run_dir
+
+
+def skipped_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's account of skipped rounds: ``rounds_run`` (rounds >= 1 this run folder
+    holds), ``skipped_rounds`` (their numbers) and ``skip_report``, one sentence saying how
+    many and why (the first skipped round's reason); ``fedtune simulate`` exits 1 when every
+    round was skipped, since the model then never trained."""
+    run = [r for r in rows if r["round"] >= 1]
+    skipped = [r for r in run if r.get("skipped")]
+    out: dict[str, Any] = {"rounds_run": len(run), "skipped_rounds": [r["round"] for r in skipped]}
+    if skipped:
+        first = skipped[0]
+        why = f"round {first['round']}: {first.get('skip_reason') or 'see the log'}"
+        out["skip_report"] = (
+            f"every round ({len(run)} of {len(run)}) was skipped, so the model never trained "
+            f"({why})"
+            if len(skipped) == len(run) else
+            f"{len(skipped)} of {len(run)} rounds were skipped (rounds "
+            f"{', '.join(str(r['round']) for r in skipped)}; first {why})") + "."
+    return out

@@ -16,6 +16,8 @@ class ModelConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     max_seq_len: int = 128
     gradient_checkpointing: bool = False
+    # CUDA only: deterministic kernels and cuBLAS workspace (fedtune.seeding.deterministic_cuda)
+    deterministic: bool = True
 
     def validate(self) -> None:
         one_of("dtype", self.dtype, DTYPES)

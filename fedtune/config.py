@@ -142,6 +142,8 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
     """Convert a run_config value (TOML scalar or string from the command line) to the type."""
     t = type_name if isinstance(type_name, str) else type_name.__name__
     try:
+        if not isinstance(value, str | int | float) or (isinstance(value, bool) and t != "bool"):
+            raise ValueError  # a list, table, None or bytes; true/false for a number
         if t == "bool":
             if isinstance(value, bool):
                 return value
@@ -153,24 +155,41 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
         if t == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
+            if not -(2**63) <= int(value) < 2**63:  # no setting means more; int64 everywhere
+                raise ValueError
             return int(value)
         if t == "float":
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float(10**400)
         article = "an" if t == "int" else "a"
-        raise ConfigError(f"{key}={value} is not a valid {t}; give {article} {t} value.") from None
+        raise ConfigError(f"{key}={_shown(value)} is not a valid {t}; give {article} {t} "
+                          "value.") from None
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message, at most 40 characters (a huge int as ``~1eN``: str()
+    refuses ints over 4300 digits)."""
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"{'-' if value < 0 else ''}~1e{int(abs(value).bit_length() * math.log10(2))}"
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
     """Parse ``"key=value key2='text'"`` (Flower's --run-config syntax) into a dict."""
     out: dict[str, Any] = {}
-    for item in shlex.split(text):
+    try:
+        items = shlex.split(text)
+    except ValueError as err:  # "No closing quotation"
+        raise ConfigError(f"--run-config \"{_shown(text)}\" cannot be split into key=value "
+                          f"items ({err}); close every quote.") from None
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"Override '{item}' has no '='; write it as key=value.")
         key, raw = item.split("=", 1)
         try:
             out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, ValueError):  # ValueError: an int of > 4300 digits
             out[key.strip()] = raw  # bare word, e.g. model=tiny
     return out

@@ -27,8 +27,11 @@ def parsed(value: Any) -> Any:
     """A CSV cell's JSON list or object, parsed; anything else as it is."""
     if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            out = json.loads(value)
+            if "\\u" in value:  # half a surrogate pair ("\\ud800") is no text: keep the cell
+                json.dumps(out, ensure_ascii=False).encode("utf-8")
+            return out
+        except (ValueError, RecursionError):  # not JSON, an int of > 4300 digits, deep nesting
             return value
     return value
 
@@ -60,7 +63,7 @@ def value_at(record: Record, name: str) -> Any:
 
 def present(record: Record) -> str:
     """The record's field names, for an error message."""
-    return ", ".join(f"'{k}'" for k in record) or "none"
+    return ", ".join(repr(str(k)) for k in record) or "none"  # repr: a name with a newline
 
 
 def text(value: Any) -> str | None:

@@ -78,7 +78,7 @@ def is_task_folder(folder: str | Path) -> bool:
     first = next(iter(sorted(tasks_dir(p).glob("task*.json"))), None)
     if first is None:
         return False
-    with first.open(encoding="utf-8-sig") as fh:
+    with first.open(encoding="utf-8-sig", errors="replace") as fh:  # read_task says if not
         head = fh.read(4096)
     return '"Definition"' in head or '"Instances"' in head or '"Contributors"' in head
 
@@ -146,6 +146,12 @@ def read_task(path: str | Path) -> tuple[str, list[tuple[str, str]]]:
             raw = json.load(fh)
     except json.JSONDecodeError as err:
         raise DataFileError(f"{p}: line {err.lineno} is not valid JSON ({err.msg}).") from None
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{p}: byte {err.start} is not UTF-8 text ({err.reason}); save "
+                            "the file as UTF-8.") from None
+    except (ValueError, RecursionError) as err:  # an int of > 4300 digits; deep nesting
+        raise DataFileError(f"{p}: cannot be read as JSON ({type(err).__name__}); fix "
+                            "it.") from None
     return task_instances(raw, p)
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,7 @@ from fedtune.errors import ConfigError
 Record = dict[str, Any]
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 
 
@@ -61,20 +63,48 @@ def _jsonl(path: Path, fh: IO[str]) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"line {lineno}", json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataFileError(
                 f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove it."
             ) from None
+        except (ValueError, RecursionError) as err:  # an int of > 4300 digits; deep nesting
+            raise DataFileError(f"{path}: line {lineno} cannot be read as JSON ({_why(err)}); "
+                                "fix or remove it.") from None
+        _whole_characters(path, f"line {lineno}", line, record)
+        yield f"line {lineno}", record
+
+
+def _whole_characters(path: Path, where: str, raw: str, data: Any) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``); such text is no Unicode string (a
+    tokenizer raises TypeError on it), so say where it is."""
+    if not _SURROGATE.search(raw):
+        return
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataFileError(f"{path}: {where} escapes half of a UTF-16 surrogate pair (e.g. "
+                            "\\ud800 alone), which is no character; fix or remove it.") from None
+
+
+def _why(err: BaseException) -> str:
+    """The first clause of a JSON reader error that is not a syntax error."""
+    if isinstance(err, RecursionError):
+        return "it nests lists or objects too deeply"
+    return str(err).split(":")[0].split(";")[0]
 
 
 def _json(path: Path, fh: IO[str]) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.load(fh)
+        raw = fh.read()
+        data = json.loads(raw)
     except json.JSONDecodeError as err:
         raise DataFileError(
             f"{path}: line {err.lineno} is not valid JSON ({err.msg}); fix the syntax."
         ) from None
+    except (ValueError, RecursionError) as err:  # an int of > 4300 digits; deep nesting
+        raise DataFileError(f"{path}: cannot be read as JSON ({_why(err)}); fix it.") from None
+    _whole_characters(path, "the file", raw, data)
     if isinstance(data, dict) and "Instances" in data:
         yield "task", data  # a Natural Instructions task file: one object, many instances
         return
@@ -138,6 +168,10 @@ def file_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     except UnicodeDecodeError as err:
         raise DataFileError(f"{p}: byte {err.start} is not UTF-8 text ({err.reason}); save "
                             "the file as UTF-8 (in a spreadsheet: CSV UTF-8).") from None
+    except (OSError, EOFError, zlib.error) as err:  # not gzip, a truncated .gz, unreadable
+        raise DataFileError(f"{p}: cannot be read ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); "
+                            "check the file (a .gz name needs gzip content).") from None
 
 
 def _hub_reachable() -> bool:

@@ -91,10 +91,17 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
                 part, _, key = name.partition("/")
                 if part in parts:
                     parts[part][key] = data[name]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
-    return Checkpoint(int(meta["round"]), meta["config"], parts["arrays"], parts["algorithm"],
-                      parts["strategy"], meta["rows"])
+        config, rows = meta["config"], meta["rows"]
+        if not isinstance(config, dict) or not isinstance(rows, list) or not all(
+                k in config for k in ("algorithm", "min-available-nodes")):
+            raise ValueError("its meta record holds no run config and rows")
+        ckpt = Checkpoint(int(meta["round"]), config, parts["arrays"], parts["algorithm"],
+                          parts["strategy"], rows)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        # TypeError/KeyError/ValueError: a readable file whose meta record is not fedtune's
+        raise CheckpointError(f"cannot read {path} ({type(err).__name__}: {err}); it is "
+                              "damaged, so resume from a copy or start the run again") from err
+    return ckpt
 
 
 def config_fingerprint(flat: dict[str, Any]) -> str:

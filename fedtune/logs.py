@@ -13,6 +13,8 @@ import warnings
 DEBUG_ENV = "FEDTUNE_DEBUG"  # set (by `fedtune --debug`): tracebacks of user errors are kept
 # "fedtune.data.readers.DataFileError: <sentence>", the last line of a traceback's text
 _ERROR_LINE = re.compile(r"^(fedtune(?:\.\w+)+)\.(\w+): (.+?)'?>?$", re.MULTILINE)
+# a deployed ClientApp's error reply: "<class 'fedtune.errors.ConfigError'>:<'<sentence>'>"
+_REASON = re.compile(r"<class '(fedtune(?:\.\w+)+)\.(\w+)'>:<'(.+)'>$", re.DOTALL)
 _FLOWER_PREAMBLE = "An exception was raised when processing a message by"
 
 
@@ -38,7 +40,7 @@ def user_error(text: str) -> str | None:
     a traceback, a Ray error or a Flower error reply carries; ``None`` if it carries none."""
     from fedtune.errors import ConfigError
 
-    for module, name, sentence in reversed(_ERROR_LINE.findall(text)):
+    for module, name, sentence in _REASON.findall(text) + _ERROR_LINE.findall(text)[::-1]:
         try:
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
@@ -49,10 +51,10 @@ def user_error(text: str) -> str | None:
 
 
 class OneSentenceErrors(logging.Filter):
-    """On Flower's logger: a ClientApp's user error, which Flower's simulation engine logs as
-    the exception and its 30-line traceback for every message, becomes one line
-    ``fedtune: a client refused its message: <sentence>``, once per distinct sentence.
-    Other errors pass untouched; with ``FEDTUNE_DEBUG`` set everything does."""
+    """On Flower's logger: a user error raised in a ClientApp or ServerApp, which Flower logs
+    as the exception and its traceback (the simulation engine: for every message, about 30
+    lines each), becomes one line ``fedtune: <sentence>``, once per distinct sentence. Other
+    errors pass untouched; with ``FEDTUNE_DEBUG`` set everything does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,17 +63,20 @@ class OneSentenceErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR or os.environ.get(DEBUG_ENV):
             return True
+        from fedtune.errors import ConfigError
+
         text = record.getMessage()
         if text.startswith(_FLOWER_PREAMBLE):  # the records after it say what was raised
             return False
-        sentence = user_error(text)
+        raised = record.exc_info[1] if record.exc_info else None  # "ServerApp raised ..."
+        sentence = str(raised) if isinstance(raised, ConfigError) else user_error(text)
         if sentence is None:
             return True
         if sentence in self.seen:
             return False
         self.seen.add(sentence)
         record.msg, record.args, record.exc_info = (
-            f"fedtune: a client refused its message: {sentence}", (), None)
+            f"fedtune: {sentence}", (), None)
         return True
 
 

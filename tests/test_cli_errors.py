@@ -117,6 +117,7 @@ def flwr_log():
 def test_a_clientapps_user_error_is_logged_once_as_its_sentence(flwr_log, monkeypatch):
     """Flower's engine logs, per failed message, a preamble, the exception and its traceback
     (vce_api.worker, RayBackend.process_message): 8 clients gave ~30 tracebacks."""
+    from fedtune.errors import ConfigError
     from fedtune.logs import DEBUG_ENV, user_error
 
     monkeypatch.delenv(DEBUG_ENV, raising=False)
@@ -126,11 +127,18 @@ def test_a_clientapps_user_error_is_logged_once_as_its_sentence(flwr_log, monkey
         logger.error(RAY_TEXT)
         logger.error("Traceback (most recent call last):\n" + RAY_TEXT)
     logger.error("Traceback (most recent call last):\nRuntimeError: CUDA out of memory")
-    assert records == [f"fedtune: a client refused its message: {SENTENCE}",
+    assert records == [f"fedtune: {SENTENCE}",
                        "Traceback (most recent call last):\nRuntimeError: CUDA out of memory"]
     # the reply's reason as the round loop logs it ("dropped reply from client-0003: ...")
     assert user_error(f"<class 'ray.exceptions.RayTaskError'>:<'{RAY_TEXT}'>") == SENTENCE
     assert user_error("fedtune.algorithms.fedit.merged.BaseOutOfSync: base differs") is None
+    # a deployed ClientApp's reply (flwr.supernode.runtime.run_clientapp), a deployed ServerApp
+    assert user_error(f"<class 'fedtune.data.readers.DataFileError'>:<'{SENTENCE}'>") == SENTENCE
+    try:
+        raise ConfigError("lr=-1 must be positive.")
+    except ConfigError as err:
+        logger.error("%s raised an exception", "ServerApp", exc_info=err)
+    assert records[-1] == "fedtune: lr=-1 must be positive."
     monkeypatch.setenv(DEBUG_ENV, "1")  # --debug: everything passes
     logger.error(RAY_TEXT)
     assert records[-1] == RAY_TEXT

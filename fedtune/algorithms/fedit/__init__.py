@@ -31,6 +31,14 @@ def _check(cfg: Config) -> None:
     check(cfg)
 
 
+def _simulation_setup(cfg: Config) -> None:
+    """Before the engine starts: ``lora-target-modules`` must fit the model (one sentence)."""
+    if not cfg.train.init_adapter:  # a saved adapter brings its own targets
+        from fedtune.models.targets import check_targets
+
+        check_targets(cfg.model.model, cfg.lora.lora_target_modules)
+
+
 def _server(cfg: Config):
     from fedtune.algorithms.fedit.server import FedITServer
 
@@ -45,5 +53,6 @@ FEDIT = Algorithm(
     client=_client,
     server=_server,
     check=_check,
+    simulation_setup=_simulation_setup,
     client_hooks=True,  # FedITClient runs the strategy's client half (SCAFFOLD)
 )

@@ -21,6 +21,7 @@ from peft import (
 from transformers import PreTrainedModel
 
 from fedtune.algorithms.fedit.config import LoraSection
+from fedtune.models.targets import lora_targets
 
 WIRE_DTYPE = np.float16  # adapters travel in 16 bits; the server keeps float32 masters
 
@@ -34,16 +35,15 @@ def modules_to_save(cfg: LoraSection, base_is_random: bool) -> list[str] | None:
     return names or None
 
 
-def lora_config(cfg: LoraSection, base_is_random: bool = False) -> LoraConfig:
-    targets = cfg.lora_target_modules.strip()
-    target_modules: str | list[str] = (
-        targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
-    )
+def lora_config(cfg: LoraSection, base_is_random: bool = False,
+                model: PreTrainedModel | None = None) -> LoraConfig:
+    """peft's LoraConfig for this section; with ``model``, ``lora-target-modules`` is resolved
+    and checked against that model's layers (:func:`fedtune.models.targets.lora_targets`)."""
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=target_modules,
+        target_modules=lora_targets(cfg.lora_target_modules, model),
         modules_to_save=modules_to_save(cfg, base_is_random),
         task_type="CAUSAL_LM",
     )
@@ -51,7 +51,7 @@ def lora_config(cfg: LoraSection, base_is_random: bool = False) -> LoraConfig:
 
 def add_lora(model: PreTrainedModel, cfg: LoraSection, base_is_random: bool = False) -> PeftModel:
     """Wrap ``model`` with a fresh LoRA adapter (deterministic init given torch's seed)."""
-    return get_peft_model(model, lora_config(cfg, base_is_random))
+    return get_peft_model(model, lora_config(cfg, base_is_random, model))
 
 
 def adapter_state(model: PeftModel) -> OrderedDict[str, np.ndarray]:

@@ -39,7 +39,7 @@ class _Loaded:
         """Make the adapter of ``rank`` (None: lora-r's, peft's "default") the active one."""
         name = "default" if rank is None or rank == self.lora.lora_r else f"rank-{rank}"
         if name not in self.model.peft_config:
-            cfg = lora_config(self.lora)
+            cfg = lora_config(self.lora, model=self.model.get_base_model())
             cfg.r, cfg.lora_alpha = rank, self.lora.scale * rank  # the scale of lora-r
             cfg.modules_to_save = self.model.peft_config["default"].modules_to_save
             with torch.random.fork_rng(devices=[]):

@@ -85,6 +85,9 @@ def _resume_config(args: argparse.Namespace) -> dict[str, Any]:
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
     run = str(Path(args.resume).resolve())
+    if "min-available-nodes" not in saved:  # a damaged checkpoint's config
+        raise ConfigError(f"cannot resume '{args.resume}': its checkpoint holds no run config; "
+                          "resume from a copy or start the run again.")
     if args.num_clients is None:
         args.num_clients = int(saved["min-available-nodes"])
     return {**saved, "resume": run, "run-dir": run}

@@ -92,8 +92,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
                 if part in parts:
                     parts[part][key] = data[name]
         config, rows = meta["config"], meta["rows"]
-        if not isinstance(config, dict) or not isinstance(rows, list) or not all(
-                k in config for k in ("algorithm", "min-available-nodes")):
+        if not isinstance(config, dict) or not isinstance(rows, list):
             raise ValueError("its meta record holds no run config and rows")
         ckpt = Checkpoint(int(meta["round"]), config, parts["arrays"], parts["algorithm"],
                           parts["strategy"], rows)

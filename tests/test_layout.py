@@ -1,6 +1,7 @@
 """The house rules, checked on the source: layers import only downwards, only the Flower layer
-imports Flower, modules stay small, no code compares algorithm names, and the registries and
-the config are import-light (no torch, no Flower) so user errors come back in a blink."""
+and the deployment tools (which build and sign Flower's app bundles) import Flower, modules
+stay small, no code compares algorithm names, and the registries and the config are
+import-light (no torch, no Flower) so user errors come back in a blink."""
 
 import ast
 import re
@@ -23,9 +24,9 @@ LAYERS = [
                 r"|fedtune\.(node|plot|progress)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
-    ("cli", r"fedtune\.cli$"),
+    ("cli", r"fedtune\.cli(_\w+)?$"),
 ]
-FLOWER_ALLOWED = r"fedtune\.(flower|strategies)(\..+)?$|fedtune\.cli$"
+FLOWER_ALLOWED = r"fedtune\.(flower|strategies|deploy)(\..+)?$|fedtune\.cli(_\w+)?$"
 
 
 def _modules() -> dict[str, Path]:

@@ -31,6 +31,9 @@ from fedtune.errors import ConfigError
 
 TINY = "tiny"
 TINY_SEED = 1234
+#: the files a saved tokenizer has at least one of (fast, sentencepiece, BPE, WordPiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # owner/name, as the hub spells ids
 
 
@@ -159,6 +162,14 @@ def load_tokenizer(name: str):
     if is_tiny(name):
         tok = tiny_tokenizer()
     else:
+        folder = Path(name).expanduser()
+        if model_source(name) == "folder" and not any((folder / f).is_file()
+                                                      for f in TOKENIZER_FILES):
+            # transformers 5.0 builds an empty tokenizer here instead of failing
+            raise ModelError(f"Could not load the tokenizer of the model folder '{name}' (it "
+                             f"has none of {', '.join(TOKENIZER_FILES)}); the folder needs "
+                             "config.json, the weights and the tokenizer files, as "
+                             "save_pretrained writes them.")
         tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

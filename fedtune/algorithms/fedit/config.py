@@ -16,7 +16,9 @@ class LoraSection:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"  # comma list, or peft's "all-linear"
+    # "all-linear" (every linear layer but the head), "auto" (peft's table for the model type)
+    # or a comma list of layer names (fedtune.models.targets)
+    lora_target_modules: str = "all-linear"
     # "auto": train embeddings and LM head too when the base is randomly initialised (the
     # `tiny` preset), since LoRA alone barely moves a random base; "" for none; or a comma list.
     lora_modules_to_save: str = "auto"

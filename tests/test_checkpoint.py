@@ -17,6 +17,7 @@ from fedtune.flower.checkpoint import (
     CHECKPOINT,
     Checkpoint,
     CheckpointError,
+    config_changes,
     load_checkpoint,
     save_checkpoint,
     strategy_state,
@@ -148,6 +149,17 @@ def test_save_replaces_the_checkpoint_atomically(tmp_path):
 
 class _EveryKind(Scaffold):
     state_attrs = ("control", "current_arrays", "momentum_vector")
+
+
+def test_a_key_newer_than_the_saved_run_counts_as_its_default():
+    """A run checkpointed by an earlier fedtune resumes when a later one added a key (its
+    default keeps the old behaviour), and still refuses a non-default value of that key."""
+    now = small_config(**FAST).to_flat()
+    saved = {k: v for k, v in now.items() if k != "deterministic"}
+    assert config_changes(saved, now) == []
+    assert config_changes(saved, {**now, "deterministic": False}) == [
+        "deterministic: True -> False"]
+    assert config_changes({**now, "lr": 1.0}, now) == [f"lr: 1.0 -> {now['lr']!r}"]
 
 
 def test_strategy_state_round_trips_every_kind():

@@ -111,10 +111,15 @@ def config_fingerprint(flat: dict[str, Any]) -> str:
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The keys whose value differs and matters, as ``key: saved -> now`` lines."""
+    """The keys whose value differs and matters, as ``key: saved -> now`` lines. A key the
+    saved run did not have (added by a later fedtune) counts as its default: a new key's
+    default keeps what earlier versions computed."""
+    from fedtune.config import Config
+
+    defaults = Config.from_flat({}).to_flat()
     keys = sorted((set(saved) | set(now)) - RESUMABLE_CHANGES)
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys
-            if saved.get(k) != now.get(k)]
+    before = {k: saved[k] if k in saved else defaults.get(k) for k in keys}
+    return [f"{k}: {before[k]!r} -> {now.get(k)!r}" for k in keys if before[k] != now.get(k)]
 
 
 # ---- strategy state ------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
     return RoundReplies(valid, len(drops), len(messages) - len(replies),
                         _mean([content_bytes(r.content) for r in ok]),
                         _mean([payload_bytes(r.content) for r in ok]),
-                        {origin(r) for r in ok}, drops)
+                        {origin(r) for r in ok}, sorted(drops))  # by name: arrival varies
 
 
 def skip_reason(got: RoundReplies, sampled: int, needed: int, connected: int) -> str:

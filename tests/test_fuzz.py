@@ -596,3 +596,17 @@ def test_a_damaged_checkpoint_is_one_sentence_and_nothing_else_changes(
     code = cli.main(["simulate", "--resume", str(run)])
     assert code in (0, 2), capsys.readouterr().err
     assert _snapshot(run) == before
+
+
+def test_a_list_metric_is_a_dropped_reply_not_a_crash_of_the_averaging():
+    """Found by the fuzzer in CI: one reply's ``train-seconds`` as a list and another's as a
+    float made Flower's metric averaging raise TypeError inside the round."""
+    from flwr.app import MetricRecord, RecordDict
+
+    from fedtune.algorithms.replies import check_metrics
+    from fedtune.flower.records import to_records
+
+    ok = RecordDict({"metrics": MetricRecord({"num-examples": 1, "train-seconds": 0.0})})
+    bad = RecordDict({"metrics": MetricRecord({"num-examples": 1, "train-seconds": [1.0]})})
+    assert check_metrics(to_records(ok)) is None
+    assert check_metrics(to_records(bad)) == "metric 'train-seconds' is list, not a number"

@@ -36,8 +36,8 @@ class Records:
 
 
 def check_metrics(content: Records, weight_key: str = NUM_EXAMPLES) -> str | None:
-    """``None`` when the ``metrics`` record has a weight of at least 1 and only finite values
-    (a count below one is no example count, and FedKSeed's ``int`` would make it 0)."""
+    """``None`` when the ``metrics`` record has a weight of at least 1 and only finite scalar
+    values (a count below one is no example count, and FedKSeed's ``int`` would make it 0)."""
     if "metrics" not in content.metrics:
         return "no 'metrics' record"
     metrics = content.metrics["metrics"]
@@ -46,8 +46,11 @@ def check_metrics(content: Records, weight_key: str = NUM_EXAMPLES) -> str | Non
             or not math.isfinite(weight) or weight < 1):
         return f"'{weight_key}' is {weight!r}, not a positive number of examples (at least 1)"
     for key, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if any(not math.isfinite(float(v)) for v in values):
+        # fedtune's clients send scalars; a list would make the strategy's metric averaging
+        # fail (or mix lengths) across replies, so it is a bad reply, not a round's crash
+        if isinstance(value, list) or not isinstance(value, int | float):
+            return f"metric '{key}' is {type(value).__name__}, not a number"
+        if not math.isfinite(float(value)):
             return f"metric '{key}' is not finite"
     return None
 

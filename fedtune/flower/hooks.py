@@ -8,6 +8,7 @@ loop reads the same for all.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from flwr.serverapp.strategy import Strategy
 from fedtune.algorithms.base import ServerSide
 from fedtune.algorithms.replies import Records
 from fedtune.flower.records import from_arrayrecord, to_recorddict, to_records
+
+log = logging.getLogger("fedtune")
 
 if TYPE_CHECKING:
     from fedtune.flower.loop import NodeRegistry
@@ -63,12 +66,30 @@ def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Mess
         records = receive([to_records(r.content) for r in replies])
         for reply, rec in zip(replies, records, strict=True):
             reply.content = to_recorddict(rec)
+    _common_metrics(replies)
     new, metrics = strategy.aggregate_train(rnd, replies)
     if new is None:
         return None, metrics
     arrays = from_arrayrecord(new)
     merge = getattr(algo, "merge", None)
     return (merge(rnd, arrays) if merge is not None else arrays), metrics
+
+
+def _common_metrics(replies: list[Message]) -> None:
+    """Keep only the metric keys every reply has: Flower's averaging refuses the whole round
+    when one reply's ``metrics`` record has other keys (an old or odd client)."""
+    records = [r.content.metric_records.get("metrics") for r in replies]
+    if len(records) < 2 or any(rec is None for rec in records):
+        return
+    common = set.intersection(*(set(rec.keys()) for rec in records))
+    for reply, rec in zip(replies, records, strict=True):
+        extra = set(rec.keys()) - common
+        if extra:
+            for key in extra:
+                del rec[key]
+            reply.content["metrics"] = rec
+            log.info("ignored metrics %s of node %d: not in every reply",
+                     sorted(extra), reply.metadata.src_node_id)
 
 
 def reply_check(algo: ServerSide, strategy: Strategy) -> Check:

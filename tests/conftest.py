@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -18,6 +19,16 @@ ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "TRANSFORMERS_OFFLINE", "HUGGINGF
                        "http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy",
                        "ftp_proxy"})
 ENV_SET = {"FLWR_TELEMETRY_ENABLED": "0"}
+
+# Hypothesis (tests/test_fuzz_*.py) runs derandomized, the same examples on every CI run, with
+# few examples; HYPOTHESIS_PROFILE=long searches longer. Found cases stay as @example or tests.
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_deployment import (
+from tests.deployment_cluster import (
     ROOT,
     Cluster,
     free_port,
@@ -238,13 +238,7 @@ def signed(tmp_path_factory):
         write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
         deadline = time.monotonic() + 90
         for name in NODES:
-            env, _ = c.edge(name)
-            while True:
-                reg = c.run("register", c.operator(KEYS=env["KEYS"], NAME=name), check=False)
-                if reg.returncode == 0 or time.monotonic() > deadline or link.poll() is not None:
-                    break
-                time.sleep(1)  # the SuperLink is still starting
-            assert reg.returncode == 0, f"{reg.stdout}\n{reg.stderr}\n{c.logs()}"
+            c.register(name, link, deadline)
         for name in NODES:
             env, home = c.edge(name)
             c.start("supernode-trusted", env, tmp / f"supernode-{name}.log", cwd=home)

@@ -4,18 +4,29 @@ consortium's app-signing key, signing an app, and the registry that serves signe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from fedtune.errors import ConfigError
 
 
-def certs_cmd(args: argparse.Namespace) -> int:
-    from fedtune.deploy.credentials import CredentialError, make_certificates
+@contextlib.contextmanager
+def _user_error() -> Iterator[None]:
+    """A credentials request that cannot be carried out is the CLI's one-sentence user error."""
+    from fedtune.deploy.credentials import CredentialError
 
     try:
-        paths = make_certificates(args.out, args.host, args.days, args.force)
+        yield
     except CredentialError as err:
         raise ConfigError(str(err)) from None
+
+
+def certs_cmd(args: argparse.Namespace) -> int:
+    from fedtune.deploy.credentials import make_certificates
+
+    with _user_error():
+        paths = make_certificates(args.out, args.host, args.days, args.force)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     print(f"SuperLink: flower-superlink --ssl-ca-certfile {paths['ca.crt']} --ssl-certfile "
           f"{paths['server.crt']} --ssl-keyfile {paths['server.key']}\n"
@@ -24,12 +35,10 @@ def certs_cmd(args: argparse.Namespace) -> int:
 
 
 def keys_cmd(args: argparse.Namespace) -> int:
-    from fedtune.deploy.credentials import CredentialError, make_node_keys
+    from fedtune.deploy.credentials import make_node_keys
 
-    try:
+    with _user_error():
         private, public = make_node_keys(args.out, args.name, args.force)
-    except CredentialError as err:
-        raise ConfigError(str(err)) from None
     print(f"wrote {private} (private, keep it on the node) and {public}\n"
           f"register: flwr supernode register {public} <connection>\n"
           f"node:     flower-supernode ... --auth-supernode-private-key {private}")
@@ -37,13 +46,10 @@ def keys_cmd(args: argparse.Namespace) -> int:
 
 
 def signing_key_cmd(args: argparse.Namespace) -> int:
-    from fedtune.deploy.credentials import CredentialError
     from fedtune.deploy.signing import make_signing_key
 
-    try:
+    with _user_error():
         paths = make_signing_key(args.out, args.name, args.force)
-    except CredentialError as err:
-        raise ConfigError(str(err)) from None
     print(f"wrote {paths['private']} (private: keep it offline, it approves code), "
           f"{paths['public']} and {paths['trusted']}\n"
           f"sign:  fedtune sign --key {paths['private']} --app <app folder> --out <apps>\n"
@@ -52,13 +58,10 @@ def signing_key_cmd(args: argparse.Namespace) -> int:
 
 
 def sign_cmd(args: argparse.Namespace) -> int:
-    from fedtune.deploy.credentials import CredentialError
     from fedtune.deploy.signing import sign_app
 
-    try:
+    with _user_error():
         done = sign_app(args.key, args.out, app=args.app, fab_file=args.fab, force=args.force)
-    except CredentialError as err:
-        raise ConfigError(str(err)) from None
     print(f"signed {done['app_id']}=={done['version']} (sha256 {done['sha256']}) with "
           f"{done['key_id']}\nwrote {done['fab_path']} and {done['record_path']}\n"
           f"run:   flwr run {done['app_id']}=={done['version']} <connection>")
@@ -66,13 +69,10 @@ def sign_cmd(args: argparse.Namespace) -> int:
 
 
 def registry_cmd(args: argparse.Namespace) -> int:
-    from fedtune.deploy.credentials import CredentialError
     from fedtune.deploy.registry import RegistryServer, read_apps
 
-    try:
+    with _user_error():
         server = RegistryServer(args.apps, args.host, args.port)
-    except CredentialError as err:
-        raise ConfigError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     apps = ", ".join(f"{r['app_id']}=={r['version']}" for r in read_apps(args.apps))
     print(f"serving {apps or 'no apps yet'} from {server.folder}\n"

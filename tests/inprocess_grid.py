@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -80,3 +81,13 @@ def identify_by_partition(msg: Message, context: Context) -> Message:
     """A toy ClientApp's ``identify`` handler: the node's stable name from its partition."""
     name = f"client-{int(context.node_config['partition-id']):04d}"
     return Message(RecordDict({"node": ConfigRecord({"name": name})}), reply_to=msg)
+
+
+def poison_first_array(reply: Message) -> Message:
+    """A train reply's first array with a NaN in it (what a broken client would send)."""
+    arrays = reply.content["arrays"]
+    key = next(iter(arrays))
+    broken = arrays[key].numpy().copy()
+    broken.flat[0] = np.nan
+    arrays[key] = Array(broken)
+    return reply

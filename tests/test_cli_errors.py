@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 # The real CLI (`fedtune = fedtune.cli:main`), reporting at exit whether Ray was ever imported:
@@ -153,23 +152,15 @@ def _simulate(monkeypatch, tmp_path, rounds: int, poisoned_rounds: set[int]) -> 
     """``fedtune simulate`` with 2 clients whose train replies carry NaN in ``poisoned_rounds``
     (the round loop drops them as non-finite); the ServerApp and ClientApps are the real ones,
     on an in-process Grid instead of Ray."""
-    from flwr.app import Array
-
     from client_app.app import app as client_app
     from fedtune.cli import main
     from server_app.app import main as server_main
-    from tests.inprocess_grid import InProcessGrid
+    from tests.inprocess_grid import InProcessGrid, poison_first_array
 
     def poison(node_id, reply):
         if reply.metadata.message_type != "train" or reply.has_error():
             return reply
-        if trains.pop(0) in poisoned_rounds:
-            arrays = reply.content["arrays"]
-            key = next(iter(arrays))
-            broken = arrays[key].numpy().copy()
-            broken.flat[0] = np.nan
-            arrays[key] = Array(broken)
-        return reply
+        return poison_first_array(reply) if trains.pop(0) in poisoned_rounds else reply
 
     trains = [r for r in range(1, rounds + 1) for _ in range(2)]  # 2 train replies a round
 

@@ -7,7 +7,7 @@ import numpy as np
 from client_app.app import app as client_app
 from fedtune.flower.loop import sample
 from tests.conftest import run_loop, small_config
-from tests.inprocess_grid import InProcessGrid
+from tests.inprocess_grid import InProcessGrid, poison_first_array
 
 
 def _run(cfg, tamper=None, first_id=1001):
@@ -25,13 +25,7 @@ def test_nan_reply_is_dropped_and_the_run_completes(caplog):
         nonlocal bad_node
         if reply.metadata.message_type == "train" and node_id == max(grid_nodes):
             bad_node = node_id
-            arrays = reply.content["arrays"]
-            key = next(iter(arrays))
-            broken = arrays[key].numpy().copy()
-            broken.flat[0] = np.nan
-            from flwr.app import Array
-
-            arrays[key] = Array(broken)
+            return poison_first_array(reply)
         return reply
 
     grid_nodes = [1001 + 7919 * p for p in range(3)]

@@ -8,6 +8,11 @@ paying about 5 s of imports.
 A deployed node (one the simulation engine gave no ``partition-id``) without ``data-path`` in its
 node config refuses every message with one sentence naming the missing setting, instead of
 training on the built-in synthetic data; ``data-path='builtin'`` asks for that data on purpose.
+
+A node's pins (``--node-config "require-dp=true max-epsilon=8.0 require-secagg=true
+min-train-nodes=3"``, :mod:`fedtune.node_pins`) are checked against the run config before any
+handler does its work: a run that does not meet them gets an error reply to every message, so
+the node never identifies itself to it (it is never sampled) and never trains for it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from flwr.common.constant import ErrorCode
 
 from fedtune.config import Config
 from fedtune.logs import quiet_third_party
+from fedtune.node_pins import refusal as pin_refusal
 
 if TYPE_CHECKING:
     from fedtune.node import Node
@@ -54,18 +60,28 @@ def _data_path(context: Context) -> str:
     return "" if path == BUILTIN_DATA else path
 
 
-def _refusal(msg: Message, context: Context) -> Message | None:
-    """An error reply when this node is deployed without data (else None): one sentence, on
-    the server's log (the round loop names the node) and on the node's stderr."""
-    nc = context.node_config
-    if "partition-id" in nc or str(nc.get("data-path", "")):
+def _refusal(msg: Message, context: Context, data: bool = True) -> Message | None:
+    """An error reply when this node refuses the message (else None): the run does not meet
+    the node's pins, or (``data``) the node is deployed without data. One sentence, on the
+    server's log (the round loop names the node) and on the node's stderr."""
+    reason = pin_refusal(_name(context), context.node_config, context.run_config)
+    if reason is None and data:
+        reason = _no_data(context)
+    if reason is None:
         return None
-    reason = (f"node '{_name(context)}' has no data: start its SuperNode with --node-config "
-              f"\"data-path='<its data file>'\" (or data-path='{BUILTIN_DATA}' for fedtune's "
-              "built-in synthetic data)")
     print(f"fedtune: {reason}", file=sys.stderr, flush=True)
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
                    reply_to=msg)
+
+
+def _no_data(context: Context) -> str | None:
+    """Why a deployed node without ``data-path`` takes no part (else None)."""
+    nc = context.node_config
+    if "partition-id" in nc or str(nc.get("data-path", "")):
+        return None
+    return (f"node '{_name(context)}' has no data: start its SuperNode with --node-config "
+            f"\"data-path='<its data file>'\" (or data-path='{BUILTIN_DATA}' for fedtune's "
+            "built-in synthetic data)")
 
 
 def _config(context: Context) -> Config:
@@ -95,6 +111,9 @@ def identify(msg: Message, context: Context) -> Message:
 @app.query("secagg")
 def secagg(msg: Message, context: Context) -> Message:
     """A stage of secure aggregation (keys, shares, unmasking); no model is loaded."""
+    refused = _refusal(msg, context, data=False)
+    if refused is not None:
+        return refused
     from fedtune.flower import secure
 
     return Message(secure.stage(msg.content, context.state), reply_to=msg)

@@ -1,5 +1,5 @@
 """The ``fedtune`` command: simulate, generate, export, certs, keys, signing-key, sign,
-registry, algorithms, config."""
+registry, algorithms, config, dp-plan."""
 
 from __future__ import annotations
 
@@ -261,6 +261,14 @@ def config_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def dp_plan_cmd(args: argparse.Namespace) -> int:
+    from fedtune.privacy.planner import run
+
+    print(run(args.population, args.per_round, args.rounds, args.noise_multiplier,
+              args.target_epsilon, args.delta))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtune", description=__doc__)
     parser.add_argument("--debug", action="store_true",
@@ -310,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     conf = sub.add_parser("config", help="list every config key with its default")
     conf.set_defaults(func=config_cmd)
+
+    plan = sub.add_parser("dp-plan", help="epsilon of a DP schedule, or the noise multiplier "
+                          "reaching a target epsilon (the runs' accountant)")
+    plan.add_argument("--population", metavar="N", help="clients that may ever take part")
+    plan.add_argument("--per-round", metavar="m", help="clients sampled per round")
+    plan.add_argument("--rounds", metavar="R", help="rounds released")
+    plan.add_argument("--noise-multiplier", metavar="z", help="noise std / clip norm")
+    plan.add_argument("--target-epsilon", metavar="EPS", help="find the smallest z reaching it")
+    plan.add_argument("--delta", help="default 0.1 / N, as in runs")
+    plan.set_defaults(func=dp_plan_cmd)
     return parser
 
 

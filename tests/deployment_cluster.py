@@ -129,10 +129,12 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_node(self, name: str, log: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    def start_node(self, name: str, log: Path | None = None, block: str = "supernode"
+                   ) -> tuple[subprocess.Popen, Path]:
+        """Start edge machine ``name``'s SuperNode with guide block ``block``."""
         env, home = self.edge(name)
         log = log or self.tmp / f"supernode-{name}.log"
-        self.nodes[name] = self.start("supernode", env, log, cwd=home)
+        self.nodes[name] = self.start(block, env, log, cwd=home)
         return self.nodes[name], log
 
     def start_superlink(self, log: Path) -> subprocess.Popen:

@@ -51,6 +51,7 @@ NODES = ("zurich", "basel")  # connected for the whole module
 ONE_TASK = "first"  # basel's file holds this one built-in task only (zurich's: parity + first)
 SPARE = "geneva"  # registered; used by the CA checks, then joins and is killed mid-round
 PLAINTEXT_REFUSED = "Connection attempt failed, retrying"  # a plaintext node at the TLS port
+PINNED = "lugano"  # registered; runs with guide block supernode-pinned (require-dp, max-epsilon)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def cluster(tmp_path_factory):
         (tmp / "superlink").mkdir()
         link = c.start_superlink(tmp / "superlink.log")
         c.run("connection", c.operator())
-        for pid, name in enumerate((*NODES, SPARE)):
+        for pid, name in enumerate((*NODES, SPARE, PINNED)):
             env, home = c.edge(name)
             c.run("keys", env)
             write_examples(home / f"{name}.jsonl", synthetic.make_examples(ONE_TASK, 24, seed=0)
@@ -81,7 +82,7 @@ def cluster(tmp_path_factory):
         write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
 
         deadline = time.monotonic() + 90
-        for name in (*NODES, SPARE):  # the operator registers each edge machine's public key
+        for name in (*NODES, SPARE, PINNED):  # the operator registers each machine's key
             c.node_ids[name] = c.register(name, link, deadline)
         for name in NODES:
             c.start_node(name)
@@ -99,7 +100,8 @@ def cluster(tmp_path_factory):
 def test_guide_blocks_and_variables_agree_with_this_test():
     blocks = guide()
     assert set(blocks["run"]) >= {"certs", "superlink", "connection", "keys", "register",
-                                  "supernode", "nodes", "launch", "list", "log", "stop"}
+                                  "supernode", "supernode-pinned", "nodes", "launch", "list",
+                                  "log", "stop"}
     assert "resume" in blocks["run"]
     used = {v for text in blocks["run"].values() for v in re.findall(r"\$\{?(\w+)", text)}
     assert used - {"HOME", "FLWR_HOME", "RUN_ID", "RUN_DIR"} <= set(GUIDE_VARS), "undefined vars"
@@ -247,13 +249,18 @@ def test_fedkseed_learns_evaluates_on_nodes_and_each_node_trains_on_its_file(clu
     c.timings.update({f"fedkseed round {r['round']}": r["seconds"] for r in got})
 
 
-def test_ferret_two_rounds_learn(cluster):
+def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
     """Ferret through the same apps on real SuperNodes: each message a new ClientApp process
-    that catches up from its node's cache-dir; coefficients up, the reconstructed model saved."""
+    that catches up from its node's cache-dir; coefficients up, the reconstructed model saved.
+    A third SuperNode, started with the guide's pins (``require-dp=true max-epsilon=8.0``),
+    refuses this run without DP: its sentence is in the ServerApp's log and its own, it is never
+    sampled, and the run goes on with the other two. (It stays up for the next test, which runs
+    a DP run that meets its pins, and stops it.)"""
     c, t0 = cluster, time.monotonic()
+    pinned, pinned_log = c.start_node(PINNED, block="supernode-pinned")
     run_dir = c.tmp / "runs" / "ferret"
     run_id = c.launch(small_run(c.tmp, "ferret", algorithm="ferret", **{
-        "ferret-seeds": 16, "local-steps": 4}), "ferret")
+        "ferret-seeds": 16, "local-steps": 4, "min-available-nodes": 3}), "ferret")
     log = c.follow(run_id)
     got = _check_run(c, run_id, run_dir, log)
     for r in got[1:]:
@@ -261,7 +268,44 @@ def test_ferret_two_rounds_learn(cluster):
         assert not r.get("skipped") and 0 < r["bytes_up_per_client"] < 5_000  # coefficients
     assert got[-1]["eval_loss"] < got[0]["eval_loss"]  # the nodes' data trained every weight
     assert (run_dir / "model" / "config.json").exists() and (run_dir / "ferret-state.npz").exists()
-    c.timings["ferret"] = time.monotonic() - t0
+    why = (f"node '{PINNED}' refuses this run: its pin require-dp=true needs dp='server' or "
+           "dp='client', and the run has dp='off'; its pin max-epsilon=8 needs DP with a budget "
+           "dp-max-epsilon of at most 8, and the run has dp='off'.")
+    assert log.count(f"did not identify itself ({why}); it will not be sampled") == 1, \
+        log + c.logs()
+    node_log = pinned_log.read_text(errors="replace")
+    assert f"fedtune: {why}" in node_log, tail(pinned_log)
+    assert trains_received(pinned_log) == 0 and pinned.poll() is None, tail(pinned_log)
+    c.timings["ferret, one node pinned to dp"] = time.monotonic() - t0
+
+
+def test_the_pinned_node_trains_for_a_dp_run_that_meets_its_pins(cluster):
+    """The same pinned SuperNode takes part in a run with dp='server' and a budget of
+    dp-max-epsilon=8 (its pin): sampled with the other two, it trains; no refusal is logged."""
+    from fedtune.config import Config
+
+    c, t0 = cluster, time.monotonic()
+    try:
+        if PINNED not in c.nodes or c.nodes[PINNED].poll() is not None:
+            c.start_node(PINNED, block="supernode-pinned")
+        pinned_log = c.tmp / f"supernode-{PINNED}.log"
+        before = trains_received(pinned_log)
+        run_dir = c.tmp / "runs" / "pinned-dp"
+        config = small_run(c.tmp, "pinned-dp", dp="server", **{
+            "dp-noise-multiplier": 4.0, "dp-max-epsilon": 8.0, "num-server-rounds": 1,
+            "local-steps": 1, "min-available-nodes": 3})
+        if "dp-population" in Config.keys():  # a deployed DP run says how many nodes may join
+            config["dp-population"] = 3
+        run_id = c.launch(config, "pinned-dp")
+        log = c.follow(run_id)
+        got = _check_run(c, run_id, run_dir, log, rounds=1)
+        assert (got[1]["sampled"], got[1]["clients"]) == (3, 3), got[1]
+        assert not got[1].get("skipped") and "refuses this run" not in log, log
+        assert trains_received(pinned_log) == before + 1, tail(pinned_log)
+    finally:  # the next tests count their nodes: without this one
+        if PINNED in c.nodes:
+            stop_tree(c.nodes.pop(PINNED).pid)
+    c.timings["dp run, pinned node takes part"] = time.monotonic() - t0
 
 
 def test_flwr_stop(cluster):

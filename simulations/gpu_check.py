@@ -5,17 +5,21 @@
     python -m simulations.gpu_check --cpu-dry-run       # CPU halves only, small sizes (CI)
 
 (a) z (``fedtune.zo.perturbations``) and the replay (``fedtune.zo.replay_``) are bit-identical on
-    CPU and CUDA; so is ``fedtune.zo.fused.add_codes_`` when that module exists;
+    CPU and CUDA; so are ``fedtune.zo.fused.add_codes_`` when that module exists and an exact
+    version (``fedtune.zo.versions.VersionStore``: A loaded incrementally and from zero);
 (b) the default FedIT and FedKSeed runs learn on CUDA (the ServerApp's main on an in-process
-    Grid of ClientApps, 3 small rounds): the final held-out loss is below round 0's;
+    Grid of ClientApps, 3 small rounds): the final held-out loss is below round 0's; and FedIT
+    run twice with ``deterministic = true`` gives the same bits (a third run, false, is timed);
 (c) throughput on CUDA in seed-elements/s (seeds applied x elements per second) of the replay,
     of one ZO perturbation pass, and of ``add_codes_`` when it exists;
-(d) Ray with GPU fractions: ``fedtune simulate --rounds 2 --client-gpus 0.5`` on tiny finishes.
+(d) Ray with GPU fractions: ``fedtune simulate --rounds 2 --client-gpus 0.5`` on tiny finishes
+    (skipped, with the reason, where Ray is not installed).
 
-The dry run compares CPU against CPU by another route (z chunk by chunk, the replay with another
-chunk size), runs one small round of each algorithm on the CPU and parses the Ray command without
-starting Ray, so every function here is exercised where no GPU is. Exit status: 0 when every
-check passed or was skipped, 1 when one failed, 2 without CUDA and without ``--cpu-dry-run``.
+The dry run compares CPU against CPU by another route (z chunk by chunk, the replay and the
+version with another chunk size), runs one small round of each algorithm on the CPU and parses
+the Ray command without starting Ray, so every function here is exercised where no GPU is. Each
+result is printed to stderr as it comes. Exit status: 0 when every check passed or was skipped,
+1 when one failed, 2 without CUDA and without ``--cpu-dry-run``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import shlex
@@ -198,9 +204,62 @@ def check_add_codes(plan: Plan) -> Result:
         add_codes_(got, seeds, deltas, index, start)
         differ[device] = int((got.cpu() != want).sum())
     ok = not any(differ.values())
+    backends = fused_backends(plan)
     return Result("a/add_codes_", "pass" if ok else "fail",
                   f"{plan.codes_numel:,} sums of {len(seeds)} seeds, differing from z's codes: "
-                  + ", ".join(f"{d} {n}" for d, n in differ.items()), data={"mismatched": differ})
+                  + ", ".join(f"{d} {n}" for d, n in differ.items())
+                  + f" (backends {backends})", data={"mismatched": differ, "backends": backends})
+
+
+def fused_backends(plan: Plan) -> dict[str, str]:
+    """The backend ``add_codes_`` picks on each device ({} without ``available_backend``)."""
+    try:
+        pick = importlib.import_module("fedtune.zo.fused").available_backend
+    except (ImportError, AttributeError):
+        return {}
+    return {device: pick(device) for device in dict.fromkeys(("cpu", plan.other))}
+
+
+def check_version(plan: Plan) -> Result:
+    """An exact version (w0 - c S) on ``plan.other``, reached incrementally (A1, then A2), has
+    the CPU's bits, and those of a fresh load of A2 (dry run: another chunk size)."""
+    from fedtune.zo.versions import VersionStore
+
+    w0 = replay_weights(plan)
+    k = plan.replay_k
+    rng = np.random.default_rng(2)
+    a1 = rng.normal(size=k) * (rng.random(k) < 0.5)
+    a2 = a1.copy()
+    a2[: k // 4] += rng.normal(size=k // 4)
+    seeds = derive_seeds(3, k)
+    lr = 1e-3
+    routes = (("cpu", None), (plan.other, plan.z_chunk if plan.dry_run else None))
+    got: dict[str, list[torch.Tensor]] = {}
+    with tempfile.TemporaryDirectory(prefix="fedtune-gpu-version-") as tmp:
+        for n, (device, chunk) in enumerate(routes):
+            extra = {} if chunk is None else {"chunk": chunk}
+            params = [w.to(device, copy=True) for w in w0]
+            store = VersionStore(params, seeds, lr, Path(tmp) / f"inc{n}", **extra)
+            store.load(a1)
+            store.load(a2)
+            fresh = [w.to(device, copy=True) for w in w0]
+            VersionStore(fresh, seeds, lr, Path(tmp) / f"full{n}", **extra).load(a2)
+            got[f"{n}/inc"] = [p.cpu() for p in params]
+            got[f"{n}/full"] = [p.cpu() for p in fresh]
+
+    def differ(x: list[torch.Tensor], y: list[torch.Tensor]) -> int:
+        return sum(int((p.view(torch.int32) != q.view(torch.int32)).sum())
+                   for p, q in zip(x, y, strict=True))
+
+    counts = {"cpu_vs_other": differ(got["0/inc"], got["1/inc"]),
+              "incremental_vs_full": differ(got["1/inc"], got["1/full"])}
+    moved = sum(int((p != w).sum()) for p, w in zip(got["1/inc"], w0, strict=True))
+    n = sum(w.numel() for w in w0)
+    ok = not any(counts.values()) and moved > 0
+    return Result("a/version", "pass" if ok else "fail",
+                  f"{n:,} weights, {k} seeds: {counts['cpu_vs_other']} differ (cpu vs "
+                  f"{plan.other}), {counts['incremental_vs_full']} differ (A1 then A2 vs A2), "
+                  f"{moved:,} moved", data={"weights": n, "mismatched": counts, "moved": moved})
 
 
 # ---- (b) learning runs --------------------------------------------------------------------------
@@ -236,16 +295,25 @@ def run_inprocess(flat: dict[str, Any], nodes: int = 3) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def run_quiet(plan: Plan, algorithm: str, **extra: Any) -> tuple[list[dict[str, Any]], str]:
+    """:func:`run_inprocess` of ``algorithm`` (config overrides ``extra``, underscores for
+    dashes) in a scratch folder; its metric rows and what it printed."""
+    printed = io.StringIO()  # the run's own round lines and tables: kept for a failure only
+    with tempfile.TemporaryDirectory(prefix="fedtune-gpu-check-") as tmp, \
+            contextlib.redirect_stdout(printed):
+        flat = run_config(plan, algorithm, Path(tmp) / algorithm)
+        flat.update({key.replace("_", "-"): value for key, value in extra.items()})
+        rows = run_inprocess(flat)
+    return rows, printed.getvalue()
+
+
 def check_learning(plan: Plan, algorithm: str) -> Result:
     """A small default run of ``algorithm`` on ``plan.other``: every round aggregates and the
     final held-out loss is below round 0's."""
     cuda = plan.other.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    printed = io.StringIO()  # the run's own round lines and tables: kept for a failure only
-    with tempfile.TemporaryDirectory(prefix="fedtune-gpu-check-") as tmp, \
-            contextlib.redirect_stdout(printed):
-        rows = run_inprocess(run_config(plan, algorithm, Path(tmp) / algorithm))
+    rows, printed = run_quiet(plan, algorithm)
     first, last = rows[0]["eval_loss"], rows[-1]["eval_loss"]
     rounds_ok = len(rows) == plan.rounds + 1 and all(r["clients"] >= 2 for r in rows[1:])
     peak = torch.cuda.max_memory_allocated() if cuda else 0
@@ -255,8 +323,37 @@ def check_learning(plan: Plan, algorithm: str) -> Result:
                   f"{plan.other}" + (f", peak {peak / 2**20:.0f} MiB" if cuda else ""),
                   data={"eval_loss": [r["eval_loss"] for r in rows],
                         "train_loss": [r.get("train_loss") for r in rows[1:]],
-                        "peak_cuda_bytes": peak,
-                        "output_tail": "" if ok else printed.getvalue()[-2000:]})
+                        "peak_cuda_bytes": peak, "output_tail": "" if ok else printed[-4000:]})
+
+
+def losses(rows: list[dict[str, Any]]) -> list[Any]:
+    """Every round's held-out and training loss, as recorded (bits compared)."""
+    return [(r["eval_loss"], r.get("train_loss")) for r in rows]
+
+
+def check_deterministic(plan: Plan) -> Result:
+    """FedIT twice with ``deterministic = true`` on ``plan.other``: the same losses bit for bit;
+    a third run with false is timed against them (and said whether it matched)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    runs: dict[str, tuple[list[Any], float]] = {}
+    try:
+        for name, flag in (("on", True), ("again", True), ("off", False)):
+            _sync(plan.other)
+            t0 = time.perf_counter()
+            rows, _ = run_quiet(plan, "fedit", deterministic=flag)
+            _sync(plan.other)
+            runs[name] = (losses(rows), time.perf_counter() - t0)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    same = runs["on"][0] == runs["again"][0]
+    off_same = runs["off"][0] == runs["on"][0]
+    ratio = min(runs["on"][1], runs["again"][1]) / runs["off"][1]
+    return Result("b/deterministic", "pass" if same else "fail",
+                  f"two FedIT runs {'identical' if same else 'DIFFER'}; with deterministic=false "
+                  f"{'identical' if off_same else 'different'}, time on/off {ratio:.2f}",
+                  data={"identical": same, "off_identical": off_same, "time_ratio_on_off": ratio,
+                        "losses": {k: v[0] for k, v in runs.items()},
+                        "seconds": {k: v[1] for k, v in runs.items()}})
 
 
 # ---- (c) throughput -----------------------------------------------------------------------------
@@ -323,7 +420,10 @@ def ray_argv(run_dir: Path) -> list[str]:
 
 
 def check_ray(plan: Plan) -> Result:
-    """Run :func:`ray_argv` in a fresh process and read its summary (dry run: parse only)."""
+    """Run :func:`ray_argv` in a fresh process and read its summary (dry run: parse only;
+    skipped where Ray is not installed)."""
+    if not plan.dry_run and importlib.util.find_spec("ray") is None:
+        return Result("d/ray", "skip", "Ray is not installed here (pip install 'flwr[simulation]')")
     with tempfile.TemporaryDirectory(prefix="fedtune-gpu-ray-") as tmp:
         run_dir = Path(tmp) / "ray"
         argv = ray_argv(run_dir)
@@ -361,8 +461,8 @@ def check_fedkseed(plan: Plan) -> Result:
 
 Check = Callable[[Plan], Result | list[Result]]
 CHECKS: dict[str, list[Check]] = {
-    "a": [check_z, check_replay, check_add_codes],
-    "b": [check_fedit, check_fedkseed],
+    "a": [check_z, check_replay, check_add_codes, check_version],
+    "b": [check_fedit, check_fedkseed, check_deterministic],
     "c": [check_throughput],
     "d": [check_ray],
 }
@@ -382,9 +482,23 @@ def _guarded(group: str, fn: Check, plan: Plan) -> list[Result]:
     return results
 
 
-def run_checks(plan: Plan, groups: str = "abcd") -> list[Result]:
-    """Every check of ``groups`` (letters of :data:`CHECKS`), in order."""
-    return [r for g in groups for fn in CHECKS[g] for r in _guarded(g, fn, plan)]
+def run_checks(plan: Plan, groups: str = "abcd",
+               report: Callable[[Result], None] | None = None) -> list[Result]:
+    """Every check of ``groups`` (letters of :data:`CHECKS`), in order; ``report`` is called
+    with each result as it comes."""
+    results = []
+    for g in groups:
+        for fn in CHECKS[g]:
+            for r in _guarded(g, fn, plan):
+                results.append(r)
+                if report is not None:
+                    report(r)
+    return results
+
+
+def print_progress(r: Result) -> None:
+    print(f"gpu_check: {r.check} {r.status} ({r.seconds:.1f} s): {r.summary}", file=sys.stderr,
+          flush=True)
 
 
 def format_table(results: list[Result]) -> str:
@@ -396,10 +510,18 @@ def format_table(results: list[Result]) -> str:
 
 
 def environment() -> dict[str, Any]:
+    """Versions and the GPU, as recorded in the JSON report."""
     cuda = torch.cuda.is_available()
+    versions = {}
+    for name in ("flwr", "transformers", "peft", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
     return {"torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
             "gpu": torch.cuda.get_device_name(0) if cuda else None,
-            "python": sys.version.split()[0]}
+            "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
+            "python": sys.version.split()[0], **versions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
-        results = run_checks(plan, args.only)
+        results = run_checks(plan, args.only, report=print_progress)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0

@@ -24,10 +24,11 @@ def test_cpu_dry_run_runs_every_check_and_writes_json(tmp_path: Path, one_thread
     report = json.loads(out.read_text())
     assert report["ok"] and report["dry_run"] and report["device"] == "cpu"
     status = {r["check"]: r["status"] for r in report["results"]}
-    assert set(status) == {"a/z", "a/replay", "a/add_codes_", "b/fedit", "b/fedkseed",
-                           "c/replay_", "c/add_perturbation_", "c/add_codes_", "d/ray"}
-    for name in ("a/z", "a/replay", "b/fedit", "b/fedkseed", "c/replay_",
-                 "c/add_perturbation_"):
+    assert set(status) == {"a/z", "a/replay", "a/add_codes_", "a/version", "b/fedit",
+                           "b/fedkseed", "b/deterministic", "c/replay_", "c/add_perturbation_",
+                           "c/add_codes_", "d/ray"}
+    for name in ("a/z", "a/replay", "a/version", "b/fedit", "b/fedkseed", "b/deterministic",
+                 "c/replay_", "c/add_perturbation_"):
         assert status[name] == "pass", report
     assert status["d/ray"] == "skip"  # parsed, not started: no Ray in the dry run
     rates = [r["data"]["seed_elements_per_s"] for r in report["results"]
@@ -70,6 +71,28 @@ def test_a_raising_check_is_reported_not_fatal(monkeypatch) -> None:
     assert "error" in gpu_check.format_table([result])
 
 
+def test_runs_that_differ_fail_the_determinism_check(monkeypatch) -> None:
+    calls = iter([0.5, 0.5, 0.25])
+
+    def fake_run(plan: Plan, algorithm: str, **extra):
+        return [{"eval_loss": 6.0}, {"eval_loss": next(calls), "train_loss": 1.0}], ""
+
+    monkeypatch.setattr(gpu_check, "run_quiet", fake_run)
+    result = gpu_check.check_deterministic(DRY)
+    assert result.status == "pass" and not result.data["off_identical"]
+    calls = iter([0.5, 0.25, 0.5])
+    result = gpu_check.check_deterministic(DRY)
+    assert result.status == "fail" and "DIFFER" in result.summary
+
+
+def test_ray_check_skips_with_the_reason_where_ray_is_missing(monkeypatch) -> None:
+    real = gpu_check.importlib.util.find_spec
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    result = gpu_check.check_ray(FULL)
+    assert result.status == "skip" and "Ray is not installed" in result.summary
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without CUDA")
 def test_without_cuda_it_asks_for_the_dry_run(capsys) -> None:
     assert gpu_check.main([]) == 2
@@ -77,9 +100,9 @@ def test_without_cuda_it_asks_for_the_dry_run(capsys) -> None:
 
 
 @pytest.mark.gpu
-def test_z_and_replay_are_bit_identical_on_cpu_and_cuda() -> None:
+def test_z_replay_codes_and_versions_are_bit_identical_on_cpu_and_cuda() -> None:
     results = [gpu_check.check_z(FULL), gpu_check.check_replay(FULL),
-               gpu_check.check_add_codes(FULL)]
+               gpu_check.check_add_codes(FULL), gpu_check.check_version(FULL)]
     assert all(r.status in ("pass", "skip") for r in results), results
 
 
@@ -87,6 +110,12 @@ def test_z_and_replay_are_bit_identical_on_cpu_and_cuda() -> None:
 @pytest.mark.parametrize("algorithm", ["fedit", "fedkseed"])
 def test_default_runs_learn_on_cuda(algorithm: str) -> None:
     result = gpu_check.check_learning(FULL, algorithm)
+    assert result.status == "pass", result
+
+
+@pytest.mark.gpu
+def test_deterministic_runs_repeat_bit_for_bit_on_cuda() -> None:
+    result = gpu_check.check_deterministic(FULL)
     assert result.status == "pass", result
 
 
@@ -99,5 +128,6 @@ def test_throughput_on_cuda() -> None:
 
 @pytest.mark.gpu
 def test_ray_with_gpu_fractions_finishes() -> None:
+    pytest.importorskip("ray")
     result = gpu_check.check_ray(FULL)
     assert result.status == "pass", result

@@ -101,7 +101,7 @@ def plan_for(dry_run: bool) -> Plan:
                     local_steps=2, zo_steps=4, examples=8, eval_examples=4,
                     bench_tensors=(1 << 14, 1 << 10), bench_seeds=2, repeats=1, ray_timeout=0.0)
     return Plan("cuda", False, z_numel=(1 << 22) + 3, z_chunk=1 << 20, codes_numel=1 << 20,
-                replay_k=512, replay_shapes=(), rounds=3, local_steps=10, zo_steps=100,
+                replay_k=256, replay_shapes=(), rounds=3, local_steps=10, zo_steps=100,
                 examples=64, eval_examples=32, bench_tensors=(1 << 24,) * 4 + (4096,) * 64,
                 bench_seeds=32, repeats=3, ray_timeout=240.0)
 

@@ -21,7 +21,7 @@ LAYERS = [
     ("sections", r"fedtune$|fedtune\.(errors|seeding|logs|results|[\w.]+\.config)$"),
     ("config", r"fedtune\.config$"),
     ("library", r"fedtune\.(data|models|train|eval|zo|deploy|secagg)(\..+)?$"
-                r"|fedtune\.(node|plot|progress)$"),
+                r"|fedtune\.(node|plot|progress|payloads)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),

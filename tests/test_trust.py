@@ -1,6 +1,8 @@
 """The trust policy (``fedtune.strategies.trust``) through fedtune's round loop on an in-process
 Grid: a client lying about its example count or scaling its update, for FedAvg over arrays and
-for FedKSeed's seed aggregation; the deployment default; the reply checks' overflow limits."""
+for FedKSeed's seed aggregation; each payload's own bound (FedKSeed's per-seed sums, Ferret's
+blocks x seeds, the LoRA product of FLoRA, FedEx-LoRA and FFA-LoRA); the deployment default;
+the reply checks' overflow limits."""
 
 import numpy as np
 import pytest
@@ -11,8 +13,9 @@ from fedtune.algorithms.replies import check_arrays, check_metrics
 from fedtune.config import Config, ConfigError
 from fedtune.flower.loop import run_rounds
 from fedtune.flower.records import to_arrayrecord
+from fedtune.payloads import BlockSeedsPayload, SeedsPayload
 from fedtune.strategies import build_strategy
-from fedtune.strategies.trust import resolve_weights
+from fedtune.strategies.trust import TrustPolicy, resolve_weights
 from fedtune.zo import SeedPool, pack_pairs, unpack_pairs
 from tests.inprocess_grid import InProcessGrid, identify_by_partition
 from tests.test_strategies import DELTAS, EXAMPLES, X0  # the same toy clients' updates
@@ -65,6 +68,7 @@ class ArraysServer:
 
 class SeedsServer(ArraysServer):
     pool = SeedPool(np.arange(K))
+    payload = SeedsPayload(K)
 
     def initial_arrays(self):
         return {"accumulated": np.zeros(K, np.float32)}
@@ -159,6 +163,111 @@ def test_the_norm_bound_scales_an_outlier_down_to_ratio_times_the_median(payload
     assert np.abs(off - bounded).max() > 1.0  # the test can fail: without it the liar pulls
 
 
+def test_a_liar_repeating_one_seed_is_bounded_by_its_per_seed_sums(caplog):
+    """FedKSeed's model moves by each seed's summed scalars: tau pairs of one seed with scalar g
+    move it by tau |g| while their scalars' norm is sqrt(tau) |g|, which passed the old bound
+    on the scalars. The bound is on the per-seed sums."""
+    tau, g, ratio = 16, 0.5, 2.0
+
+    def repeat(node_id: int, reply: Message) -> Message:
+        if reply.metadata.message_type == "train" and node_id == 1001 + 7919 * LIAR:
+            reply.content["zo"]["pairs"] = pack_pairs(np.full(tau, 3),
+                                                      np.full(tau, g, np.float32), K)
+        return reply
+
+    honest = [np.bincount(i, w, minlength=K) for i, w in SEEDS[:LIAR]]
+    limit = ratio * sorted([*map(np.linalg.norm, honest), tau * g])[(N - 1) // 2]
+    assert np.sqrt(tau) * g < limit  # its scalars' norm is within the bound
+    keys = {"example-weights": "equal"}
+    with caplog.at_level("WARNING", logger="fedtune"):
+        bounded = run("seeds", repeat, **keys, **{"max-update-norm-ratio": ratio})
+    assert f"scaled the update of {LIAR_NAME} down from norm 8 to {limit:.4g}" in caplog.text
+    liar = N * bounded - sum(honest)  # its contribution to A (weights 1/N)
+    np.testing.assert_allclose(np.linalg.norm(liar), limit, rtol=1e-5)
+    assert np.count_nonzero(liar) == 1
+    unbounded = N * run("seeds", repeat, **keys) - sum(honest)
+    assert np.linalg.norm(unbounded) > 2 * limit  # the test can fail: without it, tau g
+
+
+def _zo_reply(entries, coefficients, pool: int) -> Message:
+    sent = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type="train")
+    pairs = pack_pairs(entries, np.asarray(coefficients, np.float32), pool)
+    return Message(RecordDict({"zo": ConfigRecord({"pairs": pairs}),
+                               "metrics": MetricRecord({"num-examples": 10})}), reply_to=sent)
+
+
+def _bound(payload, replies, ratio, sent=None, wire_dtype=None) -> None:
+    policy = TrustPolicy(Config.from_flat({"max-update-norm-ratio": ratio}).strategy, payload,
+                         wire_dtype)
+    policy.bound(replies, [f"client-{i:04d}" for i in range(len(replies))], sent or {})
+
+
+def test_a_ferret_liar_is_bounded_in_its_own_pool_weighted_by_block_size(caplog):
+    """Ferret's entries are (block, seed) pairs of its own pool, not FedKSeed's K seeds; block
+    b's coefficients reconstruct an update of expected norm sqrt(sigma2 d_b) ||c_b||, so a liar
+    that moves its coefficients into the largest block is bounded by what it does to w."""
+    seeds, sizes, ratio = 4, [10, 10, 4000], 3.0  # block 2 is 400x as large
+    payload = BlockSeedsPayload.of(seeds, sizes, sigma2=1.0)
+    assert payload.pool_size == 12
+    honest = [([0, 5, 8 + i], [1.0, -1.0, 0.05]) for i in range(4)]
+    liar = ([8, 9, 10], [0.6, -0.6, 0.6])  # a smaller coefficient norm, all in the big block
+    replies = [_zo_reply(*r, 12) for r in [*honest, liar]]
+    norms = [payload.norm(dict(r.content["zo"]), {}) for r in replies]
+    limit = ratio * sorted(norms)[2]
+    np.testing.assert_allclose(norms[0], np.sqrt(10 * 2 + 4000 * 0.05 ** 2))
+    assert norms[4] > 10 * norms[0]
+    uniform = SeedsPayload(12)  # the coefficients' own norm would let the liar through
+    flat = [uniform.norm(dict(r.content["zo"]), {}) for r in replies]
+    assert flat[4] < min(flat[:4])
+    with caplog.at_level("WARNING", logger="fedtune"):
+        _bound(payload, replies, ratio)
+    assert "scaled the update of client-0004" in caplog.text
+    assert caplog.text.count("scaled the update") == 1
+    bounded = [payload.norm(dict(r.content["zo"]), {}) for r in replies]
+    np.testing.assert_allclose(bounded, [*norms[:4], limit], rtol=1e-6)
+
+
+def test_the_ferret_norm_is_the_reconstructed_updates_norm():
+    """sqrt(sum_b sigma2 d_b ||c_b||^2) is the norm of sum_k c_bk z_k as the parties rebuild it
+    (its expectation; within a few % at these sizes)."""
+    from fedtune.algorithms.ferret.projection import SIGMA2, reconstruct
+    from fedtune.zo import derive_seeds
+
+    seeds, sizes = 8, [3000, 2000]
+    payload = BlockSeedsPayload.of(seeds, sizes, SIGMA2)
+    gen = np.random.default_rng(0)
+    entries = np.arange(2 * seeds)
+    gammas = gen.standard_normal(entries.size).astype(np.float32) * np.repeat([1.0, 5.0], seeds)
+    rebuilt = reconstruct(entries, gammas, derive_seeds(0, seeds).tolist(), [0, 1], sizes)
+    want = float(np.sqrt(sum(float(t.square().sum()) for t in rebuilt)))
+    got = payload.norm({"pairs": pack_pairs(entries, gammas, 2 * seeds)}, {})
+    assert abs(got / want - 1) < 0.05, (got, want)
+
+
+def test_ferret_runs_with_the_norm_bound_and_bounds_a_liar(caplog):
+    """One real Ferret round with max-update-norm-ratio (the policy read Ferret's pairs with
+    FedKSeed's pool size, zo-seeds, and the run died: ValueError: seed indices must lie in
+    [0, 64)); a client that scales its coefficients x100 is scaled back by name."""
+    from tests.test_ferret import _run, ferret_config
+
+    cfg = ferret_config(**{"num-server-rounds": 1, "max-update-norm-ratio": 3.0,
+                           "zo-seeds": 64, "local-steps": 1, "batch-size": 2,
+                           "eval-examples": 2, "max-new-tokens": 1})
+    pool = 34 * 32  # blocks x ferret-seeds of the tiny model
+
+    def scale(node_id: int, reply: Message) -> Message:
+        if reply.metadata.message_type == "train" and node_id == 1001 + 7919:
+            entries, gammas = unpack_pairs(reply.content["zo"]["pairs"], pool)
+            reply.content["zo"]["pairs"] = pack_pairs(entries, gammas * np.float32(100), pool)
+        return reply
+
+    with caplog.at_level("WARNING", logger="fedtune"):
+        rows, accumulated, _ = _run(cfg, num_nodes=2, tamper=scale)
+    assert rows[1]["clients"] == 2 and np.isfinite(accumulated).all()
+    assert caplog.text.count("scaled the update of") == 1  # the lower median is the honest one
+    assert "scaled the update of client-0001" in caplog.text
+
+
 def test_honest_rounds_are_untouched_by_the_policy():
     plain = run("arrays")
     np.testing.assert_array_equal(plain, run("arrays", **{"example-weights": "capped",
@@ -171,7 +280,7 @@ def test_auto_is_capped_through_a_superlink_and_reported_in_simulation(monkeypat
     import server_app.app as server_app
 
     seen = []
-    monkeypatch.setattr(server_app, "run_server", lambda grid, cfg: seen.append(cfg))
+    monkeypatch.setattr(server_app, "run_server", lambda grid, cfg, **_: seen.append(cfg))
     ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     server_app.main(HttpGrid.__new__(HttpGrid), ctx)
     server_app.main(InProcessGrid(toy, 1, {}), ctx)
@@ -207,10 +316,11 @@ def test_config_errors_are_one_sentence(keys, message):
 def test_an_explicit_policy_with_secure_aggregation_is_a_config_error():
     from fedtune.algorithms import resolve
 
+    plain = {"secagg": "on", "fraction-evaluate": 0.0}
     for keys in ({"example-weights": "capped"}, {"max-update-norm-ratio": 2.0}):
         with pytest.raises(ConfigError, match="cannot run with secagg='on'"):
-            resolve(Config.from_flat({"secagg": "on", **keys}))
-    resolve(Config.from_flat({"secagg": "on"}))  # auto: as reported, no error
+            resolve(Config.from_flat({**plain, **keys}))
+    resolve(Config.from_flat(plain))  # auto: as reported, no error
 
 
 def test_reply_checks_treat_float16_saturation_and_unsquarable_float32_as_overflow():

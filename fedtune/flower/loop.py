@@ -42,6 +42,7 @@ from fedtune.flower.records import (
     to_records,
 )
 from fedtune.logs import user_error
+from fedtune.payloads import payload_of
 from fedtune.seeding import rng
 from fedtune.strategies.trust import TrustPolicy
 
@@ -262,7 +263,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     s = cfg.server
     check_reply = reply_check(algo, strategy)
     policy = None if getattr(strategy, "masks_replies", False) else TrustPolicy(
-        cfg.strategy, cfg.zo.zo_seeds, algo.wire_dtype)
+        cfg.strategy, payload_of(algo), algo.wire_dtype)
     registry = NodeRegistry(grid, timeout=s.round_timeout)
     if resume_from is None:
         done, arrays = 0, algo.initial_arrays()

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedtune.algorithms.replies import NUM_EXAMPLES
+from fedtune.payloads import ArraysPayload, Payload, shrink
 from fedtune.strategies.config import StrategySection
-from fedtune.zo import pack_pairs, unpack_pairs
 
 log = logging.getLogger("fedtune")
 
@@ -60,12 +61,14 @@ def lower_median(values: Sequence[float]) -> float:
 class TrustPolicy:
     """The ``strategy`` section's trust policy over one round's replies (changed in place).
 
-    ``k``: the seed pool's size (to read packed pairs); ``wire_dtype``: what the global arrays
-    were cast to on the way down (the reference an update is measured from)."""
+    ``payload``: how the algorithm's replies carry an update (its server side's ``payload``,
+    :func:`fedtune.payloads.payload_of`); ``wire_dtype``: what the global arrays were cast to
+    on the way down (the reference an update is measured from)."""
 
-    def __init__(self, section: StrategySection, k: int, wire_dtype: type | None = None) -> None:
+    def __init__(self, section: StrategySection, payload: Payload | None = None,
+                 wire_dtype: type | None = None) -> None:
         self.section = section
-        self.k = k
+        self.payload = payload if payload is not None else ArraysPayload()
         self.wire_dtype = wire_dtype
 
     def weigh(self, replies: Sequence[Message], names: Sequence[str]) -> None:
@@ -99,57 +102,34 @@ class TrustPolicy:
             return
         if self.wire_dtype is not None:
             sent = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in sent.items()}
-        norms = {i: n for i, r in enumerate(replies) if (n := self._norm(r, sent)) is not None}
+        records = [_read(r.content, self.payload) for r in replies]
+        norms = {i: self.payload.norm(rec, sent) for i, rec in enumerate(records)
+                 if rec is not None}
         if not norms:
-            return
+            return  # no update this payload can read
         median = lower_median(list(norms.values()))
         limit = ratio * median
         for i, norm in norms.items():
             if norm > limit:
-                self._scale(replies[i], sent, limit / norm)
+                _write(replies[i].content, self.payload,
+                       shrink(self.payload, records[i], sent, norm, limit))
                 log.warning("scaled the update of %s down from norm %.4g to %.4g "
                             "(max-update-norm-ratio=%g x the round's median %.4g)", names[i],
                             norm, limit, ratio, median)
 
-    # ---- one reply's update --------------------------------------------------------------
-    def _norm(self, reply: Message, sent: Arrays) -> float | None:
-        content = reply.content
-        if "arrays" in content.array_records:
-            total = 0.0
-            for key, value in content.array_records["arrays"].items():
-                y = value.numpy().astype(np.float64)
-                total += float(np.sum((y - _reference(sent, key, y.shape)) ** 2))
-            return float(np.sqrt(total))
-        if "zo" in content.config_records and "pairs" in content.config_records["zo"]:
-            _, scalars = unpack_pairs(content.config_records["zo"]["pairs"], self.k)
-            return float(np.linalg.norm(scalars.astype(np.float64)))
-        return None  # no update fedtune knows how to measure
 
-    def _scale(self, reply: Message, sent: Arrays, scale: float) -> None:
-        content = reply.content
-        if "arrays" in content.array_records:
-            scaled = {}
-            for key, value in content.array_records["arrays"].items():
-                y = value.numpy()
-                x = _reference(sent, key, y.shape)
-                scaled[key] = Array(np.ascontiguousarray(
-                    (x + scale * (y.astype(np.float64) - x)).astype(y.dtype)))
-            content["arrays"] = ArrayRecord(scaled)
-            return
-        record = content.config_records["zo"]
-        indices, scalars = unpack_pairs(record["pairs"], self.k)
-        record["pairs"] = pack_pairs(indices, (scalars.astype(np.float64) * scale)
-                                     .astype(np.float32), self.k)
+def _read(content: RecordDict, payload: Payload) -> dict[str, Any] | None:
+    """The payload's record of a reply in plain Python, or None if the reply has none."""
+    if payload.array_record:
+        arrays = content.array_records.get(payload.record)
+        return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
+    config = content.config_records.get(payload.record)
+    return None if config is None else dict(config)
 
 
-def _reference(sent: Arrays, key: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The global array ``key`` as float64 in the reply's ``shape``: zero-padded or cut where a
-    node's rank differs (mixed LoRA ranks), zeros for a key the server did not send."""
-    x = sent.get(key)
-    if x is not None and tuple(x.shape) == tuple(shape):
-        return np.asarray(x, np.float64)
-    out = np.zeros(shape, np.float64)
-    if x is not None and x.ndim == len(shape):
-        overlap = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape, strict=True))
-        out[overlap] = x[overlap]
-    return out
+def _write(content: RecordDict, payload: Payload, record: dict[str, Any]) -> None:
+    if payload.array_record:
+        content[payload.record] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                               for k, v in record.items()})
+    else:
+        content[payload.record] = ConfigRecord(record)

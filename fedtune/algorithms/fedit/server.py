@@ -20,6 +20,7 @@ from fedtune.algorithms.fedit.model import (
     peft_model_for,
     set_base,
 )
+from fedtune.algorithms.fedit.payload import lora_payload
 from fedtune.algorithms.fedit.variants import variant
 from fedtune.algorithms.replies import NUM_EXAMPLES, Records, check_metrics, check_record
 from fedtune.config import Config
@@ -53,6 +54,8 @@ class FedITServer:
         self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
         self._spec = select(adapter_spec(self.model), self.variant.uploads)
         self._stash: list[tuple[dict[str, np.ndarray], float]] = []
+        self.payload = lora_payload(self.variant, cfg.lora.scale,  # what the trust policy reads
+                                    initial_adapter(cfg) if self.variant.frozen else {})
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return select(initial_adapter(self.cfg), self.variant.shares)

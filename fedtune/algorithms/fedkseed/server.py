@@ -17,6 +17,7 @@ from fedtune.data.tokenize import encode_examples
 from fedtune.eval.generate import answer_metrics
 from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import build_tiny, is_tiny
+from fedtune.payloads import Payload, SeedsPayload
 from fedtune.zo import SeedPool, unpack_pairs
 
 STATE_FILE = "fedkseed-state.npz"
@@ -34,6 +35,7 @@ class FedKSeedServer:
         self.pro = pro  # FedKSeed-Pro: clients sample seeds by importance
         self.zm = self.model_for(cfg)
         self.pool = SeedPool(self.zm.seeds)
+        self.payload: Payload = SeedsPayload(self.pool.k)  # what the trust policy reads
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
         self.pairs = heldout_pairs(cfg, self.zm) if dpo else None
         self.eval_examples = [] if dpo else split(cfg.data, EXAMPLES, "server", cfg.server.seed)

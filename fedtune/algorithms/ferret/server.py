@@ -18,9 +18,11 @@ import numpy as np
 from fedtune.algorithms.fedkseed.server import FedKSeedServer
 from fedtune.algorithms.ferret.config import ferret_lr
 from fedtune.algorithms.ferret.model import FRAC_BITS, ferret_model_for
+from fedtune.algorithms.ferret.projection import SIGMA2
 from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
 from fedtune.models.loading import is_tiny
+from fedtune.payloads import BlockSeedsPayload
 from fedtune.train.schedule import round_lr
 from fedtune.zo import SeedPool
 
@@ -36,6 +38,9 @@ class FerretServer(FedKSeedServer):
         super().__init__(cfg)
         # the strategy's coordinates: one per entry of A (its "seeds" are entry ids)
         self.pool = SeedPool(np.arange(1, self.zm.store.codes.size + 1))
+        store = self.zm.store  # the trust policy's pool: blocks x seeds, weighted by block size
+        sizes = np.bincount(store.blocks, [p.numel() for p in store.params], store.num_blocks)
+        self.payload = BlockSeedsPayload.of(store.seeds.size, sizes.tolist(), SIGMA2)
 
     def check_reply(self, content: Records) -> str | None:
         """Distinct entries of A (< L * K), finite coefficients, packed; and metrics."""

@@ -1,0 +1,180 @@
+"""What one client's reply contributes to a round, one object per payload kind.
+
+An algorithm's server side names its payload (``ServerSide.payload``; :func:`payload_of`). The
+trust policy (:mod:`fedtune.strategies.trust`) reads a reply's update only through it, never
+through a kind string or the run config; it is the first step of issue #26's payload objects
+(DP, SecAgg and client-side clipping still use :mod:`fedtune.privacy.payloads`).
+
+A payload reads one record of a reply in plain Python (an array record as name -> ndarray, a
+config record as name -> value), never Flower's types, against ``reference``: the round's global
+arrays as the clients received them (after the wire's rounding). It owns
+
+- ``record`` (and ``array_record``: whether it is an array record or a config record),
+- ``kind``: the update kind the strategies aggregate (``arrays`` or ``seeds``),
+- ``pool_size``: entries of a seed payload's contribution (None for arrays),
+- :meth:`contribution`: the update as one flat float64 vector,
+- :meth:`norm`: how far the update moves the model,
+- :meth:`scaled`: a copy whose update is scaled by ``s`` (``linear``: its norm scales by
+  exactly ``s``; else :func:`shrink` searches the scale).
+
+Payloads here: :class:`ArraysPayload` (named float arrays: the reply minus the reference),
+:class:`SeedsPayload` (FedKSeed's (seed index, scalar) pairs: the per-seed sums, which is what
+moves the model, not the scalars) and :class:`BlockSeedsPayload` (Ferret's (block x seed)
+coefficients: the per-entry sums, weighted by each block's size). FedIT's exact LoRA variants
+have their own (:mod:`fedtune.algorithms.fedit.payload`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedtune.zo.pool import pack_pairs, unpack_pairs
+
+Record = Mapping[str, Any]
+Arrays = Mapping[str, np.ndarray]
+
+
+class Payload(Protocol):
+    """How to read, measure and scale one client's update (see the module docstring)."""
+
+    kind: str
+    record: str
+    array_record: bool
+    pool_size: int | None
+    linear: bool
+
+    def contribution(self, record: Record, reference: Arrays) -> np.ndarray: ...
+
+    def norm(self, record: Record, reference: Arrays) -> float: ...
+
+    def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]: ...
+
+
+def reference_for(reference: Arrays, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The reference array ``key`` as float64 in the reply's ``shape``: zero-padded or cut
+    where a node's rank differs (mixed LoRA ranks), zeros for a key the server did not send."""
+    x = reference.get(key)
+    if x is not None and tuple(x.shape) == tuple(shape):
+        return np.asarray(x, np.float64)
+    out = np.zeros(shape, np.float64)
+    if x is not None and x.ndim == len(shape):
+        overlap = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape, strict=True))
+        out[overlap] = x[overlap]
+    return out
+
+
+@dataclass(frozen=True)
+class ArraysPayload:
+    """Named float arrays (FedIT's adapter, full fine-tuning): the update is the reply minus
+    the reference, key by key; its norm the L2 norm over all of them."""
+
+    record: str = "arrays"
+    kind = "arrays"
+    array_record = True
+    pool_size = None
+    linear = True
+
+    def contribution(self, record: Record, reference: Arrays) -> np.ndarray:
+        parts = [(np.asarray(y, np.float64) - reference_for(reference, k, y.shape)).ravel()
+                 for k, y in record.items()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def norm(self, record: Record, reference: Arrays) -> float:
+        total = 0.0
+        for key, value in record.items():
+            y = np.asarray(value, np.float64)
+            total += float(np.sum((y - reference_for(reference, key, y.shape)) ** 2))
+        return float(np.sqrt(total))
+
+    def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]:
+        out = {}
+        for key, y in record.items():
+            x = reference_for(reference, key, y.shape)
+            out[key] = np.ascontiguousarray(
+                (x + scale * (np.asarray(y, np.float64) - x)).astype(y.dtype))
+        return out
+
+
+@dataclass(frozen=True)
+class SeedsPayload:
+    """FedKSeed's packed (seed index, scalar) pairs over a pool of ``pool_size`` seeds.
+
+    The model moves by lr * sum_s c_s z(s) with c_s the sum of the client's scalars of seed s,
+    and the z(s) are near-orthogonal, so the update's norm is ||c|| (times lr ||z||), not the
+    norm of the scalars: a client repeating one seed tau times moves the model sqrt(tau) times
+    further than its scalars' norm says."""
+
+    pool_size: int
+    record: str = "zo"
+    kind = "seeds"
+    array_record = False
+    linear = True
+
+    def pairs(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
+        return unpack_pairs(record["pairs"], self.pool_size)
+
+    def contribution(self, record: Record, reference: Arrays) -> np.ndarray:
+        """The dense per-entry sums c (length ``pool_size``)."""
+        indices, scalars = self.pairs(record)
+        return np.bincount(indices, weights=scalars.astype(np.float64),
+                           minlength=self.pool_size)
+
+    def norm(self, record: Record, reference: Arrays) -> float:
+        return float(np.linalg.norm(self.contribution(record, reference)))
+
+    def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]:
+        indices, scalars = self.pairs(record)
+        pairs = pack_pairs(indices, (scalars.astype(np.float64) * scale).astype(np.float32),
+                           self.pool_size)
+        return {**record, "pairs": pairs}
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSeedsPayload(SeedsPayload):
+    """Ferret's packed (entry, coefficient) pairs, entry = b * seeds + k for block b, seed k.
+
+    Block b reconstructs sum_k c_bk z_k restricted to its d_b weights, whose expected squared
+    norm is sigma2 d_b sum_k c_bk^2; ``block_weights[b]`` = sqrt(sigma2 d_b), so :meth:`norm`
+    is the expected norm of the reconstructed update in weight units (before the server lr),
+    and a client cannot buy reach by moving its coefficients into the largest block."""
+
+    seeds: int = 0
+    block_weights: Sequence[float] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, seeds: int, block_sizes: Sequence[int], sigma2: float) -> BlockSeedsPayload:
+        weights = tuple(float(np.sqrt(sigma2 * n)) for n in block_sizes)
+        return cls(pool_size=seeds * len(weights), seeds=seeds, block_weights=weights)
+
+    def norm(self, record: Record, reference: Arrays) -> float:
+        c = self.contribution(record, reference).reshape(len(self.block_weights), self.seeds)
+        return float(np.linalg.norm(c * np.asarray(self.block_weights)[:, None]))
+
+
+def payload_of(server: Any) -> Payload:
+    """The payload an algorithm's server side declares (``payload``), else named arrays."""
+    payload = getattr(server, "payload", None)
+    return payload if payload is not None else ArraysPayload()
+
+
+def shrink(payload: Payload, record: Record, reference: Arrays, norm: float, limit: float,
+           steps: int = 40) -> dict[str, Any]:
+    """A copy of ``record`` whose update has norm <= ``limit`` (``norm``: its norm now, above
+    ``limit``): scaled by limit / norm when the payload is linear, else by the largest scale
+    in [0, 1] that a bisection of ``steps`` steps finds to keep the norm within the limit."""
+    if payload.linear:
+        return payload.scaled(record, reference, limit / norm)
+    lo, hi = 0.0, 1.0
+    best = payload.scaled(record, reference, 0.0)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        candidate = payload.scaled(record, reference, mid)
+        if payload.norm(candidate, reference) <= limit:
+            lo, best = mid, candidate
+        else:
+            hi = mid
+    return best

@@ -4,6 +4,9 @@ A deployed node's ``--node-config`` may say::
 
     require-dp=true        the run must have dp='server' or dp='client'
     max-epsilon=8.0        ... and a budget dp-max-epsilon in (0, 8.0] (so DP is on, too)
+    max-delta=1e-5         ... and epsilon reported at a delta of at most 1e-5 (dp-delta, or
+                           its default 0.1 / dp-population): a run sets its delta too, and a
+                           larger delta buys a smaller epsilon for the same noise
     require-secagg=true    the run must have secagg='on'
     min-train-nodes=5      the run must aggregate at least 5 nodes per round (its min-train-nodes)
 
@@ -25,8 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedtune.errors import ConfigError
+from fedtune.privacy.config import PrivacyConfig
 
-PINS = ("require-dp", "max-epsilon", "require-secagg", "min-train-nodes")
+PINS = ("require-dp", "max-epsilon", "max-delta", "require-secagg", "min-train-nodes")
 PIN_PREFIXES = ("require-", "max-", "min-")  # a node-config key like these must be a pin
 DP_ON, SECAGG_ON = ("server", "client"), "on"  # what the pins accept
 
@@ -37,6 +41,7 @@ class Pins:
 
     require_dp: bool = False
     max_epsilon: float | None = None
+    max_delta: float | None = None
     require_secagg: bool = False
     min_train_nodes: int | None = None
 
@@ -52,6 +57,7 @@ class Pins:
                     "pin is dropped by a typo.")
         return cls(require_dp=_flag(node_config, "require-dp", node),
                    max_epsilon=_positive(node_config, "max-epsilon", node),
+                   max_delta=_positive(node_config, "max-delta", node, below=1.0),
                    require_secagg=_flag(node_config, "require-secagg", node),
                    min_train_nodes=_count(node_config, "min-train-nodes", node))
 
@@ -74,6 +80,17 @@ class Pins:
                 out.append(need + "no budget (dp-max-epsilon=0)")
             elif budget > self.max_epsilon:
                 out.append(need + f"dp-max-epsilon={budget:g}")
+        if self.max_delta is not None:
+            delta = _run_delta(run_config)
+            need = (f"its pin max-delta={self.max_delta:g} needs DP with a delta of at most "
+                    f"{self.max_delta:g}, and the run has ")
+            if dp not in DP_ON:
+                out.append(need + f"dp='{dp}'")
+            elif delta is None:
+                out.append(need + "no delta (dp-delta=0 and no dp-population)")
+            elif delta > self.max_delta:
+                out.append(need + f"delta={delta:g} (dp-delta={run_config.get('dp-delta')}, "
+                           f"dp-population={run_config.get('dp-population')})")
         if self.require_secagg and str(run_config.get("secagg", "off")) != SECAGG_ON:
             out.append("its pin require-secagg=true needs secagg='on', and the run has "
                        f"secagg='{run_config.get('secagg', 'off')}'")
@@ -113,13 +130,16 @@ def _flag(nc: Mapping[str, object], key: str, node: str) -> bool:
     raise _malformed(node, key, value, f"true or false (such as {key}=true)")
 
 
-def _positive(nc: Mapping[str, object], key: str, node: str) -> float | None:
+def _positive(nc: Mapping[str, object], key: str, node: str, below: float = math.inf
+              ) -> float | None:
     if key not in nc:
         return None
     value = nc[key]
     if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value <= 0):
-        raise _malformed(node, key, value, f"a number above 0 (such as {key}=8.0)")
+            or not math.isfinite(value) or not 0 < value < below):
+        want = (f"a number above 0 (such as {key}=8.0)" if below == math.inf
+                else f"a number between 0 and {below:g} (such as {key}=1e-05)")
+        raise _malformed(node, key, value, want)
     return float(value)
 
 
@@ -138,3 +158,15 @@ def _run_number(run_config: Mapping[str, object], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return None
     return float(value)
+
+
+def _run_delta(run_config: Mapping[str, object]) -> float | None:
+    """The delta the run's epsilon is reported at: dp-delta, or the privacy section's default
+    from dp-population (0.1 / N); None if the run states neither."""
+    explicit = _run_number(run_config, "dp-delta")
+    if explicit is not None and explicit > 0:
+        return explicit
+    population = _run_number(run_config, "dp-population")
+    if explicit is None or population is None or population < 1:
+        return None
+    return PrivacyConfig().delta_for(int(population))

@@ -14,8 +14,10 @@ from fedtune.node_pins import PINS, Pins, refusal
 from tests.conftest import run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 
-STRICT = {"require-dp": True, "max-epsilon": 8.0, "require-secagg": True, "min-train-nodes": 3}
-MEETS = {"dp": "client", "dp-max-epsilon": 8.0, "secagg": "on", "min-train-nodes": 3}
+STRICT = {"require-dp": True, "max-epsilon": 8.0, "max-delta": 1e-3, "require-secagg": True,
+          "min-train-nodes": 3}
+MEETS = {"dp": "client", "dp-max-epsilon": 8.0, "dp-delta": 0.0, "dp-population": 1000,
+         "secagg": "on", "min-train-nodes": 3}  # delta: 0.1 / 1000
 KINDS = ("query.identify", "train", "evaluate", "query.secagg")
 
 
@@ -31,11 +33,19 @@ def sentence(reason: str) -> bool:
 @pytest.mark.parametrize(("change", "clause"), [
     ({"dp": "none"}, "its pin require-dp=true needs dp='server' or dp='client', and the run "
                      "has dp='none'; its pin max-epsilon=8 needs DP with a budget "
-                     "dp-max-epsilon of at most 8, and the run has dp='none'"),
+                     "dp-max-epsilon of at most 8, and the run has dp='none'; its pin "
+                     "max-delta=0.001 needs DP with a delta of at most 0.001, and the run has "
+                     "dp='none'"),
     ({"dp-max-epsilon": 0.0}, "its pin max-epsilon=8 needs DP with a budget dp-max-epsilon of "
                               "at most 8, and the run has no budget (dp-max-epsilon=0)"),
     ({"dp-max-epsilon": 8.5}, "its pin max-epsilon=8 needs DP with a budget dp-max-epsilon of "
                               "at most 8, and the run has dp-max-epsilon=8.5"),
+    ({"dp-population": 50}, "its pin max-delta=0.001 needs DP with a delta of at most 0.001, "
+                            "and the run has delta=0.002 (dp-delta=0.0, dp-population=50)"),
+    ({"dp-delta": 0.01}, "its pin max-delta=0.001 needs DP with a delta of at most 0.001, and "
+                         "the run has delta=0.01 (dp-delta=0.01, dp-population=1000)"),
+    ({"dp-population": 0}, "its pin max-delta=0.001 needs DP with a delta of at most 0.001, "
+                           "and the run has no delta (dp-delta=0 and no dp-population)"),
     ({"secagg": "off"}, "its pin require-secagg=true needs secagg='on', and the run has "
                         "secagg='off'"),
     ({"min-train-nodes": 2}, "its pin min-train-nodes=3 needs a run that aggregates at least "
@@ -50,7 +60,7 @@ def test_each_pin_refuses_a_run_that_falls_short_of_it_by_one_key(change, clause
 
 def test_a_run_with_dp_off_fails_every_dp_pin_and_all_are_named():
     reason = refusal("lugano", STRICT, run_config())  # the defaults: dp and secagg off
-    assert reason.count("its pin") == 4 and sentence(reason), reason
+    assert reason.count("its pin") == 5 and sentence(reason), reason
     assert "max-epsilon=8 needs DP with a budget" in reason and "has dp='off'" in reason
     assert refusal("lugano", {"max-epsilon": 8}, run_config(dp="server")) is not None
     assert refusal("lugano", {"max-epsilon": 8}, run_config(**{
@@ -69,6 +79,8 @@ def test_no_pins_accept_every_run_and_false_flags_pin_nothing():
     ("max-epsilon", 0, "a number above 0"),
     ("max-epsilon", float("nan"), "a number above 0"),
     ("max-epsilon", True, "a number above 0"),
+    ("max-delta", 1.0, "a number between 0 and 1 (such as max-delta=1e-05)"),
+    ("max-delta", 0.0, "a number between 0 and 1"),
     ("require-dp", "yes", "true or false (such as require-dp=true)"),
     ("require-secagg", 1, "true or false"),
     ("min-train-nodes", 0, "a whole number of at least 1 (such as min-train-nodes=3)"),

@@ -11,7 +11,9 @@ points to the guide instead of repeating the commands.)
 Costs: every message starts a new ClientApp process (torch + transformers import) on a node, so
 the runs are few and small (2 rounds, 2 local steps, 8 held-out examples) and each checks
 several things: the FedKSeed run learns, evaluates on the nodes and shows each node's own file;
-one FedIT run goes through a SuperNode restart, a SuperLink restart and its resumption.
+the Ferret run goes on while a node pinned to DP refuses it (a 1-round DP run then shows that
+node training for a run that meets its pins); one FedIT run goes through a SuperNode restart, a
+SuperLink restart and its resumption.
 ``pytest -m "not deployment"`` skips the module; CI runs it.
 """
 
@@ -57,7 +59,7 @@ PINNED = "lugano"  # registered; runs with guide block supernode-pinned (require
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A SuperLink with TLS and node authentication (guide blocks certs, superlink, connection),
-    the keys of three edge machines registered (keys, register), two SuperNodes running."""
+    the keys of four edge machines registered (keys, register), two SuperNodes running."""
     from fedtune.data import synthetic
 
     t0 = time.monotonic()
@@ -78,7 +80,7 @@ def cluster(tmp_path_factory):
             env, home = c.edge(name)
             c.run("keys", env)
             write_examples(home / f"{name}.jsonl", synthetic.make_examples(ONE_TASK, 24, seed=0)
-                           if name == "basel" else synthetic.client_examples(pid, 3, 24, seed=0))
+                           if name == "basel" else synthetic.client_examples(pid % 3, 3, 24, 0))
         write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
 
         deadline = time.monotonic() + 90

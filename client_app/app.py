@@ -116,7 +116,7 @@ def secagg(msg: Message, context: Context) -> Message:
         return refused
     from fedtune.flower import secure
 
-    return Message(secure.stage(msg.content, context.state), reply_to=msg)
+    return Message(secure.stage(msg.content, context.state, context.run_id), reply_to=msg)
 
 
 @app.train()

@@ -121,6 +121,9 @@ def _toml_value(value: Any) -> str:
 
 def simulate(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
+    if cfg.privacy.enabled and not cfg.privacy.dp_population:  # N: the virtual clients
+        clients = args.num_clients if args.num_clients is not None else DEFAULT_CLIENTS
+        cfg.privacy.dp_population = max(1, clients)
     algorithm = resolve(cfg)
     num_clients = args.num_clients if args.num_clients is not None else DEFAULT_CLIENTS
     if num_clients < 1:

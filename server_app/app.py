@@ -18,7 +18,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """``example-weights='auto'`` becomes ``capped`` when this ServerApp runs through a SuperLink
-    (Flower's HttpGrid: real SuperNodes), ``reported`` on the simulation engine or a test Grid."""
+    (Flower's HttpGrid: real SuperNodes), ``reported`` on the simulation engine or a test Grid;
+    there, DP needs ``dp-population`` (in simulation it defaults to the number of clients)."""
     cfg = Config.from_flat(dict(context.run_config))
-    resolve_weights(cfg.strategy, deployed=isinstance(grid, HttpGrid), masked=cfg.secagg.enabled)
-    run_server(grid, cfg)
+    deployed = isinstance(grid, HttpGrid)
+    resolve_weights(cfg.strategy, deployed=deployed, masked=cfg.secagg.enabled)
+    privacy = cfg.privacy
+    privacy.check_population(privacy.population(cfg.server.min_available_nodes), deployed)
+    run_server(grid, cfg, run_id=context.run_id)

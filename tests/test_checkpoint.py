@@ -23,6 +23,7 @@ from fedtune.flower.checkpoint import (
     strategy_state,
 )
 from fedtune.flower.server import run_server
+from fedtune.privacy.randomness import SECRET_ENV
 from fedtune.strategies.scaffold import Scaffold
 from fedtune.strategies.state import UndeclaredStateError
 from tests.conftest import small_config
@@ -35,10 +36,13 @@ CASES = {
     "fedit-fedadam": {"strategy": "fedadam", "server-lr": 0.01},
     "fedkseed-pro": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
                      "batch-size": 2, "zo-server-momentum": 0.5},
-    # the accountant's ledger: a resumed run reports the same epsilon as one that never stopped
+    # the accountant's ledger: a resumed run reports the same epsilon as one that never stopped;
+    # bit for bit only with the server's FEDTUNE_DP_SECRET (set by the test), the noise being
+    # fresh entropy otherwise (test_a_dp_run_resumed_without_the_secret_draws_fresh_noise)
     "fedkseed-pro-dp": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
                         "batch-size": 2, "zo-server-momentum": 0.5, "dp": "client",
-                        "dp-noise-multiplier": 0.8, "dp-clip-norm": 5.0},
+                        "dp-noise-multiplier": 0.8, "dp-clip-norm": 5.0,
+                        "fraction-evaluate": 0.0},
     # LoRA aggregation variants: FedSA's B lives on the nodes (their snapshots carry it over
     # the crash), FLoRA's and FedEx-LoRA's merged base on the server and the nodes
     "fedit-fedsa": {"lora-aggregation": "fedsa"},
@@ -91,7 +95,9 @@ def rows(run_dir):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
+def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread, monkeypatch):
+    if CASES[case].get("dp"):  # DP's noise and sample: reproducible only with the secret
+        monkeypatch.setenv(SECRET_ENV, "checkpoint-test-secret")
     whole = run(tmp_path, "whole", CASES[case])
     with pytest.raises(Crash):
         run(tmp_path, "crashed", CASES[case], crash_in_round=3)
@@ -118,6 +124,29 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread):
     assert final_state(resumed) == final_state(whole)
     assert rows(resumed) == rows(whole)  # rounds 0..4 once each, identical metrics
     assert not list(resumed.glob(".checkpoint-*"))  # no temporary file left behind
+
+
+def test_a_dp_run_resumed_without_the_secret_draws_fresh_noise(tmp_path, one_thread,
+                                                                monkeypatch):
+    """Without the server's secret nothing can redraw the noise, so exact resume means: the
+    rounds before the checkpoint are kept as they were, the accountant's ledger continues
+    (the same epsilon as a run that never stopped), and the later rounds draw fresh noise (two
+    resumptions of one checkpoint end apart)."""
+    import shutil
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    keys = {**CASES["fedkseed-pro-dp"], "zo-server-momentum": 0.0}
+    with pytest.raises(Crash):
+        run(tmp_path, "crashed", keys, crash_in_round=3)
+    kept = rows(tmp_path / "crashed")
+    shutil.copytree(tmp_path / "crashed", tmp_path / "again")
+    ends = [run(tmp_path, name, keys, resume=True) for name in ("crashed", "again")]
+    for run_dir in ends:
+        assert rows(run_dir)[:3] == kept
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["dp_rounds"] == 4 and summary["dp_secret"] is False
+    assert rows(ends[0])[-1]["dp_epsilon"] == rows(ends[1])[-1]["dp_epsilon"]
+    assert final_state(ends[0])["accumulated"] != final_state(ends[1])["accumulated"]
 
 
 def test_resume_refuses_another_config(tmp_path):

@@ -1,15 +1,19 @@
 """Differential privacy: clipping bounds every contribution (both algorithms, both placements),
 the noise has the configured standard deviation, the reported epsilon is dp-accounting's for the
 same events, the budget stops a run before the round that would exceed it, noise 0 with a loose
-clip changes nothing, and configs that would break the guarantee are errors."""
+clip changes nothing, and configs that would break the guarantee are errors.
+
+The randomness is secret (issue #25): the noise and the sample come from OS entropy or the
+server's FEDTUNE_DP_SECRET, never from the run seed; nothing per-client reaches a run's files."""
 
 import json
+import re
 
 import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
-from flwr.app import Context, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from scipy import stats
 
 from client_app.app import app as client_app
@@ -19,6 +23,7 @@ from fedtune.config import Config, ConfigError
 from fedtune.privacy.accountant import Accountant
 from fedtune.privacy.mechanism import clip, gaussian_noise, l2_norm, noisy_mean
 from fedtune.privacy.payloads import ArraysPayload, SeedsPayload, clip_reply
+from fedtune.privacy.randomness import SECRET_ENV, privacy_rng
 from fedtune.strategies import build_strategy
 from fedtune.zo import pack_pairs
 from server_app.app import main as server_main
@@ -50,21 +55,21 @@ def test_noise_has_the_configured_standard_deviation():
     """(n-1) s^2 / sigma^2 ~ chi2(n-1): accept within its two-sided 1e-6 quantiles (a wrong
     sigma by 1% falls outside at n = 400,000), and the mean within 5.3 standard errors."""
     n, sigma = 400_000, 2.5 * 0.8  # z x C
-    noise = gaussian_noise(n, sigma, 0, "dp-noise", 1)
+    noise = gaussian_noise(n, sigma, np.random.default_rng(0))
     stat = (n - 1) * noise.var(ddof=1) / sigma**2
     lo, hi = stats.chi2.ppf([0.5e-6, 1 - 0.5e-6], n - 1)
     assert lo < stat < hi
     assert (n - 1) * noise.var(ddof=1) / (1.01 * sigma) ** 2 < lo  # the test has power
     assert abs(noise.mean()) < 5.3 * sigma / np.sqrt(n)
-    assert np.array_equal(noise, gaussian_noise(n, sigma, 0, "dp-noise", 1))  # seeded
+    assert np.array_equal(noise, gaussian_noise(n, sigma, np.random.default_rng(0)))
 
 
-def test_noisy_mean_is_the_clipped_sum_plus_seeded_noise_over_the_sample_size():
+def test_noisy_mean_is_the_clipped_sum_plus_the_generators_noise_over_the_sample_size():
     gen = np.random.default_rng(1)
     contributions = [gen.normal(size=50) * s for s in (0.1, 2.0, 9.0)]
-    mean, norms = noisy_mean(contributions, 4, 1.0, 1.7, 3, "dp-noise", 2)
+    mean, norms = noisy_mean(contributions, 4, 1.0, 1.7, np.random.default_rng(7))
     expected = (sum(clip(c, 1.0)[0] for c in contributions)
-                + gaussian_noise(50, 1.7, 3, "dp-noise", 2)) / 4  # 4 sampled, 3 replied
+                + gaussian_noise(50, 1.7, np.random.default_rng(7))) / 4  # 4 sampled, 3 replied
     assert np.allclose(mean, expected, rtol=0, atol=1e-15)
     assert norms == pytest.approx([np.linalg.norm(c) for c in contributions])
 
@@ -91,33 +96,42 @@ def test_epsilon_is_what_dp_accounting_computes_for_the_same_events():
 
 
 # ---- the wrapper, against a hand computation ---------------------------------------------
+def _noise(size, std, rnd):
+    """The noise of round ``rnd`` as the server draws it with the secret set (a run that is
+    not bound to a config, as run_strategy's: fingerprint '')."""
+    return gaussian_noise(size, std, privacy_rng("dp-noise", "", rnd))
+
+
 @pytest.mark.parametrize("z", [0.0, 1.5])
-def test_server_side_dp_releases_the_clipped_mean_plus_noise(z):
+def test_server_side_dp_releases_the_clipped_mean_plus_noise(z, monkeypatch):
     """Five toy clients reply x + round * DELTAS[p] (norms 0.57 to 2.8); each round the new
-    global is x + (sum_p clip(round * DELTAS[p], C) + N(0, (z C)^2)) / 5."""
+    global is x + (sum_p clip(round * DELTAS[p], C) + N(0, (z C)^2)) / 5 (the noise drawn
+    with the server's secret, so that this test can regenerate it)."""
+    monkeypatch.setenv(SECRET_ENV, "test-secret")
     c, seed = 0.9, 11
     seen = run_strategy("fedavg", rounds=2, dp="server", **{"dp-noise-multiplier": z,
                         "dp-clip-norm": c, "seed": seed})
     x = X0.astype(np.float64)
     for rnd in (1, 2):
         total = sum(clip((rnd * d).astype(np.float64).ravel(), c)[0] for d in DELTAS)
-        noise = gaussian_noise(4, z * c, seed, "dp-noise", rnd)
+        noise = _noise(4, z * c, rnd)
         x = (x + ((total + noise) / 5).reshape(2, 2)).astype(np.float32).astype(np.float64)
         assert np.allclose(seen[rnd], x, rtol=0, atol=1e-6)
     if z == 0:  # the mean of norm-<=C updates moves the model by at most C
         assert np.linalg.norm(seen[1] - seen[0]) <= c
 
 
-def test_fedavgm_steps_from_the_noisy_mean_only():
+def test_fedavgm_steps_from_the_noisy_mean_only(monkeypatch):
     """Server momentum is post-processing of the released mean: FedAvgM's formula applied to
     the noisy means by hand gives the same models (m = beta m + (x - avg), x -= lr m)."""
+    monkeypatch.setenv(SECRET_ENV, "test-secret")
     c, z, lr, beta, seed = 0.7, 0.5, 0.1, 0.9, 0
     seen = run_strategy("fedavgm", rounds=2, dp="server", **{
         "dp-noise-multiplier": z, "dp-clip-norm": c, "server-lr": lr, "seed": seed})
     x, m = X0.astype(np.float64), np.zeros((2, 2))
     for rnd in (1, 2):
         total = sum(clip((rnd * d).astype(np.float64).ravel(), c)[0] for d in DELTAS)
-        mean = ((total + gaussian_noise(4, z * c, seed, "dp-noise", rnd)) / 5).reshape(2, 2)
+        mean = ((total + _noise(4, z * c, rnd)) / 5).reshape(2, 2)
         m = beta * m - mean if rnd > 1 else -mean
         x = x - lr * m
         assert np.allclose(seen[rnd], x, rtol=0, atol=1e-5)
@@ -175,15 +189,17 @@ def run_app(tmp_path, name, nodes=4, tamper=None, grid_ref=None, **keys):
 
 
 def _metrics(rows):
-    drop = ("seconds", "train-seconds", "dp_")
+    drop = ("seconds", "train-seconds", "dp_", "train_loss")  # DP does not release train_loss
     return [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rows]
 
 
 @pytest.mark.parametrize("algo", ["fedit", "fedkseed"])
 def test_no_noise_and_a_loose_clip_give_the_plain_run(tmp_path, algo, one_thread):
     """Equal weights (every client has 24 examples; FedKSeed also zo-equal-weights) so the
-    plain run averages as DP does; the metrics agree to float rounding."""
-    keys = ZO | {"zo-equal-weights": True} if algo == "fedkseed" else {}
+    plain run averages as DP does; the metrics agree to float rounding. Every client trains
+    every round: the DP sample is secret, so it could not match the plain run's seeded one."""
+    keys = (ZO | {"zo-equal-weights": True} if algo == "fedkseed" else {}) | {
+        "fraction-train": 1.0}
     plain, _, _ = run_app(tmp_path, "plain", **keys)
     dp, summary, _ = run_app(tmp_path, "dp", dp="server", **keys,
                              **{"dp-noise-multiplier": 0.0, "dp-clip-norm": 1e6})
@@ -195,7 +211,9 @@ def test_no_noise_and_a_loose_clip_give_the_plain_run(tmp_path, algo, one_thread
                 assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
             else:
                 assert b[key] == value, key
-    assert dp[-1]["dp_clipped"] == 0.0 and summary["dp_epsilon"] is None  # unbounded
+    assert dp[-1]["dp_clipped"] is None and summary["dp_epsilon"] is None  # unbounded
+    assert [r["train_loss"] for r in dp] == [None] * 4  # the clients' mean loss: not released
+    assert summary["dp_secret"] is False
     assert summary["dp_rounds"] == 3
 
 
@@ -277,3 +295,199 @@ def test_server_side_clipping_bounds_fedkseeds_change_of_a(tmp_path, one_thread)
     # each of the 3 clipped sums has norm 0.5 (the clip binds: they are ~10); their seeds
     # barely overlap, so the mean of the 3 has norm near 0.5 / sqrt(3)
     assert 0.25 < l2_norm(change) <= 0.5 * (1 + 1e-6)
+
+
+# ---- secret randomness (issue #25 item 1) --------------------------------------------------
+def test_privacy_rng_is_fresh_entropy_without_the_secret_and_keyed_with_it(monkeypatch):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    draws = [privacy_rng("dp-noise", "abc", 1).normal(size=8) for _ in range(2)]
+    assert not np.array_equal(*draws)  # the same purpose and parts: fresh every call
+    monkeypatch.setenv(SECRET_ENV, "s1")
+    keyed = privacy_rng("dp-noise", "abc", 1).normal(size=8)
+    assert np.array_equal(keyed, privacy_rng("dp-noise", "abc", 1).normal(size=8))
+    assert not np.array_equal(keyed, privacy_rng("dp-noise", "abc", 2).normal(size=8))
+    assert not np.array_equal(keyed, privacy_rng("dp-sample", "abc", 1).normal(size=8))
+    monkeypatch.setenv(SECRET_ENV, "s2")
+    assert not np.array_equal(keyed, privacy_rng("dp-noise", "abc", 1).normal(size=8))
+
+
+def _released_noise(seen, c, rnd):
+    """The noise a toy run added in round ``rnd``: released sum minus the clipped sum."""
+    total = sum(clip((rnd * d).astype(np.float64).ravel(), c)[0] for d in DELTAS)
+    return (seen[rnd] - seen[rnd - 1]).astype(np.float64).ravel() * 5 - total
+
+
+def test_the_noise_is_not_the_seeds_and_differs_run_to_run(monkeypatch):
+    """The attack of issue #25: regenerate the noise from the run seed (every client has it)
+    with the old derivation rng(seed, 'dp-noise', round) and subtract it. It no longer
+    matches, and two runs of the same config draw different noise."""
+    from fedtune.seeding import rng
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    c, z, seed = 0.9, 1.5, 11
+    keys = {"dp-noise-multiplier": z, "dp-clip-norm": c, "seed": seed}
+    runs = [run_strategy("fedavg", rounds=1, dp="server", **keys) for _ in range(2)]
+    noises = [_released_noise(seen, c, 1) for seen in runs]
+    old = rng(seed, "dp-noise", 1).normal(0.0, z * c, 4)
+    for noise in noises:
+        assert np.linalg.norm(noise) > 0.1 * z * c  # there is noise (float32 error: ~1e-7)
+        assert np.abs(noise - old).max() > 1e-3  # ...and it is not the seed's
+    assert np.abs(noises[0] - noises[1]).max() > 1e-3
+
+
+def test_two_server_dp_runs_of_one_config_release_different_models(tmp_path, monkeypatch,
+                                                                   one_thread):
+    """Issue #25's check: two dp='server' runs, same config, no secret: round 1's eval_loss
+    differs; no file of the runs holds what regenerates the noise (the old derivation from
+    config.json's seed has correlation ~0 with the noise actually drawn); with the secret the
+    runs are identical, say so (dp_secret), and the secret is in no file."""
+    import fedtune.strategies.dp as dp_module
+    from fedtune.seeding import rng
+
+    drawn = []
+
+    def spy(size, std, gen):
+        drawn.append(gaussian_noise(size, std, gen))
+        return drawn[-1]
+
+    monkeypatch.setattr(dp_module, "gaussian_noise", spy)
+    monkeypatch.setattr("fedtune.privacy.mechanism.gaussian_noise", spy)
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    keys = {"dp": "server", "num-server-rounds": 1, "fraction-train": 1.0, "eval-every": 1}
+    a, summary, _ = run_app(tmp_path, "a", **keys)
+    b, _, _ = run_app(tmp_path, "b", **keys)
+    assert a[1]["eval_loss"] != b[1]["eval_loss"] and summary["dp_secret"] is False
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    seed = config["server"]["seed"]
+    noise = drawn[0]
+    assert noise.size > 10_000  # FedIT's adapter: a correlation of 0.05 is 5 sigma
+    for candidate in {seed, 0, 1, 5}:  # the config's seed, and the usual ones
+        old = rng(candidate, "dp-noise", 1).normal(0.0, 1.0, noise.size)
+        assert abs(np.corrcoef(old, noise)[0, 1]) < 0.05
+
+    monkeypatch.setenv(SECRET_ENV, "a research secret 0123456789")
+    c, summary, _ = run_app(tmp_path, "c", **keys)
+    d, _, _ = run_app(tmp_path, "d", **{**keys, "run-name": "other-name"})  # not in the noise
+    assert [r["eval_loss"] for r in c] == [r["eval_loss"] for r in d]
+    assert summary["dp_secret"] is True
+    for path in (tmp_path / "c").rglob("*"):
+        if path.is_file():
+            assert b"a research secret" not in path.read_bytes(), path
+
+
+def test_under_dp_no_file_holds_anything_per_client(tmp_path, one_thread):
+    """clients.jsonl: one line of counts per round, no node names, losses, example counts or
+    timings; metrics.jsonl: no train_loss, no dp_clipped, no per-client time."""
+    rows, _, _ = run_app(tmp_path, "p", dp="client", **ZO, **{"num-server-rounds": 2})
+    lines = [json.loads(x) for x in (tmp_path / "p" / "clients.jsonl").read_text().split()]
+    assert lines == [{"round": r, "replies": 3, "dropped": 0, "timed_out": 0} for r in (1, 2)]
+    text = "".join(p.read_text() for p in (tmp_path / "p").glob("*.json*"))
+    assert "client-0" not in text  # no node name anywhere in the run's files
+    for row in rows:
+        assert row["train_loss"] is None and row["dp_clipped"] is None
+        assert "seconds_train" not in row
+
+
+def test_a_skipped_rounds_reason_names_no_node_under_dp(tmp_path, one_thread):
+    def fail(node, reply):
+        if reply.metadata.message_type == "train":
+            return Message(Error(code=1, reason=f"node {node} crashed"), reply_to=reply)
+        return reply
+
+    rows, summary, _ = run_app(tmp_path, "skip", tamper=fail, dp="server",
+                               **{"num-server-rounds": 1})
+    assert rows[1]["skipped"] and "3 dropped" in rows[1]["skip_reason"]
+    assert "client-" not in rows[1]["skip_reason"] and "crashed" not in summary["skip_report"]
+
+
+def test_no_data_report_leaves_a_node_under_dp(tmp_path, one_thread):
+    """A deployed node's reply names its file (SHA-256) and categories; under DP it does not."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Say {i}", "output": f"{i}",
+                                        "category": "secret-topic"}) + "\n"
+                            for i in range(40)))
+    seen = []
+
+    def own_file(grid):
+        for context in grid.contexts.values():
+            context.node_config["data-path"] = str(path)
+
+    for dp in ("off", "server"):
+        flat = {**FAST, "dp": dp, "num-server-rounds": 1, "min-available-nodes": 2,
+                "run-dir": str(tmp_path / dp)}
+        grid = InProcessGrid(client_app, 2, flat,
+                             tamper=lambda n, r, dp=dp: seen.append((dp, r.content)) or r)
+        own_file(grid)
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                  run_config=flat))
+    reports = {dp: ["data" in c.config_records for d, c in seen if d == dp and
+                    "metrics" in c.metric_records] for dp in ("off", "server")}
+    assert reports["off"] and all(reports["off"])  # the control: it is there without DP
+    assert reports["server"] and not any(reports["server"])
+    assert "secret-topic" not in (tmp_path / "server" / "clients.jsonl").read_text()
+
+
+def test_fedkseed_pros_statistics_under_dp_come_from_the_noisy_release(tmp_path, one_thread):
+    """Pro's per-seed statistics are per-client data: under DP they are what the released
+    noisy mean gives (|mean| for every seed, once per reply), not the clients' own scalars."""
+    keys = {**ZO, "algorithm": "fedkseed-pro", "num-server-rounds": 1, "fraction-train": 1.0}
+    run_app(tmp_path, "pro", dp="server", **keys)
+    with np.load(tmp_path / "pro" / "fedkseed-state.npz") as state:
+        released, sums, counts = state["accumulated"], state["pro_abs_sums"], state["pro_counts"]
+    assert np.array_equal(counts, np.full(64, 4))  # every seed, once per reply (4 replies)
+    assert np.allclose(sums, 4 * np.abs(released.astype(np.float64)), rtol=1e-6)
+
+
+# ---- refusals before any engine starts (issue #25 item 3) ----------------------------------
+@pytest.mark.parametrize("keys, words", [
+    ({"max-update-norm-ratio": 3.0}, "max-update-norm-ratio cannot run with dp='server'"),
+    ({"fraction-evaluate": 0.25}, "federated evaluation (fraction-evaluate=0.25) cannot run "
+                                  "with dp='server'"),
+    ({"dp-population": 100, "dp-delta": 0.01}, "dp-delta=0.01 must be below 1/N = 1/100"),
+    ({"dp": "client", "secagg": "on", "dp-clip-norm": 100.0},
+     "dp-clip-norm=100 exceeds secagg-clip-range=64"),
+])
+def test_what_breaks_the_sensitivity_or_leaks_is_refused(keys, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        resolve(Config.from_flat({"dp": "server", "fraction-evaluate": 0.0, **keys}))
+
+
+def test_secagg_without_dp_refuses_federated_evaluation():
+    with pytest.raises(ConfigError, match="cannot run with secagg='on'.*fraction-evaluate=0"):
+        resolve(Config.from_flat({"secagg": "on", "fraction-evaluate": 0.5}))
+
+
+def test_delta_needs_a_population():
+    p = Config.from_flat({"dp": "server", "fraction-evaluate": 0.0}).privacy
+    p.check_population(p.population(8), deployed=False)  # simulation: N = 8 clients
+    assert p.delta_for(p.population(8)) == 0.1 / 8
+    with pytest.raises(ConfigError, match="through a SuperLink needs dp-population=<N>"):
+        p.check_population(p.population(2), deployed=True)
+    p.dp_population = 1000
+    p.check_population(p.population(2), deployed=True)
+    assert p.delta_for(p.population(2)) == 1e-4
+    with pytest.raises(ConfigError, match="must be below 1/N = 1/8"):
+        Config.from_flat({"dp": "server", "dp-delta": 0.2}).privacy.check_population(8, False)
+
+
+@pytest.mark.parametrize("run_config, sentence", [
+    ("dp='server' max-update-norm-ratio=3",
+     "max-update-norm-ratio cannot run with dp='server'"),
+    ("dp='server' fraction-evaluate=0 dp-delta=0.2", "dp-delta=0.2 must be below 1/N = 1/8 "),
+])
+def test_the_cli_refuses_in_one_sentence_with_exit_2(tmp_path, run_config, sentence):
+    """`fedtune simulate`: N = --num-clients (8), before Ray starts."""
+    from tests.test_cli_errors import _fedtune
+
+    done = _fedtune(tmp_path, "--run-config", run_config)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"fedtune: {sentence}") and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.stdout.strip() == "ray imported: False"
+
+
+def test_a_run_stops_when_more_nodes_connect_than_delta_allows(tmp_path, one_thread):
+    rows, summary, _ = run_app(tmp_path, "many", dp="server", nodes=4,
+                               **{"dp-delta": 0.3, "dp-population": 3})
+    assert [r["round"] for r in rows] == [0]
+    assert "4 nodes are connected" in summary["dp_stopped"]

@@ -17,7 +17,7 @@ from fedtune.algorithms import resolve
 from fedtune.config import Config, ConfigError
 from fedtune.privacy.sums import EXTRA, dequantize_sum, extra_range
 from fedtune.secagg.protocol import SecAggServer
-from tests.conftest import run_loop, small_config
+from tests.conftest import small_config
 from tests.inprocess_grid import InProcessGrid
 
 FAST = {"secagg": "on", "min-train-nodes": 2, "min-available-nodes": 5, "fraction-train": 1.0,
@@ -56,10 +56,20 @@ def spies(monkeypatch):
     return seen
 
 
-def run(keys, tamper=None, nodes=5):
+def run(keys, tamper=None, nodes=5, run_id=1):
+    """The round loop on an in-process grid, the strategy bound to Flower's run ``run_id``
+    (the grid's nodes run in run 1)."""
+    from fedtune.flower.loop import run_rounds
+    from fedtune.strategies import build_strategy
+
     cfg = small_config(**{**FAST, **keys})
+    algorithm = resolve(cfg)
+    server = algorithm.server(cfg)
+    strategy = build_strategy(cfg, algorithm.payload, server)
+    strategy.bind_run(run_id, "")
     rows = []
-    run_loop(InProcessGrid(app, nodes, cfg.to_flat(), tamper=tamper), cfg, rows.append)
+    run_rounds(InProcessGrid(app, nodes, cfg.to_flat(), tamper=tamper), cfg, server, strategy,
+               rows.append, wait_for_nodes=1)
     return rows
 
 
@@ -176,7 +186,7 @@ def test_a_wrong_length_vector_or_malformed_shares_drop_that_node(caplog, one_th
 ])
 def test_configs_secagg_cannot_run_are_one_sentence_errors(keys, words):
     with pytest.raises(ConfigError, match=words):
-        resolve(Config.from_flat({"secagg": "on", **keys}))
+        resolve(Config.from_flat({"secagg": "on", "fraction-evaluate": 0.0, **keys}))
 
 
 def test_values_beyond_the_clip_range_are_counted_in_the_sum(caplog, one_thread):
@@ -215,9 +225,10 @@ def test_fedkseed_pro_sums_the_seed_statistics_securely(one_thread):
                               "num-server-rounds": 2})
         algorithm = resolve(cfg)
         server = algorithm.server(cfg)
+        strategy = build_strategy(cfg, algorithm.payload, server)
+        strategy.bind_run(1, "")
         rows = []
-        run_rounds(InProcessGrid(app, 5, cfg.to_flat()), cfg, server,
-                   build_strategy(cfg, algorithm.payload, server), rows.append,
+        run_rounds(InProcessGrid(app, 5, cfg.to_flat()), cfg, server, strategy, rows.append,
                    wait_for_nodes=1)
         pools.append((server.pool, rows))
     (masked, rows_masked), (plain, rows_plain) = pools
@@ -233,10 +244,81 @@ def test_client_clipped_dp_runs_on_the_secure_sum(algo, one_thread):
     adds the noise to it. Without noise it gives DP's own result; with noise the same epsilon."""
     keys = {**(ZO if algo == "fedkseed" else {}), "num-server-rounds": 2, "eval-every": 2,
             "dp": "client"}
-    loose = {"dp-noise-multiplier": 0.0, "dp-clip-norm": 1e6}
+    loose = {"dp-noise-multiplier": 0.0,  # C = the secure sum's range (larger is refused)
+             "dp-clip-norm": 65536.0 if algo == "fedkseed" else 64.0}
     both, dp_only = run({**keys, **loose}), run({**keys, **loose, "secagg": "off"})
     assert both[2]["eval_loss"] == pytest.approx(dp_only[2]["eval_loss"], rel=1e-4)
     noisy = {"dp-noise-multiplier": 0.8}
     both, dp_only = run({**keys, **noisy}), run({**keys, **noisy, "secagg": "off"})
     assert [r["dp_epsilon"] for r in both] == [r["dp_epsilon"] for r in dp_only]
     assert both[2]["dp_epsilon"] > 0 and both[2]["extra_bytes_up_per_client"] > 0
+
+
+# ---- secret randomness and the run's binding (issue #25) ----------------------------------
+def test_a_node_refuses_a_context_that_names_another_run(caplog, one_thread):
+    """The keys' context binds Flower's run id: nodes of run 1 refuse a server of run 2."""
+    with caplog.at_level(logging.WARNING, logger="fedtune"):
+        rows = run({}, run_id=2)
+    assert rows[1]["skipped"] and rows[1]["clients"] == 0
+    assert "does not name this node's run 1" in caplog.text
+    assert not run({})[1].get("skipped")  # the same nodes take part in their own run
+
+
+def test_the_graph_and_the_rounding_are_not_the_run_seeds(monkeypatch, one_thread):
+    """Clients know the seed: a graph or rounding drawn from it would be theirs to predict."""
+    import copy
+
+    import fedtune.strategies.secagg as strategy_module
+    from fedtune.seeding import derive_seed, rng
+
+    graphs, gens = [], []
+
+    def neighbours(m, k, seed):
+        graphs.append(seed)
+        return original(m, k, seed)
+
+    def quantize_vector(vector, clip_range, bits, gen):
+        gens.append(copy.deepcopy(gen))
+        return quantize(vector, clip_range, bits, gen)
+
+    original, quantize = strategy_module.neighbours, sums.quantize_vector
+    monkeypatch.setattr(strategy_module, "neighbours", neighbours)
+    monkeypatch.setattr(sums, "quantize_vector", quantize_vector)
+    run({"seed": 4})
+    run({"seed": 4})
+    assert len(graphs) == 2 and graphs[0] != graphs[1]
+    assert derive_seed(4, "secagg-graph", 1) not in graphs  # the old derivation
+    old = rng(4, "secagg-rounding", 1, "client-0000").random(8)
+    assert not any(np.array_equal(g.random(8), old) for g in gens)
+    assert len(gens) == 10
+
+
+def test_under_dp_the_secure_sum_carries_contributions_and_the_count_only(spies, one_thread):
+    """No loss (n x train-loss) and n = 1 in each node's vector: nothing unnoised per client."""
+    rows = run({"dp": "client", "dp-noise-multiplier": 1.0})
+    assert all(v[-3] == 1.0 and v[-2] == 0.0 and v[-1] == 0.0 for v in spies["vectors"])
+    assert rows[1]["train_loss"] is None and rows[1]["secagg_clipped_values"] == 0
+
+
+def test_client_clipping_leaves_room_for_the_rounding():
+    """Stochastic rounding moves each value by under one step: a node clips to C - step sqrt(d)
+    so that what the sum adds has norm <= C (the sensitivity the accountant assumes); clipped
+    to C itself it would exceed C."""
+    from fedtune.privacy.payloads import SeedsPayload
+    from fedtune.privacy.sums import rounding_margin
+    from fedtune.secagg.masking import dequantize, quantize
+
+    d, c, r, bits = 10_000, 1.0, 1.0, 8
+    margin = rounding_margin(SeedsPayload(d), r, bits)
+    assert margin == pytest.approx(2 / 255 * 100)  # 0.78
+    gen = np.random.default_rng(0)
+    over = []
+    for bound in (c - margin, c):
+        norms = []
+        for _ in range(20):
+            x = gen.normal(size=d)
+            x *= bound / np.linalg.norm(x)
+            q = quantize(x, r, bits, gen)
+            norms.append(np.linalg.norm(dequantize(q, 1, r, bits)))
+        over.append(max(norms) > c)
+    assert over == [False, True]

@@ -15,7 +15,7 @@ from fedtune.config import Config
 from fedtune.flower import snapshots
 from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
-from fedtune.flower.secure import SECAGG, masked_reply
+from fedtune.flower.secure import SECAGG, clip_bound, masked_reply
 from fedtune.node import Node, data_report
 from fedtune.privacy.payloads import clip_reply
 from fedtune.seeding import deterministic_cuda
@@ -59,10 +59,11 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
         snapshots.save(folder, node.name, server_round, kept)
     if cfg.privacy.dp == "client":  # clipped here: the server never sees more than C
         reply = clip_reply(algo.payload, reply, received,
-                           cfg.privacy.clip_norm_for(algo.payload), cfg.zo.zo_seeds)
+                           clip_bound(cfg, algo.payload, received), cfg.zo.zo_seeds)
     if SECAGG in content.config_records:  # only the masked vector leaves the node
         return masked_reply(cfg, algo.payload, reply, received, node, state)
-    if node.data_path:  # deployed: which file it trained on (its hash, its category labels)
+    # deployed: which file it trained on (its hash, its category labels); never under DP
+    if node.data_path and not cfg.privacy.enabled:
         reply.configs[DATA_REPORT] = data_report(cfg, node)
     return to_recorddict(reply)
 

@@ -3,9 +3,12 @@
 Flower's ``Strategy.start`` always counts from round 1, samples with an unseeded
 ``random.sample`` and waits for nodes without a timeout. This loop keeps Flower's strategies for
 what they are good at (``configure_*`` builds the messages, ``aggregate_*`` does the math) and
-owns the rest: nodes named by something stable, sampling from the run's seeded RNG, a timeout
-per round, reply validation before aggregation, replies in a stable order, centralized
-evaluation (round 0 included), measured bytes and the results folder.
+owns the rest: nodes named by something stable, sampling from the run's seeded RNG (under
+differential privacy from secret randomness: a sample anyone can regenerate voids the
+amplification the accountant counts), a timeout per round, reply validation before
+aggregation, replies in a stable order, centralized evaluation (round 0 included), measured
+bytes and the results folder. Under DP nothing per client reaches the results folder: no node
+names, losses, counts or timings, only the round's aggregate counts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 from fedtune.algorithms.base import ServerSide
 from fedtune.algorithms.replies import check_metrics
 from fedtune.config import Config
+from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.hooks import (
     Check,
     address,
@@ -43,6 +47,7 @@ from fedtune.flower.records import (
 )
 from fedtune.logs import user_error
 from fedtune.payloads import payload_of
+from fedtune.privacy.randomness import privacy_rng
 from fedtune.seeding import rng
 from fedtune.strategies.trust import TrustPolicy
 
@@ -146,11 +151,23 @@ class NodeRegistry:
         return self.names.get(node_id, f"node-{node_id}")
 
 
-def sample(ids: list[int], fraction: float, min_nodes: int, *seed_parts: int | str) -> list[int]:
-    """Seeded sample over nodes in stable (name) order."""
+def sample(ids: list[int], fraction: float, min_nodes: int, *seed_parts: int | str,
+           gen: np.random.Generator | None = None) -> list[int]:
+    """Sample over nodes in stable (name) order, from ``gen`` or the generator seeded by
+    ``seed_parts``."""
     k = min(len(ids), max(min_nodes, int(len(ids) * fraction)))
-    picks = rng(*seed_parts).choice(len(ids), size=k, replace=False)
+    picks = (gen or rng(*seed_parts)).choice(len(ids), size=k, replace=False)
     return [ids[i] for i in sorted(picks)]
+
+
+def train_sample(cfg: Config, ids: list[int], rnd: int) -> list[int]:
+    """Round ``rnd``'s train sample: seeded by the run, or under DP from
+    :func:`~fedtune.privacy.randomness.privacy_rng` (fresh entropy, or the server's secret and
+    the config's fingerprint: a resumed run samples as the uninterrupted one did)."""
+    s = cfg.server
+    gen = (privacy_rng("dp-sample", config_fingerprint(cfg.to_flat()), rnd)
+           if cfg.privacy.enabled else None)
+    return sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd, gen=gen)
 
 
 @dataclass
@@ -199,12 +216,16 @@ def collect(grid: Grid, messages: list[Message], registry: NodeRegistry, timeout
                         {origin(r) for r in ok}, sorted(drops))  # by name: arrival varies
 
 
-def skip_reason(got: RoundReplies, sampled: int, needed: int, connected: int) -> str:
-    """Why a round had too few valid replies, for its row and the run's last word."""
+def skip_reason(got: RoundReplies, sampled: int, needed: int, connected: int,
+                private: bool = False) -> str:
+    """Why a round had too few valid replies, for its row and the run's last word; with
+    ``private`` (DP) counts only: a node's name or its reply's fault is per-client data."""
     if not sampled:
         return f"{connected} nodes connected, {needed} needed (min-train-nodes)"
     why = f"{len(got.valid)} valid replies of {sampled}, {needed} needed (min-train-nodes)"
-    if got.drops:  # a crash's reason is a traceback: its last line says what
+    if got.drops and private:
+        why += f"; {got.dropped} dropped (the server's log says why)"
+    elif got.drops:  # a crash's reason is a traceback: its last line says what
         who, reason = got.drops[0]
         last = ([line for line in reason.splitlines() if line.strip()] or [reason])[-1]
         last = last.rstrip("'>")
@@ -261,6 +282,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
     """
     s = cfg.server
+    private = cfg.privacy.enabled
     check_reply = reply_check(algo, strategy)
     policy = None if getattr(strategy, "masks_replies", False) else TrustPolicy(
         cfg.strategy, payload_of(algo), algo.wire_dtype)
@@ -283,8 +305,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             registry.refresh(s.min_train_nodes, s.round_timeout, strict=False)
         ids = registry.sorted_ids()
         # too few nodes: send nothing (Flower's configure_train would wait for them forever)
-        chosen = (sample(ids, s.fraction_train, s.min_train_nodes, s.seed, "train", rnd)
-                  if len(ids) >= s.min_train_nodes else [])
+        chosen = train_sample(cfg, ids, rnd) if len(ids) >= s.min_train_nodes else []
         stop = admit(strategy, rnd, len(ids), len(chosen)) if chosen else None
         if stop:
             log.warning("%s", stop)
@@ -309,11 +330,14 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
             log.warning("round %d skipped: %d valid replies, %d needed (min-train-nodes)",
                         rnd, len(got.valid), s.min_train_nodes)
             row["skipped"] = True
-            row["skip_reason"] = skip_reason(got, len(msgs), s.min_train_nodes, len(ids))
+            row["skip_reason"] = skip_reason(got, len(msgs), s.min_train_nodes, len(ids),
+                                             private)
         else:
             replies = [_as_float32(r) for r in got.valid]
-            row["replies"] = [{"node": registry.name(r.metadata.src_node_id),  # as reported
-                               **reply_report(r.content)} for r in replies]
+            row["replies"] = ([{"replies": len(replies), "dropped": got.dropped,
+                                "timed_out": got.missing}] if private else
+                              [{"node": registry.name(r.metadata.src_node_id),  # as reported
+                                **reply_report(r.content)} for r in replies])
             if policy is not None:
                 names = [registry.name(r.metadata.src_node_id) for r in replies]
                 policy.weigh(replies, names)
@@ -324,6 +348,8 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                 row["skip_reason"] = "the strategy could not aggregate the replies (see its log)"
             else:
                 arrays = new
+            if private:  # the clients' mean loss, time, rewards: never noised, not released
+                metrics = None
             row["train_loss"] = metrics.get("train-loss") if metrics else None
             if metrics and "train-seconds" in metrics:  # a client's local round, on average
                 row["seconds_train"] = metrics["train-seconds"]
@@ -357,8 +383,8 @@ def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, algo: ServerSid
     method's clients, with the parts they keep); the trust policy's example weights apply to
     the mean of their losses too."""
     s = cfg.server
-    if s.fraction_evaluate == 0 or not ids:
-        return {}
+    if s.fraction_evaluate == 0 or not ids or cfg.privacy.enabled or cfg.secagg.enabled:
+        return {}  # (refused before the run starts: the clients' losses in the clear)
     chosen = sample(ids, s.fraction_evaluate, s.min_evaluate_nodes, s.seed, "evaluate", rnd)
     msgs = address(_to_wire(strategy.configure_evaluate(
         rnd, to_arrayrecord(arrays), ConfigRecord({}), SampledGrid(grid, chosen)),

@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedtune.secagg.protocol import client_mask, client_setup, client_share, client_unmask
-from fedtune.seeding import rng
+from fedtune.privacy.randomness import privacy_rng
+from fedtune.secagg.protocol import (
+    check_context,
+    client_mask,
+    client_setup,
+    client_share,
+    client_unmask,
+)
 
 if TYPE_CHECKING:
     from fedtune.algorithms.replies import Records
@@ -24,11 +30,15 @@ def _saved(state: RecordDict) -> dict[str, Any]:
     return dict(state.config_records[SECAGG]) if SECAGG in state.config_records else {}
 
 
-def stage(content: RecordDict, state: RecordDict) -> RecordDict:
+def stage(content: RecordDict, state: RecordDict, run_id: int | None = None) -> RecordDict:
     """Answer one stage: ``setup`` (public keys), ``share`` (encrypted shares for each
-    neighbour) or ``unmask`` (the shares that remove the masks of the round's sum)."""
+    neighbour) or ``unmask`` (the shares that remove the masks of the round's sum). With
+    ``run_id`` (the node's own Flower run id), a setup whose context names another run is
+    refused."""
     conf = content.config_records[SECAGG]
     kind = conf["stage"]
+    if kind == "setup" and run_id is not None:
+        check_context(bytes(conf["context"]), run_id)
     if kind == "setup":
         saved, reply = client_setup(int(conf["index"]), int(conf["threshold"]),
                                     [int(j) for j in conf["neighbours"]], bytes(conf["context"]))
@@ -50,18 +60,40 @@ def stage(content: RecordDict, state: RecordDict) -> RecordDict:
     return RecordDict({SECAGG: ConfigRecord({k: v for k, v in reply.items() if v != []})})
 
 
+def clip_bound(cfg: Config, kind: str, received: Records) -> float:
+    """``dp='client'``: the norm a node clips its contribution to, C, less the rounding margin
+    (:func:`~fedtune.privacy.sums.rounding_margin`) when it goes through the secure sum."""
+    from fedtune.privacy.payloads import payload_for
+    from fedtune.privacy.sums import rounding_margin
+
+    bound = cfg.privacy.clip_norm_for(kind)
+    if SECAGG not in received.configs:
+        return bound
+    conf = received.configs[SECAGG]
+    margin = rounding_margin(payload_for(kind, received, cfg.zo.zo_seeds),
+                             float(conf["clip-range"]), int(conf["bits"]))
+    if margin >= bound:
+        raise ValueError(f"secagg-bits={conf['bits']} rounds this update by up to {margin:.3g}, "
+                         f"not below dp-clip-norm={bound:g}; raise secagg-bits or lower "
+                         "secagg-clip-range.")
+    return bound - margin
+
+
 def masked_reply(cfg: Config, kind: str, reply: Records, received: Records, node: Node,
                  state: RecordDict) -> RecordDict:
-    """The reply as one quantised vector, masked: uniform in Z_2^32 to anyone but the sum."""
+    """The reply as one quantised vector, masked: uniform in Z_2^32 to anyone but the sum.
+    Under DP it holds the clipped contribution only (no loss, no FedKSeed-Pro statistics), and
+    its stochastic rounding is secret randomness (the server must not know it)."""
     from fedtune.privacy.sums import quantize_vector, to_vector  # torch: not for the stages
 
     conf = received.configs[SECAGG]
     rnd = int(received.configs["config"]["server-round"])
-    pro = "importance" in received.configs["config"]  # FedKSeed-Pro: its statistics too
-    vector = to_vector(kind, reply, received, cfg.zo.zo_seeds, pro,
-                       equal_weights=cfg.privacy.enabled)
+    private = cfg.privacy.enabled
+    # FedKSeed-Pro: its statistics too (not under DP: they would leave without noise)
+    pro = "importance" in received.configs["config"] and not private
+    vector = to_vector(kind, reply, received, cfg.zo.zo_seeds, pro, private=private)
     quantised = quantize_vector(vector, float(conf["clip-range"]), int(conf["bits"]),
-                         rng(cfg.server.seed, "secagg-rounding", rnd, node.name))
+                                privacy_rng("secagg-rounding", cfg.server.seed, rnd, node.name))
     ciphertexts = dict(zip((int(j) for j in conf.get("ids", [])), conf.get("ct", []),
                            strict=True))
     saved, masked = client_mask(_saved(state), ciphertexts, quantised)

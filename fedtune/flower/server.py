@@ -17,23 +17,26 @@ from fedtune.flower.checkpoint import (
     Checkpoint,
     CheckpointError,
     config_changes,
+    config_fingerprint,
     load_checkpoint,
     save_checkpoint,
     strategy_state,
 )
 from fedtune.flower.loop import run_rounds
 from fedtune.plot import plot_metrics
+from fedtune.privacy.randomness import WARNING, announce
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
 from fedtune.seeding import deterministic_cuda
 from fedtune.strategies import build_strategy
 
 
-def run_server(grid: Grid, cfg: Config) -> Path:
+def run_server(grid: Grid, cfg: Config, run_id: int = 0) -> Path:
     """Everything the ServerApp does; returns the run folder.
 
     The algorithm comes from the registry, its strategy from the strategy registry. With
-    ``resume`` set, the run continues in that folder from its last checkpoint.
+    ``resume`` set, the run continues in that folder from its last checkpoint. ``run_id``:
+    Flower's (secure aggregation binds its keys to it).
     """
     algorithm = resolve(cfg)
     deterministic_cuda(cfg.model.deterministic, cfg.model.device)  # before any CUDA work
@@ -43,6 +46,11 @@ def run_server(grid: Grid, cfg: Config) -> Path:
     algo = algorithm.server(cfg)
     strategy = build_strategy(cfg, algorithm.payload, algo)
     flat = cfg.to_flat()
+    bind = getattr(strategy, "bind_run", None)
+    if bind is not None:
+        bind(run_id, config_fingerprint(flat))
+    if (cfg.privacy.enabled or cfg.secagg.enabled) and announce():
+        print(f"fedtune: WARNING: {WARNING}.", flush=True)
     resume_from = None
     if cfg.output.resume:
         run_dir = Path(cfg.output.resume)

@@ -24,7 +24,11 @@ class PrivacyConfig:
     dp: str = "off"
     dp_noise_multiplier: float = 1.0  # z: noise std on the sum = z x dp-clip-norm
     dp_clip_norm: float = 0.0  # C, the L2 bound of one client's contribution; 0 = auto
-    dp_delta: float = 0.0  # the delta epsilon is reported at; 0 = auto: 0.1 / federation size
+    dp_delta: float = 0.0  # the delta epsilon is reported at; 0 = auto: 0.1 / dp-population
+    # N, the number of clients that may ever take part: delta's default 0.1 / N and the check
+    # delta < 1 / N. 0 = auto: the number of virtual clients in simulation (--num-clients);
+    # a deployed ServerApp (real SuperNodes) with dp on requires it.
+    dp_population: int = 0
     dp_max_epsilon: float = 0.0  # budget: a round that would exceed it is not run (0 = none)
 
     @property
@@ -38,6 +42,8 @@ class PrivacyConfig:
         require(self.dp_clip_norm >= 0,
                 f"dp-clip-norm={self.dp_clip_norm} must be > 0 (or 0 = auto).")
         require(0 <= self.dp_delta < 1, f"dp-delta={self.dp_delta} must be in [0, 1).")
+        require(self.dp_population >= 0,
+                f"dp-population={self.dp_population} must be >= 0 (0 = auto).")
         require(self.dp_max_epsilon >= 0,
                 f"dp-max-epsilon={self.dp_max_epsilon} must be >= 0 (0 = no budget).")
         require(not (self.enabled and self.dp_max_epsilon > 0
@@ -49,6 +55,26 @@ class PrivacyConfig:
         """``dp-clip-norm``, or the default for the algorithm's payload (see CLIP_NORMS)."""
         return self.dp_clip_norm or CLIP_NORMS[payload]
 
-    def delta_for(self, federation_size: int) -> float:
-        """``dp-delta``, or the default rule 0.1 / N (N = the federation size), below 1/N."""
-        return self.dp_delta or 0.1 / max(1, federation_size)
+    def population(self, fallback: int) -> int:
+        """N: ``dp-population``, or ``fallback`` (the simulation's number of clients)."""
+        return self.dp_population or max(1, fallback)
+
+    def delta_for(self, population: int) -> float:
+        """``dp-delta``, or the default rule 0.1 / N (N = :meth:`population`)."""
+        return self.dp_delta or 0.1 / max(1, population)
+
+    def check_population(self, population: int, deployed: bool) -> None:
+        """One sentence if delta is not below 1/N, or if a deployment with dp on does not say
+        N (``min-available-nodes`` is how many nodes a run waits for, not how many exist)."""
+        if not self.enabled:
+            return
+        require(self.dp_population > 0 or not deployed,
+                f"dp='{self.dp}' through a SuperLink needs dp-population=<N>, the number of "
+                "nodes that may ever take part (delta defaults to 0.1/N and must stay below "
+                "1/N).")
+        delta = self.delta_for(population)
+        require(delta < 1 / population,
+                f"dp-delta={delta:g} must be below 1/N = 1/{population} (N = dp-population, or "
+                "the number of clients in simulation): at delta >= 1/N the mechanism may "
+                "release one client's data outright; lower dp-delta or set it to 0 (auto: "
+                "0.1/N).")

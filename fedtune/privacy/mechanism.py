@@ -1,4 +1,6 @@
-"""The Gaussian mechanism on a sum of clipped contributions, in float64, seeded."""
+"""The Gaussian mechanism on a sum of clipped contributions, in float64. The noise comes from
+the generator the caller passes: :func:`fedtune.privacy.randomness.privacy_rng`, never the run
+seed."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
-
-from fedtune.seeding import rng
 
 T = TypeVar("T")
 
@@ -25,16 +25,15 @@ def clip(vec: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
     return vec * (bound / norm), norm
 
 
-def gaussian_noise(size: int, std: float, *seed_parts: int | str) -> np.ndarray:
-    """``size`` draws of N(0, std^2) (float64) from the generator seeded by ``seed_parts``:
-    the same noise on every machine and on a resumed run."""
+def gaussian_noise(size: int, std: float, gen: np.random.Generator) -> np.ndarray:
+    """``size`` draws of N(0, std^2) (float64) from ``gen`` (nothing is drawn when std = 0)."""
     if std == 0:
         return np.zeros(size, dtype=np.float64)
-    return rng(*seed_parts).normal(0.0, std, size)
+    return gen.normal(0.0, std, size)
 
 
 def noisy_mean(contributions: Sequence[np.ndarray], sample_size: int, bound: float,
-               noise_multiplier: float, *seed_parts: int | str
+               noise_multiplier: float, gen: np.random.Generator
                ) -> tuple[np.ndarray, list[float]]:
     """(sum_i clip(c_i, C) + N(0, (z C)^2 I)) / m, and the norms before clipping.
 
@@ -51,7 +50,7 @@ def noisy_mean(contributions: Sequence[np.ndarray], sample_size: int, bound: flo
         clipped, norm = clip(vec, bound)
         total += clipped
         norms.append(norm)
-    total += gaussian_noise(size, noise_multiplier * bound, *seed_parts)
+    total += gaussian_noise(size, noise_multiplier * bound, gen)
     return total / sample_size, norms
 
 

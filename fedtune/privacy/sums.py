@@ -49,6 +49,14 @@ def payload_size(payload: Payload) -> int:
         x.size for x in payload.x.values())
 
 
+def rounding_margin(payload: Payload, clip_range: float, bits: int) -> float:
+    """How far (L2) stochastic rounding can move a contribution: under one quantisation step
+    per value. Under DP a node clips to C minus this, so that what the secure sum adds has
+    norm <= C, the sensitivity the accountant assumes."""
+    step = 2 * clip_range / (2**bits - 1)
+    return step * float(np.sqrt(payload_size(payload)))
+
+
 def vector_length(payload: Payload, pro: bool = False) -> int:
     """The secure-sum vector's length for a payload (against the round's global model);
     ``pro``: FedKSeed-Pro's per-seed statistics (2 K values) follow the contribution."""
@@ -65,14 +73,16 @@ def pro_statistics(reply: Records, k: int) -> np.ndarray:
 
 
 def to_vector(kind: str, reply: Records, received: Records, k: int, pro: bool = False,
-              equal_weights: bool = False) -> np.ndarray:
+              private: bool = False) -> np.ndarray:
     """[n x contribution, (Pro's statistics,) n, n x train-loss, 0] (float64) of a client's
-    plain reply; with ``equal_weights`` (differential privacy) n is 1."""
+    plain reply; with ``private`` (differential privacy) n is 1 and the loss 0: the sum then
+    carries the clipped contributions and the public count only (the mechanism noises the
+    contributions; nothing else may leave unnoised)."""
     metrics = reply.metrics["metrics"]
-    n = 1.0 if equal_weights else float(metrics[NUM_EXAMPLES])
+    n = 1.0 if private else float(metrics[NUM_EXAMPLES])
     contribution = payload_for(kind, received, k).contribution(reply)
     stats = pro_statistics(reply, k) if pro else np.zeros(0)
-    loss = float(metrics.get("train-loss", 0.0))
+    loss = 0.0 if private else float(metrics.get("train-loss", 0.0))
     return np.concatenate([n * contribution, stats, [n, n * loss, 0.0]])
 
 

@@ -129,3 +129,29 @@ def check_privacy(cfg: Config, payload: str, algorithm: str, federated: bool) ->
         if cfg.server.min_train_nodes < 2:
             raise ConfigError("secagg='on' needs min-train-nodes >= 2: the sum of one client "
                               "is that client's update.")
+    _check_private_outputs(cfg, payload, what)
+
+
+def _check_private_outputs(cfg: Config, payload: str, what: str) -> None:
+    """What would release per-client data in the clear, or break the sensitivity (2C under
+    replace-one) the accountant assumes: one sentence each."""
+    s, p = cfg.server, cfg.privacy
+    if p.enabled and cfg.strategy.max_update_norm_ratio > 0:
+        raise ConfigError(f"max-update-norm-ratio cannot run with dp='{p.dp}': its bound is "
+                          "the median of all clients' update norms, so replacing one client "
+                          "moves every other update and the sum by more than the 2C the "
+                          "accountant assumes; set max-update-norm-ratio=0 (dp-clip-norm "
+                          "already bounds each client).")
+    if p.dp_population > 0:
+        p.check_population(p.dp_population, deployed=False)
+    if s.fraction_evaluate > 0:
+        raise ConfigError(f"federated evaluation (fraction-evaluate={s.fraction_evaluate:g}) "
+                          f"cannot run with {what}: each client's held-out loss would reach "
+                          "the server in the clear; set fraction-evaluate=0 (the server's "
+                          "own held-out eval-loss is still reported every round).")
+    if p.enabled and cfg.secagg.enabled and (
+            p.clip_norm_for(payload) > cfg.secagg.clip_range_for(payload)):
+        raise ConfigError(f"dp-clip-norm={p.clip_norm_for(payload):g} exceeds "
+                          f"secagg-clip-range={cfg.secagg.clip_range_for(payload):g}: the "
+                          "secure sum would clip values and count them without noise; raise "
+                          "secagg-clip-range or lower dp-clip-norm.")

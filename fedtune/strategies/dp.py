@@ -6,16 +6,17 @@ Every round, each reply's contribution (:mod:`fedtune.privacy.payloads`: FedIT's
 update, FedKSeed's per-seed sums) is clipped to L2 norm C (``dp=server``; with ``dp=client``
 the node already clipped it and a reply over C is dropped as invalid), the clipped
 contributions are summed with equal weights, N(0, (z C)^2) is added to every coordinate, and
-the sum is divided by the number of clients *sampled*. Every reply handed to the wrapped
-strategy then carries that same noisy mean, so FedAvg, FedProx, FedAvgM and the FedOpt family
-(whatever their weights) compute from the released value only: post-processing. Strategies that
-look at individual updates (median, trimmed mean, Krum) or upload more (SCAFFOLD's control
-variates) are refused by :func:`fedtune.strategies.check_privacy`.
+the sum is divided by the number of clients *sampled*. The noise comes from
+:func:`~fedtune.privacy.randomness.privacy_rng` (OS entropy, or the server's secret): never from
+the run seed, which every client and every reader of ``config.json`` knows. Every reply handed
+to the wrapped strategy then carries that same noisy mean, so FedAvg, FedProx, FedAvgM and the
+FedOpt family (whatever their weights) compute from the released value only: post-processing.
+Strategies that look at individual updates (median, trimmed mean, Krum) or upload more
+(SCAFFOLD's control variates) are refused by :func:`fedtune.strategies.check_privacy`.
 
 Why not Flower's ``DifferentialPrivacy*FixedClipping`` wrappers: they add the noise after the
 wrapped strategy aggregates, so only plain FedAvg stays private; they fail a round unless
-exactly ``num_sampled_clients`` replies arrive (fedtune drops bad replies and goes on); they draw
-noise from numpy's global generator (a run would not reproduce, nor resume exactly); their
+exactly ``num_sampled_clients`` replies arrive (fedtune drops bad replies and goes on); their
 accountant has no amplification by sampling; and they handle array replies only, not
 FedKSeed's (seed, scalar) pairs.
 
@@ -38,6 +39,7 @@ from flwr.supercore import log
 from fedtune.algorithms.replies import Records
 from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, Accountant
 from fedtune.privacy.mechanism import gaussian_noise, l2_norm, noisy_mean
+from fedtune.privacy.randomness import privacy_rng, secret_in_use
 from fedtune.strategies.wrapper import Wrapper, payload_records, write_back
 
 #: a client-clipped reply may exceed C by float64 rounding only
@@ -48,22 +50,26 @@ class DifferentialPrivacy(Wrapper):
     """Clip, sum with equal weights, add Gaussian noise, account; then the wrapped strategy."""
 
     def __init__(self, inner: Strategy, payload: str, placement: str, noise_multiplier: float,
-                 clip_norm: float, delta: float, max_epsilon: float, seed: int, k: int,
+                 clip_norm: float, delta: float, max_epsilon: float, k: int,
                  wire_dtype: type | None) -> None:
         super().__init__(inner, payload, k, wire_dtype)
         self.placement = placement
         self.z = noise_multiplier
         self.c = clip_norm
         self.max_epsilon = max_epsilon
-        self.seed = seed
         self.accountant = Accountant(delta)
         self.population = self.sample_size = 0  # this round's N and m (admit_round)
-        self.clipped: float | None = None
         self.stopped = ""
 
     # ---- the round loop's hooks ----------------------------------------------------------
     def admit_round(self, server_round: int, population: int, sample_size: int) -> str | None:
         """None if the round may run; else the sentence saying why the run stops here."""
+        if self.accountant.delta >= 1 / population:
+            self.stopped = (
+                f"round {server_round} was not run: {population} nodes are connected, so "
+                f"delta={self.accountant.delta:.3g} is not below 1/{population}; set "
+                "dp-population to the number of nodes that may ever take part")
+            return self.stopped
         if self.max_epsilon > 0:
             after = self.accountant.epsilon_after(self.z, sample_size, population)
             if after > self.max_epsilon:
@@ -76,10 +82,11 @@ class DifferentialPrivacy(Wrapper):
         return None
 
     def round_report(self) -> dict[str, Any]:
-        """The privacy columns of a metrics row (epsilon: null = unbounded, no noise)."""
+        """The privacy columns of a metrics row (epsilon: null = unbounded, no noise).
+        ``dp_clipped`` is null: the fraction of clipped replies is a statistic of the
+        clients' updates that the mechanism does not release."""
         return {"dp_epsilon": self.accountant.epsilon(), "dp_delta": self.accountant.delta,
-                "dp_noise_multiplier": self.z, "dp_clip_norm": self.c,
-                "dp_clipped": self.clipped}
+                "dp_noise_multiplier": self.z, "dp_clip_norm": self.c, "dp_clipped": None}
 
     def final_report(self) -> dict[str, Any]:
         return {"dp": self.placement, "dp_epsilon": self.accountant.epsilon(),
@@ -87,7 +94,7 @@ class DifferentialPrivacy(Wrapper):
                 "dp_noise_multiplier": self.z, "dp_clip_norm": self.c,
                 "dp_accounting": f"RDP (dp-accounting), {SAMPLING}, {NEIGHBOURING} "
                                  "(sensitivity 2C)",
-                "dp_stopped": self.stopped or None}
+                "dp_stopped": self.stopped or None, "dp_secret": secret_in_use()}
 
     def check_reply(self, content: Records) -> str | None:
         """The wrapped strategy's check; with ``dp=client``, the norm bound too."""
@@ -120,10 +127,8 @@ class DifferentialPrivacy(Wrapper):
                                f"{server_round}: the round loop must call it before sending")
         record = self.payload.record
         parts = [payload_records(r.content, record) for r in replies]
-        mean, norms = noisy_mean([self.payload.contribution(p) for p in parts],
-                                 self.sample_size, self.c, self.z, self.seed, "dp-noise",
-                                 server_round)
-        self.clipped = sum(n > self.c for n in norms) / len(norms)
+        mean, _ = noisy_mean([self.payload.contribution(p) for p in parts],
+                             self.sample_size, self.c, self.z, self._noise_rng(server_round))
         return self._release(server_round, replies, parts, mean)
 
     def release_sum(self, server_round: int, reply: Message, total: np.ndarray
@@ -134,10 +139,15 @@ class DifferentialPrivacy(Wrapper):
         if not self.sample_size or self.payload is None:
             raise RuntimeError("DifferentialPrivacy.admit_round and configure_train must run "
                                f"before round {server_round} is released")
-        noise = gaussian_noise(total.size, self.z * self.c, self.seed, "dp-noise", server_round)
-        self.clipped = None  # each client clipped its own; the server cannot tell
+        noise = gaussian_noise(total.size, self.z * self.c, self._noise_rng(server_round))
         part = payload_records(reply.content, self.payload.record)
         return self._release(server_round, [reply], [part], (total + noise) / self.sample_size)
+
+    def _noise_rng(self, server_round: int) -> np.random.Generator:
+        """Fresh entropy; with the server's secret, a stream per (config, round): the
+        fingerprint keeps two configs (two released runs) from ever sharing noise, and a
+        resumed run draws what the uninterrupted one drew."""
+        return privacy_rng("dp-noise", self.fingerprint, server_round)
 
     def _release(self, server_round: int, replies: list[Message], parts: list[Records],
                  mean: np.ndarray) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -170,5 +180,5 @@ def wrap(strategy: Strategy, cfg: Any, payload: str, server: Any) -> Differentia
     p = cfg.privacy
     return DifferentialPrivacy(
         strategy, payload, p.dp, p.dp_noise_multiplier, p.clip_norm_for(payload),
-        p.delta_for(cfg.server.min_available_nodes), p.dp_max_epsilon, cfg.server.seed,
+        p.delta_for(p.population(cfg.server.min_available_nodes)), p.dp_max_epsilon,
         cfg.zo.zo_seeds, getattr(server, "wire_dtype", None))

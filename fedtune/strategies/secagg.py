@@ -15,7 +15,11 @@ runs as extra message exchanges inside a round of fedtune's own loop:
    and hands the wrapped strategy the single reply that FedAvg would have computed.
 
 The server never holds one client's update, its example count or its loss. Bytes of the extra
-exchanges are in ``extra_bytes_{down,up}_per_client`` and included in the bytes columns.
+exchanges are in ``extra_bytes_{down,up}_per_client`` and included in the bytes columns. The
+round's neighbour graph comes from secret randomness
+(:func:`~fedtune.privacy.randomness.privacy_rng`): clients that knew it in advance could collude
+around one neighbourhood. Keys and shares are bound to the context ``fedtune-secagg|run=<Flower's
+run id>|round=<r>``; a node refuses a context naming another run.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.replies import Records
+from fedtune.privacy.randomness import privacy_rng
 from fedtune.privacy.sums import dequantize_sum, from_sum, payload_size, vector_length
 from fedtune.secagg.crypto import SecAggError
 from fedtune.secagg.masking import max_clients
-from fedtune.secagg.protocol import SecAggServer, neighbours
-from fedtune.seeding import derive_seed
+from fedtune.secagg.protocol import SecAggServer, context_for, neighbours
 from fedtune.strategies.wrapper import Wrapper, write_back
 
 log = logging.getLogger("fedtune")
@@ -53,12 +57,11 @@ class SecureAggregation(Wrapper):
 
     masks_replies = True  # the round loop checks replies with check_reply only
 
-    def __init__(self, inner: Strategy, payload: str, section: Any, seed: int, k: int,
+    def __init__(self, inner: Strategy, payload: str, section: Any, k: int,
                  wire_dtype: type | None, timeout: float, pro: bool = False) -> None:
         super().__init__(inner, payload, k, wire_dtype)
         self.pro = pro  # FedKSeed-Pro: the clients' seed statistics are summed too
         self.section = section
-        self.seed = seed
         self.timeout = timeout
         self.clip_range = section.clip_range_for(payload)
         # per round, rebuilt by configure_train (transient: nothing to checkpoint)
@@ -118,8 +121,10 @@ class SecureAggregation(Wrapper):
         nodes = {i: node for node, i in self.index.items()}
         k = self.section.neighbours_for(m)
         threshold = self.section.threshold_for(k)
-        graph = neighbours(m, k, derive_seed(self.seed, "secagg-graph", server_round))
-        context = f"fedtune-secagg|{self.seed}|{server_round}".encode()
+        graph_seed = int(privacy_rng("secagg-graph", self.fingerprint, server_round)
+                         .integers(2**63))
+        graph = neighbours(m, k, graph_seed)
+        context = context_for(self.run_id, server_round)
         self.server = SecAggServer(list(nodes), threshold, graph, context)
 
         keys = self._exchange(grid, {nodes[i]: self._content(
@@ -212,6 +217,8 @@ def _shares(record: Any) -> dict[str, dict[int, bytes]]:
 
 
 def wrap(strategy: Strategy, cfg: Any, payload: str, server: Any) -> SecureAggregation:
-    return SecureAggregation(strategy, payload, cfg.secagg, cfg.server.seed, cfg.zo.zo_seeds,
+    """``strategy`` under secure aggregation; FedKSeed-Pro's seed statistics are summed too
+    (under DP they are not: the strategy derives them from the noisy release instead)."""
+    return SecureAggregation(strategy, payload, cfg.secagg, cfg.zo.zo_seeds,
                              getattr(server, "wire_dtype", None), cfg.server.round_timeout,
-                             pro=getattr(server, "pro", False))
+                             pro=getattr(server, "pro", False) and not cfg.privacy.enabled)

@@ -42,6 +42,17 @@ class Wrapper(Strategy):
         self.k = k  # FedKSeed's pool size (the seeds payload)
         self.wire_dtype = wire_dtype
         self.payload: Payload | None = None  # against the round's global model
+        self.run_id = 0  # Flower's run id and the config's fingerprint (bind_run)
+        self.fingerprint = ""
+
+    def bind_run(self, run_id: int, fingerprint: str) -> None:
+        """The run this strategy serves: Flower's ``run_id`` (SecAgg binds its keys to it) and
+        the config's ``fingerprint`` (the same for a run and its resumption; DP separates the
+        noise of different configs with it). Passed on to the wrapped strategy."""
+        self.run_id, self.fingerprint = int(run_id), fingerprint
+        bind = getattr(self.inner, "bind_run", None)
+        if bind is not None:
+            bind(run_id, fingerprint)
 
     def set_reference(self, arrays: ArrayRecord) -> None:
         """The round's payload against the global model as the clients receive it (after the

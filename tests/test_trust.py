@@ -268,6 +268,122 @@ def test_ferret_runs_with_the_norm_bound_and_bounds_a_liar(caplog):
     assert "scaled the update of client-0001" in caplog.text
 
 
+def _lora_round(aggregation, ranks=(16, 16, 16), **keys):
+    """(cfg, server, strategy, the round's global arrays as the wire delivers them, the full
+    adapter the clients start from) for one FedIT round of ``aggregation``."""
+    from tests.test_lora_aggregation import _setup
+
+    cfg, server, strategy = _setup(aggregation, **keys)
+    sent = server.initial_arrays()
+    wire = {k: v.astype(server.wire_dtype).astype(np.float32) for k, v in sent.items()}
+    return cfg, server, strategy, sent, server.full_adapter(wire)
+
+
+def _client_adapters(cfg, before, ranks, seed, step=0.05):
+    """Each client's uploaded factors: ``before`` + a random step (its own rank), the
+    modules_to_save unchanged."""
+    from fedtune.algorithms.fedit.factors import OTHER, A, part
+
+    gen = np.random.default_rng(seed)
+    out = []
+    for r in ranks:
+        adapter = {}
+        for k, v in before.items():
+            p = part(k)
+            if p == OTHER:
+                adapter[k] = v.copy()
+                continue
+            x = v[:r] if p == A else v[:, :r]
+            adapter[k] = (x + step * gen.standard_normal(x.shape)).astype(np.float32)
+        out.append(adapter)
+    return out
+
+
+def _product_norm(cfg, record, before, restarts=False):
+    """||s (B'A' - BA)|| over every layer plus the other arrays' update, densely in float64:
+    what one reply adds to the merged model (BA = 0 when the adapter restarts)."""
+    from fedtune.algorithms.fedit.factors import OTHER, A, B, key, layers, part
+
+    total = 0.0
+    for name in layers(before):
+        b0, a0 = (before[key(name, w)].astype(np.float64) for w in (B, A))
+        b1, a1 = (record.get(key(name, w), before[key(name, w)]).astype(np.float64)
+                  for w in (B, A))
+        total += float(np.sum((cfg.lora.scale * (b1 @ a1 - (0 if restarts else b0 @ a0))) ** 2))
+    for k, v in record.items():
+        if part(k) == OTHER:
+            total += float(np.sum((v.astype(np.float64) - before[k]) ** 2))
+    return float(np.sqrt(total))
+
+
+def test_flora_is_measured_and_scaled_by_its_product_not_its_factors(caplog):
+    """FLoRA's clients restart from the initial adapter and the server merges sum_i p_i s B_i A_i,
+    so a reply's update is s B_i A_i. The old measure (fresh factors against the zeros of the
+    unsent A and B) grows with the rank, and scaling both factors by t scaled the merge by t^2."""
+    from fedtune.algorithms.fedit.factors import B, layers, select
+    from fedtune.flower.hooks import aggregate
+    from fedtune.payloads import ArraysPayload
+    from tests.test_lora_aggregation import _clients_mean, _replies
+
+    ranks = (4, 4, 64)
+    cfg, server, strategy, sent, before = _lora_round("flora", **{"lora-ranks": "4,4,64"})
+    adapters = _client_adapters(cfg, before, ranks, seed=0, step=0.1)
+    for ad in adapters:  # honest clients whose merged change is the same size, any rank
+        norm = _product_norm(cfg, ad, before, restarts=True)
+        ad.update({k: (v / norm).astype(np.float32) for k, v in select(ad, (B,)).items()})
+    replies = _replies(server, adapters)
+    records = [{k: v.numpy() for k, v in r.content["arrays"].items()} for r in replies]
+    np.testing.assert_allclose([server.payload.norm(r, sent) for r in records], 1.0, rtol=1e-5)
+    old = [ArraysPayload().norm(r, sent) for r in records]
+    assert old[2] > 1.5 * sorted(old)[1]  # the rank-64 client: scaled every round before
+    with caplog.at_level("WARNING", logger="fedtune"):
+        _bound(server.payload, replies, 1.5, sent, server.wire_dtype)
+    assert "scaled the update" not in caplog.text
+
+    liar = {**adapters[2], **{k: v * np.float32(100) for k, v in
+                              select(adapters[2], (B,)).items()}}  # its product x100
+    replies = _replies(server, [*adapters[:2], liar])
+    with caplog.at_level("WARNING", logger="fedtune"):
+        _bound(server.payload, replies, 1.5, sent, server.wire_dtype)
+    assert "scaled the update of client-0002 down from norm 100 to 1.5" in caplog.text
+    bounded = {k: v.numpy() for k, v in replies[2].content["arrays"].items()}
+    np.testing.assert_allclose(_product_norm(cfg, bounded, before, restarts=True), 1.5,
+                               rtol=1e-5)
+    # the merge is the clients' mean with the liar's product x 1.5 (its B x 1.5), not x 1.5^2
+    aggregate(strategy, server, 1, replies)
+    want = [*adapters[:2], {**adapters[2], **{k: v * np.float32(1.5) for k, v in
+                                              select(adapters[2], (B,)).items()}}]
+    for name in layers(before):
+        np.testing.assert_allclose(server.merged.delta[name], _clients_mean(cfg, want, name),
+                                   rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("aggregation", ["fedex", "ffa"])
+def test_fedex_and_ffa_bound_the_change_of_the_product(aggregation, caplog):
+    """FedEx-LoRA merges the exact sum_i p_i s B_i A_i, FFA-LoRA moves the model by
+    s (B_i - B) A0 (A frozen): a liar whose factor updates are x100 is bounded by what its
+    product changes (FFA exactly, FedEx by the largest scale of both factor updates within
+    the bound), and the Gram-matrix norm equals the dense one."""
+    from tests.test_lora_aggregation import _replies
+
+    cfg, server, _, sent, before = _lora_round(aggregation)
+    adapters = _client_adapters(cfg, before, (16, 16, 16), seed=1, step=0.01)
+    liar = {k: before[k] + np.float32(100) * (v - before[k]) for k, v in adapters[2].items()}
+    replies = _replies(server, [*adapters[:2], liar])
+    records = [{k: v.numpy() for k, v in r.content["arrays"].items()} for r in replies]
+    norms = [_product_norm(cfg, r, before) for r in records]
+    np.testing.assert_allclose([server.payload.norm(r, sent) for r in records], norms,
+                               rtol=1e-6)
+    limit = 2.0 * sorted(norms)[1]
+    assert norms[2] > 10 * limit
+    with caplog.at_level("WARNING", logger="fedtune"):
+        _bound(server.payload, replies, 2.0, sent, server.wire_dtype)
+    assert caplog.text.count("scaled the update of") == 1
+    bounded = _product_norm(cfg, {k: v.numpy() for k, v in replies[2].content["arrays"].items()},
+                            before)
+    assert limit * (1 - 1e-4) <= bounded <= limit * (1 + 1e-5), (bounded, limit)
+
+
 def test_honest_rounds_are_untouched_by_the_policy():
     plain = run("arrays")
     np.testing.assert_array_equal(plain, run("arrays", **{"example-weights": "capped",

@@ -14,9 +14,29 @@ record. Replies masked by secure aggregation cannot be read, so it does not appl
 - ``max-update-norm-ratio`` (0 = off): a reply whose update norm exceeds ratio x the round's
   median update norm is scaled down to that bound (its direction and its data still count; an
   honest client with a longer local round is not lost, and the round keeps its client count
-  for ``min-train-nodes``), and logged by name. The update of an ``arrays`` record is the reply
-  minus the round's global arrays as the wire delivered them; that of packed seed pairs (a
-  ``zo`` config record) is its scalars.
+  for ``min-train-nodes``), and logged by name. What an update and its norm are is the
+  algorithm's payload (its server side's ``payload``, :mod:`fedtune.payloads`), never a kind
+  string or the run config, and each bound is on what moves the model:
+
+  - arrays (FedIT's ``fedit``/``fedsa`` adapters, full fine-tuning): the reply minus the round's
+    global arrays as the wire delivered them (zero-padded or cut to a node's LoRA rank), L2
+    over all arrays; scaled linearly.
+  - FedKSeed's seed pairs: the per-seed sums c_s = sum_t [s_t = s] g_t over its K seeds (the
+    model moves by lr sum_s c_s z(s)), not the scalars: a client repeating one seed tau times
+    has a sqrt(tau) times larger effect than its scalars' norm; the scalars are scaled.
+  - Ferret's (block, seed) coefficients: the per-entry sums over its own pool (blocks x
+    ferret-seeds entries), each block weighted by sqrt(sigma2 d_b) (d_b: its weights), i.e. the
+    expected norm of the reconstructed update; the coefficients are scaled.
+  - FLoRA, FedEx-LoRA, FFA-LoRA (:mod:`fedtune.algorithms.fedit.payload`): the change of the
+    LoRA product s (B'A' - BA) per layer, plus the modules_to_save update. FLoRA is scaled
+    through B' only (scaling both factors by t would scale the product by t^2), FFA through
+    B' - B (A is frozen): both exactly; FedEx-LoRA's rank-r factors cannot carry a scaled
+    rank-2r change, so both factor updates are scaled by the largest t (bisection) that keeps
+    the product's change within the bound.
+
+  The seed payloads' norms hold up to the near-orthogonality of the z's: K random directions
+  in d weights stretch a coefficient vector by at most about 1 + sqrt(K / d) over its
+  expected norm (per block for Ferret).
 
 The median is the lower median (the smaller middle value), so with two clients the honest one
 sets the bound; a minority of liars cannot raise it.

@@ -42,7 +42,10 @@ class ServerSide(Protocol):
     ``down_records(node) -> Records | None`` adds records to one node's train and evaluate
     messages, ``delivered(node, ok)`` says whether that node's train reply came without error,
     ``receive(replies) -> replies`` sees the valid train replies before the strategy and
-    ``merge(round, arrays) -> arrays`` the strategy's result after it.
+    ``merge(round, arrays) -> arrays`` the strategy's result after it. ``payload``
+    (:class:`fedtune.payloads.Payload`): how one client's update is read, measured and scaled
+    (the trust policy; its record, pool size, norm); named arrays when absent
+    (:func:`fedtune.payloads.payload_of`).
     """
 
     #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)

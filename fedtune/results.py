@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fedtune.config import Config
 
-CLIENTS = "clients.jsonl"  # one line per valid train reply: round, node, its metrics
+#: one line per valid train reply (round, node, its metrics); under DP one line of counts per
+#: round (round, replies, dropped, timed_out): nothing per client (fedtune.flower.loop)
+CLIENTS = "clients.jsonl"
 
 
 @dataclass
@@ -74,7 +76,7 @@ class RunWriter:
 
     def log_round(self, row: dict[str, Any]) -> None:
         """One ``metrics.jsonl`` row; its ``replies`` (what each valid train reply reported,
-        by node name) go to ``clients.jsonl``, one line per reply."""
+        by node name; under DP the round's counts) go to ``clients.jsonl``, a line each."""
         replies = row.pop("replies", None) or []
         row = _clean(row)
         self.rows.append(row)

@@ -491,3 +491,17 @@ def test_a_run_stops_when_more_nodes_connect_than_delta_allows(tmp_path, one_thr
                                **{"dp-delta": 0.3, "dp-population": 3})
     assert [r["round"] for r in rows] == [0]
     assert "4 nodes are connected" in summary["dp_stopped"]
+
+
+def test_the_dp_sample_is_secret_and_the_plain_one_seeded(monkeypatch):
+    from fedtune.flower.loop import sample, train_sample
+
+    ids = list(range(100, 140))
+    plain = Config.from_flat({"fraction-train": 0.25})
+    assert train_sample(plain, ids, 3) == sample(ids, 0.25, 2, 0, "train", 3)
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    dp = Config.from_flat({"fraction-train": 0.25, "dp": "server", "fraction-evaluate": 0.0})
+    draws = {tuple(train_sample(dp, ids, 3)) for _ in range(5)}
+    assert len(draws) > 1 and all(len(d) == 10 for d in draws)  # C(40, 10): never twice
+    monkeypatch.setenv(SECRET_ENV, "s")
+    assert train_sample(dp, ids, 3) == train_sample(dp, ids, 3) != train_sample(dp, ids, 4)

@@ -462,3 +462,14 @@ def test_performance_sanity(capsys):
     assert np.array_equal(rnd.total, _plain_sum(rnd))
     with capsys.disabled():
         print(f"\nprg(10^6): {prg_s * 1e3:.1f} ms; m=8, k=4 round on 300,000 values: {run_s:.2f} s")
+
+
+def test_the_context_binds_flowers_run_id_and_a_node_checks_it():
+    from fedtune.secagg.context import check_context, context_for
+
+    ctx = context_for(7, 3)
+    assert ctx == b"fedtune-secagg|run=7|round=3"
+    check_context(ctx, 7)
+    for other in (context_for(70, 3), context_for(8, 3), b"fedtune-secagg|0|3", "run=7"):
+        with pytest.raises(SecAggError, match="does not name this node's run 7"):
+            check_context(other, 7)

@@ -10,13 +10,8 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ConfigRecord, RecordDict
 
 from fedtune.privacy.randomness import privacy_rng
-from fedtune.secagg.protocol import (
-    check_context,
-    client_mask,
-    client_setup,
-    client_share,
-    client_unmask,
-)
+from fedtune.secagg.context import check_context
+from fedtune.secagg.protocol import client_mask, client_setup, client_share, client_unmask
 
 if TYPE_CHECKING:
     from fedtune.algorithms.replies import Records

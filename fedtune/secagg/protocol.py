@@ -33,22 +33,6 @@ _ENC_LABEL = b"fedtune-secagg/share-encryption\x00"
 _MASK_LABEL = b"fedtune-secagg/pairwise-mask\x00"
 
 
-CONTEXT = "fedtune-secagg|run={run}|"
-
-
-def context_for(run_id: int, server_round: int) -> bytes:
-    """The round's key-derivation context: Flower's run id and the round."""
-    return (CONTEXT.format(run=int(run_id)) + f"round={int(server_round)}").encode()
-
-
-def check_context(context: bytes, run_id: int) -> None:
-    """A node's own check that the server's context names the node's run (not another's)."""
-    if not isinstance(context, bytes) or not context.startswith(
-            CONTEXT.format(run=int(run_id)).encode()):
-        raise SecAggError(f"the secure aggregation context {context!r} does not name this "
-                          f"node's run {run_id}; refusing to take part.")
-
-
 def neighbours(m: int, k: int, seed: int) -> dict[int, list[int]]:
     """A symmetric k-regular graph over 1..m: a Harary ring over the nodes sorted by
     SHA-256(seed, node), the same in every process. k >= m - 1: everyone (plain SecAgg)."""

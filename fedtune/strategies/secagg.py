@@ -37,9 +37,10 @@ from flwr.serverapp.strategy import Strategy
 from fedtune.algorithms.replies import Records
 from fedtune.privacy.randomness import privacy_rng
 from fedtune.privacy.sums import dequantize_sum, from_sum, payload_size, vector_length
+from fedtune.secagg.context import context_for
 from fedtune.secagg.crypto import SecAggError
 from fedtune.secagg.masking import max_clients
-from fedtune.secagg.protocol import SecAggServer, context_for, neighbours
+from fedtune.secagg.protocol import SecAggServer, neighbours
 from fedtune.strategies.wrapper import Wrapper, write_back
 
 log = logging.getLogger("fedtune")

@@ -200,7 +200,7 @@ def check_add_codes(plan: Plan) -> Result:
     reference_add_codes_(want, seeds, deltas, index, start)
     differ = {}
     for device in dict.fromkeys(("cpu", plan.other)):
-        got = s0.to(device)
+        got = s0.to(device, copy=True)  # s0.to("cpu") would be s0 itself, summed in place
         add_codes_(got, seeds, deltas, index, start)
         differ[device] = int((got.cpu() != want).sum())
     ok = not any(differ.values())

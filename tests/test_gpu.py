@@ -3,6 +3,7 @@ checks under the ``gpu`` marker (skipped without CUDA; tests/conftest.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -55,6 +56,13 @@ def test_add_codes_hook_checks_and_measures_it_when_present(monkeypatch, one_thr
     _codes_hook(monkeypatch, off_by_one)
     result = gpu_check.check_add_codes(DRY)
     assert result.status == "fail" and result.data["mismatched"] == {"cpu": 1}
+
+
+def test_add_codes_check_gives_each_device_its_own_copy(one_thread) -> None:
+    """Two devices where one is the CPU: the first sum must not leak into the second's input
+    (on the H200 the CUDA half once started from the CPU half's result: every sum differed)."""
+    result = gpu_check.check_add_codes(dataclasses.replace(DRY, other="cpu:0"))
+    assert result.status == "pass" and result.data["mismatched"] == {"cpu": 0, "cpu:0": 0}
 
 
 def test_a_raising_check_is_reported_not_fatal(monkeypatch) -> None:

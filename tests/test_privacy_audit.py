@@ -305,8 +305,9 @@ def audit(mechanism) -> tuple[float, float]:
         for direction in (1.0, -1.0):
             hits0 = (direction * a[:, None] > direction * thresholds).sum(0)
             hits1 = (direction * b[:, None] > direction * thresholds).sum(0)
-            eps = epsilon_lower_bound(hits0, hits1, pick)
-            i = int(np.nanargmax(np.nan_to_num(eps, nan=-np.inf)))
+            eps = np.nan_to_num(epsilon_lower_bound(hits0, hits1, pick), nan=-np.inf)
+            ties = np.flatnonzero(eps == eps.max())
+            i = int(ties[len(ties) // 2])  # the middle of equally good thresholds
             if eps[i] > best[0]:
                 best = (eps[i], score, thresholds[i], direction)
     _, score, threshold, direction = best

@@ -208,6 +208,9 @@ def test_an_attacker_with_every_public_value_cannot_subtract_the_noise(dp_run,
                 released - gen.normal(0.0, z * c, x0.size) / m - truth)
     assert 0.9 < errors["no subtraction"] / noise_norm < 1.1  # release = truth + noise
     best = min(errors, key=errors.__getitem__)
+    print(f"attacker: {len(screened)} candidates; best error {errors[best] / noise_norm:.3g} x "
+          f"the noise's norm ({best}); no subtraction "
+          f"{errors['no subtraction'] / noise_norm:.3g}")
     assert errors[best] > 0.5 * noise_norm, (
         f"the attacker recovered round 1's clipped mean to {errors[best] / noise_norm:.2g} x "
         f"the noise's norm ({best})")

@@ -80,3 +80,14 @@ def test_bad_arguments_are_one_sentence(capsys, args, words):
     assert code == 2 and out == ""
     assert err.startswith("fedtune: ") and words in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_plan_is_what_a_run_reports_after_its_rounds():
+    """A run records its rounds one by one; the plan composes them at once: the same epsilon."""
+    from fedtune.privacy.accountant import Accountant
+    from fedtune.privacy.planner import Plan
+
+    run = Accountant(1e-3)
+    for _ in range(2):
+        run.record(1.3, 16, 64)
+    assert Plan(64, 16, 2, 1e-3).epsilon(1.3) == pytest.approx(run.epsilon(), rel=1e-12)

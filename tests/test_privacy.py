@@ -379,7 +379,7 @@ def test_under_dp_no_file_holds_anything_per_client(tmp_path, one_thread):
     """clients.jsonl: one line of counts per round, no node names, losses, example counts or
     timings; metrics.jsonl: no train_loss, no dp_clipped, no per-client time."""
     rows, _, _ = run_app(tmp_path, "p", dp="client", **ZO, **{"num-server-rounds": 2})
-    lines = [json.loads(x) for x in (tmp_path / "p" / "clients.jsonl").read_text().split()]
+    lines = [json.loads(x) for x in (tmp_path / "p" / "clients.jsonl").read_text().splitlines()]
     assert lines == [{"round": r, "replies": 3, "dropped": 0, "timed_out": 0} for r in (1, 2)]
     text = "".join(p.read_text() for p in (tmp_path / "p").glob("*.json*"))
     assert "client-0" not in text  # no node name anywhere in the run's files

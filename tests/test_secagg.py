@@ -66,7 +66,8 @@ def run(keys, tamper=None, nodes=5, run_id=1):
     algorithm = resolve(cfg)
     server = algorithm.server(cfg)
     strategy = build_strategy(cfg, algorithm.payload, server)
-    strategy.bind_run(run_id, "")
+    if cfg.secagg.enabled:
+        strategy.bind_run(run_id, "")
     rows = []
     run_rounds(InProcessGrid(app, nodes, cfg.to_flat(), tamper=tamper), cfg, server, strategy,
                rows.append, wait_for_nodes=1)
@@ -226,7 +227,8 @@ def test_fedkseed_pro_sums_the_seed_statistics_securely(one_thread):
         algorithm = resolve(cfg)
         server = algorithm.server(cfg)
         strategy = build_strategy(cfg, algorithm.payload, server)
-        strategy.bind_run(1, "")
+        if secagg == "on":
+            strategy.bind_run(1, "")
         rows = []
         run_rounds(InProcessGrid(app, 5, cfg.to_flat()), cfg, server, strategy, rows.append,
                    wait_for_nodes=1)

@@ -163,7 +163,9 @@ class DifferentialPrivacy(Wrapper):
 
     # ---- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The accountant's ledger and the wrapped strategy's state."""
+        """The accountant's ledger and the wrapped strategy's state. Nothing of the noise: a
+        resumed run continues the ledger and draws fresh noise, or, with the server's secret,
+        exactly the noise the uninterrupted run drew (bit-identical resume)."""
         inner = self.inner.state_dict()  # type: ignore[attr-defined]
         return {**{f"dp:{k}": v for k, v in self.accountant.state_dict().items()},
                 **{f"inner:{k}": v for k, v in inner.items()}}

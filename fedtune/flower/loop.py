@@ -3,12 +3,10 @@
 Flower's ``Strategy.start`` always counts from round 1, samples with an unseeded
 ``random.sample`` and waits for nodes without a timeout. This loop keeps Flower's strategies for
 what they are good at (``configure_*`` builds the messages, ``aggregate_*`` does the math) and
-owns the rest: nodes named by something stable, sampling from the run's seeded RNG (under
-differential privacy from secret randomness: a sample anyone can regenerate voids the
-amplification the accountant counts), a timeout per round, reply validation before
-aggregation, replies in a stable order, centralized evaluation (round 0 included), measured
-bytes and the results folder. Under DP nothing per client reaches the results folder: no node
-names, losses, counts or timings, only the round's aggregate counts.
+owns the rest: nodes named by something stable, sampling from the run's seeded RNG (under DP
+from secret randomness), a timeout per round, reply validation before aggregation, replies in a
+stable order, centralized evaluation (round 0 included), measured bytes and the results folder
+(under DP without anything per client: only each round's counts).
 """
 
 from __future__ import annotations

@@ -505,3 +505,15 @@ def test_the_dp_sample_is_secret_and_the_plain_one_seeded(monkeypatch):
     assert len(draws) > 1 and all(len(d) == 10 for d in draws)  # C(40, 10): never twice
     monkeypatch.setenv(SECRET_ENV, "s")
     assert train_sample(dp, ids, 3) == train_sample(dp, ids, 3) != train_sample(dp, ids, 4)
+
+
+def test_a_deployed_serverapp_with_dp_needs_the_population():
+    """Through a SuperLink (Flower's HttpGrid) the ServerApp refuses DP without dp-population
+    before anything runs: min-available-nodes says nothing about how many nodes exist."""
+    from flwr.superlink.grid import HttpGrid
+
+    grid = HttpGrid.__new__(HttpGrid)  # never connected: the refusal comes first
+    flat = {"dp": "server", "fraction-evaluate": 0.0}
+    with pytest.raises(ConfigError, match="through a SuperLink needs dp-population=<N>"):
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                  run_config=flat))

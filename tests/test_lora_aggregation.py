@@ -245,11 +245,12 @@ def test_config_errors_name_the_fix():
     assert "use one of fedavg, fedprox" in error(**{"lora-aggregation": "flora",
                                                      "strategy": "fedadam"})
     assert "scaffold" in error(**{"lora-aggregation": "fedsa", "strategy": "scaffold"})
-    assert "each client's own factors" in error(**{"lora-aggregation": "fedex", "dp": "server"})
+    assert "each client's own factors" in error(**{"lora-aggregation": "fedex", "dp": "server",
+                                                    "fraction-evaluate": 0.0})
     assert "not a comma list" in error(**{"lora-ranks": "4,x"})
     assert "is unknown" in error(**{"lora-aggregation": "hetlora"})
-    resolve(small_config(**{"lora-aggregation": "fedsa", "secagg": "on",
-                            "min-train-nodes": 2}))  # linear in A: secure aggregation fits
+    resolve(small_config(**{"lora-aggregation": "fedsa", "secagg": "on", "min-train-nodes": 2,
+                            "fraction-evaluate": 0.0}))  # linear in A: secure aggregation fits
 
 
 @pytest.mark.parametrize("aggregation", ["flora", "fedsa"])

@@ -12,6 +12,11 @@ package versions and seeds) and ``results.png`` (held-out loss and metric per ro
 ``privacy`` suite also writes ``privacy.md`` and ``privacy.png`` (held-out loss against epsilon,
 :mod:`simulations.privacy_report`); the ``lora-aggregation`` suites write ``lora.md`` and
 ``lora.png`` (held-out loss against bytes per client, :mod:`simulations.lora_report`).
+
+``--suite privacy`` also runs its 1,000-client part, ``privacy-1000`` (written to
+``benchmarks/privacy-1000``; ``--suite privacy-1000`` runs it alone): 1,000 virtual clients on
+the in-process grid (:mod:`simulations.inprocess_simulate`, no Ray), FedIT and FedKSeed with
+DP off and at epsilon <= 8, reported as ``population.md`` / ``population.png``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,9 @@ class Suite:
     privacy: bool = False  # also write the privacy-utility table and plot (privacy_report)
     lora_report: bool = False  # also write the LoRA-aggregation table and plot (lora_report)
     full_report: bool = False  # also write the full-parameter table (fullparam_report)
+    engine: str = "ray"  # "ray": fedtune simulate; "inprocess": simulations.inprocess_simulate
+    population_report: bool = False  # the 1,000-client DP table and plot (privacy_report)
+    then: tuple[str, ...] = ()  # suites that `--suite <this>` runs after it
 
 
 #: The privacy suite's noise multipliers. With 8 rounds, 16 of 64 clients per round (fixed-size
@@ -68,6 +77,36 @@ def _privacy_methods() -> tuple[dict[str, str], dict[str, str]]:
 
 
 PRIVACY_METHODS, PRIVACY_ALGORITHMS = _privacy_methods()
+
+#: The 1,000-client part of the privacy suite. N clients, M sampled per round (fixed size,
+#: without replacement), ROUNDS_1K rounds, delta = 0.1 / N (the default). Z_1K is the smallest
+#: noise multiplier on a 0.05 grid whose epsilon after ROUNDS_1K rounds is <= EPSILON_1K by
+#: fedtune.privacy.accountant (tests/test_benchmark_privacy.py recomputes it).
+POPULATION_1K, PER_ROUND_1K, ROUNDS_1K, EPSILON_1K = 1000, 100, 6, 8.0
+Z_1K = 1.3
+#: The clip norms: the median of the contributions' L2 norms (as DP would clip them) in dp=off
+#: probes with these settings (update-norms.jsonl), pooled over their rounds and rounded to one
+#: significant digit. FedIT, 3 rounds: median 2.29, 1.38, 0.29 per round, pooled 1.38 -> 1;
+#: FedKSeed, 2 rounds of 20 clients: 23.8, 35.4, pooled 27.2 -> 30. The suite's own dp=off
+#: runs record the same norms (population.md shows them).
+CLIP_1K = {"fedit": 1.0, "fedkseed": 30.0}
+#: Client work per round, sized for a loaded 2-core machine (1 round = 100 client calls).
+STEPS_1K = {"fedit": "local-steps=4", "fedkseed": "zo-steps=5"}
+
+
+def _population_methods() -> tuple[dict[str, str], dict[str, str]]:
+    """Per algorithm, dp=off and dp=server at (Z_1K, CLIP_1K): overrides, algorithms."""
+    methods: dict[str, str] = {}
+    algorithms: dict[str, str] = {}
+    for algorithm, steps in STEPS_1K.items():
+        methods[f"{algorithm}-1k-off"] = f"{steps} dp=off"
+        methods[f"{algorithm}-1k-dp"] = (f"{steps} dp=server dp-noise-multiplier={Z_1K:g} "
+                                         f"dp-clip-norm={CLIP_1K[algorithm]:g}")
+        algorithms[f"{algorithm}-1k-off"] = algorithms[f"{algorithm}-1k-dp"] = algorithm
+    return methods, algorithms
+
+
+POPULATION_METHODS, POPULATION_ALGORITHMS = _population_methods()
 
 ALL = ("fedit", "fedkseed", "fedkseed-pro", "ferret", "local", "centralized")
 
@@ -140,6 +179,23 @@ SUITES = {
         common="num-server-rounds=8 fraction-train=0.25 min-train-nodes=16 "
                "examples-per-client=80 eval-examples=48 max-new-tokens=6 fraction-evaluate=0.0",
         methods=PRIVACY_METHODS, algorithms=PRIVACY_ALGORITHMS, privacy=True,
+        then=("privacy-1000",),
+    ),
+    # DP at a population where it can learn (issue #25, item 8): 1,000 clients, 100 per round,
+    # on the in-process grid. One client call (tiny model, batch 8) costs ~0.35 s plus ~0.2 s
+    # per FedIT step or ~0.14 s per FedKSeed ZO step on this 2-core machine under the other
+    # agents' load (measured with 1-round probes), hence 4 local steps (one epoch of 32
+    # examples) and 8 ZO steps.
+    "privacy-1000": Suite(
+        f"user-level DP at {POPULATION_1K:,} clients: tiny model, built-in tasks, "
+        f"{PER_ROUND_1K} clients per round, {ROUNDS_1K} rounds, dp=server at z={Z_1K:g} "
+        f"(epsilon <= {EPSILON_1K:g}, delta = 0.1/{POPULATION_1K}) against dp=off",
+        metric="exact_match", num_clients=POPULATION_1K,
+        common=f"num-server-rounds={ROUNDS_1K} fraction-train={PER_ROUND_1K / POPULATION_1K:g} "
+               f"min-train-nodes={PER_ROUND_1K} examples-per-client=32 eval-examples=48 "
+               "max-new-tokens=6 fraction-evaluate=0.0",
+        methods=POPULATION_METHODS, algorithms=POPULATION_ALGORITHMS, engine="inprocess",
+        population_report=True,
     ),
     # The cost of secure aggregation at the default sizes (the default run of each algorithm:
     # 8 clients, 4 per round, 12 rounds): bytes per client per round (the protocol's own
@@ -200,16 +256,23 @@ def peak_tree_rss(proc: subprocess.Popen, stop: threading.Event, out: list[int])
     out.append(peak)
 
 
+def command(suite: Suite, method: str, seed: int, out: Path) -> list[str]:
+    """The command line of one (method, seed): ``fedtune simulate`` (Ray) or the same on the
+    in-process grid."""
+    overrides = " ".join(x for x in (suite.common, suite.methods[method], f"seed={seed}") if x)
+    algorithm = suite.algorithms.get(method, method)
+    entry = {"ray": ["fedtune.cli", "simulate"],
+             "inprocess": ["simulations.inprocess_simulate"]}[suite.engine]
+    cmd = [sys.executable, "-m", *entry, "--algorithm", algorithm,
+           "--num-clients", str(suite.num_clients), "--output-dir", str(out / "runs"),
+           "--name", f"{method}-seed{seed}", "--run-config", overrides]
+    return cmd + (["--recipe", suite.recipe] if suite.recipe else [])
+
+
 def run_one(suite: Suite, method: str, seed: int, out: Path) -> dict[str, Any]:
     """Run one method with one seed; return its rows plus wall time and peak memory."""
     name = f"{method}-seed{seed}"
-    overrides = " ".join(x for x in (suite.common, suite.methods[method], f"seed={seed}") if x)
-    algorithm = suite.algorithms.get(method, method)
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--algorithm", algorithm,
-           "--num-clients", str(suite.num_clients), "--output-dir", str(out / "runs"),
-           "--name", name, "--run-config", overrides]
-    if suite.recipe:
-        cmd += ["--recipe", suite.recipe]
+    cmd = command(suite, method, seed, out)
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -227,9 +290,12 @@ def run_one(suite: Suite, method: str, seed: int, out: Path) -> dict[str, Any]:
     (run_dir,) = sorted((out / "runs").glob(f"{name}-*"))[-1:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
+    norms = run_dir / "update-norms.jsonl"  # in-process dp=off runs: the contributions' norms
     return {"method": method, "seed": seed, "rows": rows, "wall": wall,
             "peak_mib": (peak[0] if peak else 0) / 2**20,
-            "total_bytes": summary["total_bytes_per_client"], "run_dir": str(run_dir)}
+            "total_bytes": summary["total_bytes_per_client"], "run_dir": str(run_dir),
+            "norms": [{k: v for k, v in json.loads(line).items() if k != "norms"}
+                      for line in norms.read_text().splitlines()] if norms.exists() else []}
 
 
 def _stat(values: list[float], fmt: str) -> str:
@@ -300,32 +366,37 @@ def plot(suite: Suite, results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=sorted(SUITES), default="smoke")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", help="a subset of the suite's methods")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/<suite>)")
-    args = parser.parse_args(argv)
-    suite = SUITES[args.suite]
-    methods = args.methods or list(suite.methods)
-    unknown = set(methods) - set(suite.methods)
-    if unknown:
-        parser.error(f"suite '{args.suite}' has no method(s) {sorted(unknown)}")
-    out = args.out or Path("benchmarks") / args.suite
+def chain(name: str) -> list[str]:
+    """The suites ``--suite name`` runs: itself, then its ``then`` suites (and theirs)."""
+    out = [name]
+    for follow in SUITES[name].then:
+        out += [s for s in chain(follow) if s not in out]
+    return out
+
+
+def run_suite(name: str, methods: list[str], seeds: list[int], out: Path, jobs: int = 1
+              ) -> None:
+    """Every (seed, method) of one suite into ``out``, ``jobs`` runs at a time; then its
+    tables and plots."""
+    suite = SUITES[name]
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for seed in args.seeds:
-        for method in methods:
-            print(f"[{args.suite}] {method} seed {seed} ...", flush=True)
-            res = run_one(suite, method, seed, out)
-            last = res["rows"][-1]
-            print(f"    {suite.metric} {last.get(suite.metric) or 0:.3f}, held-out loss "
-                  f"{last['eval_loss']:.3f}, {res['wall']:.0f} s, {res['peak_mib']:.0f} MiB",
-                  flush=True)
-            results.append(res)
-    md = table(args.suite, suite, results, args.seeds)
+
+    def one(seed: int, method: str) -> dict[str, Any]:
+        print(f"[{name}] {method} seed {seed} ...", flush=True)
+        res = run_one(suite, method, seed, out)
+        last = res["rows"][-1]
+        print(f"    [{name}] {method} seed {seed}: {suite.metric} "
+              f"{last.get(suite.metric) or 0:.3f}, held-out loss {last['eval_loss']:.3f}, "
+              f"{res['wall']:.0f} s, {res['peak_mib']:.0f} MiB", flush=True)
+        return res
+
+    todo = [(seed, method) for seed in seeds for method in methods]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own process
+        results = list(pool.map(lambda job: one(*job), todo))
+    print(f"[{name}] {len(todo)} runs in {time.perf_counter() - start:.0f} s, {jobs} at a time",
+          flush=True)
+    md = table(name, suite, results, seeds)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in r.items()} for r in results], indent=1))
@@ -335,18 +406,50 @@ def main(argv: list[str] | None = None) -> int:
     if suite.privacy:
         from simulations import privacy_report
 
-        print(privacy_report.write(results, args.seeds, out, suite.description))
+        print(privacy_report.write(results, seeds, out, suite.description))
         print(f"wrote {out / 'privacy.md'} and {out / 'privacy.png'}")
+    if suite.population_report:
+        from simulations import privacy_report
+
+        print(privacy_report.write_population(results, seeds, out, suite.description))
+        print(f"wrote {out / 'population.md'} and {out / 'population.png'}")
     if suite.lora_report:
         from simulations import lora_report
 
-        print(lora_report.write(results, args.seeds, out, suite.description, suite.metric))
+        print(lora_report.write(results, seeds, out, suite.description, suite.metric))
         print(f"wrote {out / 'lora.md'} and {out / 'lora.png'}")
     if suite.full_report:
         from simulations import fullparam_report
 
         print(fullparam_report.write(results, out, suite.description))
         print(f"wrote {out / 'full-parameter.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="smoke")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", help="a subset of the suite's methods")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/<suite>; "
+                        "a suite that runs others: one subfolder per suite)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each is its own process; default 1)")
+    args = parser.parse_args(argv)
+    names = chain(args.suite)
+    known = [m for n in names for m in SUITES[n].methods]
+    unknown = set(args.methods or []) - set(known)
+    if unknown:
+        parser.error(f"suite '{args.suite}' has no method(s) {sorted(unknown)}")
+    for name in names:
+        methods = [m for m in SUITES[name].methods if not args.methods or m in args.methods]
+        if not methods:
+            continue
+        if args.out is None:
+            out = Path("benchmarks") / name
+        else:
+            out = args.out / name if len(names) > 1 else args.out
+        run_suite(name, methods, args.seeds, out, args.jobs)
     return 0
 
 

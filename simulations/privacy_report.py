@@ -161,3 +161,141 @@ def write(results: list[dict[str, Any]], seeds: list[int], out: Path, title: str
     (out / "privacy.md").write_text(md)
     plot(pts, out / "privacy.png", title)
     return md
+
+
+# ---- the 1,000-client part (suite privacy-1000) ------------------------------------------------
+@dataclass
+class Run:
+    """One method of the population suite, averaged over seeds."""
+
+    method: str
+    algorithm: str
+    private: bool
+    z: float | None
+    clip: float | None
+    delta: float | None
+    epsilon: float | None  # None: dp=off
+    per_round: float  # clients per trained round (mean)
+    rounds: int
+    start: float  # round-0 held-out loss (mean over seeds)
+    final: float  # final held-out loss (mean over seeds)
+    wall: float  # seconds per run (mean over seeds)
+    curve: list[float]  # held-out loss per round (mean over seeds)
+    norms: list[dict[str, float]]  # dp=off: per round p10 / p50 / p90 of the update norms
+
+
+def population_runs(results: list[dict[str, Any]]) -> list[Run]:
+    """Group the runs by method (in order of appearance), averaging over seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for res in results:
+        groups.setdefault(res["method"], []).append(res)
+    out = []
+    for method, runs in groups.items():
+        last = runs[0]["rows"][-1]
+        private = "dp_noise_multiplier" in last
+        trained = [r for res in runs for r in res["rows"][1:] if r.get("clients")]
+        eps = [r["rows"][-1].get("dp_epsilon") for r in runs] if private else []
+        n = min(len(r["rows"]) for r in runs)
+        norms = [{q: statistics.mean(r["norms"][i][q] for r in runs)
+                  for q in ("round", "p10", "p50", "p90")}
+                 for i in range(min(len(r.get("norms") or []) for r in runs))]
+        out.append(Run(
+            method, last.get("algorithm", method), private,
+            last.get("dp_noise_multiplier"), last.get("dp_clip_norm"), last.get("dp_delta"),
+            (math.inf if None in eps else max(eps)) if private else None,
+            statistics.mean(r["clients"] for r in trained) if trained else 0.0,
+            sum(1 for r in runs[0]["rows"] if r["round"] >= 1),
+            statistics.mean(r["rows"][0]["eval_loss"] for r in runs),
+            statistics.mean(r["rows"][-1]["eval_loss"] for r in runs),
+            statistics.mean(r["wall"] for r in runs),
+            [statistics.mean(r["rows"][i]["eval_loss"] for r in runs) for i in range(n)],
+            norms))
+    return out
+
+
+def kept(dp: Run, off: Run | None) -> float | None:
+    """The fraction of the dp=off run's reduction of held-out loss that ``dp`` keeps:
+    (round 0 - final with DP) / (round 0 - final without); None without a reference."""
+    if off is None or off.start - off.final <= 0:
+        return None
+    return (dp.start - dp.final) / (off.start - off.final)
+
+
+def population_table(runs: list[Run], seeds: list[int]) -> str:
+    """ε, δ, z, C, clients/round, rounds, loss round 0 -> final, reduction kept, wall time."""
+    lines = [f"Held-out loss, mean over seeds {seeds}. Kept: the share of the dp=off run's "
+             "reduction of held-out loss (round 0 - final) that the DP run keeps. Update "
+             "norms: the dp=off run's contributions (what DP clips), median of the first and "
+             "last round.", "",
+             "| algorithm | dp | ε | δ | z | C | clients/round | rounds | held-out loss "
+             "round 0 → final | kept | update norm p50 (first → last round) | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        off = next((o for o in runs if o.algorithm == r.algorithm and not o.private), None)
+        k = kept(r, off) if r.private else None
+        eps = "—" if r.epsilon is None else ("∞" if math.isinf(r.epsilon) else
+                                             f"{r.epsilon:.2f}")
+        norms = (f"{r.norms[0]['p50']:.3g} → {r.norms[-1]['p50']:.3g}" if r.norms else "—")
+        lines.append(
+            f"| {r.algorithm} | {'server' if r.private else 'off'} | {eps} | "
+            f"{'—' if r.delta is None else format(r.delta, '.0e')} | "
+            f"{'—' if r.z is None else format(r.z, 'g')} | "
+            f"{'—' if r.clip is None else format(r.clip, 'g')} | {r.per_round:.0f} | "
+            f"{r.rounds} | {r.start:.3f} → {r.final:.3f} | "
+            f"{'—' if k is None else format(k, '.0%')} | {norms} | {r.wall:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def population_plot(runs: list[Run], path: Path, title: str = "") -> None:
+    """Left: held-out loss per round, dp=off solid, DP dashed, per algorithm. Right: the dp=off
+    runs' update norms per round (median, 10-90% band) against the C the DP runs clip to."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_n) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    algorithms = list(dict.fromkeys(r.algorithm for r in runs))
+    for i, algorithm in enumerate(algorithms):
+        color = colors[i % len(colors)]
+        for r in (r for r in runs if r.algorithm == algorithm):
+            off = next((o for o in runs if o.algorithm == algorithm and not o.private), None)
+            k = kept(r, off) if r.private else None
+            label = (f"{algorithm}, dp=off" if not r.private else
+                     f"{algorithm}, ε={r.epsilon:.1f} (z={r.z:g}, C={r.clip:g})"
+                     + ("" if k is None else f": keeps {k:.0%}"))
+            ax.plot(range(len(r.curve)), r.curve, "-" if not r.private else "--", marker="o",
+                    ms=3, color=color, label=label)
+            if r.norms:
+                xs = [n["round"] for n in r.norms]
+                ax_n.plot(xs, [n["p50"] for n in r.norms], "o-", ms=3, color=color,
+                          label=f"{algorithm}: median update norm (dp=off)")
+                ax_n.fill_between(xs, [n["p10"] for n in r.norms], [n["p90"] for n in r.norms],
+                                  color=color, alpha=0.2)
+            if r.private and r.clip is not None:
+                ax_n.axhline(r.clip, color=color, ls="--", lw=1.2, label=f"{algorithm}: C")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax_n.set_yscale("log")
+    ax_n.set_xlabel("round")
+    ax_n.set_ylabel("L2 norm of a client's contribution")
+    ax_n.grid(alpha=0.3)
+    ax_n.legend(fontsize=8)
+    if title:
+        fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_population(results: list[dict[str, Any]], seeds: list[int], out: Path,
+                     title: str = "") -> str:
+    """``population.md`` and ``population.png`` in ``out``; returns the Markdown."""
+    runs = population_runs(results)
+    md = population_table(runs, seeds)
+    (out / "population.md").write_text(md)
+    population_plot(runs, out / "population.png", title)
+    return md

@@ -11,9 +11,9 @@ points to the guide instead of repeating the commands.)
 Costs: every message starts a new ClientApp process (torch + transformers import) on a node, so
 the runs are few and small (2 rounds, 2 local steps, 8 held-out examples) and each checks
 several things: the FedKSeed run learns, evaluates on the nodes and shows each node's own file;
-the Ferret run goes on while a node pinned to DP refuses it, and the DP run that ``flwr stop``
-stops in its first round sends that node its train message (the run meets its pins); one FedIT
-run goes through a SuperNode restart, a SuperLink restart and its resumption.
+the Ferret run goes on while a node pinned to DP refuses it, and the same node takes part in the
+DP run in which it is killed; one FedIT run goes through a SuperNode restart, a SuperLink
+restart and its resumption.
 ``pytest -m "not deployment"`` skips the module; CI runs it.
 """
 
@@ -51,15 +51,15 @@ pytestmark = pytest.mark.deployment
 
 NODES = ("zurich", "basel")  # connected for the whole module
 ONE_TASK = "first"  # basel's file holds this one built-in task only (zurich's: parity + first)
-SPARE = "geneva"  # registered; used by the CA checks, then joins and is killed mid-round
+SPARE = "geneva"  # registered; used by the CA checks, then joins pinned to DP (guide block
+# supernode-pinned: require-dp=true max-epsilon=8.0): refuses the Ferret run, is killed mid-round
 PLAINTEXT_REFUSED = "Connection attempt failed, retrying"  # a plaintext node at the TLS port
-PINNED = "lugano"  # registered; runs with guide block supernode-pinned (require-dp, max-epsilon)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A SuperLink with TLS and node authentication (guide blocks certs, superlink, connection),
-    the keys of four edge machines registered (keys, register), two SuperNodes running."""
+    the keys of three edge machines registered (keys, register), two SuperNodes running."""
     from fedtune.data import synthetic
 
     t0 = time.monotonic()
@@ -76,15 +76,15 @@ def cluster(tmp_path_factory):
         (tmp / "superlink").mkdir()
         link = c.start_superlink(tmp / "superlink.log")
         c.run("connection", c.operator())
-        for pid, name in enumerate((*NODES, SPARE, PINNED)):
+        for pid, name in enumerate((*NODES, SPARE)):
             env, home = c.edge(name)
             c.run("keys", env)
             write_examples(home / f"{name}.jsonl", synthetic.make_examples(ONE_TASK, 24, seed=0)
-                           if name == "basel" else synthetic.client_examples(pid % 3, 3, 24, 0))
+                           if name == "basel" else synthetic.client_examples(pid, 3, 24, seed=0))
         write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
 
         deadline = time.monotonic() + 90
-        for name in (*NODES, SPARE, PINNED):  # the operator registers each machine's key
+        for name in (*NODES, SPARE):  # the operator registers each edge machine's public key
             c.node_ids[name] = c.register(name, link, deadline)
         for name in NODES:
             c.start_node(name)
@@ -256,84 +256,68 @@ def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
     that catches up from its node's cache-dir; coefficients up, the reconstructed model saved.
     A third SuperNode, started with the guide's pins (``require-dp=true max-epsilon=8.0``),
     refuses this run without DP: its sentence is in the ServerApp's log and its own, it is never
-    sampled, and the run goes on with the other two. (It stays up for the next test, whose DP
-    run meets its pins; that test stops it.)"""
+    sampled, and the run goes on with the other two."""
     c, t0 = cluster, time.monotonic()
-    pinned, pinned_log = c.start_node(PINNED, block="supernode-pinned")
-    run_dir = c.tmp / "runs" / "ferret"
-    run_id = c.launch(small_run(c.tmp, "ferret", algorithm="ferret", **{
-        "ferret-seeds": 16, "local-steps": 4, "min-available-nodes": 3}), "ferret")
-    log = c.follow(run_id)
+    pinned_log = c.tmp / f"supernode-{SPARE}-pinned.log"
+    pinned, _ = c.start_node(SPARE, pinned_log, block="supernode-pinned")
+    try:
+        run_dir = c.tmp / "runs" / "ferret"
+        run_id = c.launch(small_run(c.tmp, "ferret", algorithm="ferret", **{
+            "ferret-seeds": 16, "local-steps": 4, "min-available-nodes": 3}), "ferret")
+        log = c.follow(run_id)
+    finally:  # the next tests count their nodes: without this one
+        stop_tree(c.nodes.pop(SPARE).pid)
     got = _check_run(c, run_id, run_dir, log)
     for r in got[1:]:
         assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), r
         assert not r.get("skipped") and 0 < r["bytes_up_per_client"] < 5_000  # coefficients
     assert got[-1]["eval_loss"] < got[0]["eval_loss"]  # the nodes' data trained every weight
     assert (run_dir / "model" / "config.json").exists() and (run_dir / "ferret-state.npz").exists()
-    why = (f"node '{PINNED}' refuses this run: its pin require-dp=true needs dp='server' or "
+    why = (f"node '{SPARE}' refuses this run: its pin require-dp=true needs dp='server' or "
            "dp='client', and the run has dp='off'; its pin max-epsilon=8 needs DP with a budget "
            "dp-max-epsilon of at most 8, and the run has dp='off'.")
     assert log.count(f"did not identify itself ({why}); it will not be sampled") == 1, \
         log + c.logs()
-    node_log = pinned_log.read_text(errors="replace")
-    assert f"fedtune: {why}" in node_log, tail(pinned_log)
-    assert trains_received(pinned_log) == 0 and pinned.poll() is None, tail(pinned_log)
+    assert f"fedtune: {why}" in pinned_log.read_text(errors="replace"), tail(pinned_log)
+    assert trains_received(pinned_log) == 0, tail(pinned_log)
     c.timings["ferret, one node pinned to dp"] = time.monotonic() - t0
 
 
-def test_flwr_stop_a_dp_run_the_pinned_node_takes_part_in(cluster):
-    """``flwr stop`` in round 1 of a 50-round run with dp='server' and a budget of
-    dp-max-epsilon=8: the node pinned to DP (started by the Ferret test) identifies itself to
-    this run, which meets its pins, and receives its train message; then the run is stopped
-    (finished:stopped, no summary) and the pinned node with it."""
-    from fedtune.config import Config
-
+def test_flwr_stop(cluster):
     c, t0 = cluster, time.monotonic()
-    try:
-        if PINNED not in c.nodes or c.nodes[PINNED].poll() is not None:
-            c.start_node(PINNED, block="supernode-pinned")
-        pinned_log = c.tmp / f"supernode-{PINNED}.log"
-        before = trains_received(pinned_log)
-        refused = pinned_log.read_text(errors="replace").count("refuses this run")
-        run_dir = c.tmp / "runs" / "stopped"
-        config = small_run(c.tmp, "stopped", dp="server", **{
-            "num-server-rounds": 50, "dp-noise-multiplier": 4.0, "dp-max-epsilon": 8.0,
-            "min-available-nodes": 3})
-        if "dp-population" in Config.keys():  # a deployed DP run says how many nodes may join
-            config["dp-population"] = 3
-        run_id = c.launch(config, "stopped")
-        deadline = time.monotonic() + 300
-        while trains_received(pinned_log) == before:  # sampled: the run meets its pins
-            assert time.monotonic() < deadline, c.logs()
-            time.sleep(2)
-            status = c.status(run_id)
-            assert not status.startswith("finished"), status + c.follow(run_id) + c.logs()
-        c.timings["dp run launched -> pinned node trains"] = time.monotonic() - t0
-        c.run("stop", c.operator(RUN_ID=str(run_id)))
-        assert c.status(run_id) == "finished:stopped"
-        assert pinned_log.read_text(errors="replace").count("refuses this run") == refused
-        time.sleep(2)
-        assert not (run_dir / "summary.json").exists()
-    finally:  # the next tests count their nodes: without this one
-        if PINNED in c.nodes:
-            stop_tree(c.nodes.pop(PINNED).pid)
+    run_dir = c.tmp / "runs" / "stopped"
+    run_id = c.launch(small_run(c.tmp, "stopped", **{"num-server-rounds": 50}), "stopped")
+    c.run("stop", c.operator(RUN_ID=str(run_id)))
+    assert c.status(run_id) == "finished:stopped"
+    time.sleep(2)
+    assert not (run_dir / "summary.json").exists()
     c.timings["stop"] = time.monotonic() - t0
 
 
 def test_supernode_killed_mid_round(cluster):
     """SIGKILL one of three SuperNodes while it holds a train message: round 1 ends with the
-    other two replies within round-timeout, round 2 goes on without it, the run finishes."""
+    other two replies within round-timeout, round 2 goes on without it, the run finishes.
+    The run has dp='server' with a budget of dp-max-epsilon=8, so the victim, pinned to DP as
+    in the Ferret test (``require-dp=true max-epsilon=8.0``), takes part: its train message is
+    the proof that a run meeting its pins gets it."""
+    from fedtune.config import Config
+
     c, t0 = cluster, time.monotonic()
     timeout = 60.0  # Flower gives up on a silent node 36-60 s after the kill (heartbeats)
     run_dir = c.tmp / "runs" / "killed"
-    victim, victim_log = c.start_node(SPARE)
-    config = small_run(c.tmp, "killed", **{"min-available-nodes": 3, "round-timeout": timeout})
+    victim, victim_log = c.start_node(SPARE, block="supernode-pinned")
+    config = small_run(c.tmp, "killed", dp="server", **{
+        "min-available-nodes": 3, "round-timeout": timeout, "dp-noise-multiplier": 4.0,
+        "dp-max-epsilon": 8.0})
+    if "dp-population" in Config.keys():  # a deployed DP run says how many nodes may join
+        config["dp-population"] = 3
     run_id = c.launch(config, "killed")
     deadline = time.monotonic() + 300
     while "Receiving: train message" not in victim_log.read_text(errors="replace"):
         assert time.monotonic() < deadline, c.logs()
         assert victim.poll() is None, tail(victim_log)
         time.sleep(0.2)
+    assert "refuses this run" not in victim_log.read_text(errors="replace"), tail(victim_log)
     killed = kill_tree(victim.pid, signal.SIGKILL)  # the machine is gone: node, its ClientApp
     t_kill = time.monotonic()
     psutil.wait_procs(killed, timeout=10)

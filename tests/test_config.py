@@ -163,3 +163,44 @@ def test_out_of_range_numbers_are_one_sentence_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"{key}={value}") as err:
         Config.from_flat({key: value})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("algorithm, flat, key, readers", [
+    ("fedit", {"zo-server-momentum": 0.5}, "zo-server-momentum", "fedkseed, fedkseed-pro, ferret"),
+    ("fedit", {"zo-robust-clip": 3.0}, "zo-robust-clip", "fedkseed, fedkseed-pro, ferret"),
+    ("ferret", {"lora-aggregation": "flora"}, "lora-aggregation", "fedit"),
+    ("ferret", {"zo-seeds": 64}, "zo-seeds", "fedkseed, fedkseed-pro"),
+    ("fedkseed", {"ferret-seeds": 8}, "ferret-seeds", "ferret"),
+    ("full-ft", {"lora-r": 8}, "lora-r", "fedit, local, centralized"),
+    ("local", {"zo-steps": 4}, "zo-steps", "fedkseed, fedkseed-pro"),
+])
+def test_another_algorithms_key_is_refused_not_ignored(algorithm, flat, key, readers):
+    """A non-default value of a key the chosen algorithm does not read (issue #26: accepted and
+    silently ignored) is one sentence naming the key and the algorithms that read it."""
+    from fedtune.algorithms import resolve
+    from fedtune.compat import Incompatible
+
+    with pytest.raises(Incompatible) as err:
+        resolve(Config.from_flat({"algorithm": algorithm, **flat}))
+    assert str(err.value) == (f"{key} is read by {readers} only, not by algorithm='{algorithm}', "
+                              f"which would ignore it; drop {key} or use one of those "
+                              "algorithms.")
+    resolve(Config.from_flat({"algorithm": algorithm}))  # the default value is fine
+    for owner in readers.split(", "):  # and the key is fine with an algorithm that reads it
+        if owner != "local":
+            resolve(Config.from_flat({"algorithm": owner, **flat}))
+
+
+def test_scaffold_with_mixed_ranks_says_what_to_change():
+    """It told the user to set lora-aggregation='fedit', which the run already had."""
+    from fedtune.algorithms import resolve
+
+    with pytest.raises(ConfigError) as err:
+        resolve(Config.from_flat({"strategy": "scaffold", "lora-ranks": "4,16"}))
+    assert "drop lora-ranks" in str(err.value) and "lora-aggregation" not in str(err.value)
+
+
+def test_every_rule_of_the_table_names_two_settings():
+    from fedtune.compat import RULES
+
+    assert all(len(r.settings) == 2 and all(r.settings) for r in RULES)

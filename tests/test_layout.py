@@ -22,7 +22,7 @@ LAYERS = [
     ("config", r"fedtune\.config$"),
     ("library", r"fedtune\.(data|models|train|eval|zo|deploy|secagg)(\..+)?$"
                 r"|fedtune\.(node|plot|progress|payloads)$"),
-    ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"),
+    ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$|fedtune\.compat$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),
 ]

@@ -251,7 +251,7 @@ def test_ferret_runs_with_the_norm_bound_and_bounds_a_liar(caplog):
     from tests.test_ferret import _run, ferret_config
 
     cfg = ferret_config(**{"num-server-rounds": 1, "max-update-norm-ratio": 3.0,
-                           "zo-seeds": 64, "local-steps": 1, "batch-size": 2,
+                           "local-steps": 1, "batch-size": 2,
                            "eval-examples": 2, "max-new-tokens": 1})
     pool = 34 * 32  # blocks x ferret-seeds of the tiny model
 

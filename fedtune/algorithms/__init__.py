@@ -36,29 +36,17 @@ REGISTRY: dict[str, Algorithm] = {a.name: a for a in (
 
 
 def resolve(cfg: Config) -> Algorithm:
-    """The algorithm ``cfg`` names, after the checks that depend on it: the objective, the
-    strategy (it must aggregate this algorithm's payload) and the algorithm's own checks.
-    Raises ``ConfigError`` with one sentence."""
-    name, objective = cfg.train.algorithm, cfg.train.objective
+    """The algorithm ``cfg`` names, after the compatibility table (:mod:`fedtune.compat`: the
+    objective, the strategy, the keys it reads, dp, secagg, the trust policy, the LoRA variant)
+    and the algorithm's own checks. Raises ``ConfigError`` with one sentence."""
+    name = cfg.train.algorithm
     algo = REGISTRY.get(name)
     if algo is None:
         raise ConfigError(f"algorithm='{name}' is not supported; use one of "
                           f"{', '.join(REGISTRY)}.")
-    if objective not in algo.objectives:
-        able = [a.name for a in REGISTRY.values() if objective in a.objectives]
-        raise ConfigError(f"objective={objective} runs with {', '.join(able)}; the {name} "
-                          f"{'algorithm' if algo.federated else 'baseline'} supports "
-                          f"{', '.join(algo.objectives)} only, so change one of them.")
-    if algo.federated:
-        from fedtune.strategies import entry
+    from fedtune.compat import check
 
-        found = entry(cfg.strategy.strategy, algo.payload, name)
-        if found.client_hook and not algo.client_hooks:
-            raise ConfigError(f"strategy='{found.name}' needs its client half, which the {name} "
-                              f"client does not run; use one of {', '.join(strategies(algo))}.")
-    from fedtune.strategies import check_privacy
-
-    check_privacy(cfg, algo.payload, name, algo.federated)
+    check(cfg, algo)
     algo.check(cfg)
     return algo
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fedtune.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fedtune.algorithms.base import Algorithm
     from fedtune.config import Config
 
 
@@ -96,62 +97,13 @@ def client_hook(cfg: Config, payload: str) -> Any | None:
     return getattr(_load(module), cls)()
 
 
-def check_privacy(cfg: Config, payload: str, algorithm: str, federated: bool) -> None:
-    """Configs that would break differential privacy or secure aggregation: one sentence."""
-    on = [f"{key}='{value}'" for key, value, enabled in (
-        ("dp", cfg.privacy.dp, cfg.privacy.enabled), ("secagg", cfg.secagg.secagg,
-                                                      cfg.secagg.enabled)) if enabled]
-    if not on:
-        return
-    what = " and ".join(on)
-    if cfg.secagg.enabled and cfg.privacy.dp == "server":
-        raise ConfigError("dp='server' cannot run with secagg='on': the server cannot clip "
-                          "updates it never sees; use dp='client' (each node clips).")
-    if not federated:
-        raise ConfigError(f"{what} protects federated rounds; the {algorithm} baseline "
-                          "has none, so turn it off.")
-    found = entry(cfg.strategy.strategy, payload, algorithm)
-    if found.per_client:
-        fits = [n for n in names_for(payload) if not REGISTRY[(payload, n)].per_client]
-        raise ConfigError(f"strategy='{found.name}' cannot run with {what}: "
-                          f"{found.per_client}; use one of {', '.join(fits)}.")
-    if payload == "seeds" and cfg.zo.zo_robust_clip > 0:
-        raise ConfigError(f"zo-robust-clip cannot run with {what}: its bound is the median "
-                          "of all clients' scalars, so it needs each client's scalars; set "
-                          "zo-robust-clip=0.")
-    if cfg.secagg.enabled:
-        st = cfg.strategy
-        if st.example_weights not in ("auto", "reported") or st.max_update_norm_ratio > 0:
-            raise ConfigError("example-weights='capped'/'equal' and max-update-norm-ratio "
-                              "cannot run with secagg='on': the server never sees one "
-                              "client's count or update; use example-weights='auto' and "
-                              "max-update-norm-ratio=0.")
-        if cfg.server.min_train_nodes < 2:
-            raise ConfigError("secagg='on' needs min-train-nodes >= 2: the sum of one client "
-                              "is that client's update.")
-    _check_private_outputs(cfg, payload, what)
+def check_privacy(cfg: Config, algorithm: Algorithm) -> None:
+    """Configs that would break differential privacy or secure aggregation: one sentence. The
+    rules are the compatibility table's (:mod:`fedtune.compat`) that name dp or secagg."""
+    from fedtune.compat import RULES, Incompatible
 
-
-def _check_private_outputs(cfg: Config, payload: str, what: str) -> None:
-    """What would release per-client data in the clear, or break the sensitivity (2C under
-    replace-one) the accountant assumes: one sentence each."""
-    s, p = cfg.server, cfg.privacy
-    if p.enabled and cfg.strategy.max_update_norm_ratio > 0:
-        raise ConfigError(f"max-update-norm-ratio cannot run with dp='{p.dp}': its bound is "
-                          "the median of all clients' update norms, so replacing one client "
-                          "moves every other update and the sum by more than the 2C the "
-                          "accountant assumes; set max-update-norm-ratio=0 (dp-clip-norm "
-                          "already bounds each client).")
-    if p.dp_population > 0:
-        p.check_population(p.dp_population, deployed=False)
-    if s.fraction_evaluate > 0:
-        raise ConfigError(f"federated evaluation (fraction-evaluate={s.fraction_evaluate:g}) "
-                          f"cannot run with {what}: each client's held-out loss would reach "
-                          "the server in the clear; set fraction-evaluate=0 (the server's "
-                          "own held-out eval-loss is still reported every round).")
-    if p.enabled and cfg.secagg.enabled and (
-            p.clip_norm_for(payload) > cfg.secagg.clip_range_for(payload)):
-        raise ConfigError(f"dp-clip-norm={p.clip_norm_for(payload):g} exceeds "
-                          f"secagg-clip-range={cfg.secagg.clip_range_for(payload):g}: the "
-                          "secure sum would clip values and count them without noise; raise "
-                          "secagg-clip-range or lower dp-clip-norm.")
+    for rule in RULES:
+        if any("dp" in s or "secagg" in s for s in rule.settings):
+            message = rule.test(cfg, algorithm)
+            if message:
+                raise Incompatible(message, rule)

@@ -25,12 +25,6 @@ def _client(cfg: Config):
     return FedITClient(cfg)
 
 
-def _check(cfg: Config) -> None:
-    from fedtune.algorithms.fedit.variants import check
-
-    check(cfg)
-
-
 def _simulation_setup(cfg: Config) -> None:
     """Before the engine starts: ``lora-target-modules`` must fit the model (one sentence)."""
     if not cfg.train.init_adapter:  # a saved adapter brings its own targets
@@ -52,7 +46,6 @@ FEDIT = Algorithm(
     payload="arrays",
     client=_client,
     server=_server,
-    check=_check,
     simulation_setup=_simulation_setup,
     client_hooks=True,  # FedITClient runs the strategy's client half (SCAFFOLD)
 )

@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedtune.errors import ConfigError
-
 if TYPE_CHECKING:
     from fedtune.config import Config
 
@@ -38,7 +36,7 @@ class Variant:
     restarts: bool = False  # the adapter restarts from its initialisation every round
     mixed_ranks: str = ""  # how it takes clients of different ranks ("" = it cannot)
     strategies: tuple[str, ...] = ()  # the strategies that fit ( () = every array strategy;
-    #                                   SCAFFOLD only with fedit at one rank, see check())
+    #                                   SCAFFOLD only with fedit at one rank: fedtune.compat)
 
 
 VARIANTS = {v.name: v for v in (
@@ -60,38 +58,3 @@ VARIANTS = {v.name: v for v in (
 
 def variant(cfg: Config) -> Variant:
     return VARIANTS[cfg.lora.lora_aggregation]
-
-
-def check(cfg: Config) -> None:
-    """Configs a variant cannot run, as one sentence (called by the algorithm's check)."""
-    v, lora = variant(cfg), cfg.lora
-    key = f"lora-aggregation='{v.name}'"
-    ranks = lora.ranks()
-    mixed = any(r != lora.lora_r for r in ranks)
-    if mixed and not v.mixed_ranks:
-        raise ConfigError(f"{key} needs one rank for every client, but lora-ranks="
-                          f"'{lora.lora_ranks}' mixes them; use fedit (zero padding) or flora "
-                          "for mixed ranks, or drop lora-ranks.")
-    if mixed and v.name == "fedit" and max(ranks) > lora.lora_r:
-        raise ConfigError(f"lora-ranks='{lora.lora_ranks}' has a rank above lora-r="
-                          f"{lora.lora_r}, the global adapter's rank that fedit pads to; raise "
-                          "lora-r to the largest rank.")
-    if mixed and cfg.train.init_adapter:
-        raise ConfigError("lora-ranks cannot start from init-adapter, whose rank is fixed; "
-                          "drop one of them.")
-    name = cfg.strategy.strategy
-    if v.strategies and name not in v.strategies:
-        raise ConfigError(f"strategy='{name}' does not fit {key}: its aggregate is the exact "
-                          "product of each client's factors, which an averaging strategy "
-                          f"cannot form; use one of {', '.join(v.strategies)}.")
-    if name == "scaffold" and (v.name != "fedit" or mixed):
-        raise ConfigError(f"strategy='scaffold' needs every client to train the whole global "
-                          f"adapter, which {key}{' with mixed ranks' if mixed else ''} does "
-                          "not; use another strategy or lora-aggregation='fedit'.")
-    private = [k for k, on in (("dp", cfg.privacy.enabled), ("secagg", cfg.secagg.enabled))
-               if on]
-    if private and (v.merges or mixed):
-        what = f"{key}" if v.merges else "mixed lora-ranks"
-        raise ConfigError(f"{what} cannot run with {' and '.join(private)}: it needs each "
-                          "client's own factors, not only their sum; use fedit, ffa or fedsa "
-                          "with one rank.")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedtune.algorithms.base import Algorithm
-from fedtune.errors import require
 
 if TYPE_CHECKING:
     from fedtune.config import Config
@@ -36,12 +35,6 @@ def _server(cfg: Config, pro: bool):
     return FedKSeedServer(cfg, pro=pro)
 
 
-def _check(cfg: Config) -> None:
-    require(not cfg.train.init_adapter,
-            "init-adapter starts a FedIT (LoRA) run; FedKSeed tunes full weights, so pass a "
-            "materialized model as model=runs/<run>/model instead.")
-
-
 def _simulation_setup(cfg: Config) -> None:
     """Processes of one simulation share replayed versions through a cache in the run folder."""
     if not cfg.zo.zo_cache_dir:
@@ -54,18 +47,9 @@ FEDKSEED = Algorithm(
     payload="seeds",
     client=_client,
     server=partial(_server, pro=False),
-    check=_check,
     simulation_setup=_simulation_setup,
 )
 
 
-def _check_pro(cfg: Config) -> None:
-    _check(cfg)
-    require(not (cfg.secagg.enabled and cfg.privacy.enabled),
-            "fedkseed-pro cannot run with both dp and secagg: the seeds' statistics would be "
-            "summed securely but released without noise; use fedkseed, or one of the two.")
-
-
 FEDKSEED_PRO = replace(FEDKSEED, name="fedkseed-pro", server=partial(_server, pro=True),
-                       check=_check_pro,
                        summary="FedKSeed with seeds sampled by their importance")

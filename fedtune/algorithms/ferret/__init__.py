@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from fedtune.algorithms.base import Algorithm
 from fedtune.algorithms.fedkseed import _simulation_setup
-from fedtune.errors import require
 
 if TYPE_CHECKING:
     from fedtune.config import Config
@@ -32,15 +31,6 @@ def _server(cfg: Config):
     return FerretServer(cfg)
 
 
-def _check(cfg: Config) -> None:
-    require(not cfg.train.init_adapter,
-            "init-adapter starts a FedIT (LoRA) run; Ferret tunes full weights, so pass a "
-            "materialized model as model=runs/<run>/model instead.")
-    require(not (cfg.privacy.enabled or cfg.secagg.enabled),
-            "ferret does not run with dp or secagg yet (its clipping and noise are defined for "
-            "FedKSeed's scalars, not projection coefficients); use fedkseed or fedit with them.")
-
-
 FERRET = Algorithm(
     name="ferret",
     summary="full-parameter first-order local steps, projected onto K shared seeds; uploads "
@@ -48,6 +38,5 @@ FERRET = Algorithm(
     payload="seeds",
     client=_client,
     server=_server,
-    check=_check,
     simulation_setup=_simulation_setup,
 )

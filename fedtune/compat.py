@@ -1,0 +1,350 @@
+"""What fits with what: the one table of rules between settings, checked before any engine.
+
+Each :class:`Rule` names the two settings it relates and, when a config breaks it, returns one
+sentence that says what to use instead. :func:`check` runs :data:`RULES` in order and raises
+:class:`Incompatible` (a :class:`~fedtune.errors.ConfigError`) with the first broken rule;
+:func:`fedtune.algorithms.resolve` calls it once the algorithm is known. A rule reads what the
+registries declare (an algorithm's payload, objectives and client hooks, a strategy's client
+half and ``per_client``, a LoRA variant's fields, :data:`KEY_READERS`) and never compares
+algorithm names in code: the few algorithm-specific rows are data (:data:`NO_PRIVACY`,
+:data:`NO_DP_WITH_SECAGG`). A section's own checks (one key's range) stay in the section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+from fedtune.algorithms.fedit.config import LoraSection
+from fedtune.algorithms.fedkseed.config import ZOConfig
+from fedtune.algorithms.ferret.config import FerretConfig
+from fedtune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedtune.algorithms.base import Algorithm
+    from fedtune.config import Config
+
+__all__ = ["KEY_READERS", "RULES", "Incompatible", "Rule", "check", "foreign_keys"]
+
+
+class Incompatible(ConfigError):
+    """A config that breaks a rule of the table (``rule``); the message is one sentence."""
+
+    def __init__(self, message: str, rule: Rule) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Rule:
+    settings: tuple[str, str]  # the two settings it relates (for the docs and the tests)
+    test: Callable[[Config, Algorithm], str]  # "" = fine, else the one-sentence refusal
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+_LORA = ("fedit", "local", "centralized")  # the baselines run FedIT's local rounds
+_ZO = ("fedkseed", "fedkseed-pro")
+_SEEDS = (*_ZO, "ferret")  # the seeds strategy's options, shared by every seeds algorithm
+#: key -> the algorithms that read it; any other algorithm refuses a non-default value (a key
+#: that is accepted and ignored looks like it did something). Keys missing here are read by
+#: every algorithm or checked elsewhere (``zo-cache-dir``: FedIT's DPO cache too;
+#: ``init-adapter``: its own rule below).
+KEY_READERS: dict[str, tuple[str, ...]] = {
+    **{_key(f.name): _LORA for f in fields(LoraSection)},
+    "lora-aggregation": ("fedit",),
+    **{_key(f.name): _ZO for f in fields(ZOConfig) if f.name != "zo_cache_dir"},
+    **{k: _SEEDS for k in ("zo-equal-weights", "zo-server-momentum", "zo-robust-clip")},
+    **{_key(f.name): ("ferret",) for f in fields(FerretConfig)},
+}
+_SECTION = {"lora": LoraSection, "zo": ZOConfig, "ferret": FerretConfig}
+#: algorithms whose payload DP and SecAgg do not cover yet, and why
+NO_PRIVACY = {"ferret": "its clipping and noise are defined for FedKSeed's scalars, not "
+                        "projection coefficients"}
+#: algorithms that cannot run dp and secagg together, and why
+NO_DP_WITH_SECAGG = {"fedkseed-pro": "the seeds' statistics would be summed securely but "
+                                     "released without noise"}
+
+
+def foreign_keys(cfg: Config, algorithm: str) -> list[str]:
+    """The keys set to a non-default value that ``algorithm`` does not read."""
+    out = []
+    for section, cls in _SECTION.items():
+        default, ours = cls(), getattr(cfg, section)
+        for f in fields(cls):
+            readers = KEY_READERS.get(_key(f.name))
+            if readers and algorithm not in readers and (
+                    getattr(ours, f.name) != getattr(default, f.name)):
+                out.append(_key(f.name))
+    return out
+
+
+def _private(cfg: Config) -> str:
+    """``"dp='client' and secagg='on'"``, as much of it as is on ("" if neither)."""
+    return " and ".join(f"{key}='{value}'" for key, value, on in (
+        ("dp", cfg.privacy.dp, cfg.privacy.enabled),
+        ("secagg", cfg.secagg.secagg, cfg.secagg.enabled)) if on)
+
+
+# ---- the algorithm and its strategy --------------------------------------------------------
+def _objective(cfg: Config, algo: Algorithm) -> str:
+    from fedtune.algorithms import REGISTRY
+
+    objective = cfg.train.objective
+    if objective in algo.objectives:
+        return ""
+    able = [a.name for a in REGISTRY.values() if objective in a.objectives]
+    return (f"objective={objective} runs with {', '.join(able)}; the {algo.name} "
+            f"{'algorithm' if algo.federated else 'baseline'} supports "
+            f"{', '.join(algo.objectives)} only, so change one of them.")
+
+
+def _strategy(cfg: Config, algo: Algorithm) -> str:
+    from fedtune.strategies import entry
+
+    if not algo.federated:
+        return ""
+    try:
+        entry(cfg.strategy.strategy, algo.payload, algo.name)
+    except ConfigError as err:
+        return str(err)
+    return ""
+
+
+def _client_half(cfg: Config, algo: Algorithm) -> str:
+    from fedtune.algorithms import strategies
+    from fedtune.strategies import entry
+
+    if not algo.federated or algo.client_hooks:
+        return ""
+    found = entry(cfg.strategy.strategy, algo.payload, algo.name)
+    if not found.client_hook:
+        return ""
+    return (f"strategy='{found.name}' needs its client half, which the {algo.name} client "
+            f"does not run; use one of {', '.join(strategies(algo))}.")
+
+
+def _init_adapter(cfg: Config, algo: Algorithm) -> str:
+    if not cfg.train.init_adapter or algo.name in _LORA:
+        return ""
+    return (f"init-adapter starts a FedIT (LoRA) run; {algo.name} tunes full weights, so pass "
+            "a materialized model as model=runs/<run>/model instead.")
+
+
+def _foreign(cfg: Config, algo: Algorithm) -> str:
+    keys = foreign_keys(cfg, algo.name)
+    if not keys:
+        return ""
+    key = keys[0]
+    return (f"{key} is read by {', '.join(KEY_READERS[key])} only, not by algorithm="
+            f"'{algo.name}', which would ignore it; drop {key} or use one of those algorithms.")
+
+
+# ---- privacy: dp and secagg (see fedtune.privacy and fedtune.secagg) ----------------------
+def _server_dp_secagg(cfg: Config, algo: Algorithm) -> str:
+    if cfg.secagg.enabled and cfg.privacy.dp == "server":
+        return ("dp='server' cannot run with secagg='on': the server cannot clip updates it "
+                "never sees; use dp='client' (each node clips).")
+    return ""
+
+
+def _baseline(cfg: Config, algo: Algorithm) -> str:
+    what = _private(cfg)
+    if what and not algo.federated:
+        return (f"{what} protects federated rounds; the {algo.name} baseline has none, so "
+                "turn it off.")
+    return ""
+
+
+def _per_client(cfg: Config, algo: Algorithm) -> str:
+    from fedtune.strategies import REGISTRY, entry, names_for
+
+    what = _private(cfg)
+    if not what:
+        return ""
+    found = entry(cfg.strategy.strategy, algo.payload, algo.name)
+    if not found.per_client:
+        return ""
+    fits = [n for n in names_for(algo.payload) if not REGISTRY[(algo.payload, n)].per_client]
+    return (f"strategy='{found.name}' cannot run with {what}: {found.per_client}; use one of "
+            f"{', '.join(fits)}.")
+
+
+def _robust_clip(cfg: Config, algo: Algorithm) -> str:
+    what = _private(cfg)
+    if what and algo.payload == "seeds" and cfg.zo.zo_robust_clip > 0:
+        return (f"zo-robust-clip cannot run with {what}: its bound is the median of all "
+                "clients' scalars, so it needs each client's scalars; set zo-robust-clip=0.")
+    return ""
+
+
+def _secagg_trust(cfg: Config, algo: Algorithm) -> str:
+    st = cfg.strategy
+    if cfg.secagg.enabled and (st.example_weights not in ("auto", "reported")
+                               or st.max_update_norm_ratio > 0):
+        return ("example-weights='capped'/'equal' and max-update-norm-ratio cannot run with "
+                "secagg='on': the server never sees one client's count or update; use "
+                "example-weights='auto' and max-update-norm-ratio=0.")
+    return ""
+
+
+def _secagg_nodes(cfg: Config, algo: Algorithm) -> str:
+    if cfg.secagg.enabled and cfg.server.min_train_nodes < 2:
+        return ("secagg='on' needs min-train-nodes >= 2: the sum of one client is that "
+                "client's update.")
+    return ""
+
+
+def _dp_norm_ratio(cfg: Config, algo: Algorithm) -> str:
+    p = cfg.privacy
+    if p.enabled and cfg.strategy.max_update_norm_ratio > 0:
+        return (f"max-update-norm-ratio cannot run with dp='{p.dp}': its bound is the median "
+                "of all clients' update norms, so replacing one client moves every other "
+                "update and the sum by more than the 2C the accountant assumes; set "
+                "max-update-norm-ratio=0 (dp-clip-norm already bounds each client).")
+    return ""
+
+
+def _dp_population(cfg: Config, algo: Algorithm) -> str:
+    p = cfg.privacy
+    if _private(cfg) and p.dp_population > 0:
+        try:
+            p.check_population(p.dp_population, deployed=False)
+        except ConfigError as err:
+            return str(err)
+    return ""
+
+
+def _federated_eval(cfg: Config, algo: Algorithm) -> str:
+    what, s = _private(cfg), cfg.server
+    if what and s.fraction_evaluate > 0:
+        return (f"federated evaluation (fraction-evaluate={s.fraction_evaluate:g}) cannot run "
+                f"with {what}: each client's held-out loss would reach the server in the "
+                "clear; set fraction-evaluate=0 (the server's own held-out eval-loss is still "
+                "reported every round).")
+    return ""
+
+
+def _clip_range(cfg: Config, algo: Algorithm) -> str:
+    p, payload = cfg.privacy, algo.payload
+    if p.enabled and cfg.secagg.enabled and (
+            p.clip_norm_for(payload) > cfg.secagg.clip_range_for(payload)):
+        return (f"dp-clip-norm={p.clip_norm_for(payload):g} exceeds secagg-clip-range="
+                f"{cfg.secagg.clip_range_for(payload):g}: the secure sum would clip values and "
+                "count them without noise; raise secagg-clip-range or lower dp-clip-norm.")
+    return ""
+
+
+def _no_privacy(cfg: Config, algo: Algorithm) -> str:
+    why = NO_PRIVACY.get(algo.name)
+    if why and _private(cfg):
+        return (f"{algo.name} does not run with dp or secagg yet ({why}); use fedkseed or "
+                "fedit with them.")
+    return ""
+
+
+def _no_dp_with_secagg(cfg: Config, algo: Algorithm) -> str:
+    why = NO_DP_WITH_SECAGG.get(algo.name)
+    if why and cfg.privacy.enabled and cfg.secagg.enabled:
+        return (f"{algo.name} cannot run with both dp and secagg: {why}; use fedkseed, or one "
+                "of the two.")
+    return ""
+
+
+# ---- FedIT's LoRA variants (fedtune.algorithms.fedit.variants) -----------------------------
+def _variant(cfg: Config, algo: Algorithm):
+    """The run's LoRA variant and whether its ranks are mixed, or None (no lora-aggregation)."""
+    if algo.name not in KEY_READERS["lora-aggregation"]:
+        return None
+    from fedtune.algorithms.fedit.variants import variant
+
+    lora = cfg.lora
+    return variant(cfg), any(r != lora.lora_r for r in lora.ranks())
+
+
+def _ranks(cfg: Config, algo: Algorithm) -> str:
+    found = _variant(cfg, algo)
+    if found is None:
+        return ""
+    (v, mixed), lora = found, cfg.lora
+    if mixed and not v.mixed_ranks:
+        return (f"lora-aggregation='{v.name}' needs one rank for every client, but lora-ranks="
+                f"'{lora.lora_ranks}' mixes them; use fedit (zero padding) or flora for mixed "
+                "ranks, or drop lora-ranks.")
+    if mixed and v.name == "fedit" and max(lora.ranks()) > lora.lora_r:
+        return (f"lora-ranks='{lora.lora_ranks}' has a rank above lora-r={lora.lora_r}, the "
+                "global adapter's rank that fedit pads to; raise lora-r to the largest rank.")
+    if mixed and cfg.train.init_adapter:
+        return ("lora-ranks cannot start from init-adapter, whose rank is fixed; drop one of "
+                "them.")
+    return ""
+
+
+def _variant_strategy(cfg: Config, algo: Algorithm) -> str:
+    found = _variant(cfg, algo)
+    if found is None:
+        return ""
+    (v, mixed), name = found, cfg.strategy.strategy
+    key = f"lora-aggregation='{v.name}'"
+    if v.strategies and name not in v.strategies:
+        return (f"strategy='{name}' does not fit {key}: its aggregate is the exact product of "
+                "each client's factors, which an averaging strategy cannot form; use one of "
+                f"{', '.join(v.strategies)}.")
+    if name == "scaffold" and mixed:
+        return (f"strategy='scaffold' needs every client to train the whole global adapter, "
+                f"which lora-ranks='{cfg.lora.lora_ranks}' (mixed ranks) does not; use "
+                "another strategy or drop lora-ranks.")
+    if name == "scaffold" and v.name != "fedit":
+        return (f"strategy='scaffold' needs every client to train the whole global adapter, "
+                f"which {key} does not; use another strategy or lora-aggregation='fedit'.")
+    return ""
+
+
+def _variant_private(cfg: Config, algo: Algorithm) -> str:
+    found = _variant(cfg, algo)
+    private = [k for k, on in (("dp", cfg.privacy.enabled), ("secagg", cfg.secagg.enabled))
+               if on]
+    if found is None or not private:
+        return ""
+    v, mixed = found
+    if not (v.merges or mixed):
+        return ""
+    what = f"lora-aggregation='{v.name}'" if v.merges else "mixed lora-ranks"
+    return (f"{what} cannot run with {' and '.join(private)}: it needs each client's own "
+            "factors, not only their sum; use fedit, ffa or fedsa with one rank.")
+
+
+#: The table, in the order its rules are checked (the first broken one is reported).
+RULES: list[Rule] = [
+    Rule(("algorithm", "objective"), _objective),
+    Rule(("algorithm", "strategy"), _strategy),
+    Rule(("strategy", "algorithm"), _client_half),
+    Rule(("init-adapter", "algorithm"), _init_adapter),
+    Rule(("<another algorithm's key>", "algorithm"), _foreign),
+    Rule(("dp", "secagg"), _server_dp_secagg),
+    Rule(("dp/secagg", "algorithm"), _baseline),
+    Rule(("strategy", "dp/secagg"), _per_client),
+    Rule(("zo-robust-clip", "dp/secagg"), _robust_clip),
+    Rule(("example-weights/max-update-norm-ratio", "secagg"), _secagg_trust),
+    Rule(("min-train-nodes", "secagg"), _secagg_nodes),
+    Rule(("max-update-norm-ratio", "dp"), _dp_norm_ratio),
+    Rule(("dp-delta", "dp-population"), _dp_population),
+    Rule(("fraction-evaluate", "dp/secagg"), _federated_eval),
+    Rule(("dp-clip-norm", "secagg-clip-range"), _clip_range),
+    Rule(("algorithm", "dp/secagg"), _no_privacy),
+    Rule(("algorithm", "dp+secagg"), _no_dp_with_secagg),
+    Rule(("lora-aggregation", "lora-ranks"), _ranks),
+    Rule(("lora-aggregation", "strategy"), _variant_strategy),
+    Rule(("lora-aggregation", "dp/secagg"), _variant_private),
+]
+
+
+def check(cfg: Config, algo: Algorithm) -> None:
+    """Raise :class:`Incompatible` with the first rule ``cfg`` breaks with ``algo``."""
+    for rule in RULES:
+        message = rule.test(cfg, algo)
+        if message:
+            raise Incompatible(message, rule)

@@ -87,8 +87,9 @@ Z_1K = 1.3
 #: The clip norms: the median of the contributions' L2 norms (as DP would clip them) in dp=off
 #: probes with these settings (update-norms.jsonl), pooled over their rounds and rounded to one
 #: significant digit. FedIT, 3 rounds: median 2.29, 1.38, 0.29 per round, pooled 1.38 -> 1;
-#: FedKSeed, 2 rounds of 20 clients: 23.8, 35.4, pooled 27.2 -> 30. The suite's own dp=off
-#: runs record the same norms (population.md shows them).
+#: FedKSeed, 2 rounds of 20 clients: 23.8, 35.4, pooled 27.2 -> 30. The suite's own 6-round
+#: dp=off runs (seed 0) give the same C: pooled medians 1.42 (2.29 in round 1 down to 0.30 in
+#: round 6: the learning rate decays over the run) and 27.5 (29.2 to 25.9).
 CLIP_1K = {"fedit": 1.0, "fedkseed": 30.0}
 #: Client work per round, sized for a loaded 2-core machine (1 round = 100 client calls).
 STEPS_1K = {"fedit": "local-steps=4", "fedkseed": "zo-steps=5"}

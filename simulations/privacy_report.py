@@ -6,6 +6,11 @@ multiplier z). Everything is read from the runs' metrics rows: a ``dp=off`` run 
 keys; a DP run's rows carry ``dp_noise_multiplier`` (z), ``dp_clip_norm`` (C), ``dp_delta``,
 ``dp_clipped`` (the fraction of this round's updates over C) and ``dp_epsilon`` (the cumulative
 epsilon; ``None`` = unbounded, i.e. z = 0, clipped but noiseless).
+
+For the 1,000-client part (suite ``privacy-1000``), :func:`write_population` writes
+``population.md`` (per run: epsilon, delta, z, C, clients per round, rounds, held-out loss round 0
+-> final, the share of the dp=off run's loss reduction kept, the dp=off run's update norms, wall
+time) and ``population.png`` (held-out loss per round; the dp=off update norms against C).
 """
 
 from __future__ import annotations
@@ -179,6 +184,7 @@ class Run:
     rounds: int
     start: float  # round-0 held-out loss (mean over seeds)
     final: float  # final held-out loss (mean over seeds)
+    final_std: float  # its std over seeds (0 with one seed)
     wall: float  # seconds per run (mean over seeds)
     curve: list[float]  # held-out loss per round (mean over seeds)
     norms: list[dict[str, float]]  # dp=off: per round p10 / p50 / p90 of the update norms
@@ -207,6 +213,7 @@ def population_runs(results: list[dict[str, Any]]) -> list[Run]:
             sum(1 for r in runs[0]["rows"] if r["round"] >= 1),
             statistics.mean(r["rows"][0]["eval_loss"] for r in runs),
             statistics.mean(r["rows"][-1]["eval_loss"] for r in runs),
+            statistics.stdev(r["rows"][-1]["eval_loss"] for r in runs) if len(runs) > 1 else 0.0,
             statistics.mean(r["wall"] for r in runs),
             [statistics.mean(r["rows"][i]["eval_loss"] for r in runs) for i in range(n)],
             norms))
@@ -223,10 +230,10 @@ def kept(dp: Run, off: Run | None) -> float | None:
 
 def population_table(runs: list[Run], seeds: list[int]) -> str:
     """ε, δ, z, C, clients/round, rounds, loss round 0 -> final, reduction kept, wall time."""
-    lines = [f"Held-out loss, mean over seeds {seeds}. Kept: the share of the dp=off run's "
-             "reduction of held-out loss (round 0 - final) that the DP run keeps. Update "
-             "norms: the dp=off run's contributions (what DP clips), median of the first and "
-             "last round.", "",
+    lines = [f"Held-out loss, mean (± std of the final) over seeds {seeds}. Kept: the share "
+             "of the dp=off run's reduction of held-out loss (round 0 - final) that the DP run "
+             "keeps. Update norms: the dp=off run's contributions (what DP clips), median of "
+             "the first and last round.", "",
              "| algorithm | dp | ε | δ | z | C | clients/round | rounds | held-out loss "
              "round 0 → final | kept | update norm p50 (first → last round) | wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -241,7 +248,8 @@ def population_table(runs: list[Run], seeds: list[int]) -> str:
             f"{'—' if r.delta is None else format(r.delta, '.0e')} | "
             f"{'—' if r.z is None else format(r.z, 'g')} | "
             f"{'—' if r.clip is None else format(r.clip, 'g')} | {r.per_round:.0f} | "
-            f"{r.rounds} | {r.start:.3f} → {r.final:.3f} | "
+            f"{r.rounds} | {r.start:.3f} → {r.final:.3f}"
+            f"{f' ± {r.final_std:.3f}' if r.final_std else ''} | "
             f"{'—' if k is None else format(k, '.0%')} | {norms} | {r.wall:.0f} |")
     return "\n".join(lines) + "\n"
 

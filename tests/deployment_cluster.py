@@ -198,13 +198,16 @@ def write_examples(path: Path, examples) -> None:
 
 
 def small_run(tmp: Path, tag: str, **overrides) -> dict:
+    """A small run's settings; ``lora-r`` only for FedIT (another algorithm refuses the key)."""
     config = {"algorithm": "fedit", "num-server-rounds": 2, "local-steps": 2, "batch-size": 4,
-              "lora-r": 4, "eval-examples": 8, "eval-batch-size": 8, "max-new-tokens": 4,
+              "eval-examples": 8, "eval-batch-size": 8, "max-new-tokens": 4,
               "fraction-train": 1.0, "fraction-evaluate": 0.0, "min-train-nodes": 2,
               "min-available-nodes": 2, "round-timeout": 300.0,
               "eval-data": str(tmp / "superlink" / "heldout.jsonl"),
               "run-dir": str(tmp / "runs" / tag)}
     config.update(overrides)
+    if config["algorithm"] == "fedit":
+        config.setdefault("lora-r", 4)
     return config
 
 

@@ -1,0 +1,187 @@
+"""The combination matrix (issue #26 item 5): algorithm x objective x strategy x lora-aggregation
+x dp x secagg x trust policy. Every combination either is refused by the compatibility table
+(:mod:`fedtune.compat`) or a section's own check in ONE sentence before any engine starts, or
+runs one short round on the in-process grid with a finite loss, bytes counted and a checkpoint
+written. No third outcome.
+
+CI tier: every pair of values of any two factors (a deterministic greedy pairwise cover), every
+dp x secagg x trust triple with each algorithm and each algorithm with each objective; the runs
+share a module-scoped cache (a combination that runs is run once) and skip the plot.
+``FEDTUNE_EXHAUSTIVE=1`` walks the full product (the README's test command runs every test, so
+the long mode is an env var, not a marker).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from fedtune.algorithms import resolve
+from fedtune.algorithms.fedit.config import AGGREGATIONS
+from fedtune.compat import RULES, Incompatible
+from fedtune.config import Config, ConfigError
+from fedtune.strategies import REGISTRY as STRATEGIES
+
+NODES = 2
+TRUST = {"none": {}, "norm-ratio-3": {"max-update-norm-ratio": 3.0},
+         "capped": {"example-weights": "capped"}}
+FACTORS: dict[str, list[str]] = {
+    "algorithm": ["fedit", "fedkseed", "fedkseed-pro", "ferret", "full-ft"],
+    "objective": ["sft", "dpo"],
+    "strategy": list(dict.fromkeys(name for _, name in STRATEGIES)),
+    "lora-aggregation": list(AGGREGATIONS),
+    "dp": ["off", "server", "client"],
+    "secagg": ["off", "on"],
+    "trust": list(TRUST),
+}
+DEFAULT = {name: values[0] for name, values in FACTORS.items()}
+#: one round, the tiny model, 2 nodes, few examples, a small seed pool
+FAST = {"num-server-rounds": 1, "local-steps": 1, "examples-per-client": 4, "eval-examples": 2,
+        "client-eval-examples": 2, "max-new-tokens": 1, "fraction-evaluate": 0.0,
+        "fraction-train": 1.0, "min-train-nodes": NODES, "min-available-nodes": NODES,
+        "batch-size": 2, "lr-schedule": "constant", "seed": 1}
+SEEDS = {"fedkseed": {"zo-seeds": 64, "zo-steps": 2}, "fedkseed-pro": {"zo-seeds": 64,
+         "zo-steps": 2}, "ferret": {"ferret-seeds": 8}}
+Case = tuple[tuple[str, str], ...]
+
+
+def pairwise(factors: dict[str, list[str]]) -> list[dict[str, str]]:
+    """A deterministic greedy cover of every pair of values of any two factors: each new case
+    starts from the first uncovered pair and takes, factor by factor, the value that covers
+    most still-uncovered pairs with the values chosen so far (ties: the first value)."""
+    names = list(factors)
+    uncovered = {((a, x), (b, y)) for a, b in itertools.combinations(names, 2)
+                 for x in factors[a] for y in factors[b]}
+    cases = []
+    while uncovered:
+        (a, x), (b, y) = min(uncovered, key=lambda p: (names.index(p[0][0]),
+                                                       names.index(p[1][0]),
+                                                       factors[p[0][0]].index(p[0][1]),
+                                                       factors[p[1][0]].index(p[1][1])))
+        case = {a: x, b: y}
+        for name in names:
+            if name in case:
+                continue
+            case[name] = max(factors[name], key=lambda v, n=name: (sum(
+                ((m, case[m]), (n, v)) in uncovered if names.index(m) < names.index(n)
+                else ((n, v), (m, case[m])) in uncovered for m in case), -factors[n].index(v)))
+        case = {n: case[n] for n in names}
+        uncovered -= {((m, case[m]), (n, case[n])) for m, n in itertools.combinations(names, 2)}
+        cases.append(case)
+    return cases
+
+
+def privacy_triples() -> list[dict[str, str]]:
+    """Every dp x secagg x trust with each algorithm (the rest at their defaults)."""
+    return [{**DEFAULT, "algorithm": a, "dp": d, "secagg": s, "trust": t}
+            for a in FACTORS["algorithm"] for d in FACTORS["dp"] for s in FACTORS["secagg"]
+            for t in FACTORS["trust"]]
+
+
+def objectives() -> list[dict[str, str]]:
+    """Each algorithm with each objective (the rest at their defaults): the pairwise cover
+    meets DPO only in refused combinations."""
+    return [{**DEFAULT, "algorithm": a, "objective": o}
+            for a in FACTORS["algorithm"] for o in FACTORS["objective"]]
+
+
+def exhaustive() -> list[dict[str, str]]:
+    return [dict(zip(FACTORS, values, strict=True))
+            for values in itertools.product(*FACTORS.values())]
+
+
+def _cases() -> list[Case]:
+    chosen = (exhaustive() if os.environ.get("FEDTUNE_EXHAUSTIVE") == "1"
+              else pairwise(FACTORS) + privacy_triples() + objectives())
+    return list(dict.fromkeys(tuple(c.items()) for c in chosen))
+
+
+def flat_config(case: Case) -> dict:
+    c = dict(case)
+    flat = {**FAST, **SEEDS.get(c["algorithm"], {}), **TRUST[c["trust"]],
+            **{k: c[k] for k in ("algorithm", "objective", "strategy", "dp", "secagg")}}
+    if c["lora-aggregation"] != "fedit":
+        flat["lora-aggregation"] = c["lora-aggregation"]
+    return flat
+
+
+def refusal(flat: dict) -> ConfigError | None:
+    """The one-sentence refusal of ``flat`` before any engine starts, or None. Past a section's
+    own checks (``Config.from_flat``) every refusal is the table's (:class:`Incompatible`)."""
+    try:
+        cfg = Config.from_flat(flat)
+    except ConfigError as err:
+        return err
+    try:
+        resolve(cfg)
+        cfg.privacy.check_population(cfg.privacy.population(NODES), deployed=False)
+    except Incompatible as err:
+        return err
+    return None
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short run per accepted combination, shared by this module's tests."""
+    from client_app.app import app as client_app
+    from server_app.app import main as server_main
+    from tests.inprocess_grid import InProcessGrid
+
+    root, done = tmp_path_factory.mktemp("combinations"), {}
+    patch = pytest.MonkeyPatch()
+    patch.setattr("fedtune.flower.server.plot_metrics", lambda *args, **kwargs: None)
+
+    def run(flat: dict) -> Path:
+        key = json.dumps(flat, sort_keys=True)
+        if key not in done:
+            run_dir = root / f"run-{len(done)}"
+            flat = {**flat, "run-dir": str(run_dir)}
+            server_main(InProcessGrid(client_app, NODES, flat),
+                        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                run_config=flat))
+            done[key] = run_dir
+        return done[key]
+
+    yield run
+    patch.undo()
+
+
+CASES = _cases()
+
+
+def test_the_cover_has_every_pair_and_the_triples():
+    names = list(FACTORS)
+    seen = {((a, c[a]), (b, c[b])) for c in map(dict, CASES)
+            for a, b in itertools.combinations(names, 2)}
+    assert all(((a, x), (b, y)) in seen for a, b in itertools.combinations(names, 2)
+               for x in FACTORS[a] for y in FACTORS[b])
+    privacy = {(c["algorithm"], c["dp"], c["secagg"], c["trust"]) for c in map(dict, CASES)}
+    assert privacy == set(itertools.product(*(FACTORS[f] for f in ("algorithm", "dp", "secagg",
+                                                                   "trust"))))
+    assert pairwise(FACTORS) == pairwise(FACTORS)  # deterministic
+    assert len(pairwise(FACTORS)) < 60  # the greedy cover stays small (10 x 5 pairs at least)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(v for _, v in c))
+def test_a_combination_runs_or_is_refused_in_one_sentence(case, runs, one_thread):
+    flat = flat_config(case)
+    err = refusal(flat)
+    if err is not None:
+        message = str(err)
+        assert "\n" not in message and message.endswith(".") and message[:1].strip(), message
+        if isinstance(err, Incompatible):
+            assert err.rule in RULES
+        return
+    run_dir = runs(flat)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    assert last["round"] == 1 and not last.get("skipped"), last
+    assert math.isfinite(last["eval_loss"]), last
+    assert last["bytes_up_per_client"] > 0 and last["bytes_down_per_client"] > 0, last
+    assert (run_dir / "checkpoint.npz").exists()

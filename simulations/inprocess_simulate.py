@@ -10,7 +10,7 @@ clients then cost one Context each, not a Ray actor queue per node (Flower's eng
 every node's queue every 0.1 s), so large populations fit a 2-core machine.
 
 With ``dp=off``, the L2 norm of every train reply's contribution, computed as the DP wrapper
-would clip it (:func:`fedtune.privacy.payloads.payload_for`: FedIT's update y - x over the
+would clip it (the algorithm's payload, :mod:`fedtune.payloads`: FedIT's update y - x over the
 adapter, FedKSeed's per-seed sums), is written to ``update-norms.jsonl`` in the run folder, one
 row per round: how the privacy benchmark chooses the clip norm C. DP runs record nothing per
 client.
@@ -37,27 +37,32 @@ TRAIN = "train"
 
 
 class NormGrid(InProcessGrid):
-    """An in-process grid that records each train reply's contribution norm per round."""
+    """An in-process grid that records each train reply's contribution norm per round, as
+    the algorithm's payload (:mod:`fedtune.payloads`, the object DP clips with) measures it
+    against the global arrays the client received (float32, as :mod:`fedtune.strategies.dp`
+    takes them)."""
 
-    def __init__(self, *args, payload: str, k: int, **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.payload, self.k = payload, k
+        self.server_side = None  # the algorithm's server side (its payload), once built
         self.norms: dict[int, list[float]] = {}
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
         from fedtune.flower.records import to_records
-        from fedtune.privacy.mechanism import l2_norm
-        from fedtune.privacy.payloads import payload_for
+        from fedtune.payloads import payload_of, record_of
 
+        payload = payload_of(self.server_side)
         replies = []
         for msg in messages:
             received = to_records(msg.content) if msg.metadata.message_type == TRAIN else None
             (reply,) = super().send_and_receive([msg], timeout=timeout)
             if received is not None and not reply.has_error():
                 rnd = int(msg.content["config"]["server-round"])
-                contribution = payload_for(self.payload, received, self.k).contribution(
-                    to_records(reply.content))
-                self.norms.setdefault(rnd, []).append(l2_norm(contribution))
+                reference = {k: np.asarray(v).astype(np.float32)
+                             for k, v in received.arrays.get("arrays", {}).items()}
+                record = record_of(payload, to_records(reply.content))
+                vec = payload.contribution(record, reference)
+                self.norms.setdefault(rnd, []).append(float(np.linalg.norm(vec)))
             replies.append(reply)
         return replies
 
@@ -77,15 +82,24 @@ def run_in_process(cfg, num_clients: int, args: argparse.Namespace) -> int:
     from flwr.supercore.task_identity import TaskIdentity
 
     from client_app.app import app as client_app
-    from fedtune.algorithms import resolve
+    from fedtune.flower import server
     from server_app.app import main as server_main
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     flat = cfg.to_flat()
-    grid = NormGrid(client_app, num_clients, flat, payload=resolve(cfg).payload,
-                    k=cfg.zo.zo_seeds)
-    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                              run_config=flat))
+    grid = NormGrid(client_app, num_clients, flat)
+    build = server.build_strategy
+
+    def keep_server_side(*args, **kwargs):  # build_strategy(cfg, payload kind, server side)
+        grid.server_side = args[-1]
+        return build(*args, **kwargs)
+
+    server.build_strategy = keep_server_side
+    try:
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                  run_config=flat))
+    finally:
+        server.build_strategy = build
     run_dir = Path(cfg.output.run_dir)
     if not cfg.privacy.enabled:
         write_norms(grid.norms, run_dir / NORMS_FILE)

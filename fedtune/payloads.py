@@ -1,19 +1,23 @@
 """What one client's reply contributes to a round, one object per payload kind.
 
-An algorithm's server side names its payload (``ServerSide.payload``; :func:`payload_of`). The
-trust policy (:mod:`fedtune.strategies.trust`) reads a reply's update only through it, never
-through a kind string or the run config; it is the first step of issue #26's payload objects
-(DP, SecAgg and client-side clipping still use :mod:`fedtune.privacy.payloads`).
+An algorithm names its payload on both sides (``payload`` of its server side and, where it is
+not named arrays, of its client side; :func:`payload_of`). The trust policy
+(:mod:`fedtune.strategies.trust`), differential privacy (:mod:`fedtune.strategies.dp`, client
+clipping in :mod:`fedtune.privacy.clipping`) and secure aggregation (:mod:`fedtune.privacy.sums`)
+read a reply's update only through it, never through a kind string or the run config.
 
 A payload reads one record of a reply in plain Python (an array record as name -> ndarray, a
 config record as name -> value), never Flower's types, against ``reference``: the round's global
-arrays as the clients received them (after the wire's rounding). It owns
+arrays as the clients received them (after the wire's rounding, :func:`fedtune.wire.as_received`).
+It owns
 
 - ``record`` (and ``array_record``: whether it is an array record or a config record),
 - ``kind``: the update kind the strategies aggregate (``arrays`` or ``seeds``),
 - ``pool_size``: entries of a seed payload's contribution (None for arrays),
-- :meth:`contribution`: the update as one flat float64 vector,
-- :meth:`norm`: how far the update moves the model,
+- :meth:`contribution`: the update as one flat float64 vector (what DP clips and noises and
+  SecAgg sums), of length :meth:`size`,
+- :meth:`write`: the record whose update is a given vector (DP's noisy mean, SecAgg's mean),
+- :meth:`norm`: how far the update moves the model (the trust policy's measure),
 - :meth:`scaled`: a copy whose update is scaled by ``s`` (``linear``: its norm scales by
   exactly ``s``; else :func:`shrink` searches the scale).
 
@@ -32,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedtune.wire import Records
 from fedtune.zo.pool import pack_pairs, unpack_pairs
 
 Record = Mapping[str, Any]
@@ -48,6 +53,10 @@ class Payload(Protocol):
     linear: bool
 
     def contribution(self, record: Record, reference: Arrays) -> np.ndarray: ...
+
+    def size(self, reference: Arrays) -> int: ...
+
+    def write(self, record: Record, vector: np.ndarray, reference: Arrays) -> dict[str, Any]: ...
 
     def norm(self, record: Record, reference: Arrays) -> float: ...
 
@@ -78,10 +87,32 @@ class ArraysPayload:
     pool_size = None
     linear = True
 
+    @staticmethod
+    def _shapes(record: Record, reference: Arrays) -> dict[str, tuple[int, ...]]:
+        """The contribution's layout: the reference's keys and shapes, in its order, when the
+        record has the same keys (or is empty: a sum has no reply); else the record's own."""
+        if not record or set(record) == set(reference):
+            return {k: tuple(np.shape(v)) for k, v in reference.items()}
+        return {k: tuple(np.shape(v)) for k, v in record.items()}
+
     def contribution(self, record: Record, reference: Arrays) -> np.ndarray:
-        parts = [(np.asarray(y, np.float64) - reference_for(reference, k, y.shape)).ravel()
-                 for k, y in record.items()]
+        parts = [(np.asarray(record[k], np.float64) - reference_for(reference, k, shape)).ravel()
+                 for k, shape in self._shapes(record, reference).items()]
         return np.concatenate(parts) if parts else np.zeros(0)
+
+    def size(self, reference: Arrays) -> int:
+        return int(sum(np.size(v) for v in reference.values()))
+
+    def write(self, record: Record, vector: np.ndarray, reference: Arrays,
+              dtype: type = np.float32) -> dict[str, Any]:
+        """The record whose arrays are the reference + ``vector`` (in ``dtype``)."""
+        out, start = {}, 0
+        for k, shape in self._shapes(record, reference).items():
+            n = int(np.prod(shape))
+            out[k] = (reference_for(reference, k, shape)
+                      + vector[start:start + n].reshape(shape)).astype(dtype)
+            start += n
+        return out
 
     def norm(self, record: Record, reference: Arrays) -> float:
         total = 0.0
@@ -123,12 +154,21 @@ class SeedsPayload:
         return np.bincount(indices, weights=scalars.astype(np.float64),
                            minlength=self.pool_size)
 
+    def size(self, reference: Arrays) -> int:
+        return self.pool_size
+
+    def write(self, record: Record, vector: np.ndarray, reference: Arrays) -> dict[str, Any]:
+        """The record whose pairs are one (s, vector[s]) per entry of the pool."""
+        return {**record, "pairs": pack_pairs(np.arange(self.pool_size),
+                                              vector.astype(np.float32), self.pool_size)}
+
     def norm(self, record: Record, reference: Arrays) -> float:
         return float(np.linalg.norm(self.contribution(record, reference)))
 
     def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]:
+        """The scalars times ``scale`` in float32 arithmetic."""
         indices, scalars = self.pairs(record)
-        pairs = pack_pairs(indices, (scalars.astype(np.float64) * scale).astype(np.float32),
+        pairs = pack_pairs(indices, (scalars * np.float32(scale)).astype(np.float32),
                            self.pool_size)
         return {**record, "pairs": pairs}
 
@@ -155,10 +195,26 @@ class BlockSeedsPayload(SeedsPayload):
         return float(np.linalg.norm(c * np.asarray(self.block_weights)[:, None]))
 
 
-def payload_of(server: Any) -> Payload:
-    """The payload an algorithm's server side declares (``payload``), else named arrays."""
-    payload = getattr(server, "payload", None)
+def payload_of(side: Any) -> Payload:
+    """The payload an algorithm's server or client side declares (``payload``), else named
+    arrays."""
+    payload = getattr(side, "payload", None)
     return payload if payload is not None else ArraysPayload()
+
+
+def record_of(payload: Payload, records: Records) -> dict[str, Any] | None:
+    """The payload's record of a plain-Python message, or None if it has none."""
+    found = (records.arrays if payload.array_record else records.configs).get(payload.record)
+    return None if found is None else dict(found)
+
+
+def with_record(payload: Payload, records: Records, record: Record) -> Records:
+    """A copy of ``records`` whose payload record is ``record`` (the other records shared)."""
+    if payload.array_record:
+        return Records({**records.arrays, payload.record: dict(record)}, records.configs,
+                       records.metrics)
+    return Records(records.arrays, {**records.configs, payload.record: dict(record)},
+                   records.metrics)
 
 
 def shrink(payload: Payload, record: Record, reference: Arrays, norm: float, limit: float,

@@ -17,16 +17,21 @@ PACKAGE = ROOT / "fedtune"
 MAX_LINES = 400
 #: Bottom to top. A module may import its own layer and the layers below, never above.
 #: ``results`` holds the ``output`` section and imports nothing of fedtune at run time.
+#: ``wire`` (records, reply checks, the 16-bit rounding, Flower conversion and byte counts) is
+#: below every method, so algorithms, strategies and privacy share it without importing each
+#: other.
 LAYERS = [
     ("sections", r"fedtune$|fedtune\.(errors|seeding|logs|results|[\w.]+\.config)$"),
     ("config", r"fedtune\.config$"),
+    ("wire", r"fedtune\.wire(\..+)?$"),
     ("library", r"fedtune\.(data|models|train|eval|zo|deploy|secagg)(\..+)?$"
-                r"|fedtune\.(node|plot|progress|payloads)$"),
+                r"|fedtune\.(node|node_pins|plot|progress|payloads)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$|fedtune\.compat$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),
 ]
-FLOWER_ALLOWED = r"fedtune\.(flower|strategies|deploy)(\..+)?$|fedtune\.cli(_\w+)?$"
+FLOWER_ALLOWED = (r"fedtune\.(flower|strategies|deploy)(\..+)?$|fedtune\.cli(_\w+)?$"
+                  r"|fedtune\.wire\.flower$")
 
 
 def _modules() -> dict[str, Path]:

@@ -20,9 +20,10 @@ from client_app.app import app as client_app
 from fedtune.algorithms import resolve
 from fedtune.algorithms.replies import Records
 from fedtune.config import Config, ConfigError
+from fedtune.payloads import ArraysPayload, SeedsPayload
 from fedtune.privacy.accountant import Accountant
 from fedtune.privacy.mechanism import clip, gaussian_noise, l2_norm, noisy_mean
-from fedtune.privacy.payloads import ArraysPayload, SeedsPayload, clip_reply
+from fedtune.privacy.payloads import clip_reply, contribution, reference_of
 from fedtune.privacy.randomness import SECRET_ENV, privacy_rng
 from fedtune.strategies import build_strategy
 from fedtune.zo import pack_pairs
@@ -148,12 +149,12 @@ def test_client_clipping_bounds_adapter_updates_after_the_16_bit_wire():
              for k, v in x.items()}
         reply = Records(arrays={"arrays": y}, metrics={"metrics": {"num-examples": 3}})
         for bound in (0.01, 0.5, 2.0):
-            out = clip_reply("arrays", reply, received, bound, 0)
-            payload = ArraysPayload({k: v.astype(np.float32) for k, v in x.items()})
-            norm = l2_norm(payload.contribution(out))
+            out = clip_reply(ArraysPayload(), reply, reference_of(received), bound)
+            reference = {k: v.astype(np.float32) for k, v in x.items()}
+            norm = l2_norm(contribution(ArraysPayload(), out, reference))
             assert norm <= bound
             assert out.arrays["arrays"]["a"].dtype == np.float16
-            before = l2_norm(payload.contribution(reply))
+            before = l2_norm(contribution(ArraysPayload(), reply, reference))
             if before > bound >= 0.5:  # keeps (almost) all it may, above fp16's rounding
                 assert norm > 0.97 * bound
             assert out.metrics == reply.metrics
@@ -165,12 +166,12 @@ def test_client_clipping_bounds_the_per_seed_sums():
     indices = np.array([3, 7, 3, 60, 7, 7])
     scalars = np.array([5.0, -2.0, 4.0, 0.5, -1.0, 30.0], np.float32)
     reply = Records(configs={"zo": {"pairs": pack_pairs(indices, scalars, k)}})
-    dense = SeedsPayload(k).contribution(reply)
+    dense = contribution(SeedsPayload(k), reply, {})
     assert dense[3] == 9.0 and dense[7] == 27.0 and dense[60] == 0.5
     for bound in (0.1, 5.0, 100.0):
-        out = clip_reply("seeds", reply, Records(), bound, k)
-        assert l2_norm(SeedsPayload(k).contribution(out)) <= bound
-    assert clip_reply("seeds", reply, Records(), 100.0, k) is not None
+        out = clip_reply(SeedsPayload(k), reply, {}, bound)
+        assert l2_norm(contribution(SeedsPayload(k), out, {})) <= bound
+    assert clip_reply(SeedsPayload(k), reply, {}, 100.0) is not None
 
 
 # ---- whole runs through the ServerApp on an in-process grid ------------------------------

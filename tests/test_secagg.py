@@ -306,12 +306,12 @@ def test_client_clipping_leaves_room_for_the_rounding():
     """Stochastic rounding moves each value by under one step: a node clips to C - step sqrt(d)
     so that what the sum adds has norm <= C (the sensitivity the accountant assumes); clipped
     to C itself it would exceed C."""
-    from fedtune.privacy.payloads import SeedsPayload
+    from fedtune.payloads import SeedsPayload
     from fedtune.privacy.sums import rounding_margin
     from fedtune.secagg.masking import dequantize, quantize
 
     d, c, r, bits = 10_000, 1.0, 1.0, 8
-    margin = rounding_margin(SeedsPayload(d), r, bits)
+    margin = rounding_margin(SeedsPayload(d), {}, r, bits)
     assert margin == pytest.approx(2 / 255 * 100)  # 0.78
     gen = np.random.default_rng(0)
     over = []

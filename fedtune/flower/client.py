@@ -17,7 +17,8 @@ from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 from fedtune.flower.secure import SECAGG, clip_bound, masked_reply
 from fedtune.node import Node, data_report
-from fedtune.privacy.payloads import clip_reply
+from fedtune.payloads import payload_of
+from fedtune.privacy.payloads import clip_reply, reference_of
 from fedtune.seeding import deterministic_cuda
 
 DATA_REPORT = "data"  # a deployed node's train reply: fedtune.node.data_report
@@ -53,15 +54,17 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
     folder = _snapshot_dir(cfg)
     if not kept and folder:  # a resumed run: this node's last snapshot
         kept = snapshots.load(folder, node.name, server_round)
-    reply = algo.client(cfg).train(received, node, kept)
+    side = algo.client(cfg)
+    reply = side.train(received, node, kept)
     _persist(kept, before, state)
     if kept and folder:
         snapshots.save(folder, node.name, server_round, kept)
+    payload, reference = payload_of(side), reference_of(received)  # as the server's
     if cfg.privacy.dp == "client":  # clipped here: the server never sees more than C
-        reply = clip_reply(algo.payload, reply, received,
-                           clip_bound(cfg, algo.payload, received), cfg.zo.zo_seeds)
+        reply = clip_reply(payload, reply, reference,
+                           clip_bound(cfg, payload, reference, received))
     if SECAGG in content.config_records:  # only the masked vector leaves the node
-        return masked_reply(cfg, algo.payload, reply, received, node, state)
+        return masked_reply(cfg, payload, reference, reply, received, node, state)
     # deployed: which file it trained on (its hash, its category labels); never under DP
     if node.data_path and not cfg.privacy.enabled:
         reply.configs[DATA_REPORT] = data_report(cfg, node)

@@ -17,8 +17,9 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.base import ServerSide
-from fedtune.algorithms.replies import Records
 from fedtune.flower.records import from_arrayrecord, to_recorddict, to_records
+from fedtune.strategies.hooks import has_check, hooks_of
+from fedtune.wire import Records
 
 log = logging.getLogger("fedtune")
 
@@ -62,7 +63,7 @@ def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Mess
     secure-aggregation strategy can read) and ``merge`` (the result, e.g. FLoRA's exact product
     merged into the base)."""
     receive = getattr(algo, "receive", None)
-    if receive is not None and not getattr(strategy, "masks_replies", False):
+    if receive is not None and not hooks_of(strategy).masks_replies:
         records = receive([to_records(r.content) for r in replies])
         for reply, rec in zip(replies, records, strict=True):
             reply.content = to_recorddict(rec)
@@ -95,23 +96,21 @@ def _common_metrics(replies: list[Message]) -> None:
 def reply_check(algo: ServerSide, strategy: Strategy) -> Check:
     """The algorithm's check of a train reply, then the strategy's own (SCAFFOLD's record).
     Under secure aggregation replies are masked, so only the strategy can check them."""
-    extra = getattr(strategy, "check_reply", None)
-    if getattr(strategy, "masks_replies", False):
-        return extra
-    if extra is None:
+    hooks = hooks_of(strategy)
+    if hooks.masks_replies:
+        return hooks.check_reply
+    if not has_check(hooks):
         return algo.check_reply
-    return lambda content: algo.check_reply(content) or extra(content)
+    return lambda content: algo.check_reply(content) or hooks.check_reply(content)
 
 
 def admit(strategy: Strategy, rnd: int, population: int, sample_size: int) -> str | None:
     """A strategy with a budget (differential privacy) may refuse a round: the reason, or
     None. ``population``: the connected nodes the sample was drawn from."""
-    gate = getattr(strategy, "admit_round", None)
-    return gate(rnd, population, sample_size) if gate is not None else None
+    return hooks_of(strategy).admit_round(rnd, population, sample_size)
 
 
 def round_report(strategy: Strategy) -> dict[str, Any]:
     """The strategy's own columns for a metrics row (DP: epsilon so far, noise, clip). Its
     ``extra_bytes_{down,up}_per_client`` (messages it sent itself) add to the bytes columns."""
-    report = getattr(strategy, "round_report", None)
-    return report() if report is not None else {}
+    return hooks_of(strategy).round_report()

@@ -23,7 +23,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.base import ServerSide
-from fedtune.algorithms.replies import check_metrics
 from fedtune.config import Config
 from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.hooks import (
@@ -47,7 +46,9 @@ from fedtune.logs import user_error
 from fedtune.payloads import payload_of
 from fedtune.privacy.randomness import privacy_rng
 from fedtune.seeding import rng
+from fedtune.strategies.hooks import hooks_of
 from fedtune.strategies.trust import TrustPolicy
+from fedtune.wire import check_metrics
 
 log = logging.getLogger("fedtune")
 
@@ -282,7 +283,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     s = cfg.server
     private = cfg.privacy.enabled
     check_reply = reply_check(algo, strategy)
-    policy = None if getattr(strategy, "masks_replies", False) else TrustPolicy(
+    policy = None if hooks_of(strategy).masks_replies else TrustPolicy(
         cfg.strategy, payload_of(algo), algo.wire_dtype)
     registry = NodeRegistry(grid, timeout=s.round_timeout)
     if resume_from is None:

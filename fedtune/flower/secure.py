@@ -14,9 +14,10 @@ from fedtune.secagg.context import check_context
 from fedtune.secagg.protocol import client_mask, client_setup, client_share, client_unmask
 
 if TYPE_CHECKING:
-    from fedtune.algorithms.replies import Records
     from fedtune.config import Config
     from fedtune.node import Node
+    from fedtune.payloads import Arrays, Payload
+    from fedtune.wire import Records
 
 SECAGG = "secagg"  # the record (messages) and the node-state entry (the protocol's state)
 
@@ -55,18 +56,17 @@ def stage(content: RecordDict, state: RecordDict, run_id: int | None = None) -> 
     return RecordDict({SECAGG: ConfigRecord({k: v for k, v in reply.items() if v != []})})
 
 
-def clip_bound(cfg: Config, kind: str, received: Records) -> float:
+def clip_bound(cfg: Config, payload: Payload, reference: Arrays, received: Records) -> float:
     """``dp='client'``: the norm a node clips its contribution to, C, less the rounding margin
-    (:func:`~fedtune.privacy.sums.rounding_margin`) when it goes through the secure sum."""
-    from fedtune.privacy.payloads import payload_for
+    (:func:`~fedtune.privacy.sums.rounding_margin`) when it goes through the secure sum;
+    ``reference``: the global arrays the node received."""
     from fedtune.privacy.sums import rounding_margin
 
-    bound = cfg.privacy.clip_norm_for(kind)
+    bound = cfg.privacy.clip_norm_for(payload.kind)
     if SECAGG not in received.configs:
         return bound
     conf = received.configs[SECAGG]
-    margin = rounding_margin(payload_for(kind, received, cfg.zo.zo_seeds),
-                             float(conf["clip-range"]), int(conf["bits"]))
+    margin = rounding_margin(payload, reference, float(conf["clip-range"]), int(conf["bits"]))
     if margin >= bound:
         raise ValueError(f"secagg-bits={conf['bits']} rounds this update by up to {margin:.3g}, "
                          f"not below dp-clip-norm={bound:g}; raise secagg-bits or lower "
@@ -74,8 +74,8 @@ def clip_bound(cfg: Config, kind: str, received: Records) -> float:
     return bound - margin
 
 
-def masked_reply(cfg: Config, kind: str, reply: Records, received: Records, node: Node,
-                 state: RecordDict) -> RecordDict:
+def masked_reply(cfg: Config, payload: Payload, reference: Arrays, reply: Records,
+                 received: Records, node: Node, state: RecordDict) -> RecordDict:
     """The reply as one quantised vector, masked: uniform in Z_2^32 to anyone but the sum.
     Under DP it holds the clipped contribution only (no loss, no FedKSeed-Pro statistics), and
     its stochastic rounding is secret randomness (the server must not know it)."""
@@ -86,7 +86,7 @@ def masked_reply(cfg: Config, kind: str, reply: Records, received: Records, node
     private = cfg.privacy.enabled
     # FedKSeed-Pro: its statistics too (not under DP: they would leave without noise)
     pro = "importance" in received.configs["config"] and not private
-    vector = to_vector(kind, reply, received, cfg.zo.zo_seeds, pro, private=private)
+    vector = to_vector(payload, reply, reference, pro, private=private)
     quantised = quantize_vector(vector, float(conf["clip-range"]), int(conf["bits"]),
                                 privacy_rng("secagg-rounding", cfg.server.seed, rnd, node.name))
     ciphertexts = dict(zip((int(j) for j in conf.get("ids", [])), conf.get("ct", []),

@@ -2,9 +2,9 @@
 the clients' updates only through their mean (Abadi et al., CCS 2016; McMahan et al., "Learning
 Differentially Private Recurrent Language Models", ICLR 2018).
 
-Every round, each reply's contribution (:mod:`fedtune.privacy.payloads`: FedIT's adapter
-update, FedKSeed's per-seed sums) is clipped to L2 norm C (``dp=server``; with ``dp=client``
-the node already clipped it and a reply over C is dropped as invalid), the clipped
+Every round, each reply's contribution (the algorithm's payload, :mod:`fedtune.payloads`:
+FedIT's adapter update, FedKSeed's per-seed sums) is clipped to L2 norm C (``dp=server``; with
+``dp=client`` the node already clipped it and a reply over C is dropped as invalid), the clipped
 contributions are summed with equal weights, N(0, (z C)^2) is added to every coordinate, and
 the sum is divided by the number of clients *sampled*. The noise comes from
 :func:`~fedtune.privacy.randomness.privacy_rng` (OS entropy, or the server's secret): never from
@@ -36,11 +36,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedtune.algorithms.replies import Records
+from fedtune.payloads import Payload, payload_of, record_of
 from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, Accountant
 from fedtune.privacy.mechanism import gaussian_noise, l2_norm, noisy_mean
 from fedtune.privacy.randomness import privacy_rng, secret_in_use
-from fedtune.strategies.wrapper import Wrapper, payload_records, write_back
+from fedtune.strategies.wrapper import Wrapper
+from fedtune.wire import Records
 
 #: a client-clipped reply may exceed C by float64 rounding only
 TOLERANCE = 1e-9
@@ -49,10 +50,10 @@ TOLERANCE = 1e-9
 class DifferentialPrivacy(Wrapper):
     """Clip, sum with equal weights, add Gaussian noise, account; then the wrapped strategy."""
 
-    def __init__(self, inner: Strategy, payload: str, placement: str, noise_multiplier: float,
-                 clip_norm: float, delta: float, max_epsilon: float, k: int,
+    def __init__(self, inner: Strategy, payload: Payload, placement: str,
+                 noise_multiplier: float, clip_norm: float, delta: float, max_epsilon: float,
                  wire_dtype: type | None) -> None:
-        super().__init__(inner, payload, k, wire_dtype)
+        super().__init__(inner, payload, wire_dtype)
         self.placement = placement
         self.z = noise_multiplier
         self.c = clip_norm
@@ -98,11 +99,13 @@ class DifferentialPrivacy(Wrapper):
 
     def check_reply(self, content: Records) -> str | None:
         """The wrapped strategy's check; with ``dp=client``, the norm bound too."""
-        extra = getattr(self.inner, "check_reply", None)
-        reason = extra(content) if extra is not None else None
-        if reason or self.placement != "client" or self.payload is None:
+        reason = super().check_reply(content)
+        if reason or self.placement != "client" or self.reference is None:
             return reason
-        norm = l2_norm(self.payload.contribution(content))
+        record = record_of(self.payload, content)
+        if record is None:
+            return f"no '{self.payload.record}' record"
+        norm = l2_norm(self.payload.contribution(record, self.reference))
         if norm > self.c * (1 + TOLERANCE):
             return f"update norm {norm:.4g} exceeds dp-clip-norm={self.c:g} (dp='client')"
         return None
@@ -120,14 +123,13 @@ class DifferentialPrivacy(Wrapper):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        if not replies or self.payload is None:
+        if not replies or self.reference is None:
             return self.inner.aggregate_train(server_round, replies)
         if not self.sample_size:
             raise RuntimeError("DifferentialPrivacy.admit_round was not called for round "
                                f"{server_round}: the round loop must call it before sending")
-        record = self.payload.record
-        parts = [payload_records(r.content, record) for r in replies]
-        mean, _ = noisy_mean([self.payload.contribution(p) for p in parts],
+        parts = [self.read(r.content) for r in replies]
+        mean, _ = noisy_mean([self.payload.contribution(p, self.reference) for p in parts],
                              self.sample_size, self.c, self.z, self._noise_rng(server_round))
         return self._release(server_round, replies, parts, mean)
 
@@ -136,11 +138,11 @@ class DifferentialPrivacy(Wrapper):
         """Under secure aggregation (``dp=client``): ``total`` is the sum of the survivors'
         client-clipped contributions, which the server never saw one by one. The same noise
         is added, the same division by the sample size follows."""
-        if not self.sample_size or self.payload is None:
+        if not self.sample_size or self.reference is None:
             raise RuntimeError("DifferentialPrivacy.admit_round and configure_train must run "
                                f"before round {server_round} is released")
         noise = gaussian_noise(total.size, self.z * self.c, self._noise_rng(server_round))
-        part = payload_records(reply.content, self.payload.record)
+        part = self.read(reply.content)
         return self._release(server_round, [reply], [part], (total + noise) / self.sample_size)
 
     def _noise_rng(self, server_round: int) -> np.random.Generator:
@@ -149,13 +151,12 @@ class DifferentialPrivacy(Wrapper):
         resumed run draws what the uninterrupted one drew."""
         return privacy_rng("dp-noise", self.fingerprint, server_round)
 
-    def _release(self, server_round: int, replies: list[Message], parts: list[Records],
+    def _release(self, server_round: int, replies: list[Message], parts: list[dict[str, Any]],
                  mean: np.ndarray) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Every reply carries the noisy mean; the wrapped strategy aggregates; account."""
-        assert self.payload is not None
+        assert self.reference is not None
         for reply, part in zip(replies, parts, strict=True):
-            self.payload.write(part, mean)
-            write_back(reply.content, part, self.payload.record)
+            self.write(reply.content, self.payload.write(part, mean, self.reference))
         out = self.inner.aggregate_train(server_round, replies)
         self.accountant.record(self.z, self.sample_size, self.population)
         self.sample_size = 0
@@ -177,10 +178,12 @@ class DifferentialPrivacy(Wrapper):
             {k[6:]: v for k, v in state.items() if k.startswith("inner:")})
 
 
-def wrap(strategy: Strategy, cfg: Any, payload: str, server: Any) -> DifferentialPrivacy:
-    """``strategy`` under the run's ``privacy`` section."""
-    p = cfg.privacy
+def wrap(strategy: Strategy, cfg: Any, kind: str, server: Any) -> DifferentialPrivacy:
+    """``strategy`` under the run's ``privacy`` section, on the payload ``server`` (the
+    algorithm's server side) declares (``kind``, the registry's name of it, is not needed)."""
+    del kind
+    p, payload = cfg.privacy, payload_of(server)
     return DifferentialPrivacy(
-        strategy, payload, p.dp, p.dp_noise_multiplier, p.clip_norm_for(payload),
+        strategy, payload, p.dp, p.dp_noise_multiplier, p.clip_norm_for(payload.kind),
         p.delta_for(p.population(cfg.server.min_available_nodes)), p.dp_max_epsilon,
-        cfg.zo.zo_seeds, getattr(server, "wire_dtype", None))
+        getattr(server, "wire_dtype", None))

@@ -22,12 +22,13 @@ from flwr.serverapp import Grid
 from fedtune.algorithms.base import Arrays, NodeState
 from fedtune.algorithms.replies import Records, check_record
 from fedtune.strategies import flower
+from fedtune.strategies.hooks import StrategyHooks
 from fedtune.strategies.state import StatefulStrategy
 
 RECORD = "scaffold"  # the record (down: c; up: c_i+ - c_i) and the node-state entry (c_i)
 
 
-class Scaffold(StatefulStrategy, flower.fl.FedAvg):
+class Scaffold(StatefulStrategy, StrategyHooks, flower.fl.FedAvg):
     """The server side: FedAvg over adapters plus the control variate c."""
 
     state_attrs = ("control",)

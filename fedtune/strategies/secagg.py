@@ -30,18 +30,20 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedtune.algorithms.replies import Records
+from fedtune.payloads import Payload, payload_of
 from fedtune.privacy.randomness import privacy_rng
-from fedtune.privacy.sums import dequantize_sum, from_sum, payload_size, vector_length
+from fedtune.privacy.sums import dequantize_sum, from_sum, vector_length
 from fedtune.secagg.context import context_for
 from fedtune.secagg.crypto import SecAggError
 from fedtune.secagg.masking import max_clients
 from fedtune.secagg.protocol import SecAggServer, neighbours
-from fedtune.strategies.wrapper import Wrapper, write_back
+from fedtune.strategies.hooks import hooks_of
+from fedtune.strategies.wrapper import Wrapper
+from fedtune.wire import Records
+from fedtune.wire.flower import content_bytes, to_recorddict
 
 log = logging.getLogger("fedtune")
 
@@ -49,22 +51,18 @@ STAGE = "query.secagg"  # message type of the protocol's own exchanges
 RECORD = "secagg"
 
 
-def _size(content: RecordDict) -> int:
-    return recorddict_to_proto(content).ByteSize()
-
-
 class SecureAggregation(Wrapper):
     """The protocol's server side; the wrapped strategy aggregates the unmasked sum."""
 
     masks_replies = True  # the round loop checks replies with check_reply only
 
-    def __init__(self, inner: Strategy, payload: str, section: Any, k: int,
+    def __init__(self, inner: Strategy, payload: Payload, section: Any,
                  wire_dtype: type | None, timeout: float, pro: bool = False) -> None:
-        super().__init__(inner, payload, k, wire_dtype)
+        super().__init__(inner, payload, wire_dtype)
         self.pro = pro  # FedKSeed-Pro: the clients' seed statistics are summed too
         self.section = section
         self.timeout = timeout
-        self.clip_range = section.clip_range_for(payload)
+        self.clip_range = section.clip_range_for(payload.kind)
         # per round, rebuilt by configure_train (transient: nothing to checkpoint)
         self.grid: Grid | None = None
         self.server: SecAggServer | None = None
@@ -79,7 +77,7 @@ class SecureAggregation(Wrapper):
         without error (the others drop out of the protocol)."""
         msgs = [Message(content, dst_node_id=node, message_type=STAGE)
                 for node, content in contents.items()]
-        self.down += sum(_size(c) for c in contents.values()) / max(1, len(self.index))
+        self.down += sum(content_bytes(c) for c in contents.values()) / max(1, len(self.index))
         replies = list(grid.send_and_receive(msgs, timeout=self.timeout)) if msgs else []
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs
                 if m.metadata.message_id}  # (the SuperLink answers for a lost node itself)
@@ -90,7 +88,7 @@ class SecureAggregation(Wrapper):
                 log.warning("secagg: node %d left the protocol (%s)", node,
                             reply.error.reason if reply.has_error() else "no secagg record")
                 continue
-            self.up += _size(reply.content) / max(1, len(self.index))
+            self.up += content_bytes(reply.content) / max(1, len(self.index))
             out[self.index[node]] = reply.content.config_records[RECORD]
         return out
 
@@ -158,17 +156,19 @@ class SecureAggregation(Wrapper):
         masked = content.configs.get(RECORD, {}).get("masked")
         if not isinstance(masked, bytes):
             return "no 'secagg' record with 'masked' bytes"
-        if self.payload is not None and len(masked) != 4 * vector_length(self.payload, self.pro):
-            return (f"masked vector of {len(masked)} bytes, expected "
-                    f"{4 * vector_length(self.payload, self.pro)}")
+        if self.reference is None:
+            return None
+        expected = 4 * vector_length(self.payload, self.reference, self.pro)
+        if len(masked) != expected:
+            return f"masked vector of {len(masked)} bytes, expected {expected}"
         return None
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[Any, MetricRecord | None]:
         replies = list(replies)
-        if not replies or self.server is None or self.grid is None or self.payload is None:
+        if not replies or self.server is None or self.grid is None or self.reference is None:
             return None, None
-        length = vector_length(self.payload, self.pro)
+        length = vector_length(self.payload, self.reference, self.pro)
         self.server.receive_masked({self.index[r.metadata.src_node_id]: np.frombuffer(
             r.content.config_records[RECORD]["masked"], dtype="<u4") for r in replies},
             length)
@@ -193,16 +193,16 @@ class SecureAggregation(Wrapper):
             log.warning("round %d: %d values of the clients' vectors exceeded secagg-clip-range="
                         "%g and were clipped; raise it", server_round, self.clipped,
                         self.clip_range)
-        plain = from_sum(self.payload, summed, self.pro)
+        plain = from_sum(self.payload, self.reference, summed, self.pro)
         reply = replies[0]
         for name in list(reply.content.keys()):
             del reply.content[name]
-        for name in (*plain.arrays, *plain.configs):
-            write_back(reply.content, plain, name)
-        reply.content["metrics"] = MetricRecord(plain.metrics["metrics"])
-        release = getattr(self.inner, "release_sum", None)
-        if release is not None:  # dp='client': noise on the sum of clipped contributions
-            return release(server_round, reply, summed[:payload_size(self.payload)])
+        for name, record in to_recorddict(plain).items():
+            reply.content[name] = record
+        released = hooks_of(self.inner).release_sum(  # dp='client': noise on the sum
+            server_round, reply, summed[:self.payload.size(self.reference)])
+        if released is not None:
+            return released
         return self.inner.aggregate_train(server_round, [reply])
 
     def round_report(self) -> dict[str, Any]:
@@ -217,9 +217,12 @@ def _shares(record: Any) -> dict[str, dict[int, bytes]]:
             for kind in ("b", "sk")}
 
 
-def wrap(strategy: Strategy, cfg: Any, payload: str, server: Any) -> SecureAggregation:
-    """``strategy`` under secure aggregation; FedKSeed-Pro's seed statistics are summed too
-    (under DP they are not: the strategy derives them from the noisy release instead)."""
-    return SecureAggregation(strategy, payload, cfg.secagg, cfg.zo.zo_seeds,
+def wrap(strategy: Strategy, cfg: Any, kind: str, server: Any) -> SecureAggregation:
+    """``strategy`` under secure aggregation, on the payload ``server`` (the algorithm's server
+    side) declares (``kind``, the registry's name of it, is not needed); FedKSeed-Pro's seed
+    statistics are summed too (under DP they are not: the strategy derives them from the noisy
+    release instead)."""
+    del kind
+    return SecureAggregation(strategy, payload_of(server), cfg.secagg,
                              getattr(server, "wire_dtype", None), cfg.server.round_timeout,
                              pro=getattr(server, "pro", False) and not cfg.privacy.enabled)

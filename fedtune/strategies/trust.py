@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message
 
-from fedtune.algorithms.replies import NUM_EXAMPLES
 from fedtune.payloads import ArraysPayload, Payload, shrink
 from fedtune.strategies.config import StrategySection
+from fedtune.wire import NUM_EXAMPLES, as_received
+from fedtune.wire.flower import read_record, write_record
 
 log = logging.getLogger("fedtune")
 
@@ -120,9 +120,9 @@ class TrustPolicy:
         ratio = self.section.max_update_norm_ratio
         if ratio <= 0 or not replies:
             return
-        if self.wire_dtype is not None:
-            sent = {k: v.astype(self.wire_dtype).astype(np.float32) for k, v in sent.items()}
-        records = [_read(r.content, self.payload) for r in replies]
+        sent = as_received(sent, self.wire_dtype)
+        p = self.payload
+        records = [read_record(r.content, p.record, p.array_record) for r in replies]
         norms = {i: self.payload.norm(rec, sent) for i, rec in enumerate(records)
                  if rec is not None}
         if not norms:
@@ -131,25 +131,9 @@ class TrustPolicy:
         limit = ratio * median
         for i, norm in norms.items():
             if norm > limit:
-                _write(replies[i].content, self.payload,
-                       shrink(self.payload, records[i], sent, norm, limit))
+                write_record(replies[i].content, p.record,
+                             shrink(p, records[i], sent, norm, limit), p.array_record)
                 log.warning("scaled the update of %s down from norm %.4g to %.4g "
                             "(max-update-norm-ratio=%g x the round's median %.4g)", names[i],
                             norm, limit, ratio, median)
 
-
-def _read(content: RecordDict, payload: Payload) -> dict[str, Any] | None:
-    """The payload's record of a reply in plain Python, or None if the reply has none."""
-    if payload.array_record:
-        arrays = content.array_records.get(payload.record)
-        return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
-    config = content.config_records.get(payload.record)
-    return None if config is None else dict(config)
-
-
-def _write(content: RecordDict, payload: Payload, record: dict[str, Any]) -> None:
-    if payload.array_record:
-        content[payload.record] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                               for k, v in record.items()})
-    else:
-        content[payload.record] = ConfigRecord(record)

@@ -1,7 +1,10 @@
-"""What crosses the wire, in plain Python, and the checks every reply passes before aggregation.
+"""What crosses the wire, in plain Python: the records, the checks every reply passes before
+aggregation, and the wire's 16-bit rounding. Below algorithms, strategies and privacy, so none
+of them imports another for these; :mod:`fedtune.wire.flower` converts to and from Flower's
+records and counts bytes (the one module here that imports Flower).
 
-:class:`Records` mirrors a Flower ``RecordDict`` without Flower's types (``fedtune.flower.records``
-converts), so an algorithm builds and checks its messages as numpy arrays and dicts. A reply
+:class:`Records` mirrors a Flower ``RecordDict`` without Flower's types, so an algorithm builds
+and checks its messages as numpy arrays and dicts. A reply
 that would corrupt the global model (NaN/Inf, values at float16's limit or too large to square in
 float32, missing or extra keys, wrong shapes or dtypes, fewer than one example) is rejected with
 a reason; the round loop logs it with the node's
@@ -24,6 +27,19 @@ NUM_EXAMPLES = "num-examples"  # the metric every reply weights itself by
 #: (server optimizers such as FedAdam square updates; norms sum squares).
 LIMITS = {"float16": float(np.finfo(np.float16).max),
           "float32": float(np.sqrt(np.finfo(np.float32).max))}
+
+
+def to_wire(arrays: Mapping[str, np.ndarray], dtype: type | None) -> dict[str, np.ndarray]:
+    """The arrays as they cross the wire: cast to ``dtype`` (FedIT: 16-bit), or unchanged."""
+    return dict(arrays) if dtype is None else {k: v.astype(dtype) for k, v in arrays.items()}
+
+
+def as_received(arrays: Mapping[str, np.ndarray], dtype: type | None) -> dict[str, np.ndarray]:
+    """The arrays as a client reads them after the wire (float32 from ``dtype``'s rounding):
+    the reference a client's update is measured from."""
+    if dtype is None:
+        return dict(arrays)
+    return {k: v.astype(np.float32) for k, v in to_wire(arrays, dtype).items()}
 
 
 @dataclass

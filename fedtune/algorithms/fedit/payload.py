@@ -25,6 +25,10 @@ from fedtune.algorithms.fedit.factors import OTHER, A, B, key, layer, part, sele
 from fedtune.algorithms.fedit.variants import Variant
 from fedtune.payloads import Arrays, ArraysPayload, Payload, Record, reference_for
 
+#: DP and SecAgg need a vector the factors can be rebuilt from; the product's change is not one
+#: (its variants are refused with dp or secagg before any engine starts)
+_NO_VECTOR = "a LoRA product's change cannot be written back into rank-r factors"
+
 
 @dataclass(frozen=True, eq=False)
 class LoraProductPayload:
@@ -86,6 +90,12 @@ class LoraProductPayload:
             total += float(np.sum((g.T @ g) * (h @ h.T)))  # ||G H||_F^2 = tr(G'G HH')
         other = ArraysPayload().norm(select(record, (OTHER,)), reference)
         return float(np.sqrt(max(total, 0.0) + other ** 2))
+
+    def size(self, reference: Arrays) -> int:
+        raise NotImplementedError(_NO_VECTOR)
+
+    def write(self, record: Record, vector: np.ndarray, reference: Arrays) -> dict[str, Any]:
+        raise NotImplementedError(_NO_VECTOR)
 
     def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]:
         """FLoRA: B' times ``scale``; else every uploaded array's update times ``scale``."""

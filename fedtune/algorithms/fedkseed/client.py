@@ -19,6 +19,7 @@ from fedtune.data.tokenize import EncodedSet, collate
 from fedtune.eval.loss import heldout_loss
 from fedtune.eval.preference import preference_metrics
 from fedtune.node import Node, node_data, node_pairs
+from fedtune.payloads import SeedsPayload
 from fedtune.seeding import rng
 from fedtune.train.dpo import DPOSettings, DPOStats, pair_loss
 from fedtune.train.sft import batches
@@ -125,6 +126,7 @@ class FedKSeedClient:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.payload = SeedsPayload(cfg.zo.zo_seeds)  # its server side's (DP, SecAgg)
 
     def train(self, content: Records, node: Node, state: NodeState) -> Records:
         del state  # FedKSeed keeps nothing on a node between rounds (its cache is on disk)

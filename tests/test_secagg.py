@@ -103,7 +103,9 @@ def test_a_secagg_run_matches_the_plain_run(algo, one_thread):
     masked = run(keys)
     plain = run({**keys, "secagg": "off"})
     for a, b in zip(masked[1:], plain[1:], strict=True):
-        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+        # the stochastic rounding to 24 bits draws secret randomness (fedtune.privacy.randomness),
+        # so the gap varies run to run: up to 1.6e-4 seen over two rounds; a wrong sum is far off
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-3)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
         assert a["bytes_up_per_client"] > b["bytes_up_per_client"]  # 32 bits a value
         assert 0 < a["extra_bytes_up_per_client"] < a["bytes_up_per_client"]

@@ -1,5 +1,5 @@
 """What one FedIT reply contributes to the model, per ``lora-aggregation`` variant (the payload
-the trust policy measures and scales; :mod:`fedtune.payloads`).
+the trust policy measures and scales, and DP and SecAgg clip and sum; :mod:`fedtune.payloads`).
 
 - ``fedit``, ``fedsa``: the strategy averages the uploaded factors themselves (FedSA: A only),
   so a client's update is its factors minus the global ones (:class:`ArraysPayload`).
@@ -12,6 +12,8 @@ the trust policy measures and scales; :mod:`fedtune.payloads`).
   B' alone for FLoRA (scaling both factors by t would scale the product by t^2), by B' - B for
   FFA; for FedEx-LoRA, whose rank-r factors cannot carry t times a rank-2r change, both factor
   updates are scaled by the largest t that keeps the product's change within the bound.
+  Its vector for DP and SecAgg (:meth:`~LoraProductPayload.contribution`) stays the uploaded
+  arrays' update, which is what the strategy averages.
 """
 
 from __future__ import annotations
@@ -24,10 +26,6 @@ import numpy as np
 from fedtune.algorithms.fedit.factors import OTHER, A, B, key, layer, part, select
 from fedtune.algorithms.fedit.variants import Variant
 from fedtune.payloads import Arrays, ArraysPayload, Payload, Record, reference_for
-
-#: DP and SecAgg need a vector the factors can be rebuilt from; the product's change is not one
-#: (its variants are refused with dp or secagg before any engine starts)
-_NO_VECTOR = "a LoRA product's change cannot be written back into rank-r factors"
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,11 +75,13 @@ class LoraProductPayload:
         return list(dict.fromkeys(layer(k) for k in [*record, *self.frozen] if part(k) != OTHER))
 
     def contribution(self, record: Record, reference: Arrays) -> np.ndarray:
-        """The dense change s (B'A' - BA) of every layer, then the other arrays' updates."""
-        parts = [(g @ h).ravel() for g, h in (self._terms(record, reference, n)
-                                              for n in self._layers(record))]
-        parts.append(ArraysPayload().contribution(select(record, (OTHER,)), reference))
-        return np.concatenate(parts)
+        """The vector the strategy averages: the uploaded arrays' update, as for plain FedIT.
+
+        FFA-LoRA's server averages B (A frozen), so the model's change is linear in it and DP
+        and SecAgg clip, sum and write back this vector; the product's change is what
+        :meth:`norm` measures. (FLoRA and FedEx-LoRA need each client's own factors and are
+        refused with dp or secagg by :mod:`fedtune.compat`.)"""
+        return ArraysPayload().contribution(record, reference)
 
     def norm(self, record: Record, reference: Arrays) -> float:
         total = 0.0
@@ -92,10 +92,10 @@ class LoraProductPayload:
         return float(np.sqrt(max(total, 0.0) + other ** 2))
 
     def size(self, reference: Arrays) -> int:
-        raise NotImplementedError(_NO_VECTOR)
+        return ArraysPayload().size(reference)
 
     def write(self, record: Record, vector: np.ndarray, reference: Arrays) -> dict[str, Any]:
-        raise NotImplementedError(_NO_VECTOR)
+        return ArraysPayload().write(record, vector, reference)
 
     def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]:
         """FLoRA: B' times ``scale``; else every uploaded array's update times ``scale``."""

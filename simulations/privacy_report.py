@@ -4,7 +4,8 @@ From the runs of one suite it writes a Markdown table and a plot (``privacy.png`
 held-out loss (mean ± std over seeds) against the final epsilon, one point per (algorithm, noise
 multiplier z). Everything is read from the runs' metrics rows: a ``dp=off`` run has no ``dp_*``
 keys; a DP run's rows carry ``dp_noise_multiplier`` (z), ``dp_clip_norm`` (C), ``dp_delta``,
-``dp_clipped`` (the fraction of this round's updates over C) and ``dp_epsilon`` (the cumulative
+``dp_clipped`` (the fraction of this round's updates over C: null since DP runs release nothing
+per client, so the column shows figures of older runs only) and ``dp_epsilon`` (the cumulative
 epsilon; ``None`` = unbounded, i.e. z = 0, clipped but noiseless).
 
 For the 1,000-client part (suite ``privacy-1000``), :func:`write_population` writes

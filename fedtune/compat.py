@@ -223,8 +223,8 @@ def _federated_eval(cfg: Config, algo: Algorithm) -> str:
     if what and s.fraction_evaluate > 0:
         return (f"federated evaluation (fraction-evaluate={s.fraction_evaluate:g}) cannot run "
                 f"with {what}: each client's held-out loss would reach the server in the "
-                "clear; set fraction-evaluate=0 (the server's own held-out eval-loss is still "
-                "reported every round).")
+                "clear and their mean would be released without noise; set fraction-evaluate=0 "
+                "(the server's own held-out eval-loss is still reported every round).")
     return ""
 
 

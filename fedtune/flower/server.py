@@ -29,6 +29,7 @@ from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
 from fedtune.seeding import deterministic_cuda
 from fedtune.strategies import build_strategy
+from fedtune.strategies.hooks import hooks_of
 
 
 def run_server(grid: Grid, cfg: Config, run_id: int = 0) -> Path:
@@ -46,9 +47,8 @@ def run_server(grid: Grid, cfg: Config, run_id: int = 0) -> Path:
     algo = algorithm.server(cfg)
     strategy = build_strategy(cfg, algorithm.payload, algo)
     flat = cfg.to_flat()
-    bind = getattr(strategy, "bind_run", None)
-    if bind is not None:
-        bind(run_id, config_fingerprint(flat))
+    hooks = hooks_of(strategy)
+    hooks.bind_run(run_id, config_fingerprint(flat))
     if (cfg.privacy.enabled or cfg.secagg.enabled) and announce():
         print(f"fedtune: WARNING: {WARNING}.", flush=True)
     resume_from = None
@@ -85,10 +85,8 @@ def run_server(grid: Grid, cfg: Config, run_id: int = 0) -> Path:
         # shared replays, the nodes' snapshots (a finished run is not resumed)
         if folder and Path(folder).resolve().is_relative_to(run_dir.resolve()):
             shutil.rmtree(folder, ignore_errors=True)
-    final = getattr(strategy, "final_report", None)
     skipped = skipped_rounds(writer.rows)
-    writer.write_summary({"result": str(saved), **skipped,
-                          **(final() if final is not None else {})})
+    writer.write_summary({"result": str(saved), **skipped, **hooks.final_report()})
     plot_metrics(writer.rows, run_dir / "metrics.png", f"{cfg.name}: {cfg.model.model}")
     print(final_table(writer.rows[0], writer.rows[-1]), flush=True)
     print(f"result: {saved}\nplot: {run_dir / 'metrics.png'}", flush=True)

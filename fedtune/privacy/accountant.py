@@ -36,6 +36,13 @@ def round_event(noise_multiplier: float, sample_size: int, population: int
     return dp_accounting.SampledWithoutReplacementDpEvent(population, sample_size, gaussian)
 
 
+def rdp_accountant() -> RdpAccountant:
+    """An empty RDP accountant under fedtune's neighbouring relation (replace-one): the one
+    runs record their rounds in and ``fedtune dp-plan`` composes its rounds in."""
+    relation = dp_accounting.privacy_accountant.NeighboringRelation.REPLACE_ONE
+    return RdpAccountant(neighboring_relation=relation)
+
+
 class Accountant:
     """The rounds released so far (a ledger) and their cumulative epsilon at ``delta``.
 
@@ -48,12 +55,7 @@ class Accountant:
             raise ValueError(f"delta={delta} must be in (0, 1)")
         self.delta = delta
         self.rounds: list[tuple[float, int, int]] = []
-        self._rdp = self._new()
-
-    @staticmethod
-    def _new() -> RdpAccountant:
-        relation = dp_accounting.privacy_accountant.NeighboringRelation.REPLACE_ONE
-        return RdpAccountant(neighboring_relation=relation)
+        self._rdp = rdp_accountant()
 
     def epsilon(self) -> float:
         """Cumulative epsilon at ``delta`` (0 before any release, inf without noise)."""
@@ -81,6 +83,6 @@ class Accountant:
         if float(state["delta"]) != self.delta:
             raise ValueError(f"the saved accountant used delta={float(state['delta'])}, "
                              f"this run {self.delta}")
-        self.rounds, self._rdp = [], self._new()
+        self.rounds, self._rdp = [], rdp_accountant()
         for z, m, n in np.asarray(state["ledger"]).reshape(-1, 3):
             self.record(float(z), int(m), int(n))

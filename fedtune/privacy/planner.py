@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from fedtune.errors import ConfigError, require
-from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, Accountant, round_event
+from fedtune.privacy.accountant import NEIGHBOURING, SAMPLING, rdp_accountant, round_event
 
 #: z is searched to this relative precision (the printed z is on the safe side: its epsilon
 #: is at most the target)
@@ -33,7 +33,7 @@ class Plan:
         these settings reports it at its end."""
         if noise_multiplier == 0:
             return float("inf")
-        rdp = Accountant._new()  # the runs' accountant: same relation, same round event
+        rdp = rdp_accountant()  # the runs' accountant: same relation, same round event
         rdp.compose(round_event(noise_multiplier, self.per_round, self.population), self.rounds)
         return float(rdp.get_epsilon(self.delta))
 

@@ -274,9 +274,10 @@ def _ranks(cfg: Config, algo: Algorithm) -> str:
         return (f"lora-aggregation='{v.name}' needs one rank for every client, but lora-ranks="
                 f"'{lora.lora_ranks}' mixes them; use fedit (zero padding) or flora for mixed "
                 "ranks, or drop lora-ranks.")
-    if mixed and v.name == "fedit" and max(lora.ranks()) > lora.lora_r:
+    if mixed and v.pads_ranks and max(lora.ranks()) > lora.lora_r:
         return (f"lora-ranks='{lora.lora_ranks}' has a rank above lora-r={lora.lora_r}, the "
-                "global adapter's rank that fedit pads to; raise lora-r to the largest rank.")
+                f"global adapter's rank that {v.name} pads to; raise lora-r to the largest "
+                "rank.")
     if mixed and cfg.train.init_adapter:
         return ("lora-ranks cannot start from init-adapter, whose rank is fixed; drop one of "
                 "them.")

@@ -38,6 +38,12 @@ class Variant:
     strategies: tuple[str, ...] = ()  # the strategies that fit ( () = every array strategy;
     #                                   SCAFFOLD only with fedit at one rank: fedtune.compat)
 
+    @property
+    def pads_ranks(self) -> bool:
+        """Whether clients of other ranks are zero-padded to the global adapter's rank
+        (``lora-r``), so no client's rank may exceed it (a merging variant stacks instead)."""
+        return bool(self.mixed_ranks) and not self.merges
+
 
 VARIANTS = {v.name: v for v in (
     Variant("fedit", "Zhang et al., ICASSP 2024 (FedAvg of A and B)", shares=ALL, uploads=ALL,

@@ -66,7 +66,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         if value is not None:
             flat[key] = value
     if args.resume:
-        from fedtune.flower.checkpoint import config_changes
+        from fedtune.checkpoint import config_changes
 
         changes = config_changes(saved, flat)
         if changes:
@@ -77,7 +77,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def _resume_config(args: argparse.Namespace) -> dict[str, Any]:
     """The flat config saved in the run's checkpoint, pointed back at that run folder."""
-    from fedtune.flower.checkpoint import CheckpointError, load_checkpoint
+    from fedtune.checkpoint import CheckpointError, load_checkpoint
 
     if args.recipe:
         raise ConfigError("--resume takes the run's own config; drop --recipe.")
@@ -247,11 +247,12 @@ def export_cmd(args: argparse.Namespace) -> int:
 
 
 def algorithms_cmd(args: argparse.Namespace) -> int:
-    from fedtune.algorithms import REGISTRY, strategies
+    from fedtune.algorithms import REGISTRY
+    from fedtune.strategies import fitting
 
     del args
     for algo in REGISTRY.values():
-        how = (f"strategies: {', '.join(strategies(algo))}" if algo.federated
+        how = (f"strategies: {', '.join(fitting(algo))}" if algo.federated
                else "baseline, runs in one process")
         print(f"{algo.name:14} {algo.summary} ({how}; objectives: {', '.join(algo.objectives)})")
     return 0

@@ -115,8 +115,7 @@ def _strategy(cfg: Config, algo: Algorithm) -> str:
 
 
 def _client_half(cfg: Config, algo: Algorithm) -> str:
-    from fedtune.algorithms import strategies
-    from fedtune.strategies import entry
+    from fedtune.strategies import entry, fitting
 
     if not algo.federated or algo.client_hooks:
         return ""
@@ -124,7 +123,7 @@ def _client_half(cfg: Config, algo: Algorithm) -> str:
     if not found.client_hook:
         return ""
     return (f"strategy='{found.name}' needs its client half, which the {algo.name} client "
-            f"does not run; use one of {', '.join(strategies(algo))}.")
+            f"does not run; use one of {', '.join(fitting(algo))}.")
 
 
 def _init_adapter(cfg: Config, algo: Algorithm) -> str:

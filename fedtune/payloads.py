@@ -36,8 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedtune.seeded.pool import pack_pairs, unpack_pairs
 from fedtune.wire import Records
-from fedtune.zo.pool import pack_pairs, unpack_pairs
 
 Record = Mapping[str, Any]
 Arrays = Mapping[str, np.ndarray]

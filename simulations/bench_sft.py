@@ -11,7 +11,7 @@ Both frameworks train, and the script checks what is marked (checked):
   (``fedtune.algorithms.fedit.adapter``) is passed to ``SFTTrainer(peft_config=...)`` and used
   by ``add_lora``, same init seed; same trainable tensors (checked), every one of them
   updated by training (checked);
-* exactly the same batches: fedtune's seeded batch order (``fedtune.train.sft.batches``) is laid
+* exactly the same batches: fedtune's seeded batch order (``fedtune.train.local.batches``) is laid
   out as the TRL dataset (pre-tokenized ``input_ids`` + ``completion_mask``,
   ``completion_only_loss=True``) and read with ``train_sampling_strategy="sequential"``: same
   token ids, same labels with prompt tokens at -100 (checked), same padding (timed non-padding
@@ -67,7 +67,7 @@ from fedtune.algorithms.fedit.config import LoraSection  # noqa: E402
 from fedtune.data.synthetic import client_examples  # noqa: E402
 from fedtune.data.tokenize import EncodedSet, encode_examples  # noqa: E402
 from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer  # noqa: E402
-from fedtune.train.sft import SFTSettings, batches, train_round  # noqa: E402
+from fedtune.train.local import SFTSettings, batches, train_round  # noqa: E402
 
 STORIES = REPO.parent / "shared" / "models" / "stories260k"
 INIT_SEED = 0

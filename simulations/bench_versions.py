@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedtune.zo import derive_seeds, zo_parameters, zo_step
-from fedtune.zo.versions import VersionStore
+from fedtune.seeded import derive_seeds, zo_parameters, zo_step
+from fedtune.seeded.versions import VersionStore
 
 PAPER_BYTES = 4096 * 4 + 200 * (4 + 4)  # "under 18 kilobytes": 17,984
 FUSED_SHAPES = ((1024, 1024), (1024, 1024), (1536, 1024), (512, 1024), (1024,), (1024,))
@@ -205,8 +205,8 @@ def bench_fused_replay(
     built). The eager paths are timed on ``eager_seeds`` seeds and the first tensor (0: skipped;
     OpenMP makes their many small ops slow on a busy machine). About 40 s on 2 idle CPU cores.
     """
-    import fedtune.zo as zo
-    from fedtune.zo import fused
+    import fedtune.seeded as zo
+    from fedtune.seeded import fused
     from simulations.bench_zo import timed
 
     dev = torch.device(device)

@@ -1,4 +1,4 @@
-"""Benchmark the FedKSeed core (fedtune.zo): step cost, replay throughput, client-round memory.
+"""Benchmark the FedKSeed core (fedtune.seeded): step cost, replay throughput, client-round memory.
 
 (a) one ZO step vs two forward passes, same model and batch (goal: ratio <= 1.5);
 (b) replay throughput: seeds per second, and the cost of one seed in forward passes;
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 try:
-    import fedtune.zo as zo
+    import fedtune.seeded as zo
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import fedtune.zo as zo
+    import fedtune.seeded as zo
 
 MEMORY_MODES = ("baseline", "inference", "fedkseed", "lora", "sgd")
 
@@ -138,7 +138,7 @@ def bench_step_and_replay(model, name: str, args: argparse.Namespace) -> None:
     )
 
 
-# -- fused integer replay (fedtune.zo.fused) vs today's per-seed float replay ---------------------
+# -- fused integer replay (fedtune.seeded.fused) vs today's per-seed float replay -----------------
 
 
 

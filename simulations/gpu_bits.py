@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tests.inprocess_grid and the apps, from a checkout
     sys.path.insert(0, str(ROOT))
 
-from fedtune.zo import (  # noqa: E402
+from fedtune.seeded import (  # noqa: E402
     derive_seeds,
     float32_snapshot,
     perturbations,
     replay_,
 )
-from fedtune.zo.rng import Z_FRAC_BITS  # noqa: E402
+from fedtune.seeded.rng import Z_FRAC_BITS  # noqa: E402
 
 Z_SCALE = 1 << Z_FRAC_BITS  # z = zcode / 4096 exactly
 
@@ -80,9 +80,9 @@ def plan_for(dry_run: bool) -> Plan:
 
 
 def fused_add_codes() -> Callable[..., None] | None:
-    """``fedtune.zo.fused.add_codes_`` when the module exists, else None."""
+    """``fedtune.seeded.fused.add_codes_`` when the module exists, else None."""
     try:
-        return importlib.import_module("fedtune.zo.fused").add_codes_
+        return importlib.import_module("fedtune.seeded.fused").add_codes_
     except (ImportError, AttributeError):
         return None
 
@@ -162,7 +162,7 @@ def check_add_codes(plan: Plan) -> Result:
     """``add_codes_`` on the CPU and on ``plan.other`` equals the integer sum built from z."""
     add_codes_ = fused_add_codes()
     if add_codes_ is None:
-        return Result("a/add_codes_", "skip", "fedtune.zo.fused.add_codes_ is not present")
+        return Result("a/add_codes_", "skip", "fedtune.seeded.fused.add_codes_ is not present")
     seeds = [int(s) for s in derive_seeds(5, 16)]
     gen = torch.Generator().manual_seed(0)
     deltas = torch.randint(-(1 << 20), 1 << 20, (len(seeds),), generator=gen, dtype=torch.int64)
@@ -187,7 +187,7 @@ def check_add_codes(plan: Plan) -> Result:
 def fused_backends(plan: Plan) -> dict[str, str]:
     """The backend ``add_codes_`` picks on each device ({} without ``available_backend``)."""
     try:
-        pick = importlib.import_module("fedtune.zo.fused").available_backend
+        pick = importlib.import_module("fedtune.seeded.fused").available_backend
     except (ImportError, AttributeError):
         return {}
     return {device: pick(device) for device in dict.fromkeys(("cpu", plan.other))}
@@ -196,7 +196,7 @@ def fused_backends(plan: Plan) -> dict[str, str]:
 def check_version(plan: Plan) -> Result:
     """An exact version (w0 - c S) on ``plan.other``, reached incrementally (A1, then A2), has
     the CPU's bits, and those of a fresh load of A2 (dry run: another chunk size)."""
-    from fedtune.zo.versions import VersionStore
+    from fedtune.seeded.versions import VersionStore
 
     w0 = replay_weights(plan)
     k = plan.replay_k

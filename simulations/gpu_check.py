@@ -4,9 +4,10 @@
     python -m simulations.gpu_check --json gpu.json     # also write the results as JSON
     python -m simulations.gpu_check --cpu-dry-run       # CPU halves only, small sizes (CI)
 
-(a) z (``fedtune.zo.perturbations``) and the replay (``fedtune.zo.replay_``) are bit-identical on
-    CPU and CUDA; so are ``fedtune.zo.fused.add_codes_`` when that module exists and an exact
-    version (``fedtune.zo.versions.VersionStore``: A loaded incrementally and from zero);
+(a) z (``fedtune.seeded.perturbations``) and the replay (``fedtune.seeded.replay_``) are
+    bit-identical on CPU and CUDA; so are ``fedtune.seeded.fused.add_codes_`` when that module
+    exists and an exact
+    version (``fedtune.seeded.versions.VersionStore``: A loaded incrementally and from zero);
 (b) the default FedIT and FedKSeed runs learn on CUDA (the ServerApp's main on an in-process
     Grid of ClientApps, 3 small rounds): the final held-out loss is below round 0's; and FedIT
     run twice with ``deterministic = true`` gives the same bits (a third run, false, is timed);
@@ -49,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tests.inprocess_grid and the apps, from a checkout
     sys.path.insert(0, str(ROOT))
 
-from fedtune.zo import (  # noqa: E402
+from fedtune.seeded import (  # noqa: E402
     add_perturbation_,
     derive_seeds,
     replay_,
@@ -203,7 +204,7 @@ def check_throughput(plan: Plan) -> list[Result]:
     ]
     add_codes_ = fused_add_codes()
     if add_codes_ is None:
-        out.append(Result("c/add_codes_", "skip", "fedtune.zo.fused.add_codes_ is not present"))
+        out.append(Result("c/add_codes_", "skip", "fedtune.seeded.fused.add_codes_ is not present"))
         return out
     sums = [torch.zeros(n, dtype=torch.int64, device=dev) for n in plan.bench_tensors]
     deltas = torch.ones(k, dtype=torch.int64)

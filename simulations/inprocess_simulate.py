@@ -48,8 +48,8 @@ class NormGrid(InProcessGrid):
         self.norms: dict[int, list[float]] = {}
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        from fedtune.flower.records import to_records
         from fedtune.payloads import payload_of, record_of
+        from fedtune.wire.flower import to_records
 
         payload = payload_of(self.server_side)
         replies = []

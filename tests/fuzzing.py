@@ -3,10 +3,10 @@ are set in ``conftest.py``."""
 
 from __future__ import annotations
 
+from fedtune.checkpoint import CheckpointError
 from fedtune.data.partition import PartitionError
 from fedtune.data.readers import DataFileError
 from fedtune.errors import ConfigError
-from fedtune.flower.checkpoint import CheckpointError
 
 #: the errors a user can cause, each one sentence (models' ModelError is a ConfigError)
 USER_ERRORS = (ConfigError, DataFileError, PartitionError, CheckpointError)

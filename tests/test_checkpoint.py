@@ -13,7 +13,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from client_app.app import app as client_app
-from fedtune.flower.checkpoint import (
+from fedtune.checkpoint import (
     CHECKPOINT,
     Checkpoint,
     CheckpointError,

@@ -360,7 +360,7 @@ def test_fedit_survives_restarts_and_resumes(cluster):
     is stopped (its ServerApp dies with it) and started again on its ``--database`` file: the
     SuperNodes reconnect under their ids, nothing registered again, and ``resume`` (guide
     block) runs round 3 in the same folder, each round once; the adapter learned, was saved."""
-    from fedtune.flower.checkpoint import CheckpointError, load_checkpoint
+    from fedtune.checkpoint import CheckpointError, load_checkpoint
 
     c, t0 = cluster, time.monotonic()
     run_dir = c.tmp / "runs" / "fedit"

@@ -145,8 +145,8 @@ def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     from fedtune.algorithms.fedkseed.model import zo_model_for
     from fedtune.algorithms.fedkseed.server import FedKSeedServer
     from fedtune.node import Node, node_pairs
+    from fedtune.seeded import accumulate_
     from fedtune.train import dpo
-    from fedtune.zo import accumulate_
 
     cfg = small_config(algorithm="fedkseed", objective="dpo", **{
         "zo-seeds": 64, "zo-steps": 8, "zo-cache-dir": str(tmp_path)})

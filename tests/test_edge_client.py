@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from client_app.app import app as client_app
 from fedtune.algorithms.fedkseed import model as zo_model
 from fedtune.data.synthetic import make_examples
-from fedtune.flower.records import recorddict_to_proto, to_arrayrecord
+from fedtune.wire.flower import recorddict_to_proto, to_arrayrecord
 from tests.conftest import small_config
 
 CANARY = "patient-7f3a9c-record"  # a string only the node's private file holds

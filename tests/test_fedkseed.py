@@ -14,7 +14,7 @@ from fedtune.algorithms.fedkseed import client as fedkseed_client
 from fedtune.algorithms.fedkseed.model import zo_model_for
 from fedtune.algorithms.fedkseed.pro import encode_importance, probabilities_from
 from fedtune.node import Node
-from fedtune.zo import SeedPool
+from fedtune.seeded import SeedPool
 from tests.conftest import ROOT, run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 
@@ -127,7 +127,7 @@ def test_the_version_is_the_weighted_average_of_client_deltas():
     (lambda idx, g: (np.append(idx, idx[0]), np.append(g, g[0])), "at most zo-steps=6"),
 ])
 def test_bad_replies_are_dropped_and_logged(corrupt, reason, caplog):
-    from fedtune.zo import unpack_pairs
+    from fedtune.seeded import unpack_pairs
 
     def tamper(node_id, reply):
         if reply.metadata.message_type == "train" and node_id == 1001:
@@ -159,7 +159,7 @@ class _Aggregator:
         self.momentum = np.zeros(256, np.float32)
 
     def aggregate(self, a, replies):
-        from fedtune.strategies.fedkseed import aggregate, robust_clip
+        from fedtune.strategies.seeds import aggregate, robust_clip
 
         new, self.momentum = aggregate(a, robust_clip(replies, self.zo.zo_robust_clip), self.zo,
                                        self.momentum)

@@ -13,10 +13,10 @@ import pytest
 from client_app.app import app as client_app
 from fedtune.algorithms import resolve
 from fedtune.algorithms.fedkseed import client as fedkseed_client
-from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.flower.loop import run_rounds
+from fedtune.seeded import ZOStepResult, pack_pairs, unpack_pairs
 from fedtune.strategies import build_strategy
-from fedtune.zo import ZOStepResult, pack_pairs, unpack_pairs
+from fedtune.wire import NUM_EXAMPLES, Records
 from tests.conftest import small_config
 from tests.inprocess_grid import InProcessGrid
 

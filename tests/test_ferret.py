@@ -17,9 +17,9 @@ from fedtune.algorithms.ferret import model as ferret_model
 from fedtune.algorithms.ferret.blocks import group_blocks
 from fedtune.algorithms.ferret.projection import SIGMA2, project, reconstruct
 from fedtune.config import ConfigError
-from fedtune.zo import derive_seeds, unpack_pairs
-from fedtune.zo.rng import perturbations
-from fedtune.zo.versions import VersionStore
+from fedtune.seeded import derive_seeds, unpack_pairs
+from fedtune.seeded.rng import perturbations
+from fedtune.seeded.versions import VersionStore
 from tests.conftest import ROOT, run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from fedtune.checkpoint import CheckpointError
 from fedtune.config import Config, parse_overrides
-from fedtune.flower.checkpoint import CheckpointError
 from tests.fuzzing import USER_ERRORS, one_sentence
 
 KEYS = sorted(Config.keys())
@@ -288,7 +288,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _resume_cfg(run: Path) -> Config:
-    from fedtune.flower.checkpoint import load_checkpoint
+    from fedtune.checkpoint import load_checkpoint
 
     return Config.from_flat({**load_checkpoint(run).config, "resume": str(run),
                              "run-dir": str(run)})
@@ -352,7 +352,7 @@ def test_a_damaged_checkpoint_is_one_sentence_and_nothing_else_changes(
     import shutil
 
     from fedtune import cli
-    from fedtune.flower.checkpoint import CHECKPOINT, load_checkpoint
+    from fedtune.checkpoint import CHECKPOINT, load_checkpoint
 
     run = tmp_path / "copy"
     shutil.rmtree(run, ignore_errors=True)

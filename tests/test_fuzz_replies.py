@@ -33,8 +33,8 @@ def _server(algorithm: str) -> Any:
     from fedtune.algorithms.fedit.variants import variant
     from fedtune.algorithms.fedkseed.server import FedKSeedServer
     from fedtune.algorithms.ferret.server import FerretServer
+    from fedtune.seeded import SeedPool
     from fedtune.strategies.trust import resolve_weights
-    from fedtune.zo import SeedPool
 
     cfg = Config.from_flat({"algorithm": algorithm, "zo-seeds": K, "zo-steps": 8,
                             "ferret-seeds": K, "lora-r": 4, "min-train-nodes": 1})
@@ -90,7 +90,7 @@ def arrays_record(draw: st.DrawFn) -> dict[str, np.ndarray]:
 @st.composite
 def pairs_bytes(draw: st.DrawFn, k: int) -> Any:
     """Packed (entry, scalar) pairs, or damage: raw bytes, out-of-range entries, NaN, text."""
-    from fedtune.zo.pool import _index_dtype
+    from fedtune.seeded.pool import _index_dtype
 
     kind = draw(st.sampled_from(["good", "good", "raw", "entries", "scalars", "text", "none"]))
     if kind == "raw":
@@ -132,7 +132,7 @@ def reply_content(draw: st.DrawFn, algorithm: str) -> Any:
     """The content of one train reply, as Flower records."""
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-    from fedtune.flower.records import to_arrayrecord
+    from fedtune.wire.flower import to_arrayrecord
 
     records: dict[str, Any] = {}
     if algorithm == "fedit":
@@ -160,9 +160,9 @@ def _round(algorithm: str, contents: list[Any], caplog: pytest.LogCaptureFixture
 
     from fedtune.flower.hooks import aggregate, reply_check
     from fedtune.flower.loop import NodeRegistry, SampledGrid, collect
-    from fedtune.flower.records import to_arrayrecord
     from fedtune.strategies import build_strategy
     from fedtune.strategies.trust import TrustPolicy
+    from fedtune.wire.flower import to_arrayrecord
 
     srv = _server(algorithm)
     payload = "arrays" if algorithm == "fedit" else "seeds"
@@ -211,8 +211,8 @@ def test_a_list_metric_is_a_dropped_reply_not_a_crash_of_the_averaging():
     float made Flower's metric averaging raise TypeError inside the round."""
     from flwr.app import MetricRecord, RecordDict
 
-    from fedtune.algorithms.replies import check_metrics
-    from fedtune.flower.records import to_records
+    from fedtune.wire import check_metrics
+    from fedtune.wire.flower import to_records
 
     ok = RecordDict({"metrics": MetricRecord({"num-examples": 1, "train-seconds": 0.0})})
     bad = RecordDict({"metrics": MetricRecord({"num-examples": 1, "train-seconds": [1.0]})})

@@ -39,9 +39,9 @@ def test_cpu_dry_run_runs_every_check_and_writes_json(tmp_path: Path, one_thread
 
 
 def _codes_hook(monkeypatch: pytest.MonkeyPatch, add_codes_) -> None:
-    """Stand in for fedtune.zo.fused (written elsewhere) to exercise the add_codes_ hook."""
+    """Stand in for fedtune.seeded.fused (written elsewhere) to exercise the add_codes_ hook."""
     fused = types.SimpleNamespace(add_codes_=add_codes_)
-    monkeypatch.setitem(sys.modules, "fedtune.zo.fused", fused)
+    monkeypatch.setitem(sys.modules, "fedtune.seeded.fused", fused)
 
 
 def test_add_codes_hook_checks_and_measures_it_when_present(monkeypatch, one_thread) -> None:

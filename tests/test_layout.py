@@ -24,8 +24,8 @@ LAYERS = [
     ("sections", r"fedtune$|fedtune\.(errors|seeding|logs|results|[\w.]+\.config)$"),
     ("config", r"fedtune\.config$"),
     ("wire", r"fedtune\.wire(\..+)?$"),
-    ("library", r"fedtune\.(data|models|train|eval|zo|deploy|secagg)(\..+)?$"
-                r"|fedtune\.(node|node_pins|plot|progress|payloads)$"),
+    ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg)(\..+)?$"
+                r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$|fedtune\.compat$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),

@@ -47,7 +47,7 @@ class ServerOnlyGrid(InProcessGrid):
 def _run(nodes: int, tmp: Path) -> tuple[int, list[dict[str, Any]], InProcessGrid]:
     """(server-side Python calls in rounds 2..3, the rows, the grid) of a run on ``nodes``."""
     from fedtune.algorithms import resolve
-    from fedtune.flower.checkpoint import Checkpoint, save_checkpoint, strategy_state
+    from fedtune.checkpoint import Checkpoint, save_checkpoint, strategy_state
     from fedtune.flower.loop import run_rounds
     from fedtune.results import RunWriter
     from fedtune.strategies import build_strategy

@@ -17,13 +17,13 @@ from fedtune.algorithms.fedit.factors import OTHER, A, B, key, layers, part, sel
 from fedtune.algorithms.fedit.merged import MergedBase, apply_update
 from fedtune.algorithms.fedit.model import initial_adapter, lora_layers, peft_model_for, set_base
 from fedtune.algorithms.fedit.server import FedITServer
-from fedtune.algorithms.replies import Records
 from fedtune.errors import ConfigError
 from fedtune.flower.hooks import aggregate
-from fedtune.flower.records import payload_bytes, to_arrayrecord
 from fedtune.flower.server import run_server
 from fedtune.node import Node
 from fedtune.strategies import build_strategy
+from fedtune.wire import Records
+from fedtune.wire.flower import payload_bytes, to_arrayrecord
 from tests.conftest import small_config
 from tests.inprocess_grid import InProcessGrid
 

@@ -9,8 +9,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from client_app.app import app as client_app
 from fedtune.config import Config
 from fedtune.errors import ConfigError
-from fedtune.flower.records import to_arrayrecord
 from fedtune.node_pins import PINS, Pins, refusal
+from fedtune.wire.flower import to_arrayrecord
 from tests.conftest import run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 

@@ -4,8 +4,8 @@ and the import rule of issue #26: privacy and secagg import nothing from algorit
 import numpy as np
 
 from fedtune.payloads import ArraysPayload, SeedsPayload
+from fedtune.seeded import pack_pairs
 from fedtune.strategies.hooks import NO_HOOKS, StrategyHooks, has_check, hooks_of
-from fedtune.zo import pack_pairs
 from tests.test_layout import _modules, _resolve, _runtime_imports
 
 

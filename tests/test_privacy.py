@@ -15,15 +15,15 @@ from scipy import stats
 
 from client_app.app import app as client_app
 from fedtune.algorithms import resolve
-from fedtune.algorithms.replies import Records
 from fedtune.config import Config, ConfigError
 from fedtune.payloads import ArraysPayload, SeedsPayload
 from fedtune.privacy.accountant import Accountant
 from fedtune.privacy.mechanism import clip, gaussian_noise, l2_norm, noisy_mean
 from fedtune.privacy.payloads import clip_reply, contribution, reference_of
 from fedtune.privacy.randomness import SECRET_ENV, privacy_rng
+from fedtune.seeded import pack_pairs
 from fedtune.strategies import build_strategy
-from fedtune.zo import pack_pairs
+from fedtune.wire import Records
 from server_app.app import main as server_main
 from tests.inprocess_grid import InProcessGrid
 from tests.test_strategies import DELTAS, X0, run_strategy

@@ -26,8 +26,8 @@ from flwr.app import Context, Message, RecordDict
 from scipy import stats
 
 from client_app.app import app as client_app
+from fedtune.checkpoint import config_fingerprint
 from fedtune.config import Config
-from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.loop import sample
 from fedtune.privacy.accountant import Accountant
 from fedtune.privacy.mechanism import clip, noisy_mean

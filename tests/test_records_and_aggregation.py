@@ -11,16 +11,16 @@ from fedtune.algorithms.fedit.adapter import (
     load_adapter_state,
 )
 from fedtune.algorithms.fedit.model import peft_model_for
-from fedtune.algorithms.replies import check_metrics, check_record
 from fedtune.flower.loop import _as_float32
-from fedtune.flower.records import (
+from fedtune.strategies import build_strategy
+from fedtune.wire import check_metrics, check_record
+from fedtune.wire.flower import (
     content_bytes,
     from_arrayrecord,
     to_arrayrecord,
     to_recorddict,
     to_records,
 )
-from fedtune.strategies import build_strategy
 from tests.conftest import small_config
 
 

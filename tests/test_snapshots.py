@@ -3,8 +3,8 @@ resumed run, taken from before the round it is asked to train."""
 
 import numpy as np
 
+from fedtune.checkpoint import config_fingerprint
 from fedtune.flower import snapshots
-from fedtune.flower.checkpoint import config_fingerprint
 
 
 def test_a_node_resumes_from_the_snapshot_before_the_round_it_trains(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 from flwr.app import Array, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedtune.algorithms.replies import Records, check_metrics, check_record
 from fedtune.config import Config
 from fedtune.flower.loop import run_rounds
-from fedtune.flower.records import to_arrayrecord
 from fedtune.strategies import build_strategy, names_for
+from fedtune.wire import Records, check_metrics, check_record
+from fedtune.wire.flower import to_arrayrecord
 from tests.inprocess_grid import InProcessGrid, identify_by_partition
 
 X0 = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)

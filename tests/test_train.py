@@ -9,8 +9,8 @@ from fedtune.data.synthetic import make_examples
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import build_tiny, load_tokenizer
+from fedtune.train.local import SFTSettings, train_round
 from fedtune.train.schedule import round_lr
-from fedtune.train.sft import SFTSettings, train_round
 
 
 def test_lr_schedules_over_rounds():

@@ -9,14 +9,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedtune.algorithms.replies import check_arrays, check_metrics
 from fedtune.config import Config, ConfigError
 from fedtune.flower.loop import run_rounds
-from fedtune.flower.records import to_arrayrecord
 from fedtune.payloads import BlockSeedsPayload, SeedsPayload
+from fedtune.seeded import SeedPool, pack_pairs, unpack_pairs
 from fedtune.strategies import build_strategy
 from fedtune.strategies.trust import TrustPolicy, resolve_weights
-from fedtune.zo import SeedPool, pack_pairs, unpack_pairs
+from fedtune.wire import check_arrays, check_metrics
+from fedtune.wire.flower import to_arrayrecord
 from tests.inprocess_grid import InProcessGrid, identify_by_partition
 from tests.test_strategies import DELTAS, EXAMPLES, X0  # the same toy clients' updates
 
@@ -231,7 +231,7 @@ def test_the_ferret_norm_is_the_reconstructed_updates_norm():
     """sqrt(sum_b sigma2 d_b ||c_b||^2) is the norm of sum_k c_bk z_k as the parties rebuild it
     (its expectation; within a few % at these sizes)."""
     from fedtune.algorithms.ferret.projection import SIGMA2, reconstruct
-    from fedtune.zo import derive_seeds
+    from fedtune.seeded import derive_seeds
 
     seeds, sizes = 8, [3000, 2000]
     payload = BlockSeedsPayload.of(seeds, sizes, SIGMA2)

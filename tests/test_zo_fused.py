@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from fedtune.zo import fused, rng
-from fedtune.zo.fused import add_codes_
+from fedtune.seeded import fused, rng
+from fedtune.seeded.fused import add_codes_
 
 M64 = (1 << 64) - 1
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedtune.algorithms.fedkseed.pro import encode_importance, probabilities_from
-from fedtune.zo.pool import (
+from fedtune.seeded.pool import (
     PRO_CLIP,
     SeedPool,
     accumulate_,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedtune.zo import (
+from fedtune.seeded import (
     accumulate_,
     derive_seeds,
     float32_snapshot,
@@ -73,7 +73,7 @@ import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 sys.path.insert(0, sys.argv[2])
 from test_zo_replay import SEEDS, some_accumulated, some_params
-from fedtune.zo import replay_
+from fedtune.seeded import replay_
 params = some_params()
 replay_(params, some_params(), some_accumulated(), SEEDS, 3e-3)
 print(hashlib.sha256(b"".join(p.numpy().tobytes() for p in params)).hexdigest())

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedtune.zo import rng
-from fedtune.zo.params import zo_named_parameters, zo_parameters
-from fedtune.zo.rng import (
+from fedtune.seeded import rng
+from fedtune.seeded.params import zo_named_parameters, zo_parameters
+from fedtune.seeded.rng import (
     NORMAL_TABLE,
     ZCODE_TABLE,
     add_perturbation_,
@@ -103,7 +103,7 @@ def test_seeds_and_parameter_indices_give_different_streams() -> None:
 CHILD = """
 import hashlib, sys, torch
 torch.set_num_threads(1)
-from fedtune.zo.rng import add_perturbation_, perturbation
+from fedtune.seeded.rng import add_perturbation_, perturbation
 h = hashlib.sha256()
 for index, numel in [(0, 7), (1, 4096), (5, 300_001)]:
     h.update(perturbation(2**40 + 3, index, numel).numpy().tobytes())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedtune.zo import add_perturbation_, derive_seeds, perturbation, zo_parameters, zo_step
+from fedtune.seeded import add_perturbation_, derive_seeds, perturbation, zo_parameters, zo_step
 from tests.conftest import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedtune.zo.rng import perturbation
-from fedtune.zo.versions import A_LIMIT, VersionStore, check_bounds, scale, to_codes
+from fedtune.seeded.rng import perturbation
+from fedtune.seeded.versions import A_LIMIT, VersionStore, check_bounds, scale, to_codes
 
 SHAPES = [(37,), (25, 40), (4097,), (3, 5, 7)]
 K = 64

@@ -49,11 +49,3 @@ def resolve(cfg: Config) -> Algorithm:
     check(cfg, algo)
     algo.check(cfg)
     return algo
-
-
-def strategies(algo: Algorithm) -> list[str]:
-    """The strategy names that fit ``algo``."""
-    from fedtune.strategies import REGISTRY as STRATEGIES
-
-    return [e.name for (kind, _), e in STRATEGIES.items()
-            if kind == algo.payload and (algo.client_hooks or not e.client_hook)]

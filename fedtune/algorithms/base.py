@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fedtune.algorithms.replies import Records
+from fedtune.wire import Records
 
 if TYPE_CHECKING:
     from fedtune.config import Config
@@ -33,6 +33,19 @@ class ClientSide(Protocol):
     def train(self, content: Records, node: Node, state: NodeState) -> Records: ...
 
     def evaluate(self, content: Records, node: Node, state: NodeState) -> Records: ...
+
+
+class ClientHook(Protocol):
+    """A strategy's half on the node (SCAFFOLD's control variates), one instance per message.
+    The runtime builds it from the strategy's registry entry and hands it to an algorithm's
+    client side (``Algorithm.client_hooks``), so algorithms never import strategies."""
+
+    def before_train(self, content: Records, state: NodeState) -> Arrays | None:
+        """A per-key gradient correction for the local round (None: none)."""
+
+    def after_train(self, x: Arrays, y: Arrays, steps: int, lr: float, state: NodeState,
+                    reply: Records) -> None:
+        """Sees the round's start ``x`` and end ``y``; may keep state and add reply records."""
 
 
 class ServerSide(Protocol):
@@ -80,7 +93,8 @@ class Algorithm:
     ``check`` raises ``ConfigError`` for configs this algorithm cannot run;
     ``simulation_setup`` sets what ``fedtune simulate`` chooses for it (e.g. a shared cache
     inside the run folder). ``client_hooks``: its client side runs a
-    strategy's client half (SCAFFOLD's); strategies that have one fit only such algorithms. A
+    strategy's client half (SCAFFOLD's), given as ``client(cfg, hook)`` with ``hook`` a
+    :class:`ClientHook` or None; strategies that have one fit only such algorithms. A
     baseline (``federated=False``) runs in one process through ``run(cfg, num_clients)``
     instead of Flower.
     """
@@ -88,7 +102,7 @@ class Algorithm:
     name: str
     summary: str
     payload: str = "arrays"
-    client: Callable[[Config], ClientSide] | None = None
+    client: Callable[..., ClientSide] | None = None  # (cfg) or, with client_hooks, (cfg, hook)
     server: Callable[[Config], ServerSide] | None = None
     check: Callable[[Config], None] = _nothing
     simulation_setup: Callable[[Config], None] = _nothing

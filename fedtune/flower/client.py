@@ -11,15 +11,16 @@ import os
 from flwr.app import RecordDict
 
 from fedtune.algorithms import resolve
+from fedtune.checkpoint import config_fingerprint
 from fedtune.config import Config
 from fedtune.flower import snapshots
-from fedtune.flower.checkpoint import config_fingerprint
-from fedtune.flower.records import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 from fedtune.flower.secure import SECAGG, clip_bound, masked_reply
 from fedtune.node import Node, data_report
 from fedtune.payloads import payload_of
 from fedtune.privacy.payloads import clip_reply, reference_of
 from fedtune.seeding import deterministic_cuda
+from fedtune.strategies import client_hook
+from fedtune.wire.flower import from_arrayrecord, to_arrayrecord, to_recorddict, to_records
 
 DATA_REPORT = "data"  # a deployed node's train reply: fedtune.node.data_report
 
@@ -54,7 +55,8 @@ def train(cfg: Config, node: Node, content: RecordDict, state: RecordDict) -> Re
     folder = _snapshot_dir(cfg)
     if not kept and folder:  # a resumed run: this node's last snapshot
         kept = snapshots.load(folder, node.name, server_round)
-    side = algo.client(cfg)
+    side = algo.client(cfg, client_hook(cfg, algo.payload)) if algo.client_hooks else \
+        algo.client(cfg)
     reply = side.train(received, node, kept)
     _persist(kept, before, state)
     if kept and folder:

@@ -17,9 +17,9 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.base import ServerSide
-from fedtune.flower.records import from_arrayrecord, to_recorddict, to_records
 from fedtune.strategies.hooks import has_check, hooks_of
 from fedtune.wire import Records
+from fedtune.wire.flower import from_arrayrecord, to_recorddict, to_records
 
 log = logging.getLogger("fedtune")
 

@@ -23,8 +23,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedtune.algorithms.base import ServerSide
+from fedtune.checkpoint import config_fingerprint
 from fedtune.config import Config
-from fedtune.flower.checkpoint import config_fingerprint
 from fedtune.flower.hooks import (
     Check,
     address,
@@ -34,14 +34,7 @@ from fedtune.flower.hooks import (
     reply_check,
     round_report,
 )
-from fedtune.flower.records import (
-    content_bytes,
-    from_arrayrecord,
-    payload_bytes,
-    reply_report,
-    to_arrayrecord,
-    to_records,
-)
+from fedtune.flower.records import reply_report
 from fedtune.logs import user_error
 from fedtune.payloads import payload_of
 from fedtune.privacy.randomness import privacy_rng
@@ -49,6 +42,13 @@ from fedtune.seeding import rng
 from fedtune.strategies.hooks import hooks_of
 from fedtune.strategies.trust import TrustPolicy
 from fedtune.wire import check_metrics
+from fedtune.wire.flower import (
+    content_bytes,
+    from_arrayrecord,
+    payload_bytes,
+    to_arrayrecord,
+    to_records,
+)
 
 log = logging.getLogger("fedtune")
 

@@ -1,22 +1,9 @@
-"""A train reply's line in ``clients.jsonl``; the conversions to and from Flower's records and
-the byte counts live in :mod:`fedtune.wire.flower` (re-exported here for the runtime)."""
+"""A train reply's line in ``clients.jsonl`` (the conversions to and from Flower's records and
+the byte counts are :mod:`fedtune.wire.flower`'s)."""
 
 from __future__ import annotations
 
 from flwr.app import RecordDict
-
-from fedtune.wire.flower import (
-    content_bytes,
-    from_arrayrecord,
-    payload_bytes,
-    recorddict_to_proto,
-    to_arrayrecord,
-    to_recorddict,
-    to_records,
-)
-
-__all__ = ["content_bytes", "from_arrayrecord", "payload_bytes", "recorddict_to_proto",
-           "reply_report", "to_arrayrecord", "to_recorddict", "to_records"]
 
 
 def reply_report(content: RecordDict) -> dict:

@@ -11,9 +11,7 @@ import numpy as np
 from flwr.serverapp import Grid
 
 from fedtune.algorithms import resolve
-from fedtune.config import Config
-from fedtune.errors import ConfigError
-from fedtune.flower.checkpoint import (
+from fedtune.checkpoint import (
     Checkpoint,
     CheckpointError,
     config_changes,
@@ -22,6 +20,8 @@ from fedtune.flower.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
+from fedtune.config import Config
+from fedtune.errors import ConfigError
 from fedtune.flower.loop import run_rounds
 from fedtune.plot import plot_metrics
 from fedtune.privacy.randomness import WARNING, announce

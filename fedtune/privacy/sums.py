@@ -15,8 +15,8 @@ import numpy as np
 from fedtune.payloads import Arrays, Payload
 from fedtune.privacy.payloads import contribution
 from fedtune.secagg.masking import dequantize, quantize
+from fedtune.seeded import PRO_CLIP, unpack_pairs
 from fedtune.wire import NUM_EXAMPLES, Records
-from fedtune.zo import PRO_CLIP, unpack_pairs
 
 EXTRA = 3  # n, n x train-loss and the clipped-value count after the contribution
 
@@ -64,7 +64,7 @@ def vector_length(payload: Payload, reference: Arrays, pro: bool = False) -> int
 
 def pro_statistics(payload: Payload, reply: Records) -> np.ndarray:
     """FedKSeed-Pro's per-seed statistics of one reply: the sums of |clipped scalar| and the
-    counts of draws (what :meth:`~fedtune.zo.SeedPool.update` adds), 2 K values."""
+    counts of draws (what :meth:`~fedtune.seeded.SeedPool.update` adds), 2 K values."""
     k = payload.pool_size
     if k is None:
         raise ValueError("FedKSeed-Pro's statistics need a seed payload")

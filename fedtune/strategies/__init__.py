@@ -33,21 +33,21 @@ class StrategyEntry:
 
 _EACH = "it looks at each client's update, not only at their (noised) mean"
 _ENTRIES = [
-    StrategyEntry("fedavg", "arrays", "flower", "McMahan et al., AISTATS 2017"),
-    StrategyEntry("fedprox", "arrays", "flower", "Li et al., MLSys 2020"),
-    StrategyEntry("fedavgm", "arrays", "flower", "Hsu et al., 2019"),
-    StrategyEntry("fedadam", "arrays", "flower", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedyogi", "arrays", "flower", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedadagrad", "arrays", "flower", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedmedian", "arrays", "flower", "Yin et al., ICML 2018", per_client=_EACH),
-    StrategyEntry("fedtrimmedavg", "arrays", "flower", "Yin et al., ICML 2018", per_client=_EACH),
-    StrategyEntry("krum", "arrays", "flower", "Blanchard et al., NeurIPS 2017", per_client=_EACH),
+    StrategyEntry("fedavg", "arrays", "builtin", "McMahan et al., AISTATS 2017"),
+    StrategyEntry("fedprox", "arrays", "builtin", "Li et al., MLSys 2020"),
+    StrategyEntry("fedavgm", "arrays", "builtin", "Hsu et al., 2019"),
+    StrategyEntry("fedadam", "arrays", "builtin", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedyogi", "arrays", "builtin", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedadagrad", "arrays", "builtin", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedmedian", "arrays", "builtin", "Yin et al., ICML 2018", per_client=_EACH),
+    StrategyEntry("fedtrimmedavg", "arrays", "builtin", "Yin et al., ICML 2018", per_client=_EACH),
+    StrategyEntry("krum", "arrays", "builtin", "Blanchard et al., NeurIPS 2017", per_client=_EACH),
     StrategyEntry("scaffold", "arrays", "scaffold", "Karimireddy et al., ICML 2020",
                   client_hook="scaffold:ScaffoldClient",
                   per_client="each client also uploads its control variate, unclipped and without "
                         "noise"),
     # FedKSeed's seed-space FedAvg (options: zo-server-momentum, zo-robust-clip)
-    StrategyEntry("fedavg", "seeds", "fedkseed", "Qin et al., ICML 2024"),
+    StrategyEntry("fedavg", "seeds", "seeds", "Qin et al., ICML 2024"),
 ]
 REGISTRY: dict[tuple[str, str], StrategyEntry] = {(e.payload, e.name): e for e in _ENTRIES}
 
@@ -86,6 +86,12 @@ def build_strategy(cfg: Config, payload: str, server: Any) -> Any:
 
         strategy = secagg.wrap(strategy, cfg, payload, server)
     return strategy
+
+
+def fitting(algo: Algorithm) -> list[str]:
+    """The strategy names that fit ``algo``."""
+    return [e.name for (kind, _), e in REGISTRY.items()
+            if kind == algo.payload and (algo.client_hooks or not e.client_hook)]
 
 
 def client_hook(cfg: Config, payload: str) -> Any | None:

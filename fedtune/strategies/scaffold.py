@@ -20,15 +20,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedtune.algorithms.base import Arrays, NodeState
-from fedtune.algorithms.replies import Records, check_record
-from fedtune.strategies import flower
+from fedtune.strategies import builtin
 from fedtune.strategies.hooks import StrategyHooks
 from fedtune.strategies.state import StatefulStrategy
+from fedtune.wire import Records, check_record
 
 RECORD = "scaffold"  # the record (down: c; up: c_i+ - c_i) and the node-state entry (c_i)
 
 
-class Scaffold(StatefulStrategy, StrategyHooks, flower.fl.FedAvg):
+class Scaffold(StatefulStrategy, StrategyHooks, builtin.fl.FedAvg):
     """The server side: FedAvg over adapters plus the control variate c."""
 
     state_attrs = ("control",)
@@ -98,4 +98,4 @@ class ScaffoldClient:
 def build(name: str, cfg, server) -> Scaffold:
     del name
     return Scaffold(num_clients=cfg.server.min_available_nodes, spec=server.spec(),
-                    **flower.common_args())
+                    **builtin.common_args())

@@ -9,7 +9,7 @@ from fedtune.errors import at_least_one, one_of, require
 OBJECTIVES = ("sft", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
 LR_SCHEDULES = ("constant", "cosine", "linear")
-OPTIMIZERS = ("adamw", "sgd")  # local optimizers (fedtune.train.sft.make_optimizer)
+OPTIMIZERS = ("adamw", "sgd")  # local optimizers (fedtune.train.local.make_optimizer)
 
 
 @dataclass

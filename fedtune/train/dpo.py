@@ -210,7 +210,7 @@ class DPOStats:
 def batch_loss_fn(model: torch.nn.Module, data: PairSet, reference: np.ndarray,
                   settings: DPOSettings, pad_id: int, stats: DPOStats
                   ) -> Callable[[list[int]], tuple[torch.Tensor, int]]:
-    """A loss of a batch of pair indices for :func:`fedtune.train.sft.train_round`."""
+    """A loss of a batch of pair indices for :func:`fedtune.train.local.train_round`."""
 
     def loss(indices: list[int]) -> tuple[torch.Tensor, int]:
         terms, tokens = pair_loss(model, data, indices, reference, settings, pad_id)

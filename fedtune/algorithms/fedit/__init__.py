@@ -16,13 +16,14 @@ from fedtune.algorithms.base import Algorithm
 from fedtune.algorithms.fedit.config import AGGREGATIONS
 
 if TYPE_CHECKING:
+    from fedtune.algorithms.base import ClientHook
     from fedtune.config import Config
 
 
-def _client(cfg: Config):
+def _client(cfg: Config, hook: ClientHook | None = None):
     from fedtune.algorithms.fedit.client import FedITClient
 
-    return FedITClient(cfg)
+    return FedITClient(cfg, hook)
 
 
 def _simulation_setup(cfg: Config) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedtune.algorithms.base import NodeState
+from fedtune.algorithms.base import ClientHook, NodeState
 from fedtune.algorithms.fedit.adapter import (
     WIRE_DTYPE,
     adapter_state,
@@ -28,16 +28,15 @@ from fedtune.algorithms.fedit.factors import Arrays, select, truncate
 from fedtune.algorithms.fedit.merged import RECORD, VERSION, apply_update
 from fedtune.algorithms.fedit.model import initial_adapter, peft_model_for, set_base
 from fedtune.algorithms.fedit.variants import variant
-from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet
 from fedtune.data.tokenize import EncodedSet
 from fedtune.eval.loss import heldout_loss
 from fedtune.eval.preference import preference_metrics
 from fedtune.node import Node, node_data, node_pairs
-from fedtune.strategies import client_hook
 from fedtune.train.dpo import DPOStats, batch_loss_fn, dropout_off
-from fedtune.train.sft import SFTSettings, train_round
+from fedtune.train.local import SFTSettings, train_round
+from fedtune.wire import NUM_EXAMPLES, Records
 
 
 @dataclass
@@ -150,9 +149,10 @@ class FedITClient:
     update for FLoRA/FedEx-LoRA; the uploaded parts in 16 bits and the round's metrics out. A
     strategy's client hook (SCAFFOLD) adds its records around the round."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, hook: ClientHook | None = None) -> None:
         self.cfg = cfg
         self.variant = variant(cfg)
+        self.hook = hook
 
     def rank(self, node: Node) -> int | None:
         """This node's rank, None when it is the global ``lora-r``."""
@@ -197,7 +197,7 @@ class FedITClient:
         rank = self.rank(node)
         base = self.base(content, state)
         x = self.start(received, rank, state)
-        hook = client_hook(self.cfg, "arrays")
+        hook = self.hook
         correction = hook.before_train(content, state) if hook is not None else None
         lr = float(conf["lr"])
         result = train(self.cfg, x, server_round=int(conf["server-round"]), lr=lr, node=node,

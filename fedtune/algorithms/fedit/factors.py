@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from fedtune.algorithms.fedit.variants import OTHER, A, B
-from fedtune.algorithms.replies import check_arrays
+from fedtune.wire import check_arrays
 
 Arrays = dict[str, np.ndarray]
 _SUFFIX = {A: ".lora_A.weight", B: ".lora_B.weight"}

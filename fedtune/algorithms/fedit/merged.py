@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedtune.algorithms.fedit.factors import product
-from fedtune.algorithms.replies import Records
+from fedtune.wire import Records
 
 RECORD = "lora-base"  # arrays: the update; configs: RECORD + "-version" {from, to, whole}
 VERSION = RECORD + "-version"

@@ -22,7 +22,6 @@ from fedtune.algorithms.fedit.model import (
 )
 from fedtune.algorithms.fedit.payload import lora_payload
 from fedtune.algorithms.fedit.variants import variant
-from fedtune.algorithms.replies import NUM_EXAMPLES, Records, check_metrics, check_record
 from fedtune.config import Config
 from fedtune.data.split import EXAMPLES, split
 from fedtune.data.tokenize import encode_examples
@@ -30,6 +29,7 @@ from fedtune.eval.generate import answer_metrics
 from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.train.schedule import round_lr
+from fedtune.wire import NUM_EXAMPLES, Records, check_metrics, check_record
 
 
 class FedITServer:

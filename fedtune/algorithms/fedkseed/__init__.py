@@ -4,10 +4,10 @@ perturbations drawn from a fixed pool of K seeds and upload only (seed index, sc
 every party holds the same model w = w0 - lr * sum_s A_s z(s). FedKSeed-Pro samples seeds by
 importance.
 
-The math lives in ``fedtune.zo``; this package is the algorithm: ``config`` (the ``zo-*``
+The math lives in ``fedtune.seeded``; this package is the algorithm: ``config`` (the ``zo-*``
 section), ``defaults`` (lr and eps for the model size), ``model`` (the process's model and its
 versions), ``client``, ``server``, ``pro`` (importance on the wire), ``dpo``, ``export``. Its
-aggregation is the strategy ``fedtune.strategies.fedkseed``.
+aggregation is the strategy ``fedtune.strategies.seeds``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from fedtune.algorithms.base import NodeState
 from fedtune.algorithms.fedkseed.dpo import reference_logps
 from fedtune.algorithms.fedkseed.model import ZOModel, identity_mismatch, zo_model_for
 from fedtune.algorithms.fedkseed.pro import probabilities_from
-from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet
 from fedtune.data.tokenize import EncodedSet, collate
@@ -20,10 +19,11 @@ from fedtune.eval.loss import heldout_loss
 from fedtune.eval.preference import preference_metrics
 from fedtune.node import Node, node_data, node_pairs
 from fedtune.payloads import SeedsPayload
+from fedtune.seeded import pack_pairs, sample_seed_indices, zo_step
 from fedtune.seeding import rng
 from fedtune.train.dpo import DPOSettings, DPOStats, pair_loss
-from fedtune.train.sft import batches
-from fedtune.zo import pack_pairs, sample_seed_indices, zo_step
+from fedtune.train.local import batches
+from fedtune.wire import NUM_EXAMPLES, Records
 
 
 @dataclass

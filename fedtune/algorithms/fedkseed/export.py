@@ -9,8 +9,8 @@ import numpy as np
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedtune.algorithms.fedkseed.server import STATE_FILE
-from fedtune.zo import zo_parameters
-from fedtune.zo.versions import VersionStore
+from fedtune.seeded import zo_parameters
+from fedtune.seeded.versions import VersionStore
 
 
 def is_fedkseed_run(run_dir: Path) -> bool:

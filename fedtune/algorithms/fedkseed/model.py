@@ -1,8 +1,9 @@
 """The float32 model a process tunes or evaluates with FedKSeed, and its versions.
 
 A version is the accumulated-scalar vector A; its model is the exact integer-sum definition of
-:mod:`fedtune.zo.versions`, held and shared between processes by :class:`fedtune.zo.shared.ZOModel`
-(whose names this module re-exports). Its identity: model fingerprint, zo-lr, zo-eps, seed pool.
+:mod:`fedtune.seeded.versions`, held and shared between processes by
+:class:`fedtune.seeded.shared.ZOModel` (whose names this module re-exports). Its identity:
+model fingerprint, zo-lr, zo-eps, seed pool.
 
 Weights are float32 whatever the device: at eps = 5e-4 a bfloat16 weight cannot even represent
 the perturbation (one rounding step at |w| = 0.1), so FedKSeed never tunes in 16 bits.
@@ -17,9 +18,9 @@ from fedtune.algorithms.fedkseed.config import ZOConfig
 from fedtune.algorithms.fedkseed.defaults import zo_eps, zo_lr
 from fedtune.config import Config
 from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer
-from fedtune.zo import SeedPool
-from fedtune.zo.params import zo_named_parameters
-from fedtune.zo.shared import (
+from fedtune.seeded import SeedPool
+from fedtune.seeded.params import zo_named_parameters
+from fedtune.seeded.shared import (
     KEEP,
     ZOModel,
     identity_mismatch,
@@ -27,7 +28,7 @@ from fedtune.zo.shared import (
     pool_fingerprint,
     version_key,
 )
-from fedtune.zo.versions import VersionStore
+from fedtune.seeded.versions import VersionStore
 
 __all__ = ["KEEP", "ZOModel", "identity_mismatch", "model_fingerprint", "pool_fingerprint",
            "version_key", "zo_model_for"]

@@ -1,6 +1,6 @@
 """FedKSeed-Pro on the wire: the server's seed importance, sent compactly.
 
-The server keeps exact statistics (``fedtune.zo.SeedPool``). Clients only need the sampling
+The server keeps exact statistics (``fedtune.seeded.SeedPool``). Clients only need the sampling
 probabilities, softmax(min-max-normalised importance); the normalised importance travels as one
 byte per seed (K bytes), and clients take the softmax of the dequantised values.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedtune.zo import SeedPool
+from fedtune.seeded import SeedPool
 
 
 def encode_importance(pool: SeedPool) -> bytes:

@@ -10,7 +10,6 @@ import numpy as np
 from fedtune.algorithms.fedkseed.dpo import heldout_pairs
 from fedtune.algorithms.fedkseed.model import zo_model_for
 from fedtune.algorithms.fedkseed.pro import encode_importance
-from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
 from fedtune.data.split import EXAMPLES, split
 from fedtune.data.tokenize import encode_examples
@@ -18,7 +17,8 @@ from fedtune.eval.generate import answer_metrics
 from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.payloads import Payload, SeedsPayload
-from fedtune.zo import SeedPool, unpack_pairs
+from fedtune.seeded import SeedPool, unpack_pairs
+from fedtune.wire import Records, check_metrics
 
 STATE_FILE = "fedkseed-state.npz"
 

@@ -4,7 +4,7 @@ weight, project their update block-wise onto directions from a fixed pool of K s
 upload only the coefficients; every party reconstructs the aggregated update from the seeds.
 
 ``config`` (the ``ferret-*`` section), ``blocks`` (the block layout), ``projection`` (the
-estimator and its reference reconstruction), ``model`` (exact versions on :mod:`fedtune.zo`),
+estimator and its reference reconstruction), ``model`` (exact versions on :mod:`fedtune.seeded`),
 ``client``, ``server``. Its aggregation is the ``seeds`` strategy, shared with FedKSeed.
 """
 

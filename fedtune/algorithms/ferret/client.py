@@ -14,14 +14,14 @@ from fedtune.algorithms.fedkseed import client as fedkseed_client
 from fedtune.algorithms.fedkseed.dpo import reference_logps
 from fedtune.algorithms.ferret.model import ferret_model_for
 from fedtune.algorithms.ferret.projection import project
-from fedtune.algorithms.replies import NUM_EXAMPLES, Records
 from fedtune.config import Config
 from fedtune.node import Node, node_data, node_pairs
+from fedtune.seeded import pack_pairs
+from fedtune.seeded.shared import identity_mismatch
 from fedtune.seeding import rng
 from fedtune.train.dpo import DPOSettings, DPOStats, batch_loss_fn, dropout_off
-from fedtune.train.sft import SFTSettings, train_round
-from fedtune.zo import pack_pairs
-from fedtune.zo.shared import identity_mismatch
+from fedtune.train.local import SFTSettings, train_round
+from fedtune.wire import NUM_EXAMPLES, Records
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The float32 model a process tunes or evaluates with Ferret, at exact versions.
 
 A version is A, one accumulated coefficient per (block, seed); its model is
-w = w0 - eta_s * sum_bk A_bk z_k|_b, defined exactly by :mod:`fedtune.zo.versions` (integer
+w = w0 - eta_s * sum_bk A_bk z_k|_b, defined exactly by :mod:`fedtune.seeded.versions` (integer
 sums, blocks, a 2**-24 quantum: Ferret's coefficients are small) and held, shared through the
-cache folder and caught up incrementally by :class:`fedtune.zo.shared.ZOModel`, as FedKSeed's.
+cache folder and caught up incrementally by :class:`fedtune.seeded.shared.ZOModel`, as FedKSeed's.
 A client holds the float32 weights and, while it trains, their gradients: w0 and S are files.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 from fedtune.algorithms.ferret.blocks import blocks_fingerprint, group_blocks
 from fedtune.config import Config
 from fedtune.models.loading import choose_placement, load_model, load_tokenizer
-from fedtune.zo import SeedPool
-from fedtune.zo.params import zo_named_parameters
-from fedtune.zo.shared import ZOModel, model_fingerprint, pool_fingerprint
-from fedtune.zo.versions import VersionStore
+from fedtune.seeded import SeedPool
+from fedtune.seeded.params import zo_named_parameters
+from fedtune.seeded.shared import ZOModel, model_fingerprint, pool_fingerprint
+from fedtune.seeded.versions import VersionStore
 
 FRAC_BITS = 24  # A's quantum 2**-24; |A| < 4096 (checked on every load)
 

@@ -13,7 +13,7 @@ shrinks like d_b / n_b). As in the official code, n_b is proportional to the blo
 (the largest block gets K, every block at least ``min_seeds``) and the n_b seeds are drawn
 without replacement from the K; here the draw is seeded by (run seed, round, node).
 
-z is :mod:`fedtune.zo.rng`'s device-independent perturbation (table of normal quantiles), so
+z is :mod:`fedtune.seeded.rng`'s device-independent perturbation (table of normal quantiles), so
 reconstruction is bit-identical everywhere; the official code's truncated normal is not.
 Delta is streamed from the held version's files (:meth:`VersionStore.version_chunk`) minus
 the trained weights, so no second copy of the model is ever held.
@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedtune.zo.fused import dot_perturbations
-from fedtune.zo.rng import NORMAL_TABLE, perturbations
-from fedtune.zo.versions import VersionStore
+from fedtune.seeded.fused import dot_perturbations
+from fedtune.seeded.rng import NORMAL_TABLE, perturbations
+from fedtune.seeded.versions import VersionStore
 
 SIGMA2 = float(NORMAL_TABLE.double().square().mean())  # E[z_e^2] over the table's lanes
 

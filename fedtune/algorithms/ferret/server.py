@@ -2,7 +2,7 @@
 replies checked, evaluation of a version, the result (the reconstructed model as an HF folder).
 
 A is one accumulated coefficient per (block, seed), L * K entries; the ``seeds`` strategy
-(:mod:`fedtune.strategies.fedkseed`) aggregates the replies into it exactly as FedKSeed's
+(:mod:`fedtune.strategies.seeds`) aggregates the replies into it exactly as FedKSeed's
 scalars: A_bk += sum_i w_i gamma_ibk, w_i by examples or equal (``zo-equal-weights``, the
 official script's choice), so with a constant server lr the model is the FedAvg of the clients'
 reconstructed updates. It sees A's entries as a pool of L * K coordinates.
@@ -19,12 +19,12 @@ from fedtune.algorithms.fedkseed.server import FedKSeedServer
 from fedtune.algorithms.ferret.config import ferret_lr
 from fedtune.algorithms.ferret.model import FRAC_BITS, ferret_model_for
 from fedtune.algorithms.ferret.projection import SIGMA2
-from fedtune.algorithms.replies import Records, check_metrics
 from fedtune.config import Config
 from fedtune.models.loading import is_tiny
 from fedtune.payloads import BlockSeedsPayload
+from fedtune.seeded import SeedPool
 from fedtune.train.schedule import round_lr
-from fedtune.zo import SeedPool
+from fedtune.wire import Records, check_metrics
 
 STATE_FILE = "ferret-state.npz"
 

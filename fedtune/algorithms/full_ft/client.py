@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedtune.algorithms.replies import Records
 from fedtune.config import Config
 from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import choose_placement, load_model, load_tokenizer
 from fedtune.node import Node, node_data
-from fedtune.train.sft import SFTSettings, train_round
+from fedtune.train.local import SFTSettings, train_round
+from fedtune.wire import Records
 
 
 def _model(cfg: Config, arrays: dict[str, np.ndarray] | None = None):

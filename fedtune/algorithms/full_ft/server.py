@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from fedtune.algorithms.full_ft.client import _model, _weights
-from fedtune.algorithms.replies import Records, check_metrics, check_record
 from fedtune.config import Config
 from fedtune.data.split import EXAMPLES, split
 from fedtune.data.tokenize import encode_examples
 from fedtune.eval.loss import heldout_loss
 from fedtune.train.schedule import round_lr
+from fedtune.wire import Records, check_metrics, check_record
 
 
 class FullServer:

@@ -13,7 +13,7 @@ seeds while a block of weights stays in registers or cache:
 * ``compiled``: the batched formula under ``torch.compile`` (Triton on CUDA, C++ on CPU), with
   dynamic seed and block counts so that it compiles once per process and device.
 * ``batched``: the same formula run eagerly on blocks of seeds (for comparison).
-* ``eager``: per seed, :class:`~fedtune.zo.rng.Workspace` with the code table times delta.
+* ``eager``: per seed, :class:`~fedtune.seeded.rng.Workspace` with the code table times delta.
 
 ``auto`` takes the first of native, compiled, eager that builds and matches eager on a probe
 (checked once per process and device; a failure is logged at debug level and skipped).
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedtune.zo.rng import _MIX1, _MIX2, ZCODE_TABLE, Workspace, _signed, stream_key
+from fedtune.seeded.rng import _MIX1, _MIX2, ZCODE_TABLE, Workspace, _signed, stream_key
 
 __all__ = ["BACKENDS", "add_codes_", "available_backend", "dot_perturbations"]
 
@@ -338,7 +338,7 @@ def dot_perturbations(x: torch.Tensor, seeds: Sequence[int], index: int, start: 
         return np.zeros(len(seeds))
     if x.device.type == "cpu" and _ready("native", x.device):
         return _native_dots(x.contiguous(), seeds, index, start)
-    from fedtune.zo.rng import perturbations
+    from fedtune.seeded.rng import perturbations
 
     out = np.zeros(len(seeds))
     rows = max(1, (1 << 22) // x.numel())

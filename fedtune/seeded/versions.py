@@ -5,7 +5,7 @@ The model of version A (the accumulated-scalar vector every party holds) is *def
     w = float32( float64(w0) - c * float64(S) ),   S = sum_s Aint_s * zcode_s,   c = lr * 2**-28
 
 per weight, where ``Aint = rint(A * 2**16)`` (int64, :func:`to_codes`) and ``zcode_s`` is the
-integer code of z(seed s) (``z = zcode / 4096``, :data:`fedtune.zo.rng.ZCODE_TABLE`), so
+integer code of z(seed s) (``z = zcode / 4096``, :data:`fedtune.seeded.rng.ZCODE_TABLE`), so
 ``lr * Aint * zcode * 2**-28 = lr * A * z`` up to the 2**-16 quantum of A. Integer addition is
 associative, so a party at version v reaches version r by adding only
 ``(Aint_r - Aint_v)_s * zcode_s`` for the seeds whose entry changed, and holds the same S, hence
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedtune.zo.rng import Z_FRAC_BITS, ZCODE_TABLE
+from fedtune.seeded.rng import Z_FRAC_BITS, ZCODE_TABLE
 
 __all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "a_limit", "check_bounds", "codes_path",
            "scale", "to_codes"]
@@ -153,7 +153,7 @@ class VersionStore:
         """One streamed pass: S += sum deltas z-codes for each block's ``changes`` (block ->
         (seeds, deltas), if ``update_s``), params = w0 - c S; ``only_changed`` skips the
         parameters of blocks without changes (their weights are already the version's)."""
-        from fedtune.zo.fused import add_codes_
+        from fedtune.seeded.fused import add_codes_
 
         i64, f32 = np.dtype(np.int64), np.dtype(np.float32)
         with self.s_path.open("r+b") as s_file, self.w0_path.open("rb") as w0_file:

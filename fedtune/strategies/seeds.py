@@ -31,8 +31,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from fedtune.algorithms.fedkseed.config import ZOConfig
+from fedtune.seeded import SeedPool, accumulate_, unpack_pairs
 from fedtune.strategies.state import StatefulStrategy
-from fedtune.zo import SeedPool, accumulate_, unpack_pairs
 
 Reply = tuple[np.ndarray, np.ndarray, int]  # (seed indices, scalars, examples)
 

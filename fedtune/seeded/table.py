@@ -1,9 +1,9 @@
 """The fixed table z is read from: 65,536 standard-normal quantiles, as exact integer codes.
 
-A 16-bit lane of a hash (:mod:`fedtune.zo.rng`) indexes it. Entry ``i`` is the quantile of
+A 16-bit lane of a hash (:mod:`fedtune.seeded.rng`) indexes it. Entry ``i`` is the quantile of
 (i + 0.5) / 65536 rounded to a multiple of 2**-12, so z = code / 4096 with an integer code: the
 float table is exact in float32, and model versions can be exact integer sums
-(:mod:`fedtune.zo.versions`).
+(:mod:`fedtune.seeded.versions`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["NORMAL_TABLE", "ZCODE_TABLE", "Z_FRAC_BITS", "normal_table"]
 
 Z_FRAC_BITS = 12
 """z values are multiples of 2**-12: z = code / 4096 with an integer code (``ZCODE_TABLE``), so
-model versions can be held as exact integer sums (:mod:`fedtune.zo.versions`)."""
+model versions can be held as exact integer sums (:mod:`fedtune.seeded.versions`)."""
 
 
 def _build_codes() -> torch.Tensor:

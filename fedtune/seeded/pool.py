@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedtune.zo.rng import _mix64
+from fedtune.seeded.rng import _mix64
 
 __all__ = [
     "PRO_CLIP",

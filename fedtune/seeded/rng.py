@@ -29,8 +29,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from fedtune.zo.params import zo_parameters
-from fedtune.zo.table import NORMAL_TABLE, Z_FRAC_BITS, ZCODE_TABLE, normal_table
+from fedtune.seeded.params import zo_parameters
+from fedtune.seeded.table import NORMAL_TABLE, Z_FRAC_BITS, ZCODE_TABLE, normal_table
 
 __all__ = [
     "CHUNK_SIZE",

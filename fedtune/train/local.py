@@ -1,4 +1,5 @@
-"""One local SFT round: a fixed number of optimizer steps on a client's private examples.
+"""The generic local round: a fixed number of optimizer steps on a client's private examples
+(SFT, and any loss passed in: DPO, Ferret's local steps).
 
 The optimizer (AdamW) starts fresh every round, so no optimizer state crosses rounds: the
 server decides the learning rate of the round (a schedule over rounds) and nothing else needs

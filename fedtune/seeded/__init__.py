@@ -1,5 +1,7 @@
-"""FedKSeed (Qin et al., ICML 2024): zeroth-order full-parameter tuning with a finite seed pool.
+"""Seeded full-parameter updates: a model moves along directions regenerated from seeds.
 
+Shared by FedKSeed (Qin et al., ICML 2024; zeroth-order steps along z(seed)) and Ferret
+(Shu et al., 2024; first-order updates projected onto z(seed, block)).
 ``rng`` makes z(seed) bit-identical on every device, ``params`` says which tensors are tuned,
 ``step`` takes one ZO step, ``pool`` holds the K seeds, FedKSeed-Pro's statistics and the upload
 format, ``versions`` defines the global model of a version A exactly (integer sums, incremental
@@ -8,8 +10,8 @@ catch-up, w0 and the sums in files), ``fused`` is its many-seeds-per-pass kernel
 Flower imports.
 """
 
-from fedtune.zo.params import zo_named_parameters, zo_parameters
-from fedtune.zo.pool import (
+from fedtune.seeded.params import zo_named_parameters, zo_parameters
+from fedtune.seeded.pool import (
     PRO_CLIP,
     SeedPool,
     accumulate_,
@@ -18,14 +20,14 @@ from fedtune.zo.pool import (
     sample_seed_indices,
     unpack_pairs,
 )
-from fedtune.zo.replay import float32_snapshot, replay_
-from fedtune.zo.rng import (
+from fedtune.seeded.replay import float32_snapshot, replay_
+from fedtune.seeded.rng import (
     NORMAL_TABLE,
     add_perturbation_,
     perturbation,
     perturbations,
 )
-from fedtune.zo.step import ZOStepResult, zo_step
+from fedtune.seeded.step import ZOStepResult, zo_step
 
 __all__ = [
     "NORMAL_TABLE",

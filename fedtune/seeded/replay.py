@@ -1,7 +1,7 @@
 """Float replay of accumulated scalars, seed by seed (Qin et al., ICML 2024).
 
 This was fedtune's definition of a FedKSeed version until versions became exact integer sums
-(:mod:`fedtune.zo.versions`, which the algorithm uses now). It stays as the benchmarks'
+(:mod:`fedtune.seeded.versions`, which the algorithm uses now). It stays as the benchmarks'
 "per-seed replay" baseline and as the float path the GPU check compares across devices:
 
     w = w0 - lr * sum_s A[s] * z(seed_s)
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedtune.zo.params import zo_named_parameters
-from fedtune.zo.rng import (
+from fedtune.seeded.params import zo_named_parameters
+from fedtune.seeded.rng import (
     Workspace,
     check_chunk_size,
     default_chunk_size,

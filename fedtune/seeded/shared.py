@@ -1,7 +1,7 @@
 """A process's float32 model at exact shared-seed versions, shared between processes.
 
 A version is an accumulated-coefficient vector A; its model is the exact integer-sum definition
-of :mod:`fedtune.zo.versions`, so every party that holds A holds the same weights bit for bit,
+of :mod:`fedtune.seeded.versions`, so every party that holds A holds the same weights bit for bit,
 whichever versions it passed through. A process holds only the float32 weights: w0 and the
 integer sums S are files, and a new version costs a pass over the entries of A that changed.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedtune.zo.versions import VersionStore, codes_path
+from fedtune.seeded.versions import VersionStore, codes_path
 
 KEEP = 3  # published versions kept per run
 

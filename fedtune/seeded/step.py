@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedtune.zo.params import zo_parameters
-from fedtune.zo.rng import add_perturbation_
+from fedtune.seeded.params import zo_parameters
+from fedtune.seeded.rng import add_perturbation_
 
 __all__ = ["ZOStepResult", "zo_step"]
 

@@ -1,5 +1,5 @@
 """Which tensors zeroth-order steps tune, in which order: the ``index`` of a parameter in
-:func:`zo_named_parameters` is the one :mod:`fedtune.zo.rng` hashes into z."""
+:func:`zo_named_parameters` is the one :mod:`fedtune.seeded.rng` hashes into z."""
 
 from __future__ import annotations
 

@@ -196,3 +196,21 @@ def test_robust_clip_bounds_a_scaled_up_client():
     harm = np.linalg.norm(hit - base) / np.linalg.norm(base)
     robust_harm = np.linalg.norm(robust_hit - robust_clean) / np.linalg.norm(robust_clean)
     assert harm > 10 and robust_harm < 1.0, (harm, robust_harm)
+
+
+def test_a_seed_pool_beyond_the_exact_versions_limit_is_refused_before_any_engine(tmp_path):
+    """zo-seeds=7577 passed the config (up to 2^32) and failed in the version store at start-up."""
+    import os
+
+    from tests.test_cli_errors import CLI
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", CLI, "simulate", "--output-dir",
+                           str(tmp_path / "runs"), "--run-config",
+                           "algorithm='fedkseed' zo-seeds=7577"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("fedtune: zo-seeds=7577 must be in [1, 7576]: larger seed pools could "
+                           "overflow the exact model versions' integer sums.\n")
+    assert done.stdout.strip() == "ray imported: False"
+    zo_config(**{"zo-seeds": 7576})  # the limit itself is taken

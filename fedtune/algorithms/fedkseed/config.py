@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from fedtune.errors import require
 
+MAX_ZO_SEEDS = 7576
+"""The largest K the exact versions take (:func:`fedtune.seeded.versions.max_seeds`: K seeds
+with |A| < 2**20 at 2**-16 and |zcode| <= 17,715 keep the integer sums inside int64); kept
+here as a number so that reading a config imports no torch (a test pins it to the store's)."""
+
 
 @dataclass
 class ZOConfig:
@@ -29,7 +34,9 @@ class ZOConfig:
     zo_cache_dir: str = ""
 
     def validate(self) -> None:
-        require(1 <= self.zo_seeds <= 2**32, f"zo-seeds={self.zo_seeds} must be in [1, 2^32].")
+        require(1 <= self.zo_seeds <= MAX_ZO_SEEDS,
+                f"zo-seeds={self.zo_seeds} must be in [1, {MAX_ZO_SEEDS}]: larger seed pools "
+                "could overflow the exact model versions' integer sums.")
         require(self.zo_steps >= 1, f"zo-steps={self.zo_steps} must be at least 1.")
         require(0 <= self.zo_server_momentum < 1 and self.zo_robust_clip >= 0,
                 "zo-server-momentum must be in [0, 1) and zo-robust-clip >= 0.")

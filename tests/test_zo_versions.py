@@ -145,3 +145,41 @@ def test_a_version_on_cuda_has_the_bits_of_the_cpu_one():
     VersionStore(params, SEEDS, LR).load(versions[4])  # ... directly on the GPU
     for a, b in zip(params, params_cpu, strict=True):
         assert torch.equal(a.cpu(), b)
+
+
+def test_the_documented_quantisation_bound_is_the_one_the_constants_give():
+    """README and the module's docstring state the bound; it is recomputed here from the store's
+    quantum, the table's max |z| and K, and a random A's rounding stays within it."""
+    from pathlib import Path
+
+    from fedtune.seeded import versions
+    from fedtune.seeded.rng import Z_FRAC_BITS, ZCODE_TABLE
+
+    k = 4096
+    max_z = int(ZCODE_TABLE.abs().max()) / 2**Z_FRAC_BITS
+    worst, rms = versions.quantisation_error(k)
+    assert worst == k * 2.0 ** -(versions.A_FRAC_BITS + 1) * max_z
+    assert f"{worst:.3g}" == "0.135" and f"{rms:.2g}" == "0.00028"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    doc = " ".join(versions.__doc__.split())
+    assert f"{max_z:.4g}" in doc and "0.135 * lr at K = 4096" in doc and "2.8e-4 * lr" in doc
+    assert "= 0.135·lr at K = 4096" in readme and "RMS 2.8e-4·lr" in readme
+    assert "1.4e-3" not in doc and "1.4e-3·lr" not in readme
+    # the rounding of a random A on a few weights: its error against lr * sum A z
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 50, k)
+    err_a = to_codes(a) * 2.0**-versions.A_FRAC_BITS - a
+    z = torch.stack([perturbation(s, 0, 256) for s in range(k)]).double().numpy()
+    err = err_a @ z  # per weight, in units of lr
+    assert np.abs(err).max() < worst
+    assert 0.8 * rms < float(np.sqrt((err**2).mean())) < 1.2 * rms
+
+
+def test_the_largest_pool_the_store_takes_is_the_configs_limit():
+    from fedtune.algorithms.fedkseed.config import MAX_ZO_SEEDS
+    from fedtune.seeded.versions import max_seeds
+
+    assert max_seeds() == MAX_ZO_SEEDS == 7576
+    check_bounds(MAX_ZO_SEEDS)
+    with pytest.raises(ValueError, match="overflow"):
+        check_bounds(MAX_ZO_SEEDS + 1)

@@ -13,8 +13,11 @@ the same bits of w, as a party that summed every seed from zero, on any device.
 
 Bounds (checked): |A| < 2**20, |zcode| <= 17,715 < 2**14.2 and K <= 2**12 keep
 |S| < 2**20 * 2**16 * 2**14.2 * 2**12 = 2**62.2 inside int64; larger pools need a smaller |A|
-(:func:`check_bounds`). Quantising A to 2**-16 moves a weight by at most
-lr * K * 2**-17 * 4.33 (1.4e-3 * lr at K = 4096), far below one ZO step.
+(:func:`check_bounds`; :func:`max_seeds` = 7,576 is the largest K it takes). Rounding A to
+2**-16 moves a weight by at most lr * K * 2**-17 * max|z| = lr * K * 2**-17 * 4.325 (0.135 * lr
+at K = 4096, every rounding at its worst with the same sign); the errors are independent and
+uniform, so typically by lr * sqrt(K / 12) * 2**-16 (RMS 2.8e-4 * lr at K = 4096), far below
+one ZO step (:func:`quantisation_error`).
 
 Blocks (Ferret, Shu et al., ICML 2025): with ``blocks`` (a block id per parameter), A has one
 entry per (block, seed), entry ``b * K + k`` scaling seed k's z on block b's parameters only, and
@@ -43,7 +46,7 @@ import torch
 from fedtune.seeded.rng import Z_FRAC_BITS, ZCODE_TABLE
 
 __all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "a_limit", "check_bounds", "codes_path",
-           "scale", "to_codes"]
+           "max_seeds", "quantisation_error", "scale", "to_codes"]
 
 A_FRAC_BITS = 16
 A_LIMIT = 2.0**20
@@ -56,6 +59,26 @@ def check_bounds(k: int, limit: float = A_LIMIT, frac_bits: int = A_FRAC_BITS) -
     if worst >= 2**63:
         raise ValueError(f"K={k} seeds with |A| < {limit:g} could overflow the integer version "
                          "sums; use a smaller seed pool")
+
+
+def max_seeds() -> int:
+    """The largest K :func:`check_bounds` accepts: K * |A|max * 2**frac_bits * max|zcode| < 2**63,
+    where |A|max * 2**frac_bits = 2**36 at every quantum (:func:`a_limit`), so 7,576."""
+    per_seed = int(A_LIMIT) * 2**A_FRAC_BITS * int(ZCODE_TABLE.abs().max())
+    return (2**63 - 1) // per_seed
+
+
+def quantisation_error(k: int, frac_bits: int = A_FRAC_BITS) -> tuple[float, float]:
+    """How far rounding A to 2**-frac_bits moves one weight, in units of lr: (worst case, RMS).
+
+    Each of the K entries scaling a weight's z is off by at most half a quantum, uniformly, so
+    the worst case is K * 2**-(frac_bits+1) * max|z| and the RMS sqrt(K * E[z^2] / 12) * quantum.
+    """
+    quantum = 2.0**-frac_bits
+    z = ZCODE_TABLE.double() / 2**Z_FRAC_BITS
+    worst = k * quantum / 2 * float(z.abs().max())
+    rms = (k * float((z * z).mean()) / 12) ** 0.5 * quantum
+    return worst, rms
 
 
 def a_limit(frac_bits: int = A_FRAC_BITS) -> float:

@@ -116,6 +116,27 @@ def stacked(adapters: list[Mapping[str, np.ndarray]], weights: list[float], scal
     return out
 
 
+def exact_residual(adapters: list[Mapping[str, np.ndarray]], weights: list[float], scale: float,
+                   sent: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """FedEx-LoRA's residual against the adapter the clients receive: per layer, factors
+    (Bs, As) with Bs @ As = sum_i w_i s B_i A_i - s B~ A~, (B~, A~) the averaged factors as
+    ``sent`` (after the wire's 16-bit rounding), so W0 + Delta + s B~ A~ is the clients' average.
+
+    Bs = [w_1 s B_1 ... w_n s B_n, s (B - B~)], As = [A_1 - A~; ...; A_n - A~; A~], with
+    B = sum_i w_i B_i in float64: sum_i w_i s B_i (A_i - A~) = sum_i w_i s B_i A_i - s B A~, and
+    s (B - B~) A~ turns s B A~ into s B~ A~. Rank sum_i r_i + r (r more than the float32 mean
+    needs: the price of exactness from the clients' side)."""
+    out = stacked(adapters, weights, scale, sent)
+    for name, (bs, as_) in out.items():
+        mean_b = sum(w * np.asarray(ad[key(name, B)], np.float64)
+                     for ad, w in zip(adapters, weights, strict=True))
+        b_sent, a_sent = sent[key(name, B)], sent[key(name, A)]
+        fix = (scale * (mean_b - np.asarray(b_sent, np.float64))).astype(np.float32)
+        out[name] = (np.concatenate([bs, fix], axis=1),
+                     np.concatenate([as_, np.asarray(a_sent, np.float32)], axis=0))
+    return out
+
+
 def product(factors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Bs @ As in float32: the one way every party forms a merged change, so their bases agree
     bit for bit."""

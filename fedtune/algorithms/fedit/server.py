@@ -12,7 +12,15 @@ import numpy as np
 
 from fedtune.algorithms.fedit.adapter import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.algorithms.fedit.dpo import heldout_pairs
-from fedtune.algorithms.fedit.factors import A, B, check_ranks, pad, select, stacked
+from fedtune.algorithms.fedit.factors import (
+    A,
+    B,
+    check_ranks,
+    exact_residual,
+    pad,
+    select,
+    stacked,
+)
 from fedtune.algorithms.fedit.merged import MergedBase
 from fedtune.algorithms.fedit.model import (
     base_shapes,
@@ -29,7 +37,7 @@ from fedtune.eval.generate import answer_metrics
 from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.train.schedule import round_lr
-from fedtune.wire import NUM_EXAMPLES, Records, check_metrics, check_record
+from fedtune.wire import NUM_EXAMPLES, Records, as_received, check_metrics, check_record
 
 
 class FedITServer:
@@ -58,7 +66,15 @@ class FedITServer:
                                     initial_adapter(cfg) if self.variant.frozen else {})
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
-        return select(initial_adapter(self.cfg), self.variant.shares)
+        """The shared parts of the initial adapter (FedEx-LoRA: as the clients receive them)."""
+        arrays = select(initial_adapter(self.cfg), self.variant.shares)
+        return as_received(arrays, self.wire_dtype) if self._rounds_down else arrays
+
+    @property
+    def _rounds_down(self) -> bool:
+        """Whether the global arrays are kept as the wire rounds them (FedEx-LoRA, whose
+        residual is exact for the adapter the clients receive)."""
+        return self.variant.merges and not self.variant.restarts
 
     def spec(self) -> dict[str, tuple[int, ...]]:
         """Key -> shape of the shared parts of the global adapter."""
@@ -107,14 +123,24 @@ class FedITServer:
 
     def merge(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """After the strategy: merge sum_i p_i s B_i A_i (FLoRA), or its difference from the
-        averaged adapter's s B A (FedEx-LoRA), into the base; p_i = n_i / sum n (FedAvg's)."""
+        averaged adapter's s B A (FedEx-LoRA), into the base; p_i = n_i / sum n (FedAvg's).
+
+        FedEx-LoRA: the averaged adapter goes down in 16 bits, so the residual is taken against
+        what the clients receive (:func:`~fedtune.algorithms.fedit.factors.exact_residual`) and
+        the new global arrays are that rounded adapter: every node's W0 + Delta + s B A is the
+        server's model bit for bit, and equals sum_i p_i s B_i A_i to float32 rounding (the
+        official code sends float32 state dicts: RaghavSinghal10/fedex-lora, fed_agg.py,
+        ``aggregate_models_ours``)."""
         if self.merged is None or not self._stash:
             return arrays
         adapters, counts = zip(*self._stash, strict=True)
         weights = [n / sum(counts) for n in counts]
-        mean = arrays if not self.variant.restarts else None
-        self.merged.add(server_round, stacked(list(adapters), weights, self.cfg.lora.scale,
-                                              mean))
+        if not self._rounds_down:
+            factors = stacked(list(adapters), weights, self.cfg.lora.scale)
+        else:
+            arrays = as_received(arrays, self.wire_dtype)
+            factors = exact_residual(list(adapters), weights, self.cfg.lora.scale, arrays)
+        self.merged.add(server_round, factors)
         self._stash = []
         return arrays
 

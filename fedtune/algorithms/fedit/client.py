@@ -26,7 +26,12 @@ from fedtune.algorithms.fedit.adapter import (
 from fedtune.algorithms.fedit.dpo import dpo_settings, reference_logps
 from fedtune.algorithms.fedit.factors import Arrays, select, truncate
 from fedtune.algorithms.fedit.merged import RECORD, VERSION, apply_update
-from fedtune.algorithms.fedit.model import initial_adapter, peft_model_for, set_base
+from fedtune.algorithms.fedit.model import (
+    fresh_adapter,
+    initial_adapter,
+    peft_model_for,
+    set_base,
+)
 from fedtune.algorithms.fedit.variants import variant
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet
@@ -171,12 +176,16 @@ class FedITClient:
                              "global adapter's rank that fedit pads to")
         return rank
 
-    def start(self, received: Arrays, rank: int | None, state: NodeState) -> Arrays:
+    def start(self, received: Arrays, rank: int | None, state: NodeState,
+              fresh: tuple[int, str] | None = None) -> Arrays:
         """The adapter this node starts from: its rank's initialisation, overwritten by the
-        shared parts received (truncated to its rank) and the parts it keeps itself."""
+        shared parts received (truncated to its rank) and the parts it keeps itself.
+        ``fresh`` = (round, node): a restarting variant with ``lora-restart-init='fresh'``
+        starts from a new initialisation of its own instead (:func:`fresh_adapter`)."""
         if self.variant.restarts or self.variant.frozen or self.variant.local or rank:
-            adapter = {**initial_adapter(self.cfg, rank),
-                       **(truncate(received, rank) if rank else received)}
+            init = (fresh_adapter(self.cfg, rank, *fresh) if fresh is not None
+                    else initial_adapter(self.cfg, rank))
+            adapter = {**init, **(truncate(received, rank) if rank else received)}
             adapter.update(state.get(LOCAL, {}))
             return adapter
         return received  # FedIT at lora-r: the global adapter, as it came
@@ -196,7 +205,10 @@ class FedITClient:
                     for k, a in content.arrays["arrays"].items()}
         rank = self.rank(node)
         base = self.base(content, state)
-        x = self.start(received, rank, state)
+        fresh = None
+        if v.restarts and self.cfg.lora.lora_restart_init == "fresh":
+            fresh = (int(conf["server-round"]), node.name)
+        x = self.start(received, rank, state, fresh)
         hook = self.hook
         correction = hook.before_train(content, state) if hook is not None else None
         lr = float(conf["lr"])

@@ -9,6 +9,8 @@ from fedtune.errors import ConfigError, at_least_one, one_of, require
 
 #: ``lora-aggregation`` values, each a :class:`~fedtune.algorithms.fedit.variants.Variant`.
 AGGREGATIONS = ("fedit", "ffa", "fedsa", "flora", "fedex")
+#: ``lora-restart-init`` values: where FLoRA's clients restart their adapter each round.
+RESTART_INITS = ("shared", "fresh")
 
 
 @dataclass
@@ -26,12 +28,25 @@ class LoraSection:
     # Simulation: client ranks by partition id ("4,8,16": partition i gets the (i mod 3)-th);
     # "" = every client uses lora-r. A deployed node sets its own with --node-config "lora-r=8".
     lora_ranks: str = ""
+    # FLoRA's restart each round: "shared" (every client from the run's seeded initialisation)
+    # or "fresh" (a new one per client and round, seeded by (run seed, round, node): the
+    # official code's get_peft_model per client and round, ATP-1010/FederatedLLM main.py).
+    lora_restart_init: str = "shared"
 
     def validate(self) -> None:
         at_least_one(lora_r=self.lora_r)
         require(0 <= self.lora_dropout < 1, f"lora-dropout={self.lora_dropout} must be in [0, 1).")
         require(self.lora_alpha > 0, f"lora-alpha={self.lora_alpha} must be positive.")
         one_of("lora-aggregation", self.lora_aggregation, AGGREGATIONS)
+        one_of("lora-restart-init", self.lora_restart_init, RESTART_INITS)
+        from fedtune.algorithms.fedit.variants import VARIANTS
+
+        restarting = [v.name for v in VARIANTS.values() if v.restarts]
+        require(self.lora_restart_init == "shared" or self.lora_aggregation in restarting,
+                f"lora-restart-init='{self.lora_restart_init}' applies to an adapter that "
+                f"restarts every round, but lora-aggregation='{self.lora_aggregation}' keeps "
+                f"its adapter; set lora-aggregation='{restarting[0]}' or drop "
+                "lora-restart-init.")
         self.ranks()
 
     def ranks(self) -> list[int]:

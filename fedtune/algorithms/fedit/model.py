@@ -106,6 +106,30 @@ def initial_adapter(cfg: Config, rank: int | None = None) -> dict[str, np.ndarra
     return {k: v.copy() for k, v in state.items()}
 
 
+def fresh_adapter(cfg: Config, rank: int | None, server_round: int, node: str
+                  ) -> dict[str, np.ndarray]:
+    """A new initialisation of the adapter of ``rank`` for one client and round (FLoRA with
+    ``lora-restart-init='fresh'``): every A drawn as peft's default, kaiming_uniform_(a=sqrt(5))
+    = U(-1/sqrt(in), 1/sqrt(in)), every B zero, the rest (``modules_to_save``) as initialised;
+    seeded by (run seed, round, node) on a CPU generator, so every device draws the same bits.
+
+    The official FLoRA code builds each client's adapter with ``get_peft_model`` every round,
+    from torch's running random state (ATP-1010/FederatedLLM, main.py: ``model_client =
+    get_peft_model(copy.deepcopy(model), config)`` inside the client loop)."""
+    gen = torch.Generator().manual_seed(derive_seed(cfg.server.seed, "lora-restart",
+                                                    server_round, node))
+    out = {}
+    for k, v in initial_adapter(cfg, rank).items():
+        if k.endswith(".lora_A.weight"):
+            bound = 1.0 / np.sqrt(v.shape[1])
+            v = ((torch.rand(v.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
+            v = v.to(torch.float32).numpy()
+        elif k.endswith(".lora_B.weight"):
+            v = np.zeros_like(v)
+        out[k] = v
+    return out
+
+
 def lora_layers(model: PeftModel) -> dict[str, torch.nn.Module]:
     """Every LoRA layer by its adapter-key prefix (``<layer>.lora_A.weight``)."""
     from peft.tuners.lora import LoraLayer

@@ -117,6 +117,8 @@ LORA_METHODS = {m: f"lora-aggregation={m}" for m in AGGREGATIONS}
 #: Heterogeneous client ranks (assigned by partition) for the variants that support them.
 LORA_HET_METHODS = {f"{m}-het": f"lora-aggregation={m} lora-ranks=4,8,16"
                     for m in ("fedit", "flora")}
+#: FLoRA with the official code's restart: a fresh initialisation per client and round.
+LORA_RESTART_METHODS = {"flora-fresh": "lora-aggregation=flora lora-restart-init=fresh"}
 
 SUITES = {
     "smoke": Suite(
@@ -218,8 +220,9 @@ SUITES = {
         "LoRA aggregation variants, tiny model, built-in tasks (non-IID default split), "
         "8 clients (4 per round), 12 rounds",
         metric="exact_match", num_clients=8, common="",
-        methods=LORA_METHODS | LORA_HET_METHODS,
-        algorithms={m: "fedit" for m in LORA_METHODS | LORA_HET_METHODS}, lora_report=True,
+        methods=LORA_METHODS | LORA_HET_METHODS | LORA_RESTART_METHODS,
+        algorithms={m: "fedit" for m in LORA_METHODS | LORA_HET_METHODS |
+                    LORA_RESTART_METHODS}, lora_report=True,
     ),
     # The same variants on the FedIT Dolly split, cut to 4 rounds of 10 local steps (the recipe:
     # 8 rounds of 20) so that 5 methods fit a CPU budget.
@@ -231,8 +234,8 @@ SUITES = {
         # 55 s and a round of training 26 s: every 2 rounds at 24 tokens keeps 15 runs in ~1 h.
         metric="rouge_l", num_clients=10,
         common="num-server-rounds=4 local-steps=10 eval-every=2 max-new-tokens=24",
-        recipe="fedit-dolly", methods=dict(LORA_METHODS),
-        algorithms={m: "fedit" for m in LORA_METHODS}, lora_report=True,
+        recipe="fedit-dolly", methods=LORA_METHODS | LORA_RESTART_METHODS,
+        algorithms={m: "fedit" for m in LORA_METHODS | LORA_RESTART_METHODS}, lora_report=True,
     ),
 }
 

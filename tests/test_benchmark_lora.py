@@ -39,9 +39,11 @@ def test_lora_suites_run_every_variant_as_fedit():
     assert tiny.recipe is None and list(tiny.methods)[:5] == list(VARIANTS)
     assert tiny.methods["fedit-het"] == "lora-aggregation=fedit lora-ranks=4,8,16"
     assert tiny.methods["flora-het"] == "lora-aggregation=flora lora-ranks=4,8,16"
-    assert len(tiny.methods) == 7
+    fresh = "lora-aggregation=flora lora-restart-init=fresh"  # the official FLoRA restart
+    assert tiny.methods["flora-fresh"] == dolly.methods["flora-fresh"] == fresh
+    assert len(tiny.methods) == 8
     assert dolly.recipe == "fedit-dolly" and dolly.metric == "rouge_l"
-    assert dolly.num_clients == 10 and list(dolly.methods) == list(VARIANTS)
+    assert dolly.num_clients == 10 and list(dolly.methods) == [*VARIANTS, "flora-fresh"]
     assert dolly.common == ("num-server-rounds=4 local-steps=10 eval-every=2 "
                             "max-new-tokens=24")
     assert not any("lora-ranks" in o for o in dolly.methods.values())

@@ -27,11 +27,18 @@ def test_report_table(tmp_path):
         {"method": "ferret", "seed": 0, "rows": _rows([6.0, 3.9, 2.0], 1.0, up=13000.0),
          "peak_mib": 1000.0},
     ]
+    # Natural Instructions: Rouge-L per task with its evaluated count, at the evaluated rounds
+    results[1]["rows"][0].update({"rouge_l": 0.1, "rouge_l/t1": 0.1, "evaluated/t1": 20})
+    results[1]["rows"][2].update({"rouge_l": 0.25, "rouge_l/t1": 0.25, "evaluated/t1": 20})
     text = write(results, tmp_path, "test")
     assert "(4.000)" in text
     ferret = next(line for line in text.splitlines() if line.startswith("| ferret"))
     cells = [c.strip() for c in ferret.strip("|").split("|")]
-    assert cells[1:] == ["2.000", "1", "8", "1.0", "13.0", "1000"]
+    assert cells[1:] == ["2.000", "0.250", "1", "8", "1.0", "13.0", "1000"]
+    fedkseed = next(line for line in text.splitlines() if line.startswith("| fedkseed"))
+    assert [c.strip() for c in fedkseed.strip("|").split("|")][2] == "—"
+    assert "| t1 | 20 | — | 0.250 |" in text
+    assert "- ferret: 0: 6.000, 1: 3.900, 2: 2.000" in text
     assert (tmp_path / "full-parameter.md").read_text() == text
 
 

@@ -16,10 +16,13 @@ from fedtune.algorithms import resolve
 from fedtune.algorithms.ferret import model as ferret_model
 from fedtune.algorithms.ferret.blocks import group_blocks
 from fedtune.algorithms.ferret.projection import SIGMA2, project, reconstruct
+from fedtune.algorithms.ferret.server import FerretServer
 from fedtune.config import ConfigError
-from fedtune.seeded import derive_seeds, unpack_pairs
+from fedtune.seeded import derive_seeds, pack_pairs, unpack_pairs
 from fedtune.seeded.rng import perturbations
 from fedtune.seeded.versions import VersionStore
+from fedtune.train.schedule import server_lr
+from fedtune.wire import Records
 from tests.conftest import ROOT, run_loop, small_config
 from tests.inprocess_grid import InProcessGrid
 
@@ -262,6 +265,7 @@ def test_the_saved_model_is_the_final_version(tmp_path):
     ({"dp": "client", "dp-noise-multiplier": 1.0, "dp-clip-norm": 1.0}, "dp or secagg"),
     ({"ferret-seeds": 0}, "ferret-seeds=0"),
     ({"ferret-optimizer": "lion"}, "ferret-optimizer"),
+    ({"ferret-server-lr-schedule": "step"}, "ferret-server-lr-schedule='step' is unknown"),
     ({"strategy": "fedadam"}, "does not fit"),
 ])
 def test_config_errors_are_one_sentence(keys, message):
@@ -269,3 +273,40 @@ def test_config_errors_are_one_sentence(keys, message):
         resolve(ferret_config(**keys))
     assert "\n" not in str(err.value)
 
+
+
+def test_server_lr_schedules_are_the_official_codes():
+    """allen4747/Ferret main.py: linear_annealing_lr(r - 1, R, slr_max) and the cosine one."""
+    rounds = 12
+    official_linear = [10 * (1 - (r - 1) / rounds) for r in range(1, rounds + 1)]
+    official_cosine = [10 * (1 + math.cos(math.pi * (r - 1) / rounds)) / 2
+                       for r in range(1, rounds + 1)]
+    for schedule, official in (("linear", official_linear), ("cosine", official_cosine),
+                               ("constant", [10.0] * rounds)):
+        ours = [server_lr(10.0, r, rounds, schedule) for r in range(1, rounds + 1)]
+        assert ours == pytest.approx(official, rel=1e-12), schedule
+    assert server_lr(10.0, 12, 12, "linear") == pytest.approx(10 / 12)  # never 0
+
+
+def test_the_server_lr_schedule_scales_each_rounds_coefficients():
+    """Round r's replies enter A times f_r = server lr / ferret-server-lr; constant leaves the
+    replies untouched (the default run's bits)."""
+    cfg = ferret_config(**{"ferret-server-lr-schedule": "linear", "num-server-rounds": 4})
+    server = FerretServer(cfg)
+    k = server.zm.store.codes.size
+    entries, gammas = np.array([0, 5, k - 1]), np.array([1.0, -2.0, 0.5], np.float32)
+
+    def reply():
+        return Records(configs={"zo": {"pairs": pack_pairs(entries, gammas, k)}})
+
+    server.train_config(1)
+    first = reply()
+    assert server.receive([first])[0] is first
+    server.train_config(3)  # f = 1 - 2/4
+    got = unpack_pairs(server.receive([reply()])[0].configs["zo"]["pairs"], k)
+    assert np.array_equal(got[0], entries) and np.array_equal(got[1], gammas * 0.5)
+    constant = FerretServer(ferret_config(**{"num-server-rounds": 4}))
+    constant.train_config(3)
+    untouched = reply()
+    assert constant.receive([untouched])[0].configs["zo"]["pairs"] == \
+        untouched.configs["zo"]["pairs"]

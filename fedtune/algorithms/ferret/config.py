@@ -1,8 +1,8 @@
 """Ferret's config section (``ferret-*`` keys). The local steps use the ``train`` section
 (``local-steps``, ``batch-size``, ``grad-accum``, ``lr-schedule`` over rounds) with their own
 learning rate ``ferret-lr`` (0 = for the model size, see :func:`ferret_lr`); the
-seed-space aggregation options (``zo-equal-weights``, ``zo-server-momentum``,
-``zo-robust-clip``) are the ``seeds`` strategy's, shared with FedKSeed."""
+seed-space aggregation options (``seeds-equal-weights``, ``seeds-server-momentum``,
+``seeds-robust-clip``) are the ``seeds`` strategy's, shared with FedKSeed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from fedtune.errors import one_of, require
 from fedtune.train.config import OPTIMIZERS
+from fedtune.train.schedule import SERVER_LR_SCHEDULES
 
 
 @dataclass
@@ -21,6 +22,9 @@ class FerretConfig:
     ferret_seeds: int = 200  # K: the shared seed pool; each block projects onto up to K of them
     ferret_lr: float = 0.0  # the local optimizer's lr; 0 = auto (:func:`ferret_lr`)
     ferret_server_lr: float = 1.0  # eta_s: w <- w - eta_s * mean of the reconstructed updates
+    # eta_s across rounds (the official --anneal): constant, or linear / cosine towards 0 at
+    # round R + 1 (:func:`fedtune.train.schedule.server_lr`)
+    ferret_server_lr_schedule: str = "constant"
     ferret_optimizer: str = "sgd"  # local first-order steps: sgd (the paper's) or adamw
     # A block is a run of consecutive weight tensors; a new one starts once the next tensor
     # would take it past this fraction of the median tensor size (the official code's 0.9).
@@ -33,6 +37,8 @@ class FerretConfig:
         require(self.ferret_lr >= 0, f"ferret-lr={self.ferret_lr} must be >= 0 (0 = auto).")
         require(self.ferret_server_lr > 0,
                 f"ferret-server-lr={self.ferret_server_lr} must be positive.")
+        one_of("ferret-server-lr-schedule", self.ferret_server_lr_schedule,
+               SERVER_LR_SCHEDULES)
         one_of("ferret-optimizer", self.ferret_optimizer, OPTIMIZERS)
         require(0 < self.ferret_block_ratio,
                 f"ferret-block-ratio={self.ferret_block_ratio} must be positive.")
@@ -51,3 +57,6 @@ def ferret_lr(cfg: FerretConfig, num_params: int, tiny: bool) -> float:
     if tiny:
         return 0.1
     return 0.05 * (num_params / 2.6e5) ** -0.73
+
+
+SECTION = ("ferret", FerretConfig)  # found by fedtune.config; read by Ferret

@@ -93,7 +93,7 @@ def _config(context: Context) -> Config:
     cfg = Config.from_flat(dict(context.run_config))
     cache = context.node_config.get("cache-dir")
     if cache:
-        cfg.zo.zo_cache_dir = str(cache)
+        cfg.output.cache_dir = str(cache)
     state_dir = context.node_config.get("state-dir")
     if state_dir:
         cfg.output.node_state_dir = str(state_dir)

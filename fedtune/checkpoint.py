@@ -33,7 +33,7 @@ CHECKPOINT = "checkpoint.npz"
 # Keys that may differ between the original run and its resumption: where results go and how
 # long to wait, nothing that changes what is computed.
 RESUMABLE_CHANGES = frozenset({"resume", "run-dir", "output-dir", "run-name", "round-timeout",
-                               "zo-cache-dir", "node-state-dir", "device"})
+                               "cache-dir", "node-state-dir", "device"})
 
 
 class CheckpointError(RuntimeError):

@@ -149,6 +149,8 @@ def simulate(args: argparse.Namespace) -> int:
                           f"{cfg.server.min_available_nodes}; resume with the same clients.")
     cfg.output.run_dir = str(new_run_dir(cfg).resolve())
     cfg.output.node_state_dir = str(Path(cfg.output.run_dir) / "node-state")
+    if not cfg.output.cache_dir:  # the run's processes share replayed versions, DPO references
+        cfg.output.cache_dir = str(Path(cfg.output.run_dir) / "cache")
     cfg.server.min_available_nodes = num_clients
     algorithm.simulation_setup(cfg)
     if not algorithm.federated:
@@ -202,28 +204,25 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
 
 
 def _run_model(run_dir: Path):
-    """(the run's final model, tokenizer): FedIT's adapter merged in, the merged model of
-    FLoRA/FedEx-LoRA (and full-ft), Ferret's reconstructed model, or FedKSeed replayed."""
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(the run's final model, tokenizer), read back by the algorithm that made the run (its
+    name is in the run folder's ``config.json``)."""
+    from fedtune.algorithms import REGISTRY
 
-    from fedtune.algorithms.fedkseed.export import is_fedkseed_run, materialize
-
-    if is_fedkseed_run(run_dir):
-        return materialize(run_dir)
-    adapter, merged = run_dir / "adapter", run_dir / "model"
-    if adapter.is_dir():
-        folder = adapter
-        model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
-    elif merged.is_dir():
-        folder, model = merged, AutoModelForCausalLM.from_pretrained(merged)
-    else:
-        raise ConfigError(f"'{run_dir}' has neither an adapter folder, a model folder nor "
-                          "FedKSeed state; pass a finished run folder.")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    try:
+        name = json.loads((run_dir / "config.json").read_text())["train"]["algorithm"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"'{run_dir}' is not a fedtune run folder (no readable config.json); "
+                          "pass a finished run folder.") from None
+    algorithm = REGISTRY.get(name)
+    if algorithm is None or algorithm.load_result is None:
+        able = ", ".join(n for n, a in REGISTRY.items() if a.load_result is not None)
+        raise ConfigError(f"'{run_dir}' is a run of '{name}', which leaves no single final "
+                          f"model to load; pass a run of {able}.")
+    try:
+        return algorithm.load_result(run_dir)
+    except OSError as err:  # the run never finished, or its files were moved
+        raise ConfigError(f"'{run_dir}' has no saved {name} result ({err.__class__.__name__}); "
+                          "pass a finished run folder.") from None
 
 
 def generate_cmd(args: argparse.Namespace) -> int:

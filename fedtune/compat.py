@@ -5,27 +5,27 @@ sentence that says what to use instead. :func:`check` runs :data:`RULES` in orde
 :class:`Incompatible` (a :class:`~fedtune.errors.ConfigError`) with the first broken rule;
 :func:`fedtune.algorithms.resolve` calls it once the algorithm is known. A rule reads what the
 registries declare (an algorithm's payload, objectives and client hooks, a strategy's client
-half and ``per_client``, a LoRA variant's fields, :data:`KEY_READERS`) and never compares
+half, ``per_client``, ``reads`` and ``section``, a LoRA variant's fields, the sections an
+algorithm reads: :func:`key_readers`) and never compares
 algorithm names in code: the few algorithm-specific rows are data (:data:`NO_PRIVACY`,
 :data:`NO_DP_WITH_SECAGG`). A section's own checks (one key's range) stay in the section.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-from fedtune.algorithms.fedit.config import LoraSection
-from fedtune.algorithms.fedkseed.config import ZOConfig
-from fedtune.algorithms.ferret.config import FerretConfig
 from fedtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedtune.algorithms.base import Algorithm
     from fedtune.config import Config
 
-__all__ = ["KEY_READERS", "RULES", "Incompatible", "Rule", "check", "foreign_keys"]
+__all__ = ["RULES", "Incompatible", "Rule", "check", "foreign_keys", "key_readers",
+           "strategy_key_readers"]
 
 
 class Incompatible(ConfigError):
@@ -46,21 +46,46 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-_LORA = ("fedit", "local", "centralized")  # the baselines run FedIT's local rounds
-_ZO = ("fedkseed", "fedkseed-pro")
-_SEEDS = (*_ZO, "ferret")  # the seeds strategy's options, shared by every seeds algorithm
-#: key -> the algorithms that read it; any other algorithm refuses a non-default value (a key
-#: that is accepted and ignored looks like it did something). Keys missing here are read by
-#: every algorithm or checked elsewhere (``zo-cache-dir``: FedIT's DPO cache too;
-#: ``init-adapter``: its own rule below).
-KEY_READERS: dict[str, tuple[str, ...]] = {
-    **{_key(f.name): _LORA for f in fields(LoraSection)},
-    "lora-aggregation": ("fedit",),
-    **{_key(f.name): _ZO for f in fields(ZOConfig) if f.name != "zo_cache_dir"},
-    **{k: _SEEDS for k in ("zo-equal-weights", "zo-server-momentum", "zo-robust-clip")},
-    **{_key(f.name): ("ferret",) for f in fields(FerretConfig)},
-}
-_SECTION = {"lora": LoraSection, "zo": ZOConfig, "ferret": FerretConfig}
+#: keys of a section that only a federated reader uses (the baselines run FedIT's local rounds
+#: and aggregate nothing)
+FEDERATED_ONLY = frozenset({"lora-aggregation"})
+
+
+@functools.cache
+def key_readers() -> dict[str, tuple[str, ...]]:
+    """Key of a method section -> the algorithms that read it, from what the registries declare
+    (an algorithm's ``sections``; a strategy's ``section``, read by every algorithm whose payload
+    it aggregates). Any other algorithm refuses a non-default value: a key that is accepted and
+    ignored looks like it did something. The framework's own sections are read by every
+    algorithm or checked by their own rules (``init-adapter``)."""
+    from fedtune.algorithms import REGISTRY
+    from fedtune.config import SECTIONS
+    from fedtune.strategies import REGISTRY as STRATEGIES
+
+    readers: dict[str, list[str]] = {}
+    for algo in REGISTRY.values():
+        mine = set(algo.sections) | {e.section for (kind, _), e in STRATEGIES.items()
+                                     if e.section and kind == algo.payload and algo.federated}
+        for section in sorted(mine):
+            for f in fields(SECTIONS[section]):
+                key = _key(f.name)
+                if key not in FEDERATED_ONLY or algo.federated:
+                    readers.setdefault(key, []).append(algo.name)
+    return {key: tuple(names) for key, names in readers.items()}
+
+
+@functools.cache
+def strategy_key_readers() -> dict[str, tuple[str, ...]]:
+    """Parameter of the ``strategy`` section -> the strategies that read it (their ``reads``)."""
+    from fedtune.strategies import REGISTRY as STRATEGIES
+
+    readers: dict[str, list[str]] = {}
+    for entry in STRATEGIES.values():
+        for key in entry.reads:
+            readers.setdefault(key, []).append(entry.name)
+    return {key: tuple(names) for key, names in readers.items()}
+
+
 #: algorithms whose payload DP and SecAgg do not cover yet, and why
 NO_PRIVACY = {"ferret": "its clipping and noise are defined for FedKSeed's scalars, not "
                         "projection coefficients"}
@@ -69,17 +94,23 @@ NO_DP_WITH_SECAGG = {"fedkseed-pro": "the seeds' statistics would be summed secu
                                      "released without noise"}
 
 
+def _changed(cfg: Config, section: str) -> list[str]:
+    """The keys of ``section`` set to a non-default value."""
+    from fedtune.config import SECTIONS
+
+    cls = SECTIONS[section]
+    default, ours = cls(), getattr(cfg, section)
+    return [_key(f.name) for f in fields(cls)
+            if getattr(ours, f.name) != getattr(default, f.name)]
+
+
 def foreign_keys(cfg: Config, algorithm: str) -> list[str]:
     """The keys set to a non-default value that ``algorithm`` does not read."""
-    out = []
-    for section, cls in _SECTION.items():
-        default, ours = cls(), getattr(cfg, section)
-        for f in fields(cls):
-            readers = KEY_READERS.get(_key(f.name))
-            if readers and algorithm not in readers and (
-                    getattr(ours, f.name) != getattr(default, f.name)):
-                out.append(_key(f.name))
-    return out
+    from fedtune.config import SECTIONS
+
+    readers = key_readers()
+    return [key for section in SECTIONS for key in _changed(cfg, section)
+            if key in readers and algorithm not in readers[key]]
 
 
 def _private(cfg: Config) -> str:
@@ -127,7 +158,7 @@ def _client_half(cfg: Config, algo: Algorithm) -> str:
 
 
 def _init_adapter(cfg: Config, algo: Algorithm) -> str:
-    if not cfg.train.init_adapter or algo.name in _LORA:
+    if not cfg.train.init_adapter or "lora" in algo.sections:
         return ""
     return (f"init-adapter starts a FedIT (LoRA) run; {algo.name} tunes full weights, so pass "
             "a materialized model as model=runs/<run>/model instead.")
@@ -138,8 +169,20 @@ def _foreign(cfg: Config, algo: Algorithm) -> str:
     if not keys:
         return ""
     key = keys[0]
-    return (f"{key} is read by {', '.join(KEY_READERS[key])} only, not by algorithm="
+    return (f"{key} is read by {', '.join(key_readers()[key])} only, not by algorithm="
             f"'{algo.name}', which would ignore it; drop {key} or use one of those algorithms.")
+
+
+def _foreign_strategy_key(cfg: Config, algo: Algorithm) -> str:
+    if not algo.federated:
+        return ""
+    name, readers = cfg.strategy.strategy, strategy_key_readers()
+    for key in _changed(cfg, "strategy"):
+        if key in readers and name not in readers[key]:
+            return (f"{key} is a parameter of strategy {', '.join(readers[key])}, not of "
+                    f"strategy='{name}', which would ignore it; drop {key} or use that "
+                    "strategy.")
+    return ""
 
 
 # ---- privacy: dp and secagg (see fedtune.privacy and fedtune.secagg) ----------------------
@@ -174,9 +217,9 @@ def _per_client(cfg: Config, algo: Algorithm) -> str:
 
 def _robust_clip(cfg: Config, algo: Algorithm) -> str:
     what = _private(cfg)
-    if what and algo.payload == "seeds" and cfg.zo.zo_robust_clip > 0:
-        return (f"zo-robust-clip cannot run with {what}: its bound is the median of all "
-                "clients' scalars, so it needs each client's scalars; set zo-robust-clip=0.")
+    if what and algo.payload == "seeds" and cfg.seeds.seeds_robust_clip > 0:
+        return (f"seeds-robust-clip cannot run with {what}: its bound is the median of all "
+                "clients' scalars, so it needs each client's scalars; set seeds-robust-clip=0.")
     return ""
 
 
@@ -256,7 +299,7 @@ def _no_dp_with_secagg(cfg: Config, algo: Algorithm) -> str:
 # ---- FedIT's LoRA variants (fedtune.algorithms.fedit.variants) -----------------------------
 def _variant(cfg: Config, algo: Algorithm):
     """The run's LoRA variant and whether its ranks are mixed, or None (no lora-aggregation)."""
-    if algo.name not in KEY_READERS["lora-aggregation"]:
+    if algo.name not in key_readers()["lora-aggregation"]:
         return None
     from fedtune.algorithms.fedit.variants import variant
 
@@ -324,10 +367,11 @@ RULES: list[Rule] = [
     Rule(("strategy", "algorithm"), _client_half),
     Rule(("init-adapter", "algorithm"), _init_adapter),
     Rule(("<another algorithm's key>", "algorithm"), _foreign),
+    Rule(("<another strategy's parameter>", "strategy"), _foreign_strategy_key),
     Rule(("dp", "secagg"), _server_dp_secagg),
     Rule(("dp/secagg", "algorithm"), _baseline),
     Rule(("strategy", "dp/secagg"), _per_client),
-    Rule(("zo-robust-clip", "dp/secagg"), _robust_clip),
+    Rule(("seeds-robust-clip", "dp/secagg"), _robust_clip),
     Rule(("example-weights/max-update-norm-ratio", "secagg"), _secagg_trust),
     Rule(("min-train-nodes", "secagg"), _secagg_nodes),
     Rule(("max-update-norm-ratio", "dp"), _dp_norm_ratio),

@@ -4,22 +4,28 @@ Every key is ``kebab-case`` and unique across sections, so the same names work i
 ``pyproject.toml``'s ``[tool.flwr.app.config]``, in ``--run-config "key=value ..."`` and in
 recipe files. Each section's dataclass and its checks live beside the code it configures; this
 module only converts flat <-> typed and checks what spans sections. What depends on the chosen
-algorithm (its name, the strategies that fit it) is checked by :func:`fedtune.algorithms.resolve`.
+algorithm (its name, the strategies that fit it, the sections it reads) is checked by
+:func:`fedtune.algorithms.resolve`.
+
+The framework's own sections are listed here; a method's section is declared where the method
+lives and found, not listed: an algorithm package's ``config.py`` exports ``SECTION = (name,
+dataclass)``, and :mod:`fedtune.strategies.config` exports the strategies' ``SECTIONS``. The
+registries say which algorithm or strategy reads which section.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
+import importlib.util
 import math
+import pkgutil
 import shlex
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedtune.algorithms.fedit.config import LoraSection
-from fedtune.algorithms.fedkseed.config import ZOConfig
-from fedtune.algorithms.ferret.config import FerretConfig
 from fedtune.data.config import DataConfig
 from fedtune.errors import ConfigError, require
 from fedtune.eval.config import EvalConfig
@@ -28,25 +34,52 @@ from fedtune.models.config import ModelConfig
 from fedtune.privacy.config import PrivacyConfig
 from fedtune.results import OutputConfig
 from fedtune.secagg.config import SecAggConfig
+from fedtune.strategies.config import SECTIONS as STRATEGY_SECTIONS
 from fedtune.strategies.config import StrategySection
 from fedtune.train.config import TrainConfig
 
+if TYPE_CHECKING:
+    from fedtune.algorithms.fedit.config import LoraSection
+    from fedtune.algorithms.fedkseed.config import ZOConfig
+    from fedtune.algorithms.ferret.config import FerretConfig
+    from fedtune.strategies.config import SeedsSection
+
 __all__ = ["Config", "ConfigError", "parse_overrides"]
 
-SECTIONS = {
+#: keys that were renamed: the old name is refused with a sentence naming the new one
+RENAMED = {"zo-cache-dir": "cache-dir", "zo-equal-weights": "seeds-equal-weights",
+           "zo-server-momentum": "seeds-server-momentum", "zo-robust-clip": "seeds-robust-clip"}
+
+
+def _algorithm_sections() -> dict[str, type]:
+    """``SECTION`` of every algorithm package that has a ``config.py``, by package name."""
+    spec = importlib.util.find_spec("fedtune.algorithms")
+    out: dict[str, type] = {}
+    for info in sorted(pkgutil.iter_modules(spec.submodule_search_locations)):
+        if info.ispkg:
+            try:
+                module = importlib.import_module(f"fedtune.algorithms.{info.name}.config")
+            except ModuleNotFoundError:
+                continue  # a package without a section
+            name, cls = module.SECTION
+            out[name] = cls
+    return out
+
+
+#: the framework's sections, then the strategies', then the algorithms' (found)
+SECTIONS: dict[str, type] = {
     "model": ModelConfig,
-    "lora": LoraSection,
     "data": DataConfig,
     "train": TrainConfig,
-    "strategy": StrategySection,
-    "zo": ZOConfig,
-    "ferret": FerretConfig,
+    **STRATEGY_SECTIONS,
     "privacy": PrivacyConfig,
     "secagg": SecAggConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
+    **_algorithm_sections(),
 }
+_OWN = ("model", "data", "train", "strategy", "privacy", "secagg", "server", "eval", "output")
 
 
 def _key(name: str) -> str:
@@ -58,17 +91,29 @@ class Config:
     """The resolved configuration of a run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSection = field(default_factory=LoraSection)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategySection = field(default_factory=StrategySection)
-    zo: ZOConfig = field(default_factory=ZOConfig)
-    ferret: FerretConfig = field(default_factory=FerretConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: the method sections (``seeds``, ``lora``, ``zo``, ``ferret``, ...), read as attributes
+    methods: dict[str, Any] = field(default_factory=lambda: {
+        name: cls() for name, cls in SECTIONS.items() if name not in _OWN})
+
+    if TYPE_CHECKING:  # the sections found today, typed for the type checker
+        seeds: SeedsSection
+        lora: LoraSection
+        zo: ZOConfig
+        ferret: FerretConfig
+
+    def __getattr__(self, name: str) -> Any:
+        methods = self.__dict__.get("methods")
+        if methods is not None and name in methods:
+            return methods[name]
+        raise AttributeError(f"Config has no section '{name}'")
 
     # ---- flat <-> typed ------------------------------------------------------------------
     @staticmethod
@@ -86,6 +131,8 @@ class Config:
         cfg = cls()
         known = cls.keys()
         for key, value in flat.items():
+            if key in RENAMED:
+                raise ConfigError(f"{key} is now called {RENAMED[key]}; rename it.")
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
                 suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
@@ -131,7 +178,8 @@ class Config:
         return out
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Section name -> its values, in :data:`SECTIONS`' order."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     @property
     def name(self) -> str:

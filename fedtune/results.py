@@ -29,6 +29,10 @@ class OutputConfig:
     # merged base), so a resumed run finds it: `fedtune simulate` sets <run-dir>/node-state; a
     # deployed node sets its own with --node-config "state-dir='...'". "": node state only.
     node_state_dir: str = ""
+    # Where this machine's processes share what is costly to rebuild and the same for all of
+    # them: replayed FedKSeed/Ferret model versions, DPO reference log-probabilities ("" = no
+    # sharing; `fedtune simulate` points it into the run folder).
+    cache_dir: str = ""
 
     def validate(self) -> None:
         """Any folder names are valid; resume's checkpoint is checked when the run starts."""

@@ -47,7 +47,7 @@ CASES: dict[str, dict[str, Any]] = {
     "fedit-fedtrimmedavg": {"strategy": "fedtrimmedavg", "fraction-train": 1.0},
     "fedkseed": {"algorithm": "fedkseed", **ZO},
     "fedkseed-pro": {"algorithm": "fedkseed-pro", **ZO, "num-server-rounds": 3,
-                     "zo-server-momentum": 0.5, "zo-robust-clip": 3.0},
+                     "seeds-server-momentum": 0.5, "seeds-robust-clip": 3.0},
     "fedkseed-dpo": {"algorithm": "fedkseed", "objective": "dpo", **ZO},
     "local": {"algorithm": "local", "num-server-rounds": 1},
     "centralized": {"algorithm": "centralized", "num-server-rounds": 1},
@@ -99,7 +99,7 @@ def run_case(name: str, where: Path) -> dict[str, Any]:
         from tests.inprocess_grid import InProcessGrid
 
         if flat.get("algorithm", "").startswith("fedkseed"):
-            flat["zo-cache-dir"] = str(where / name / "zo-cache")
+            flat["cache-dir"] = str(where / name / "zo-cache")
         grid = InProcessGrid(client_app, NODES, flat)
         main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                            run_config=flat))

@@ -35,12 +35,12 @@ FAST = {"num-server-rounds": 4, "local-steps": 2, "examples-per-client": 16, "ev
 CASES = {
     "fedit-fedadam": {"strategy": "fedadam", "server-lr": 0.01},
     "fedkseed-pro": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
-                     "batch-size": 2, "zo-server-momentum": 0.5},
+                     "batch-size": 2, "seeds-server-momentum": 0.5},
     # the accountant's ledger: a resumed run reports the same epsilon as one that never stopped;
     # bit for bit only with the server's FEDTUNE_DP_SECRET (set by the test), the noise being
     # fresh entropy otherwise (test_a_dp_run_resumed_without_the_secret_draws_fresh_noise)
     "fedkseed-pro-dp": {"algorithm": "fedkseed-pro", "zo-seeds": 64, "zo-steps": 4,
-                        "batch-size": 2, "zo-server-momentum": 0.5, "dp": "client",
+                        "batch-size": 2, "seeds-server-momentum": 0.5, "dp": "client",
                         "dp-noise-multiplier": 0.8, "dp-clip-norm": 5.0,
                         "fraction-evaluate": 0.0},
     # LoRA aggregation variants: FedSA's B lives on the nodes (their snapshots carry it over
@@ -51,7 +51,7 @@ CASES = {
     "fedit-ffa": {"lora-aggregation": "ffa"},
     "fedit-scaffold": {"strategy": "scaffold"},  # c on the server, c_i in the nodes' snapshots
     # Ferret: A of (block, seed) coefficients and the seeds strategy's momentum
-    "ferret": {"algorithm": "ferret", "ferret-seeds": 16, "zo-server-momentum": 0.5},
+    "ferret": {"algorithm": "ferret", "ferret-seeds": 16, "seeds-server-momentum": 0.5},
 }
 
 
@@ -65,7 +65,7 @@ def run(tmp_path, name, keys, crash_in_round=None, resume=False):
     if resume:
         cfg.output.resume = cfg.output.run_dir
     if cfg.train.algorithm.startswith("fedkseed") or cfg.train.algorithm == "ferret":
-        cfg.zo.zo_cache_dir = str(tmp_path / name / "zo-cache")
+        cfg.output.cache_dir = str(tmp_path / name / "zo-cache")
 
     trained = []  # both nodes train every round (fraction-train 1.0)
 
@@ -135,7 +135,7 @@ def test_a_dp_run_resumed_without_the_secret_draws_fresh_noise(tmp_path, one_thr
     import shutil
 
     monkeypatch.delenv(SECRET_ENV, raising=False)
-    keys = {**CASES["fedkseed-pro-dp"], "zo-server-momentum": 0.0}
+    keys = {**CASES["fedkseed-pro-dp"], "seeds-server-momentum": 0.0}
     with pytest.raises(Crash):
         run(tmp_path, "crashed", keys, crash_in_round=3)
     kept = rows(tmp_path / "crashed")

@@ -56,10 +56,10 @@ CASES = {
     "negative-rounds": (lambda p: ["--rounds", "-3"], "num-server-rounds=-3 must be at least 1."),
     "zero-clients": (lambda p: ["--num-clients", "0"], "--num-clients=0 must be at least 1."),
     # issue #26: accepted and silently ignored before the compatibility table
-    "another-algorithms-key": (lambda p: ["--run-config", "zo-server-momentum=0.5"],
-                               "zo-server-momentum is read by fedkseed, fedkseed-pro, ferret "
+    "another-algorithms-key": (lambda p: ["--run-config", "seeds-server-momentum=0.5"],
+                               "seeds-server-momentum is read by fedkseed, fedkseed-pro, ferret "
                                "only, not by algorithm='fedit', which would ignore it; drop "
-                               "zo-server-momentum or use one of those algorithms."),
+                               "seeds-server-momentum or use one of those algorithms."),
 }
 
 

@@ -240,7 +240,7 @@ BREAKS = [
     {"dp": "server", "secagg": "on"},
     {"algorithm": "local", "dp": "server"},
     {"strategy": "krum", "dp": "server"},
-    {"algorithm": "fedkseed", "zo-robust-clip": 3.0, "dp": "client"},
+    {"algorithm": "fedkseed", "seeds-robust-clip": 3.0, "dp": "client"},
     {"secagg": "on", "example-weights": "equal"},
     {"secagg": "on", "min-train-nodes": 1},
     {"dp": "client", "max-update-norm-ratio": 3.0},

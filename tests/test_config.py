@@ -166,8 +166,9 @@ def test_out_of_range_numbers_are_one_sentence_naming_the_key(key, value):
 
 
 @pytest.mark.parametrize("algorithm, flat, key, readers", [
-    ("fedit", {"zo-server-momentum": 0.5}, "zo-server-momentum", "fedkseed, fedkseed-pro, ferret"),
-    ("fedit", {"zo-robust-clip": 3.0}, "zo-robust-clip", "fedkseed, fedkseed-pro, ferret"),
+    ("fedit", {"seeds-server-momentum": 0.5}, "seeds-server-momentum",
+     "fedkseed, fedkseed-pro, ferret"),
+    ("fedit", {"seeds-robust-clip": 3.0}, "seeds-robust-clip", "fedkseed, fedkseed-pro, ferret"),
     ("ferret", {"lora-aggregation": "flora"}, "lora-aggregation", "fedit"),
     ("ferret", {"zo-seeds": 64}, "zo-seeds", "fedkseed, fedkseed-pro"),
     ("fedkseed", {"ferret-seeds": 8}, "ferret-seeds", "ferret"),

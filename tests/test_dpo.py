@@ -149,7 +149,7 @@ def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     from fedtune.train import dpo
 
     cfg = small_config(algorithm="fedkseed", objective="dpo", **{
-        "zo-seeds": 64, "zo-steps": 8, "zo-cache-dir": str(tmp_path)})
+        "zo-seeds": 64, "zo-steps": 8, "cache-dir": str(tmp_path)})
     server = FedKSeedServer(cfg)
     acc = server.initial_arrays()["accumulated"]
     assert server.evaluate({"accumulated": acc})["reward_margin"] == 0.0
@@ -162,7 +162,7 @@ def test_fedkseed_dpo_round_uses_w0_as_reference(tmp_path, one_thread):
     accumulate_(new, res.seed_indices, res.scalars, 1.0)
     data = node_pairs(cfg, node)
     before = reference_logps(cfg, zm, data).copy()
-    zm.load(new, cfg.zo.zo_cache_dir)
+    zm.load(new, cfg.output.cache_dir)
     dpo._MEMORY.clear()
     shutil.rmtree(tmp_path / "dpo-ref")
     after = reference_logps(cfg, zm, data)  # recomputed from w0 with another version loaded

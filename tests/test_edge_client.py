@@ -81,7 +81,7 @@ def test_a_node_cache_spares_the_next_process_the_replay(tmp_path, one_thread):
     train = client_app(message("train", {"accumulated": a}, **identity), ctx)
     assert not train.has_error(), train.error
     (cached,) = (tmp_path / "cache").glob("versions-*/S-*.i64")
-    at_node = cfg.__class__.from_flat({**cfg.to_flat(), "zo-cache-dir": str(tmp_path / "cache")})
+    at_node = cfg.__class__.from_flat({**cfg.to_flat(), "cache-dir": str(tmp_path / "cache")})
     assert zo_model.zo_model_for(at_node).applied == [3]  # the train process caught up 3 seeds
     zo_model._cached.cache_clear()  # a process without the cache computes the same bits
     alone = zo_model.zo_model_for(cfg)

@@ -71,7 +71,7 @@ def test_pro_probabilities_survive_quantization():
 def test_all_parties_hold_the_canonical_model_bit_for_bit(tmp_path):
     """Clients that skip rounds, a shared version cache, and an independent process agree."""
     cfg = zo_config(**{"num-server-rounds": 3, "fraction-train": 0.5,
-                       "zo-cache-dir": str(tmp_path / "cache")})
+                       "cache-dir": str(tmp_path / "cache")})
     rows, accumulated, _ = _run(cfg, num_nodes=4)
     assert all(r["clients"] == 2 for r in rows[1:])
     assert np.count_nonzero(accumulated) > 0
@@ -82,7 +82,7 @@ def test_all_parties_hold_the_canonical_model_bit_for_bit(tmp_path):
     here = zm.checksum()
     zo_model._cached.cache_clear()  # a fresh process: adopts the version the server published
     fresh = zo_model_for(cfg)
-    fresh.load(accumulated, cfg.zo.zo_cache_dir)
+    fresh.load(accumulated, cfg.output.cache_dir)
     assert fresh.checksum() == here and fresh.applied == [0]
     np.save(tmp_path / "a.npy", accumulated)
     code = (
@@ -94,7 +94,7 @@ def test_all_parties_hold_the_canonical_model_bit_for_bit(tmp_path):
         "zm.load(np.load(sys.argv[2]))\n"
         "print(zm.checksum())\n"
     )
-    flat = {k: v for k, v in cfg.to_flat().items() if k != "zo-cache-dir"}
+    flat = {k: v for k, v in cfg.to_flat().items() if k != "cache-dir"}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(flat), str(tmp_path / "a.npy")],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
     assert out[-1] == here
@@ -155,14 +155,14 @@ class _Aggregator:
     """FedKSeed's aggregation with the options in ``keys``, keeping its momentum."""
 
     def __init__(self, **keys):
-        self.zo = zo_config(**keys).zo
+        self.options = zo_config(**keys).seeds
         self.momentum = np.zeros(256, np.float32)
 
     def aggregate(self, a, replies):
         from fedtune.strategies.seeds import aggregate, robust_clip
 
-        new, self.momentum = aggregate(a, robust_clip(replies, self.zo.zo_robust_clip), self.zo,
-                                       self.momentum)
+        clipped = robust_clip(replies, self.options.seeds_robust_clip)
+        new, self.momentum = aggregate(a, clipped, self.options, self.momentum)
         return new
 
 
@@ -173,8 +173,8 @@ def _honest_replies(seed=0, n_clients=5, tau=6):
 
 
 def test_server_momentum_on_the_accumulated_vector():
-    server = _Aggregator(**{"zo-server-momentum": 0.5, "zo-equal-weights": True})
-    plain = _Aggregator(**{"zo-equal-weights": True})
+    server = _Aggregator(**{"seeds-server-momentum": 0.5, "seeds-equal-weights": True})
+    plain = _Aggregator(**{"seeds-equal-weights": True})
     r1, r2 = _honest_replies(1), _honest_replies(2)
     a0 = np.zeros(256, np.float32)
     d1 = plain.aggregate(a0, r1)
@@ -191,8 +191,8 @@ def test_robust_clip_bounds_a_scaled_up_client():
     a0 = np.zeros(256, np.float32)
     base = _Aggregator().aggregate(a0, clean)
     hit = _Aggregator().aggregate(a0, attacked)
-    robust_clean = _Aggregator(**{"zo-robust-clip": 3.0}).aggregate(a0, clean)
-    robust_hit = _Aggregator(**{"zo-robust-clip": 3.0}).aggregate(a0, attacked)
+    robust_clean = _Aggregator(**{"seeds-robust-clip": 3.0}).aggregate(a0, clean)
+    robust_hit = _Aggregator(**{"seeds-robust-clip": 3.0}).aggregate(a0, attacked)
     harm = np.linalg.norm(hit - base) / np.linalg.norm(base)
     robust_harm = np.linalg.norm(robust_hit - robust_clean) / np.linalg.norm(robust_clean)
     assert harm > 10 and robust_harm < 1.0, (harm, robust_harm)

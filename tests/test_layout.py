@@ -25,7 +25,7 @@ LAYERS = [
     ("config", r"fedtune\.config$"),
     ("wire", r"fedtune\.wire(\..+)?$"),
     ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg)(\..+)?$"
-                r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint)$"),
+                r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint|driver)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$|fedtune\.compat$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),

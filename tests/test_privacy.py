@@ -175,7 +175,7 @@ def test_client_clipping_bounds_the_per_seed_sums():
 def run_app(tmp_path, name, nodes=4, tamper=None, grid_ref=None, **keys):
     flat = {**FAST, **keys, "run-dir": str(tmp_path / name)}
     if str(flat.get("algorithm", "")).startswith("fedkseed"):
-        flat["zo-cache-dir"] = str(tmp_path / name / "zo-cache")
+        flat["cache-dir"] = str(tmp_path / name / "zo-cache")
     grid = InProcessGrid(client_app, nodes, flat, tamper=tamper)
     if grid_ref is not None:
         grid_ref.append(grid)
@@ -193,10 +193,10 @@ def _metrics(rows):
 
 @pytest.mark.parametrize("algo", ["fedit", "fedkseed"])
 def test_no_noise_and_a_loose_clip_give_the_plain_run(tmp_path, algo, one_thread):
-    """Equal weights (every client has 24 examples; FedKSeed also zo-equal-weights) so the
+    """Equal weights (every client has 24 examples; FedKSeed also seeds-equal-weights) so the
     plain run averages as DP does; the metrics agree to float rounding. Every client trains
     every round: the DP sample is secret, so it could not match the plain run's seeded one."""
-    keys = (ZO | {"zo-equal-weights": True} if algo == "fedkseed" else {}) | {
+    keys = (ZO | {"seeds-equal-weights": True} if algo == "fedkseed" else {}) | {
         "fraction-train": 1.0}
     plain, _, _ = run_app(tmp_path, "plain", **keys)
     dp, summary, _ = run_app(tmp_path, "dp", dp="server", **keys,
@@ -265,7 +265,7 @@ def test_a_client_reply_over_the_bound_is_dropped_under_client_clipping(tmp_path
     ({"strategy": "fedmedian"}, "strategy='fedmedian' cannot run with dp='server'"),
     ({"strategy": "krum"}, "looks at each client's update"),
     ({"strategy": "scaffold"}, "control variate"),
-    ({"algorithm": "fedkseed", "zo-robust-clip": 3.0}, "zo-robust-clip cannot run"),
+    ({"algorithm": "fedkseed", "seeds-robust-clip": 3.0}, "seeds-robust-clip cannot run"),
     ({"algorithm": "local"}, "baseline has none"),
 ])
 def test_configs_that_break_the_guarantee_are_one_sentence_errors(keys, words):

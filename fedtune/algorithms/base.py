@@ -90,7 +90,8 @@ class Algorithm:
     ``client``/``server`` build the two sides from the run's config; ``payload`` is the update
     kind its strategies must accept (``arrays``: named float arrays such as LoRA adapters, for
     any array strategy; ``seeds``: (seed index, scalar) pairs over a shared seed pool);
-    ``check`` raises ``ConfigError`` for configs this algorithm cannot run;
+    ``check`` raises ``ConfigError`` for configs this algorithm cannot run; ``load_result``
+    reads the final model back from the run folder its server side saved;
     ``simulation_setup`` sets what ``fedtune simulate`` chooses for it (e.g. a shared cache
     inside the run folder). ``client_hooks``: its client side runs a
     strategy's client half (SCAFFOLD's), given as ``client(cfg, hook)`` with ``hook`` a
@@ -110,3 +111,8 @@ class Algorithm:
     run: Callable[[Config, int], Path] | None = None
     objectives: tuple[str, ...] = field(default=("sft", "dpo"))
     client_hooks: bool = False
+    #: (model, tokenizer) of a finished run folder's final model (``fedtune generate``/``export``)
+    load_result: Callable[[Path], tuple[Any, Any]] | None = None
+    #: the method config sections it reads (``lora``, ``zo``, ...; :data:`fedtune.config.SECTIONS`):
+    #: another algorithm refuses a key of them set to a non-default value
+    sections: tuple[str, ...] = ()

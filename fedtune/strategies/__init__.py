@@ -29,25 +29,33 @@ class StrategyEntry:
     reference: str
     client_hook: str = ""  # "<module>:<class>" of the node's half, if any
     per_client: str = ""  # why it needs each client's update ("" = their mean is enough)
+    #: the ``strategy`` section's parameters it reads (another strategy refuses them set)
+    reads: tuple[str, ...] = ()
+    section: str = ""  # its own config section, if any (fedtune.strategies.config.SECTIONS)
 
 
 _EACH = "it looks at each client's update, not only at their (noised) mean"
+_FEDOPT = ("server-lr", "beta-1", "beta-2", "tau")
 _ENTRIES = [
     StrategyEntry("fedavg", "arrays", "builtin", "McMahan et al., AISTATS 2017"),
-    StrategyEntry("fedprox", "arrays", "builtin", "Li et al., MLSys 2020"),
-    StrategyEntry("fedavgm", "arrays", "builtin", "Hsu et al., 2019"),
-    StrategyEntry("fedadam", "arrays", "builtin", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedyogi", "arrays", "builtin", "Reddi et al., ICLR 2021"),
-    StrategyEntry("fedadagrad", "arrays", "builtin", "Reddi et al., ICLR 2021"),
+    StrategyEntry("fedprox", "arrays", "builtin", "Li et al., MLSys 2020", reads=("prox-mu",)),
+    StrategyEntry("fedavgm", "arrays", "builtin", "Hsu et al., 2019",
+                  reads=("server-lr", "server-momentum")),
+    StrategyEntry("fedadam", "arrays", "builtin", "Reddi et al., ICLR 2021", reads=_FEDOPT),
+    StrategyEntry("fedyogi", "arrays", "builtin", "Reddi et al., ICLR 2021", reads=_FEDOPT),
+    StrategyEntry("fedadagrad", "arrays", "builtin", "Reddi et al., ICLR 2021",
+                  reads=("server-lr", "tau")),
     StrategyEntry("fedmedian", "arrays", "builtin", "Yin et al., ICML 2018", per_client=_EACH),
-    StrategyEntry("fedtrimmedavg", "arrays", "builtin", "Yin et al., ICML 2018", per_client=_EACH),
-    StrategyEntry("krum", "arrays", "builtin", "Blanchard et al., NeurIPS 2017", per_client=_EACH),
+    StrategyEntry("fedtrimmedavg", "arrays", "builtin", "Yin et al., ICML 2018", per_client=_EACH,
+                  reads=("trim-beta",)),
+    StrategyEntry("krum", "arrays", "builtin", "Blanchard et al., NeurIPS 2017", per_client=_EACH,
+                  reads=("krum-malicious",)),
     StrategyEntry("scaffold", "arrays", "scaffold", "Karimireddy et al., ICML 2020",
                   client_hook="scaffold:ScaffoldClient",
                   per_client="each client also uploads its control variate, unclipped and without "
                         "noise"),
-    # FedKSeed's seed-space FedAvg (options: zo-server-momentum, zo-robust-clip)
-    StrategyEntry("fedavg", "seeds", "seeds", "Qin et al., ICML 2024"),
+    # FedKSeed's seed-space FedAvg, for every seeds algorithm (its options: the seeds section)
+    StrategyEntry("fedavg", "seeds", "seeds", "Qin et al., ICML 2024", section="seeds"),
 ]
 REGISTRY: dict[tuple[str, str], StrategyEntry] = {(e.payload, e.name): e for e in _ENTRIES}
 

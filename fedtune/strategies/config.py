@@ -1,5 +1,7 @@
-"""The ``strategy`` config section: the server strategy's name, its parameters, and the trust
-policy for the clients' weights and updates (:mod:`fedtune.strategies.trust`)."""
+"""The strategies' config sections: ``strategy`` (the server strategy's name, the parameters of
+Flower's strategies, and the trust policy for the clients' weights and updates,
+:mod:`fedtune.strategies.trust`) and ``seeds`` (the seed-space strategy's options, for every
+algorithm whose payload is seed pairs: FedKSeed, FedKSeed-Pro, Ferret)."""
 
 from __future__ import annotations
 
@@ -51,3 +53,25 @@ class StrategySection:
         require(self.example_weights in ("auto", "capped") or self.max_examples == 0,
                 f"max-examples={self.max_examples} applies to example-weights='capped', not "
                 f"'{self.example_weights}'; set example-weights='capped' or max-examples=0.")
+
+
+@dataclass
+class SeedsSection:
+    """The ``seeds`` strategy (:mod:`fedtune.strategies.seeds`): FedAvg over (seed, scalar)
+    pairs, with options."""
+
+    seeds_equal_weights: bool = False  # aggregate clients equally instead of by examples
+    seeds_server_momentum: float = 0.0  # server momentum on the round's change of A (0 = off)
+    # Robust aggregation: clip every scalar of the round to +-(factor x the median |g| over all
+    # clients' scalars) before adding; bounds what one scaled-up client can do (0 = off).
+    seeds_robust_clip: float = 0.0
+
+    def validate(self) -> None:
+        require(0 <= self.seeds_server_momentum < 1,
+                f"seeds-server-momentum={self.seeds_server_momentum} must be in [0, 1).")
+        require(self.seeds_robust_clip >= 0,
+                f"seeds-robust-clip={self.seeds_robust_clip} must be >= 0 (0 = off).")
+
+
+#: found by fedtune.config; a strategy entry names the section it reads (``section``)
+SECTIONS = {"strategy": StrategySection, "seeds": SeedsSection}

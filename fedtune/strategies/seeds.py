@@ -5,16 +5,16 @@ The global state is the accumulated-scalar vector A (one float32 per seed of the
 as ``arrays["accumulated"]``. A round sends A (and the algorithm's train config: the pool's
 fingerprint, FedKSeed-Pro's importance) and receives up to tau packed (seed index, scalar) pairs
 per client (a skipped step is left out). Aggregation is A_s += sum_i w_i * sum_t [s_it = s] g_it,
-w_i the client's share of the examples (or 1/n with ``zo-equal-weights``), in the stable reply
+w_i the client's share of the examples (or 1/n with ``seeds-equal-weights``), in the stable reply
 order the loop provides; the model every party holds is the exact version of A, so with a
 constant lr this is FedAvg of the clients' deltas (up to A's 2**-16 quantum). Replies are
 validated before they reach this class.
 
-- ``zo-robust-clip``: clip every scalar of the round to +-(factor x the median |g| over all
+- ``seeds-robust-clip``: clip every scalar of the round to +-(factor x the median |g| over all
   clients' scalars): a client that scales its scalars up cannot move A further than an honest
   one. At tau = 200 and K = 4096 clients rarely share a seed, so a per-seed median would mostly
   be a median of zeros.
-- ``zo-server-momentum``: m = beta m + dA, A += m (the model is still the exact replay of A).
+- ``seeds-server-momentum``: m = beta m + dA, A += m (the model is still the exact replay of A).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.app import RecordDict as Content
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
-from fedtune.algorithms.fedkseed.config import ZOConfig
 from fedtune.seeded import SeedPool, accumulate_, unpack_pairs
+from fedtune.strategies.config import SeedsSection
+from fedtune.strategies.metrics import mean_metrics
 from fedtune.strategies.state import StatefulStrategy
 
 Reply = tuple[np.ndarray, np.ndarray, int]  # (seed indices, scalars, examples)
@@ -46,16 +46,16 @@ def robust_clip(replies: list[Reply], factor: float) -> list[Reply]:
     return [(i, np.clip(g, -bound, bound), n) for i, g, n in replies]
 
 
-def aggregate(accumulated: np.ndarray, replies: list[Reply], zo: ZOConfig,
+def aggregate(accumulated: np.ndarray, replies: list[Reply], options: SeedsSection,
               momentum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(new A, new momentum) after one round's (clipped) replies, in reply order."""
     delta = np.zeros_like(accumulated, dtype=np.float32)
     total = sum(n for _, _, n in replies)
     for indices, scalars, n in replies:
-        weight = 1.0 / len(replies) if zo.zo_equal_weights else n / total
+        weight = 1.0 / len(replies) if options.seeds_equal_weights else n / total
         accumulate_(delta, indices, scalars, weight)
-    if zo.zo_server_momentum > 0:
-        momentum = (np.float32(zo.zo_server_momentum) * momentum + delta).astype(np.float32)
+    if options.seeds_server_momentum > 0:
+        momentum = (np.float32(options.seeds_server_momentum) * momentum + delta).astype(np.float32)
         delta = momentum
     return (accumulated + delta).astype(np.float32), momentum
 
@@ -66,9 +66,9 @@ class FedKSeedStrategy(StatefulStrategy, Strategy):
     state_attrs = ("momentum",)
     transient_attrs = ("current",)  # A of the round in flight, set by every configure_train
 
-    def __init__(self, pool: SeedPool, zo: ZOConfig) -> None:
+    def __init__(self, pool: SeedPool, options: SeedsSection) -> None:
         self.pool = pool
-        self.zo = zo
+        self.options = options
         self.momentum = np.zeros(pool.k, dtype=np.float32)
         self.current: np.ndarray | None = None
         super().__init__()
@@ -97,7 +97,7 @@ class FedKSeedStrategy(StatefulStrategy, Strategy):
         for reply in replies:
             indices, scalars = unpack_pairs(reply.content["zo"]["pairs"], self.pool.k)
             parsed.append((indices, scalars, int(reply.content["metrics"]["num-examples"])))
-        parsed = robust_clip(parsed, self.zo.zo_robust_clip)
+        parsed = robust_clip(parsed, self.options.seeds_robust_clip)
         for reply, (indices, scalars, _) in zip(replies, parsed, strict=True):
             zo = reply.content["zo"]
             if "pro-abs-sums" in zo:  # a secure sum: the clients' statistics, summed
@@ -105,8 +105,8 @@ class FedKSeedStrategy(StatefulStrategy, Strategy):
                 self.pool.counts += np.frombuffer(zo["pro-counts"], dtype="<i8")
             else:  # Pro's statistics see the clipped scalars
                 self.pool.update(indices, scalars)
-        new, self.momentum = aggregate(self.current, parsed, self.zo, self.momentum)
-        metrics = aggregate_metricrecords([r.content for r in replies], "num-examples")
+        new, self.momentum = aggregate(self.current, parsed, self.options, self.momentum)
+        metrics = mean_metrics([r.content for r in replies], "num-examples")
         return ArrayRecord({"accumulated": Array(new)}), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -116,9 +116,9 @@ class FedKSeedStrategy(StatefulStrategy, Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         contents = [r.content for r in replies]
-        return aggregate_metricrecords(contents, "num-examples") if contents else None
+        return mean_metrics(contents, "num-examples") if contents else None
 
 
 def build(name: str, cfg, server) -> FedKSeedStrategy:
     del name
-    return FedKSeedStrategy(server.pool, cfg.zo)
+    return FedKSeedStrategy(server.pool, cfg.seeds)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedtune.algorithms.base import Algorithm
+from fedtune.algorithms.fedit import load_result  # the pooled run saves one adapter
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,6 +28,7 @@ def _centralized(cfg: Config, num_clients: int) -> Path:
 
 
 LOCAL = Algorithm(name="local", summary="each client trains alone (FedIT's local rounds)",
-                  federated=False, run=_local, objectives=("sft",))
+                  federated=False, run=_local, objectives=("sft",), sections=("lora",))
 CENTRALIZED = Algorithm(name="centralized", summary="all clients' data pooled in one place",
-                        federated=False, run=_centralized, objectives=("sft",))
+                        federated=False, run=_centralized, objectives=("sft",),
+                        sections=("lora",), load_result=load_result)

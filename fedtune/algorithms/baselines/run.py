@@ -20,10 +20,8 @@ from fedtune.algorithms.fedit import client as fedit_client
 from fedtune.algorithms.fedit.server import FedITServer
 from fedtune.config import Config
 from fedtune.data.tokenize import EncodedSet
+from fedtune.driver import RunDriver
 from fedtune.node import Node, node_data
-from fedtune.plot import plot_metrics
-from fedtune.progress import final_table, round_line
-from fedtune.results import RunWriter, new_run_dir
 
 
 def _mean_row(per_client: list[dict[str, float]]) -> dict[str, Any]:
@@ -40,17 +38,17 @@ def sampled_per_round(cfg: Config, num_clients: int) -> int:
 
 
 class _BaselineRun:
-    """What both baselines share: the run folder, the evaluator, progress lines, the finish."""
+    """What both baselines share on top of the run driver: FedIT's server side (schedule,
+    central evaluation, saving) and the rows' fixed fields (nothing crosses a network)."""
 
     def __init__(self, cfg: Config, headline: str) -> None:
         self.cfg = cfg
-        self.dir = Path(cfg.output.run_dir) if cfg.output.run_dir else new_run_dir(cfg)
-        self.writer = RunWriter(self.dir, cfg)
+        self.driver = RunDriver(cfg, headline)
+        self.dir = self.driver.dir
         self.server = FedITServer(cfg)
         self.rounds = cfg.server.num_server_rounds
         self.base = {"algorithm": cfg.train.algorithm, "objective": cfg.train.objective,
                      "bytes_down_per_client": 0, "bytes_up_per_client": 0}
-        print(f"fedtune: {headline}, results in {self.dir}", flush=True)
 
     def lr(self, rnd: int) -> float:
         return self.server.train_config(rnd)["lr"]
@@ -59,15 +57,10 @@ class _BaselineRun:
         return rnd % self.cfg.eval.eval_every == 0 or rnd == self.rounds
 
     def log(self, row: dict[str, Any]) -> None:
-        row = {**self.base, **row}
-        self.writer.log_round(row)
-        print(round_line(row, self.rounds), flush=True)
+        self.driver.log({**self.base, **row})
 
     def finish(self, result: Path, title: str) -> Path:
-        self.writer.write_summary({"result": str(result)})
-        plot_metrics(self.writer.rows, self.dir / "metrics.png", f"{self.cfg.name}: {title}")
-        print(final_table(self.writer.rows[0], self.writer.rows[-1]), flush=True)
-        return self.dir
+        return self.driver.finish(result, title)
 
 
 def run_centralized(cfg: Config, num_clients: int) -> Path:

@@ -16,6 +16,8 @@ from fedtune.algorithms.base import Algorithm
 from fedtune.algorithms.fedit.config import AGGREGATIONS
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fedtune.algorithms.base import ClientHook
     from fedtune.config import Config
 
@@ -40,6 +42,16 @@ def _server(cfg: Config):
     return FedITServer(cfg)
 
 
+def load_result(run_dir: Path):
+    """The adapter merged into its base; FLoRA/FedEx-LoRA (whose base moved) saved the merged
+    model instead."""
+    from fedtune.models.saved import load_adapter_folder, load_model_folder
+
+    if (run_dir / "adapter").is_dir():
+        return load_adapter_folder(run_dir / "adapter")
+    return load_model_folder(run_dir / "model")
+
+
 FEDIT = Algorithm(
     name="fedit",
     summary="LoRA adapters trained locally, aggregated by a Flower strategy "
@@ -49,4 +61,6 @@ FEDIT = Algorithm(
     server=_server,
     simulation_setup=_simulation_setup,
     client_hooks=True,  # FedITClient runs the strategy's client half (SCAFFOLD)
+    sections=("lora",),
+    load_result=load_result,
 )

@@ -73,3 +73,6 @@ class LoraSection:
         """alpha / r of the run's ``lora-r``: every client's adapter uses this scale whatever its
         rank, so a rank-4 and a rank-16 update count on the same footing."""
         return self.lora_alpha / self.lora_r
+
+
+SECTION = ("lora", LoraSection)  # found by fedtune.config; read by the algorithms that list "lora"

@@ -46,7 +46,7 @@ def reference_logps(cfg: Config, model: PeftModel, data: PairSet, pad_id: int) -
         with model.disable_adapter():
             return pair_logps(model, data, pad_id, cfg.eval.eval_batch_size)
 
-    return cached_reference(_reference_id(cfg), data, compute, cfg.zo.zo_cache_dir or None)
+    return cached_reference(_reference_id(cfg), data, compute, cfg.output.cache_dir or None)
 
 
 def heldout_pairs(cfg: Config, model: PeftModel, tokenizer) -> HeldOutPairs:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedtune.algorithms.base import Algorithm
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fedtune.config import Config
 
 
@@ -35,19 +36,20 @@ def _server(cfg: Config, pro: bool):
     return FedKSeedServer(cfg, pro=pro)
 
 
-def _simulation_setup(cfg: Config) -> None:
-    """Processes of one simulation share replayed versions through a cache in the run folder."""
-    if not cfg.zo.zo_cache_dir:
-        cfg.zo.zo_cache_dir = str(Path(cfg.output.run_dir) / "zo-cache")
+def _load_result(run_dir: Path):
+    from fedtune.algorithms.fedkseed.export import materialize
+
+    return materialize(run_dir)  # the seeds' exact replay onto the base model
 
 
 FEDKSEED = Algorithm(
     name="fedkseed",
     summary="full-parameter zeroth-order steps from K shared seeds; uploads (seed, scalar) pairs",
     payload="seeds",
+    sections=("zo",),
+    load_result=_load_result,
     client=_client,
     server=partial(_server, pro=False),
-    simulation_setup=_simulation_setup,
 )
 
 

@@ -51,7 +51,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
         settings, dpo_stats = DPOSettings.from_config(cfg.train), DPOStats()
     else:
         data = node_data(cfg, node)
-    zm.load(accumulated, cfg.zo.zo_cache_dir)
+    zm.load(accumulated, cfg.output.cache_dir)
     zm.mark_changed()  # the steps below move the weights in place; the next load restores them
     if len(data) == 0:
         raise ValueError("no trainable examples on this node (all truncated away or no data)")
@@ -107,12 +107,12 @@ def evaluate(cfg: Config, accumulated: np.ndarray, node: Node, zm: ZOModel | Non
     if cfg.train.objective == "dpo":
         pairs = node_pairs(cfg, node, held_out=True)
         reference = reference_logps(cfg, zm, pairs)
-        zm.load(accumulated, cfg.zo.zo_cache_dir)
+        zm.load(accumulated, cfg.output.cache_dir)
         metrics = preference_metrics(zm.model, pairs, reference,
                                      DPOSettings.from_config(cfg.train),
                                      zm.tokenizer.pad_token_id, cfg.eval.eval_batch_size)
         return metrics["eval_loss"], len(pairs)
-    zm.load(accumulated, cfg.zo.zo_cache_dir)
+    zm.load(accumulated, cfg.output.cache_dir)
     data = node_data(cfg, node, held_out=True)
     return heldout_loss(zm.model, data, zm.tokenizer.pad_token_id,
                         cfg.eval.eval_batch_size), len(data)

@@ -1,5 +1,6 @@
 """FedKSeed's config section (``zo-*`` keys); 0 means "pick for the model size"
-(see :mod:`fedtune.algorithms.fedkseed.defaults`)."""
+(see :mod:`fedtune.algorithms.fedkseed.defaults`). The seed-space aggregation's options are the
+``seeds`` strategy's section (``seeds-*``, :mod:`fedtune.strategies.config`)."""
 
 from __future__ import annotations
 
@@ -23,22 +24,15 @@ class ZOConfig:
     zo_lr: float = 0.0  # constant; 0 = auto from the parameter count
     zo_eps: float = 0.0  # perturbation scale; 0 = auto
     zo_clip: float = 0.0  # skip a step whose |g| exceeds this (0 = never)
-    zo_equal_weights: bool = False  # aggregate clients equally instead of by examples
-    zo_server_momentum: float = 0.0  # server momentum on the round's change of A (0 = off)
-    # Robust aggregation: clip every scalar of the round to +-(factor x the median |g| over all
-    # clients' scalars) before adding; bounds what one scaled-up client can do (0 = off).
-    zo_robust_clip: float = 0.0
     save_full_model: bool = False  # FedKSeed: also write the replayed model as an HF folder
-    # Where replayed versions are shared between processes on one machine ("" = no sharing;
-    # `fedtune simulate` points it into the run folder).
-    zo_cache_dir: str = ""
 
     def validate(self) -> None:
         require(1 <= self.zo_seeds <= MAX_ZO_SEEDS,
                 f"zo-seeds={self.zo_seeds} must be in [1, {MAX_ZO_SEEDS}]: larger seed pools "
                 "could overflow the exact model versions' integer sums.")
         require(self.zo_steps >= 1, f"zo-steps={self.zo_steps} must be at least 1.")
-        require(0 <= self.zo_server_momentum < 1 and self.zo_robust_clip >= 0,
-                "zo-server-momentum must be in [0, 1) and zo-robust-clip >= 0.")
         require(self.zo_lr >= 0 and self.zo_eps >= 0 and self.zo_clip >= 0,
                 "zo-lr, zo-eps and zo-clip must be >= 0 (0 = auto / off).")
+
+
+SECTION = ("zo", ZOConfig)  # found by fedtune.config; read by the algorithms that list "zo"

@@ -2,7 +2,7 @@
 
 Every party holds w0 already (the replay starts from it), so the reference costs no second
 model: its log-probs are computed once per example set with w0 loaded (then the caller loads
-the version it needs) and cached in the process and, when ``zo-cache-dir`` is set (as
+the version it needs) and cached in the process and, when ``cache-dir`` is set (as
 ``fedtune simulate`` does), on disk for every process of the machine.
 """
 
@@ -27,7 +27,7 @@ def reference_logps(cfg: Config, zm: ZOModel, data: PairSet) -> np.ndarray:
         return pair_logps(zm.model, data, zm.tokenizer.pad_token_id, cfg.eval.eval_batch_size)
 
     ref_id = f"zo-w0|{cfg.model.model}|{cfg.model.device}|float32"
-    return cached_reference(ref_id, data, compute, cfg.zo.zo_cache_dir or None)
+    return cached_reference(ref_id, data, compute, cfg.output.cache_dir or None)
 
 
 def heldout_pairs(cfg: Config, zm: ZOModel) -> HeldOutPairs:

@@ -13,10 +13,6 @@ from fedtune.seeded import zo_parameters
 from fedtune.seeded.versions import VersionStore
 
 
-def is_fedkseed_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / "fedkseed.json").exists()
-
-
 def materialize(run_dir: Path):
     """(model, tokenizer) of the run's final global model, float32, on CPU."""
     run_dir = Path(run_dir)

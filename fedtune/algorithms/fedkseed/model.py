@@ -58,4 +58,4 @@ def _cached(model: str, device: str, k: int, seed: int, lr: float, eps: float,
 def zo_model_for(cfg: Config) -> ZOModel:
     """The process's FedKSeed model for this config (loaded once)."""
     return _cached(cfg.model.model, cfg.model.device, cfg.zo.zo_seeds, cfg.server.seed,
-                   cfg.zo.zo_lr, cfg.zo.zo_eps, cfg.zo.zo_cache_dir)
+                   cfg.zo.zo_lr, cfg.zo.zo_eps, cfg.output.cache_dir)

@@ -90,7 +90,7 @@ class FedKSeedServer:
         return config
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)
+        self.zm.load(arrays["accumulated"], self.cfg.output.cache_dir)
         if self.pairs is not None:  # DPO: reward accuracy, margin, log-probs, DPO loss
             return self.pairs.metrics(self.zm.model)
         loss = heldout_loss(self.zm.model, self.eval_data, self.zm.tokenizer.pad_token_id,
@@ -113,7 +113,7 @@ class FedKSeedServer:
             build_tiny().save_pretrained(run_dir / "base-model")
             self.zm.tokenizer.save_pretrained(run_dir / "base-model")
         if self.cfg.zo.save_full_model:
-            self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)
+            self.zm.load(arrays["accumulated"], self.cfg.output.cache_dir)
             self.zm.model.save_pretrained(run_dir / "model")
             self.zm.tokenizer.save_pretrained(run_dir / "model")
         return out

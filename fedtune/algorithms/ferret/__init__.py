@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedtune.algorithms.base import Algorithm
-from fedtune.algorithms.fedkseed import _simulation_setup
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fedtune.config import Config
 
 
@@ -31,12 +32,19 @@ def _server(cfg: Config):
     return FerretServer(cfg)
 
 
+def _load_result(run_dir: Path):
+    from fedtune.models.saved import load_model_folder
+
+    return load_model_folder(run_dir / "model")  # the reconstructed model
+
+
 FERRET = Algorithm(
     name="ferret",
     summary="full-parameter first-order local steps, projected onto K shared seeds; uploads "
             "the coefficients",
     payload="seeds",
+    sections=("ferret",),
     client=_client,
     server=_server,
-    simulation_setup=_simulation_setup,
+    load_result=_load_result,
 )

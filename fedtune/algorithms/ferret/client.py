@@ -52,7 +52,7 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
                                    fm.tokenizer.pad_token_id, dpo_stats)
     else:
         data = node_data(cfg, node)
-    fm.load(accumulated, cfg.zo.zo_cache_dir)
+    fm.load(accumulated, cfg.output.cache_dir)
     fm.mark_changed()  # the steps move the weights in place; the next load restores them
     settings = SFTSettings(steps=t.local_steps, batch_size=t.batch_size, lr=float(conf["lr"]),
                            grad_accum=t.grad_accum, weight_decay=t.weight_decay,

@@ -46,4 +46,4 @@ def ferret_model_for(cfg: Config) -> ZOModel:
     """The process's Ferret model for this config (loaded once)."""
     f = cfg.ferret
     return _cached(cfg.model.model, cfg.model.device, f.ferret_seeds, cfg.server.seed,
-                   f.ferret_server_lr, f.ferret_block_ratio, cfg.zo.zo_cache_dir)
+                   f.ferret_server_lr, f.ferret_block_ratio, cfg.output.cache_dir)

@@ -85,7 +85,7 @@ class FerretServer(FedKSeedServer):
         (run_dir / "ferret.json").write_text(json.dumps(
             {"base_model": self.cfg.model.model, "state": STATE_FILE, "server_lr": self.zm.lr,
              "k": int(store.seeds.size), "blocks": store.num_blocks}, indent=2))
-        self.zm.load(arrays["accumulated"], self.cfg.zo.zo_cache_dir)
+        self.zm.load(arrays["accumulated"], self.cfg.output.cache_dir)
         self.zm.model.save_pretrained(run_dir / "model")
         self.zm.tokenizer.save_pretrained(run_dir / "model")
         return run_dir / "model"

@@ -19,5 +19,12 @@ def server(cfg):
     return FullServer(cfg)
 
 
+def load_result(run_dir):
+    from fedtune.models.saved import load_model_folder
+
+    return load_model_folder(run_dir / "model")
+
+
 FULL_FT = Algorithm(name="full-ft", summary="every weight trained and sent, FedAvg'd",
-                    payload="arrays", client=client, server=server, objectives=("sft",))
+                    payload="arrays", client=client, server=server, objectives=("sft",),
+                    load_result=load_result)

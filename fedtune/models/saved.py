@@ -1,0 +1,33 @@
+"""Loading what a run saved: a Hugging Face model folder, or a peft adapter folder merged into
+its base. Each algorithm's ``load_result`` (:class:`fedtune.algorithms.base.Algorithm`) picks
+the folder; ``fedtune generate`` and ``fedtune export`` ask it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _tokenizer(folder: Path | str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_folder(folder: Path) -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer) of a saved Hugging Face model folder, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), _tokenizer(folder)
+
+
+def load_adapter_folder(folder: Path) -> tuple[torch.nn.Module, object]:
+    """(base model with the peft adapter merged in, tokenizer) of a saved adapter folder."""
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload()
+    return model.eval(), _tokenizer(folder)

@@ -43,6 +43,7 @@ class Recorder:
         self.plan = plan  # global step number -> "big" | "nan"
         self.steps: list[ZOStepResult] = []
         self.clips: list[float | None] = []
+        self.rows: list[dict] = []  # the run's metrics rows
         self.real = fedkseed_client.zo_step
 
     def __call__(self, params, loss_fn: Callable, **kw) -> ZOStepResult:
@@ -73,7 +74,7 @@ def run(cfg, monkeypatch, plan: dict[int, str]):
             replies.append(reply)
         return reply
 
-    rows: list[dict] = []
+    rows = rec.rows
     algorithm = resolve(cfg)
     server = algorithm.server(cfg)
     grid = InProcessGrid(client_app, NODES, cfg.to_flat(), tamper=keep)
@@ -162,3 +163,26 @@ def test_validator_accepts_0_to_zo_steps_pairs_and_drops_more():
         assert server.check_reply(_reply(n)) is None, n
     reason = server.check_reply(_reply(TAU + 1))
     assert reason == f"{TAU + 1} seed pairs, expected at most zo-steps={TAU}"
+
+
+def test_a_client_that_skipped_every_step_reports_no_train_loss(monkeypatch):
+    """Client 0 skips all its steps: no ``train-loss`` (it was 0.0), and the round's train loss
+    is the example-weighted mean over the two clients that have one."""
+    from flwr.app import MetricRecord, RecordDict
+
+    from fedtune.strategies.metrics import mean_metrics
+
+    cfg = zo_config(**{"zo-clip": CLIP})
+    rec, replies, _, _ = run(cfg, monkeypatch, MIXED)
+    metrics = [r.content["metrics"] for r in replies]
+    assert "train-loss" not in metrics[0] and metrics[0]["skipped-steps"] == TAU
+    n = np.array([m[NUM_EXAMPLES] for m in metrics[1:]], float)
+    losses = np.array([m["train-loss"] for m in metrics[1:]])
+    assert rec.rows[1]["train_loss"] == pytest.approx(float(n @ losses / n.sum()), rel=1e-12)
+    assert rec.rows[1]["train_loss"] >= losses.min()  # the zero used to pull it below
+    # the mean is Flower's (aggregate_metricrecords) when every reply has every key
+    both = [RecordDict({"m": MetricRecord({NUM_EXAMPLES: w, "a": x})}) for w, x in ((3, 1.5),
+                                                                                   (5, 0.25))]
+    assert dict(mean_metrics(both, NUM_EXAMPLES)) == {"a": (3 * 1.5 + 5 * 0.25) / 8}
+    one = [both[0], RecordDict({"m": MetricRecord({NUM_EXAMPLES: 5})})]
+    assert dict(mean_metrics(one, NUM_EXAMPLES)) == {"a": 1.5}

@@ -67,7 +67,8 @@ def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Mess
         records = receive([to_records(r.content) for r in replies])
         for reply, rec in zip(replies, records, strict=True):
             reply.content = to_recorddict(rec)
-    _common_metrics(replies)
+    if not hooks_of(strategy).partial_metrics:
+        _common_metrics(replies)
     new, metrics = strategy.aggregate_train(rnd, replies)
     if new is None:
         return None, metrics

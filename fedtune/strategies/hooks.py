@@ -24,6 +24,11 @@ class StrategyHooks:
     #: :meth:`check_reply` only and neither the trust policy nor the algorithm reads them
     masks_replies: bool = False
 
+    #: the strategy averages each metric over the replies that carry it
+    #: (:func:`fedtune.strategies.metrics.mean_metrics`), so the loop keeps a key only some
+    #: replies have (a FedKSeed client that skipped every step reports no ``train-loss``)
+    partial_metrics: bool = False
+
     def bind_run(self, run_id: int, fingerprint: str) -> None:
         """The run served: Flower's run id and the config's fingerprint."""
         del run_id, fingerprint

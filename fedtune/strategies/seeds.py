@@ -31,6 +31,7 @@ from flwr.supercore import log
 
 from fedtune.seeded import SeedPool, accumulate_, unpack_pairs
 from fedtune.strategies.config import SeedsSection
+from fedtune.strategies.hooks import StrategyHooks
 from fedtune.strategies.metrics import mean_metrics
 from fedtune.strategies.state import StatefulStrategy
 
@@ -60,9 +61,12 @@ def aggregate(accumulated: np.ndarray, replies: list[Reply], options: SeedsSecti
     return (accumulated + delta).astype(np.float32), momentum
 
 
-class FedKSeedStrategy(StatefulStrategy, Strategy):
-    """Aggregates seed-scalar replies into A; records them in the pool's Pro statistics."""
+class FedKSeedStrategy(StatefulStrategy, StrategyHooks, Strategy):
+    """Aggregates seed-scalar replies into A; records them in the pool's Pro statistics.
+    Each metric is the mean over the replies that report it (a client that skipped every step
+    has no ``train-loss``)."""
 
+    partial_metrics = True
     state_attrs = ("momentum",)
     transient_attrs = ("current",)  # A of the round in flight, set by every configure_train
 

@@ -89,8 +89,11 @@ def train(cfg: Config, accumulated: np.ndarray, server_round: int, node: Node,
             scalars[t] = step.g
             losses.append(step.loss)
     finite = [x for x in losses if math.isfinite(x)]
+    # a client without a finite step loss reports none (not 0.0, which would drag the round's
+    # mean down): the strategy's mean is over the clients that have one
+    loss = {"train-loss": float(np.mean(finite))} if finite else {}
     return ZOResult(indices[taken], scalars[taken], len(data), {
-        "train-loss": float(np.mean(finite)) if finite else 0.0,
+        **loss,
         "train-seconds": time.perf_counter() - started,  # catch-up and the ZO steps
         "skipped-steps": skipped,
         "dropped-examples": data.dropped,

@@ -33,7 +33,8 @@ class Variant:
     local: frozenset[str] = frozenset()  # parts a client keeps in its node state (personal)
     merges: bool = False  # the exact sum_i p_i s B_i A_i minus the adapter's own product goes
     #                       into the base each round (the factors of that change go down)
-    restarts: bool = False  # the adapter restarts from its initialisation every round
+    restarts: bool = False  # the adapter restarts from its initialisation every round (the
+    #                         run's, or each client's own with lora-restart-init='fresh')
     mixed_ranks: str = ""  # how it takes clients of different ranks ("" = it cannot)
     strategies: tuple[str, ...] = ()  # the strategies that fit ( () = every array strategy;
     #                                   SCAFFOLD only with fedit at one rank: fedtune.compat)

@@ -154,7 +154,8 @@ SUITES = {
         metric="rouge_l", num_clients=40, recipe="fedkseed-ni",
         common="num-server-rounds=3 max-new-tokens=32",
         methods={"fedkseed": "eval-every=3", "fedkseed-pro": "eval-every=3",
-                 "ferret": "local-steps=10 grad-accum=4 seeds-equal-weights=true",
+                 "ferret": "local-steps=10 grad-accum=4 seeds-equal-weights=true "
+                           "lr-schedule=constant",
                  "fedit": "eval-every=3"},
         full_report=True, engine="inprocess",
     ),

@@ -310,3 +310,13 @@ def test_the_server_lr_schedule_scales_each_rounds_coefficients():
     untouched = reply()
     assert constant.receive([untouched])[0].configs["zo"]["pairs"] == \
         untouched.configs["zo"]["pairs"]
+
+
+def test_the_auto_lr_goes_through_stories260k_and_the_official_script():
+    """0.02 at stories260k (measured on NI: 0.05 overshot), 1e-4 at LLaMA-1B's 1.3e9."""
+    from fedtune.algorithms.ferret.config import FerretConfig, ferret_lr
+
+    cfg = FerretConfig()
+    assert ferret_lr(cfg, 260_000, tiny=False) == pytest.approx(0.02)
+    assert ferret_lr(cfg, 1_300_000_000, tiny=False) == pytest.approx(1e-4, rel=0.01)
+    assert ferret_lr(cfg, 260_000, tiny=True) == 0.1

@@ -52,7 +52,7 @@ IDS = [1001 + 7919 * p for p in range(3)]
 FAST = {"local-steps": 1, "examples-per-client": 8, "eval-examples": 4, "max-new-tokens": 2}
 
 
-def test_lost_node_is_named_dropped_and_later_rounds_go_on_without_it(caplog):
+def test_lost_node_is_named_dropped_and_later_rounds_go_on_without_it(caplog, one_thread):
     cfg = small_config(**{"fraction-train": 1.0, "fraction-evaluate": 0.0, "min-train-nodes": 2,
                           "min-available-nodes": 3, "num-server-rounds": 3, **FAST})
     rows = []
@@ -67,7 +67,7 @@ def test_lost_node_is_named_dropped_and_later_rounds_go_on_without_it(caplog):
     assert "no reply within" not in caplog.text  # it did answer (with an error), in time
 
 
-def test_too_few_nodes_left_skips_rounds_and_the_run_finishes(caplog):
+def test_too_few_nodes_left_skips_rounds_and_the_run_finishes(caplog, one_thread):
     cfg = small_config(**{"fraction-train": 1.0, "fraction-evaluate": 0.0, "min-train-nodes": 2,
                           "min-available-nodes": 3, "round-timeout": 0.5, **FAST})
     rows = []

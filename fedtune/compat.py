@@ -271,7 +271,9 @@ def _federated_eval(cfg: Config, algo: Algorithm) -> str:
 
 
 def _clip_range(cfg: Config, algo: Algorithm) -> str:
-    p, payload = cfg.privacy, algo.payload
+    from fedtune.payloads import KINDS
+
+    p, payload = cfg.privacy, KINDS[algo.payload]
     if p.enabled and cfg.secagg.enabled and (
             p.clip_norm_for(payload) > cfg.secagg.clip_range_for(payload)):
         return (f"dp-clip-norm={p.clip_norm_for(payload):g} exceeds secagg-clip-range="

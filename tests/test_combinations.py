@@ -178,7 +178,7 @@ def runs(tmp_path_factory):
 
     root, done = tmp_path_factory.mktemp("combinations"), {}
     patch = pytest.MonkeyPatch()
-    patch.setattr("fedtune.flower.server.plot_metrics", lambda *args, **kwargs: None)
+    patch.setattr("fedtune.driver.plot_metrics", lambda *args, **kwargs: None)
 
     def run(flat: dict) -> Path:
         key = json.dumps(flat, sort_keys=True)
@@ -237,6 +237,7 @@ BREAKS = [
     {"algorithm": "full-ft", "strategy": "scaffold"},
     {"algorithm": "ferret", "init-adapter": "runs/x/adapter"},
     {"zo-steps": 3},
+    {"strategy": "fedavg", "prox-mu": 0.5},
     {"dp": "server", "secagg": "on"},
     {"algorithm": "local", "dp": "server"},
     {"strategy": "krum", "dp": "server"},

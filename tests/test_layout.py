@@ -119,3 +119,22 @@ def test_config_and_registries_import_neither_torch_nor_flower(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.strip()
     assert out == "[]", f"{module} pulls in {out}"
+
+
+def test_algorithms_and_strategies_do_not_import_each_other_both_ways():
+    """Strategies may build on an algorithm's interface (``fedtune.algorithms.base``), never
+    the reverse: a strategy's client half reaches an algorithm through the runtime. Privacy and
+    secure aggregation know payloads, not algorithms."""
+    modules = _modules()
+    wrong = []
+    for module, path in modules.items():
+        for imported in _runtime_imports(path):
+            target = _resolve(imported, modules) if imported.startswith("fedtune") else None
+            if not target:
+                continue
+            if module.startswith("fedtune.algorithms") and target.startswith("fedtune.strategies"):
+                wrong.append(f"{module} imports {target}")
+            if re.match(r"fedtune\.(privacy|secagg)\b", module) and target.startswith(
+                    "fedtune.algorithms"):
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "\n".join(sorted(set(wrong)))

@@ -15,6 +15,7 @@ import fedtune.privacy.sums as sums
 from client_app.app import app
 from fedtune.algorithms import resolve
 from fedtune.config import Config, ConfigError
+from fedtune.payloads import KINDS
 from fedtune.privacy.sums import EXTRA, dequantize_sum, extra_range
 from fedtune.secagg.protocol import SecAggServer
 from tests.conftest import small_config
@@ -88,7 +89,7 @@ def test_the_server_sees_only_uniform_masks_and_unmasks_the_exact_sum(algo, spie
     assert np.array_equal(total, sum(plain[i] for i in survivors).astype(np.uint32))
     # ...and dequantised it is the float sum of the clients' vectors within the quantisation
     cfg = Config.from_flat({**FAST, **(ZO if algo == "fedkseed" else {})})
-    payload = "seeds" if algo == "fedkseed" else "arrays"
+    payload = KINDS["seeds" if algo == "fedkseed" else "arrays"]
     r, bits = cfg.secagg.clip_range_for(payload), cfg.secagg.secagg_bits
     exact = sum(spies["vectors"])
     summed = dequantize_sum(total, 5, r, bits)

@@ -48,17 +48,35 @@ class ClientHook(Protocol):
         """Sees the round's start ``x`` and end ``y``; may keep state and add reply records."""
 
 
-class ServerSide(Protocol):
-    """The server's half of an algorithm; the round loop drives it.
+class ServerHooks:
+    """The round loop's optional calls into a server side, each a no-op by default; a server
+    side inherits this and overrides what it needs (FedIT's LoRA variants: all four; Ferret:
+    ``receive``)."""
 
-    Optional hooks the loop calls when present (FedIT's LoRA variants use them):
-    ``down_records(node) -> Records | None`` adds records to one node's train and evaluate
-    messages, ``delivered(node, ok)`` says whether that node's train reply came without error,
-    ``receive(replies) -> replies`` sees the valid train replies before the strategy and
-    ``merge(round, arrays) -> arrays`` the strategy's result after it. ``payload``
-    (:class:`fedtune.payloads.Payload`): how one client's update is read, measured and scaled
-    (the trust policy; its record, pool size, norm); named arrays when absent
-    (:func:`fedtune.payloads.payload_of`).
+    def down_records(self, node: str) -> Records | None:
+        """Records added to one node's train and evaluate messages (None: nothing)."""
+        del node
+        return None
+
+    def delivered(self, node: str, ok: bool) -> None:
+        """Whether that node's train reply came without error."""
+        del node, ok
+
+    def receive(self, replies: list[Records]) -> list[Records]:
+        """The valid train replies (after the trust policy), before the strategy."""
+        return replies
+
+    def merge(self, server_round: int, arrays: Arrays) -> Arrays:
+        """The strategy's result, before it becomes the global model."""
+        del server_round
+        return arrays
+
+
+class ServerSide(ServerHooks, Protocol):
+    """The server's half of an algorithm; the round loop drives it. Besides
+    :class:`ServerHooks`, ``payload`` (:class:`fedtune.payloads.Payload`): how one client's
+    update is read, measured and scaled (the trust policy, DP, SecAgg); named arrays when
+    absent (:func:`fedtune.payloads.payload_of`).
     """
 
     #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)

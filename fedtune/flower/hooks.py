@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from fedtune.algorithms.base import ServerSide
+from fedtune.algorithms.base import ServerHooks, ServerSide
 from fedtune.strategies.hooks import has_check, hooks_of
 from fedtune.wire import Records
 from fedtune.wire.flower import from_arrayrecord, to_recorddict, to_records
@@ -33,11 +33,8 @@ def address(messages: list[Message], algo: ServerSide, registry: NodeRegistry
             ) -> list[Message]:
     """Add what the algorithm sends one node only (``down_records(name)``: e.g. the merged base
     change a FLoRA node missed) to that node's message, on its own copy of the content."""
-    extra = getattr(algo, "down_records", None)
-    if extra is None:
-        return messages
     for msg in messages:
-        records = extra(registry.name(msg.metadata.dst_node_id))
+        records = algo.down_records(registry.name(msg.metadata.dst_node_id))
         if records is not None:
             content = RecordDict(dict(msg.content.items()))
             for name, record in to_recorddict(records).items():
@@ -49,11 +46,9 @@ def address(messages: list[Message], algo: ServerSide, registry: NodeRegistry
 def delivered(algo: ServerSide, registry: NodeRegistry, messages: list[Message],
               answered: set[int]) -> None:
     """Tell the algorithm which addressed nodes replied without error (``delivered``)."""
-    hook = getattr(algo, "delivered", None)
-    if hook is not None:
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            hook(registry.name(node), node in answered)
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        algo.delivered(registry.name(node), node in answered)
 
 
 def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Message]
@@ -62,9 +57,9 @@ def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Mess
     (each reply, e.g. zero-padded to the global rank; not for masked replies, which only a
     secure-aggregation strategy can read) and ``merge`` (the result, e.g. FLoRA's exact product
     merged into the base)."""
-    receive = getattr(algo, "receive", None)
-    if receive is not None and not hooks_of(strategy).masks_replies:
-        records = receive([to_records(r.content) for r in replies])
+    receives = type(algo).receive is not ServerHooks.receive  # else no copy through Records
+    if receives and not hooks_of(strategy).masks_replies:
+        records = algo.receive([to_records(r.content) for r in replies])
         for reply, rec in zip(replies, records, strict=True):
             reply.content = to_recorddict(rec)
     if not hooks_of(strategy).partial_metrics:
@@ -73,8 +68,7 @@ def aggregate(strategy: Strategy, algo: ServerSide, rnd: int, replies: list[Mess
     if new is None:
         return None, metrics
     arrays = from_arrayrecord(new)
-    merge = getattr(algo, "merge", None)
-    return (merge(rnd, arrays) if merge is not None else arrays), metrics
+    return algo.merge(rnd, arrays), metrics
 
 
 def _common_metrics(replies: list[Message]) -> None:

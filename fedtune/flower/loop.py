@@ -36,11 +36,9 @@ from fedtune.flower.hooks import (
 )
 from fedtune.flower.records import reply_report
 from fedtune.logs import user_error
-from fedtune.payloads import payload_of
 from fedtune.privacy.randomness import privacy_rng
 from fedtune.seeding import rng
-from fedtune.strategies.hooks import hooks_of
-from fedtune.strategies.trust import TrustPolicy
+from fedtune.strategies.hooks import StrategyHooks, hooks_of
 from fedtune.wire import check_metrics
 from fedtune.wire.flower import (
     content_bytes,
@@ -274,8 +272,9 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
 
     A train reply is dropped (and logged) when :func:`reply_check` gives a reason; the valid
-    ones then pass the run's trust policy (:mod:`fedtune.strategies.trust`: example weights,
-    update norms) before the strategy sees them, unless they are masked (secure aggregation).
+    ones then pass the strategy chain's ``screen`` (the trust policy,
+    :mod:`fedtune.strategies.trust`: example weights, update norms) before the algorithm's
+    ``receive`` and the aggregation, unless they are masked (secure aggregation).
     A strategy's :func:`admit` may end the run before a round (a spent privacy budget).
     ``resume_from`` = (last complete round, its global arrays) continues a run from its
     checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
@@ -283,8 +282,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     s = cfg.server
     private = cfg.privacy.enabled
     check_reply = reply_check(algo, strategy)
-    policy = None if hooks_of(strategy).masks_replies else TrustPolicy(
-        cfg.strategy, payload_of(algo), algo.wire_dtype)
+    hooks = hooks_of(strategy)
     registry = NodeRegistry(grid, timeout=s.round_timeout)
     if resume_from is None:
         done, arrays = 0, algo.initial_arrays()
@@ -337,10 +335,9 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                                 "timed_out": got.missing}] if private else
                               [{"node": registry.name(r.metadata.src_node_id),  # as reported
                                 **reply_report(r.content)} for r in replies])
-            if policy is not None:
-                names = [registry.name(r.metadata.src_node_id) for r in replies]
-                policy.weigh(replies, names)
-                policy.bound(replies, names, arrays)
+            if not hooks.masks_replies:  # the trust policy, when the chain has it
+                hooks.screen(replies, [registry.name(r.metadata.src_node_id) for r in replies],
+                             arrays)
             new, metrics = aggregate(strategy, algo, rnd, replies)
             if new is None:  # the strategy could not aggregate (it logged why)
                 row["skipped"] = True
@@ -356,7 +353,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
                 if metrics and key in metrics:
                     row[key.replace("-", "_")] = metrics[key]
         row.update(_federated_eval(grid, cfg, strategy, algo, registry, ids, arrays, rnd,
-                                   policy))
+                                   hooks))
         if rnd % cfg.eval.eval_every == 0 or rnd == s.num_server_rounds:
             row.update(algo.evaluate(arrays))
         row.update(round_report(strategy))
@@ -377,7 +374,7 @@ def _row_defaults(cfg: Config) -> dict[str, Any]:
 
 def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, algo: ServerSide,
                     registry: NodeRegistry, ids: list[int], arrays: dict[str, np.ndarray],
-                    rnd: int, policy: TrustPolicy | None) -> dict[str, Any]:
+                    rnd: int, hooks: StrategyHooks) -> dict[str, Any]:
     """Clients evaluate the new global adapter on their own held-out examples (a personalised
     method's clients, with the parts they keep); the trust policy's example weights apply to
     the mean of their losses too."""
@@ -389,8 +386,7 @@ def _federated_eval(grid: Grid, cfg: Config, strategy: Strategy, algo: ServerSid
         rnd, to_arrayrecord(arrays), ConfigRecord({}), SampledGrid(grid, chosen)),
         algo.wire_dtype), algo, registry)
     got = collect(grid, msgs, registry, s.round_timeout, check_metrics)
-    if policy is not None:
-        policy.weigh(got.valid, [registry.name(r.metadata.src_node_id) for r in got.valid])
+    hooks.weigh_evaluate(got.valid, [registry.name(r.metadata.src_node_id) for r in got.valid])
     metrics = strategy.aggregate_evaluate(rnd, got.valid) if got.valid else None
     if not metrics:
         return {}

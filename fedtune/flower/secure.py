@@ -62,7 +62,7 @@ def clip_bound(cfg: Config, payload: Payload, reference: Arrays, received: Recor
     ``reference``: the global arrays the node received."""
     from fedtune.privacy.sums import rounding_margin
 
-    bound = cfg.privacy.clip_norm_for(payload.kind)
+    bound = cfg.privacy.clip_norm_for(payload)
     if SECAGG not in received.configs:
         return bound
     conf = received.configs[SECAGG]

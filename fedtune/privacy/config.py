@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fedtune.errors import one_of, require
 
 PLACEMENTS = ("off", "server", "client")
-#: dp-clip-norm = 0 (auto), by payload, near the clients' typical norms in the default runs
-#: (measured: FedIT's adapter updates 8.8 in round 1 down to 1.0 by round 6; FedKSeed's
-#: per-seed sums 130 to 240), so clipping binds without discarding most of the signal.
-CLIP_NORMS = {"arrays": 1.0, "seeds": 100.0}
 
 
 @dataclass
@@ -51,9 +48,10 @@ class PrivacyConfig:
                 "dp-max-epsilon needs dp-noise-multiplier > 0: without noise every round "
                 "costs an unbounded epsilon.")
 
-    def clip_norm_for(self, payload: str) -> float:
-        """``dp-clip-norm``, or the default for the algorithm's payload (see CLIP_NORMS)."""
-        return self.dp_clip_norm or CLIP_NORMS[payload]
+    def clip_norm_for(self, payload: Any) -> float:
+        """``dp-clip-norm``, or the default of the algorithm's payload
+        (:class:`fedtune.payloads.Payload` ``default_clip_norm``)."""
+        return self.dp_clip_norm or payload.default_clip_norm
 
     def population(self, fallback: int) -> int:
         """N: ``dp-population``, or ``fallback`` (the simulation's number of clients)."""

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from fedtune.errors import one_of, require
-
-#: secagg-clip-range = 0 (auto), by payload: the largest |value| a client's vector may hold.
-#: FedIT sends n x (its adapter update), n its example count; FedKSeed n x (its per-seed sums).
-CLIP_RANGES = {"arrays": 64.0, "seeds": 65536.0}
 
 
 @dataclass
@@ -40,8 +37,10 @@ class SecAggConfig:
         require(8 <= self.secagg_bits <= 30,
                 f"secagg-bits={self.secagg_bits} must be in [8, 30].")
 
-    def clip_range_for(self, payload: str) -> float:
-        return self.secagg_clip_range or CLIP_RANGES[payload]
+    def clip_range_for(self, payload: Any) -> float:
+        """``secagg-clip-range``, or the default of the algorithm's payload
+        (:class:`fedtune.payloads.Payload` ``default_clip_range``)."""
+        return self.secagg_clip_range or payload.default_clip_range
 
     def neighbours_for(self, m: int) -> int:
         """k for m clients: everyone up to 32 clients, else an even k >= 3 log2(m) (SecAgg+)."""

@@ -11,6 +11,7 @@ imports Flower) is loaded only when the strategy is built.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,18 +82,31 @@ def _load(module: str) -> Any:
     return importlib.import_module(module if "." in module else f"fedtune.strategies.{module}")
 
 
+#: The strategy chain, innermost first: the configured strategy, then each wrapper whose setting
+#: is on. The trust policy reads each client's reply, so it sits inside differential privacy
+#: (which releases only a noised sum) and secure aggregation, outermost, which alone sees the
+#: masked replies. (module, whether the run needs it)
+CHAIN: list[tuple[str, Callable[[Config], bool]]] = [
+    ("trust", lambda cfg: _trust_active(cfg)),
+    ("dp", lambda cfg: cfg.privacy.enabled),
+    ("secagg", lambda cfg: cfg.secagg.enabled),
+]
+
+
+def _trust_active(cfg: Config) -> bool:
+    from fedtune.strategies.trust import active
+
+    return active(cfg.strategy)
+
+
 def build_strategy(cfg: Config, payload: str, server: Any) -> Any:
-    """The configured strategy for an algorithm's ``payload``, built over its server side."""
+    """The configured strategy for an algorithm's ``payload`` kind (the registry's key), built
+    over its server side, inside the wrappers of :data:`CHAIN` that the run turns on."""
     found = entry(cfg.strategy.strategy, payload, cfg.train.algorithm)
     strategy = _load(found.module).build(found.name, cfg, server)
-    if cfg.privacy.enabled:
-        from fedtune.strategies.dp import wrap
-
-        strategy = wrap(strategy, cfg, payload, server)
-    if cfg.secagg.enabled:
-        from fedtune.strategies import secagg
-
-        strategy = secagg.wrap(strategy, cfg, payload, server)
+    for module, needed in CHAIN:
+        if needed(cfg):
+            strategy = _load(module).wrap(strategy, cfg, server)
     return strategy
 
 

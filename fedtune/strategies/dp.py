@@ -178,12 +178,11 @@ class DifferentialPrivacy(Wrapper):
             {k[6:]: v for k, v in state.items() if k.startswith("inner:")})
 
 
-def wrap(strategy: Strategy, cfg: Any, kind: str, server: Any) -> DifferentialPrivacy:
+def wrap(strategy: Strategy, cfg: Any, server: Any) -> DifferentialPrivacy:
     """``strategy`` under the run's ``privacy`` section, on the payload ``server`` (the
-    algorithm's server side) declares (``kind``, the registry's name of it, is not needed)."""
-    del kind
+    algorithm's server side) declares."""
     p, payload = cfg.privacy, payload_of(server)
     return DifferentialPrivacy(
-        strategy, payload, p.dp, p.dp_noise_multiplier, p.clip_norm_for(payload.kind),
+        strategy, payload, p.dp, p.dp_noise_multiplier, p.clip_norm_for(payload),
         p.delta_for(p.population(cfg.server.min_available_nodes)), p.dp_max_epsilon,
         getattr(server, "wire_dtype", None))

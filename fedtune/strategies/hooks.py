@@ -1,12 +1,9 @@
 """What fedtune's round loop asks of a strategy besides Flower's ``Strategy`` methods, typed and
-with no-op defaults, so a wrapper chain (DP, SecAgg) and a strategy with its own check
-(SCAFFOLD) override what they need and the loop asks every strategy the same way.
+with no-op defaults, so a wrapper chain (trust policy, DP, SecAgg) and a strategy with its own
+check (SCAFFOLD) override what they need and the loop asks every strategy the same way.
 
 A strategy that is not a :class:`StrategyHooks` (one of Flower's own, as built) gets the
-defaults through :func:`hooks_of`. The chain's order is fixed by
-:func:`fedtune.strategies.build_strategy`: the configured strategy, then differential privacy,
-then secure aggregation outermost (it alone sees the masked replies); the trust policy runs in
-the loop before any of them, and not at all on masked replies.
+defaults through :func:`hooks_of`. The chain's order is :data:`fedtune.strategies.CHAIN`'s.
 """
 
 from __future__ import annotations
@@ -42,6 +39,18 @@ class StrategyHooks:
         """Why a train reply is invalid for this strategy, after the algorithm's check."""
         del content
         return None
+
+    def screen(self, replies: list[Any], names: list[str], sent: Any) -> None:
+        """The round's valid train replies, in their stable order, before the algorithm's
+        ``receive`` and any aggregation (the trust policy weighs and bounds them here, in
+        place); ``names``: the nodes' stable names, ``sent``: the round's global arrays. Never
+        called on masked replies."""
+        del replies, names, sent
+
+    def weigh_evaluate(self, replies: list[Any], names: list[str]) -> None:
+        """The federated-evaluation replies before their mean (the trust policy's example
+        weights apply to it too)."""
+        del replies, names
 
     def round_report(self) -> dict[str, Any]:
         """Extra columns of a metrics row."""

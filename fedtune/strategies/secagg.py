@@ -62,7 +62,7 @@ class SecureAggregation(Wrapper):
         self.pro = pro  # FedKSeed-Pro: the clients' seed statistics are summed too
         self.section = section
         self.timeout = timeout
-        self.clip_range = section.clip_range_for(payload.kind)
+        self.clip_range = section.clip_range_for(payload)
         # per round, rebuilt by configure_train (transient: nothing to checkpoint)
         self.grid: Grid | None = None
         self.server: SecAggServer | None = None
@@ -217,12 +217,10 @@ def _shares(record: Any) -> dict[str, dict[int, bytes]]:
             for kind in ("b", "sk")}
 
 
-def wrap(strategy: Strategy, cfg: Any, kind: str, server: Any) -> SecureAggregation:
+def wrap(strategy: Strategy, cfg: Any, server: Any) -> SecureAggregation:
     """``strategy`` under secure aggregation, on the payload ``server`` (the algorithm's server
-    side) declares (``kind``, the registry's name of it, is not needed); FedKSeed-Pro's seed
-    statistics are summed too (under DP they are not: the strategy derives them from the noisy
-    release instead)."""
-    del kind
+    side) declares; FedKSeed-Pro's seed statistics are summed too (under DP they are not: the
+    strategy derives them from the noisy release instead)."""
     return SecureAggregation(strategy, payload_of(server), cfg.secagg,
                              getattr(server, "wire_dtype", None), cfg.server.round_timeout,
                              pro=getattr(server, "pro", False) and not cfg.privacy.enabled)

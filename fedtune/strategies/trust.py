@@ -1,10 +1,12 @@
 """The trust policy: how much one client's reply may weigh and move the global model.
 
-The round loop applies it to the round's valid replies, in their stable order, before any
-strategy sees them, so it holds for every strategy (Flower's FedAvg family, SCAFFOLD, FedKSeed's
-aggregation) and for any algorithm whose replies carry ``num-examples`` in their ``metrics``
-record. Replies masked by secure aggregation cannot be read, so it does not apply to them
-(:func:`fedtune.strategies.check_privacy` refuses an explicit policy with ``secagg='on'``).
+It is a wrapper in the strategy chain (:class:`Trust`, right around the configured strategy:
+:data:`fedtune.strategies.CHAIN`) whose :meth:`~Trust.screen` the round loop calls on the
+round's valid replies, in their stable order, before the algorithm's ``receive`` and any
+aggregation, so it holds for every strategy (Flower's FedAvg family, SCAFFOLD, the seeds
+strategy) and for any algorithm whose replies carry ``num-examples`` in their ``metrics``
+record. Replies masked by secure aggregation cannot be read, so it does not apply to them (the
+compatibility table refuses an explicit policy with ``secagg='on'``).
 
 - ``example-weights`` (what FedAvg weights a reply by): ``reported`` as the client says;
   ``capped``: at most ``max-examples``, or, with ``max-examples=0``, at most
@@ -48,10 +50,12 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 
-from fedtune.payloads import ArraysPayload, Payload, shrink
+from fedtune.payloads import ArraysPayload, Payload, payload_of, shrink
 from fedtune.strategies.config import StrategySection
+from fedtune.strategies.wrapper import Wrapper
 from fedtune.wire import NUM_EXAMPLES, as_received
 from fedtune.wire.flower import read_record, write_record
 
@@ -137,3 +141,39 @@ class TrustPolicy:
                             "(max-update-norm-ratio=%g x the round's median %.4g)", names[i],
                             norm, limit, ratio, median)
 
+
+
+class Trust(Wrapper):
+    """The trust policy as a link of the strategy chain: the loop's :meth:`screen` and
+    :meth:`weigh_evaluate` apply it; everything else goes to the wrapped strategy."""
+
+    def __init__(self, inner, section: StrategySection, payload: Payload,
+                 wire_dtype: type | None) -> None:
+        super().__init__(inner, payload, wire_dtype)
+        self.policy = TrustPolicy(section, payload, wire_dtype)
+
+    def screen(self, replies: list[Message], names: list[str], sent: Arrays) -> None:
+        self.policy.weigh(replies, names)
+        self.policy.bound(replies, names, sent)
+
+    def weigh_evaluate(self, replies: list[Message], names: list[str]) -> None:
+        self.policy.weigh(replies, names)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid):
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None,
+                                                                    MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+
+def active(section: StrategySection) -> bool:
+    """Whether the policy changes anything (``auto`` is resolved by the ServerApp before)."""
+    return section.example_weights in ("capped", "equal") or section.max_update_norm_ratio > 0
+
+
+def wrap(strategy, cfg, server) -> Trust:
+    """``strategy`` under the run's trust policy, on the payload ``server`` (the algorithm's
+    server side) declares."""
+    return Trust(strategy, cfg.strategy, payload_of(server), getattr(server, "wire_dtype", None))

@@ -1,7 +1,7 @@
-"""What the strategies that wrap another one (differential privacy, secure aggregation) share:
-delegation of evaluation, summary, checkpoint state and the round loop's hooks to the wrapped
-strategy, the round's reference model as the clients see it, and moving the payload's record
-between a Flower message and plain Python (:mod:`fedtune.wire.flower`)."""
+"""What the strategies that wrap another one (trust policy, differential privacy, secure
+aggregation) share: delegation of evaluation, summary, checkpoint state and the round loop's
+hooks to the wrapped strategy, the round's reference model as the clients see it, and moving
+the payload's record between a Flower message and plain Python (:mod:`fedtune.wire.flower`)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,15 @@ class Wrapper(StrategyHooks, Strategy):
 
     def check_reply(self, content: Records) -> str | None:
         return hooks_of(self.inner).check_reply(content)
+
+    def screen(self, replies: list[Any], names: list[str], sent: Any) -> None:
+        hooks_of(self.inner).screen(replies, names, sent)
+
+    def weigh_evaluate(self, replies: list[Any], names: list[str]) -> None:
+        hooks_of(self.inner).weigh_evaluate(replies, names)
+
+    def release_sum(self, server_round: int, reply: Any, total: Any) -> Any | None:
+        return hooks_of(self.inner).release_sum(server_round, reply, total)
 
     def round_report(self) -> dict[str, Any]:
         return hooks_of(self.inner).round_report()

@@ -18,6 +18,7 @@ import torch
 from fedtune.data.tokenize import EncodedSet, collate
 from fedtune.seeding import derive_seed, rng
 from fedtune.train.config import OPTIMIZERS
+from fedtune.train.terms import GradTerm
 
 
 @dataclass
@@ -29,12 +30,8 @@ class SFTSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
-    # FedProx (Li et al., MLSys 2020): + prox_mu/2 * ||theta - theta_global||^2 over the
-    # trainable parameters; theta_global is their value when the round starts.
-    prox_mu: float = 0.0
-    # SCAFFOLD (Karimireddy et al., ICML 2020): c - c_i, added to every step's gradient; one
-    # tensor per trainable parameter, in model.parameters() order.
-    grad_correction: list[torch.Tensor] | None = None
+    # a strategy's terms on every step's gradient (fedtune.train.terms: SCAFFOLD's, FedProx's)
+    grad_terms: tuple[GradTerm, ...] = ()
     optimizer: str = "adamw"  # or "sgd" (plain SGD, no momentum: Ferret's local steps)
 
 
@@ -112,7 +109,8 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train()
-    anchor = [p.detach().clone() for p in params] if settings.prox_mu > 0 else []
+    for term in settings.grad_terms:
+        term.start(params)
     losses: list[float] = []
     tokens = 0
     start = time.perf_counter()
@@ -135,15 +133,8 @@ def train_round(model: torch.nn.Module, data: EncodedSet, settings: SFTSettings,
                     loss = loss / settings.grad_accum
                 loss.backward()
                 step_loss += loss.item()
-            if settings.grad_correction is not None:
-                for p, corr in zip(params, settings.grad_correction, strict=True):
-                    if p.grad is not None:
-                        p.grad.add_(corr)
-            if anchor:  # the proximal term's gradient, mu * (theta - theta_global)
-                with torch.no_grad():
-                    for p, p0 in zip(params, anchor, strict=True):
-                        if p.grad is not None:
-                            p.grad.add_(p - p0, alpha=settings.prox_mu)
+            for term in settings.grad_terms:
+                term.add_to_grads(params)
             if settings.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()

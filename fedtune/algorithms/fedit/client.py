@@ -41,6 +41,7 @@ from fedtune.eval.preference import preference_metrics
 from fedtune.node import Node, node_data, node_pairs
 from fedtune.train.dpo import DPOStats, batch_loss_fn, dropout_off
 from fedtune.train.local import SFTSettings, train_round
+from fedtune.train.terms import strategy_terms
 from fedtune.wire import NUM_EXAMPLES, Records
 
 
@@ -103,8 +104,8 @@ def train(cfg: Config, arrays: dict[str, np.ndarray], server_round: int, lr: flo
                       for k in trainable_keys(model)]
     settings = SFTSettings(steps=steps or t.local_steps, batch_size=t.batch_size, lr=lr,
                            grad_accum=t.grad_accum, weight_decay=t.weight_decay,
-                           max_grad_norm=t.max_grad_norm, prox_mu=prox_mu,
-                           grad_correction=correction,
+                           max_grad_norm=t.max_grad_norm,
+                           grad_terms=strategy_terms(prox_mu, correction),
                            gradient_checkpointing=cfg.model.gradient_checkpointing)
     # DPO: the policy's log-probs without dropout, as the reference's are (TRL's default)
     with (dropout_off(model) if batch_loss is not None else contextlib.nullcontext(),

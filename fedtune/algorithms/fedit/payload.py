@@ -39,6 +39,8 @@ class LoraProductPayload:
     kind = "arrays"
     array_record = True
     pool_size = None
+    default_clip_norm = 1.0  # as ArraysPayload's
+    default_clip_range = 64.0
 
     @property
     def linear(self) -> bool:

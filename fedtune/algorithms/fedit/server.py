@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtune.algorithms.base import ServerHooks
 from fedtune.algorithms.fedit.adapter import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.algorithms.fedit.dpo import heldout_pairs
 from fedtune.algorithms.fedit.factors import (
@@ -31,16 +32,13 @@ from fedtune.algorithms.fedit.model import (
 from fedtune.algorithms.fedit.payload import lora_payload
 from fedtune.algorithms.fedit.variants import variant
 from fedtune.config import Config
-from fedtune.data.split import EXAMPLES, split
-from fedtune.data.tokenize import encode_examples
-from fedtune.eval.generate import answer_metrics
-from fedtune.eval.loss import heldout_loss
+from fedtune.eval.central import CentralEvaluator
 from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.train.schedule import round_lr
 from fedtune.wire import NUM_EXAMPLES, Records, as_received, check_metrics, check_record
 
 
-class FedITServer:
+class FedITServer(ServerHooks):
     """Owns the server's copy of the model, used for evaluation and for saving the adapter.
 
     The global ``arrays`` the strategy aggregates are the variant's shared parts; the rest of
@@ -57,9 +55,8 @@ class FedITServer:
         if self.merged is not None:
             set_base(cfg, None)  # a DPO reference is the base the run starts from
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
-        self.pairs = heldout_pairs(cfg, self.model, self.tokenizer) if dpo else None
-        self.eval_examples = [] if dpo else split(cfg.data, EXAMPLES, "server", cfg.server.seed)
-        self.eval_data = encode_examples(self.tokenizer, self.eval_examples, cfg.model.max_seq_len)
+        self.evaluator = CentralEvaluator(
+            cfg, self.tokenizer, heldout_pairs(cfg, self.model, self.tokenizer) if dpo else None)
         self._spec = select(adapter_spec(self.model), self.variant.uploads)
         self._stash: list[tuple[dict[str, np.ndarray], float]] = []
         self.payload = lora_payload(self.variant, cfg.lora.scale,  # what the trust policy reads
@@ -174,15 +171,7 @@ class FedITServer:
         """Held-out loss, perplexity and exact match of the global adapter (all categories).
         FedSA-LoRA's global model has B = 0 (each client keeps its own B)."""
         self._load(arrays)
-        if self.pairs is not None:  # DPO: reward accuracy, margin, log-probs, DPO loss
-            return self.pairs.metrics(self.model)
-        loss = heldout_loss(self.model, self.eval_data, self.tokenizer.pad_token_id,
-                            self.cfg.eval.eval_batch_size)
-        metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
-        metrics.update(answer_metrics(self.model, self.tokenizer, self.eval_examples,
-                                   self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size,
-                                      self.cfg.model.max_seq_len))
-        return metrics
+        return self.evaluator(self.model)
 
     def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:
         """Write the PEFT adapter folder (and, for `tiny`, the base model + tokenizer); FLoRA

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtune.algorithms.base import ServerHooks
 from fedtune.algorithms.fedkseed.dpo import heldout_pairs
 from fedtune.algorithms.fedkseed.model import zo_model_for
 from fedtune.algorithms.fedkseed.pro import encode_importance
 from fedtune.config import Config
-from fedtune.data.split import EXAMPLES, split
-from fedtune.data.tokenize import encode_examples
-from fedtune.eval.generate import answer_metrics
-from fedtune.eval.loss import heldout_loss
+from fedtune.eval.central import CentralEvaluator
 from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.payloads import Payload, SeedsPayload
 from fedtune.seeded import SeedPool, unpack_pairs
@@ -23,7 +21,7 @@ from fedtune.wire import Records, check_metrics
 STATE_FILE = "fedkseed-state.npz"
 
 
-class FedKSeedServer:
+class FedKSeedServer(ServerHooks):
     """The seed pool and its (Pro) statistics, evaluation of a version by replay, the result.
     A lives in the round loop; the strategy aggregates it."""
 
@@ -37,10 +35,8 @@ class FedKSeedServer:
         self.pool = SeedPool(self.zm.seeds)
         self.payload: Payload = SeedsPayload(self.pool.k)  # what the trust policy reads
         dpo = cfg.train.objective == "dpo"  # held-out preference pairs instead of examples
-        self.pairs = heldout_pairs(cfg, self.zm) if dpo else None
-        self.eval_examples = [] if dpo else split(cfg.data, EXAMPLES, "server", cfg.server.seed)
-        self.eval_data = encode_examples(self.zm.tokenizer, self.eval_examples,
-                                         cfg.model.max_seq_len)
+        self.evaluator = CentralEvaluator(cfg, self.zm.tokenizer,
+                                          heldout_pairs(cfg, self.zm) if dpo else None)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return {"accumulated": np.zeros(self.pool.k, dtype=np.float32)}
@@ -91,15 +87,7 @@ class FedKSeedServer:
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         self.zm.load(arrays["accumulated"], self.cfg.output.cache_dir)
-        if self.pairs is not None:  # DPO: reward accuracy, margin, log-probs, DPO loss
-            return self.pairs.metrics(self.zm.model)
-        loss = heldout_loss(self.zm.model, self.eval_data, self.zm.tokenizer.pad_token_id,
-                            self.cfg.eval.eval_batch_size)
-        metrics = {"eval_loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
-        metrics.update(answer_metrics(self.zm.model, self.zm.tokenizer, self.eval_examples,
-                                   self.cfg.eval.max_new_tokens, self.cfg.eval.eval_batch_size,
-                                      self.cfg.model.max_seq_len))
-        return metrics
+        return self.evaluator(self.zm.model)
 
     def save(self, arrays: dict[str, np.ndarray], run_dir: Path) -> Path:
         """``fedkseed-state.npz`` (seeds, A, lr, Pro statistics) and, on request, the model."""

@@ -10,6 +10,7 @@ from fedtune.eval.loss import heldout_loss
 from fedtune.models.loading import choose_placement, load_model, load_tokenizer
 from fedtune.node import Node, node_data
 from fedtune.train.local import SFTSettings, train_round
+from fedtune.train.terms import strategy_terms
 from fedtune.wire import Records
 
 
@@ -33,7 +34,7 @@ class FullClient:
         model, tokenizer = _model(self.cfg, content.arrays["arrays"])
         data = node_data(self.cfg, node)
         settings = SFTSettings(steps=t.local_steps, batch_size=t.batch_size, lr=float(conf["lr"]),
-                               prox_mu=float(conf.get("proximal-mu", 0.0)))  # FedProx
+                               grad_terms=strategy_terms(float(conf.get("proximal-mu", 0.0))))
         stats = train_round(model, data, settings, tokenizer.pad_token_id,
                             (self.cfg.server.seed, int(conf["server-round"]), node.name))
         return Records(arrays={"arrays": _weights(model)}, metrics={"metrics": {

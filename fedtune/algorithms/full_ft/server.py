@@ -1,5 +1,5 @@
-"""Full fine-tuning, server side: the initial weights, the round's lr, reply check, held-out
-loss, the saved model."""
+"""Full fine-tuning, server side: the initial weights, the round's lr, reply check, the
+central evaluation, the saved model."""
 
 from __future__ import annotations
 
@@ -8,24 +8,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedtune.algorithms.base import ServerHooks
 from fedtune.algorithms.full_ft.client import _model, _weights
 from fedtune.config import Config
-from fedtune.data.split import EXAMPLES, split
-from fedtune.data.tokenize import encode_examples
-from fedtune.eval.loss import heldout_loss
+from fedtune.eval.central import CentralEvaluator
 from fedtune.train.schedule import round_lr
 from fedtune.wire import Records, check_metrics, check_record
 
 
-class FullServer:
+class FullServer(ServerHooks):
     wire_dtype = None  # float32 both ways
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.model, self.tokenizer = _model(cfg)
         self.spec = {k: v.shape for k, v in _weights(self.model).items()}
-        held_out = split(cfg.data, EXAMPLES, "server", cfg.server.seed)
-        self.eval_data = encode_examples(self.tokenizer, held_out, cfg.model.max_seq_len)
+        self.evaluator = CentralEvaluator(cfg, self.tokenizer)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return _weights(self.model)
@@ -39,9 +37,7 @@ class FullServer:
 
     def evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
-        return {"eval_loss": heldout_loss(self.model, self.eval_data,
-                                          self.tokenizer.pad_token_id,
-                                          self.cfg.eval.eval_batch_size)}
+        return self.evaluator(self.model)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}  # nothing but the global weights, which the checkpoint holds

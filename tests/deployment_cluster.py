@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,13 +85,17 @@ class Cluster:
     timings: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)  # running, by node name
     link: subprocess.Popen | None = None  # the SuperLink (guide block 'superlink')
+    pending: dict[str, object] = field(default_factory=dict)  # started early, checked later
 
     def env(self, home: str, **variables: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if k not in GUIDE_VARS + ["RUN_ID", "RUN_DIR"]}
+        # OMP_NUM_THREADS=1: the "machines" here share a few cores, and every ClientApp and
+        # ServerApp process would start one OpenMP thread per core (tiny tensors gain nothing,
+        # and oversubscribed threads crawl: 4x slower steps on a loaded 2-core box)
         env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", FLWR_HOME=str(self.tmp / home),
                    FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-                   COLUMNS="250", PYTHONUNBUFFERED="1")
+                   COLUMNS="250", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         env.update({**self.common, **variables})
         return env
 
@@ -118,6 +123,21 @@ class Cluster:
         if check:
             assert out.returncode == 0, f"guide block '{name}' failed:\n{out.stdout}\n{out.stderr}"
         return out
+
+    def run_all(self, jobs: list[tuple[str, dict[str, str]]], cwd: Path | None = None,
+                timeout: float = 120) -> list[str]:
+        """Run guide blocks ``(name, env)`` at the same time, as separate machines would
+        (each block is a fresh CLI process that spends seconds importing); their stdouts."""
+        procs = [subprocess.Popen(["bash", "-eu", "-o", "pipefail", "-c", guide()["run"][name]],
+                                  env=env, cwd=cwd or self.tmp, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for name, env in jobs]
+        outs = []
+        for (name, _), proc in zip(jobs, procs, strict=True):
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, f"guide block '{name}' failed:\n{out}\n{err}"
+            outs.append(out)
+        return outs
 
     def start(self, name: str, env: dict[str, str], log: Path, cwd: Path,
               text: str | None = None) -> subprocess.Popen:
@@ -187,6 +207,13 @@ class Cluster:
             time.sleep(1)  # the SuperLink is still starting
         assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{self.logs()}"
         return int(re.search(r"SuperNode (\d+) registered", out.stdout).group(1))
+
+    def register_all(self, names: list[str], link: subprocess.Popen, deadline: float) -> None:
+        """:meth:`register` each of ``names`` at the same time (one ``flwr`` process each);
+        their node ids into :attr:`node_ids`."""
+        with ThreadPoolExecutor(len(names)) as pool:
+            ids = list(pool.map(lambda name: self.register(name, link, deadline), names))
+        self.node_ids.update(zip(names, ids, strict=True))
 
 
 def write_examples(path: Path, examples) -> None:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -226,19 +227,20 @@ def signed(tmp_path_factory):
         link_env = c.env("superlink-flwr-home", STATE=str(tmp / "superlink" / "state"))
         link = c.start("superlink", link_env, tmp / "superlink.log", cwd=tmp / "superlink",
                        text=blocks["registry-url"] + "\n" + blocks["superlink"])
-        c.run("signing-key", c.operator())
+        # the consortium's key, the operator's connection and each edge machine's key: separate
+        # machines, so their CLI blocks run at the same time
+        c.run_all([("signing-key", c.operator()), ("connection", c.operator()),
+                   *[("keys", c.edge(name)[0]) for name in NODES]])
         shutil.copy(tmp / "signing" / "trusted-entities.yaml", tmp / "certs")  # to each edge
-        signed = c.run("sign", c.operator(), cwd=app).stdout
+        with ThreadPoolExecutor(1) as pool:  # the operator registers while the app is signed
+            registered = pool.submit(c.register_all, list(NODES), link, time.monotonic() + 90)
+            signed = c.run("sign", c.operator(), cwd=app).stdout
+            registered.result()
         c.start("registry", c.operator(), tmp / "registry.log", cwd=tmp)
-        c.run("connection", c.operator())
         for pid, name in enumerate(NODES):
-            env, home = c.edge(name)
-            c.run("keys", env)
-            write_examples(home / f"{name}.jsonl", synthetic.client_examples(pid, 2, 24, seed=0))
+            write_examples(tmp / f"edge-{name}" / f"{name}.jsonl",
+                           synthetic.client_examples(pid, 2, 24, seed=0))
         write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
-        deadline = time.monotonic() + 90
-        for name in NODES:
-            c.register(name, link, deadline)
         for name in NODES:
             env, home = c.edge(name)
             c.start("supernode-trusted", env, tmp / f"supernode-{name}.log", cwd=home)
@@ -295,6 +297,7 @@ def test_guide_launches_the_signed_version():
         f"the guide's launch-approved block must name this checkout's version {VERSION}")
 
 
+@pytest.mark.slow  # a SuperLink, the registry, two SuperNodes, three runs
 def test_approved_app_trains_others_are_refused(signed):
     """The signed app trains on both nodes; the modified one (one byte, approved signature)
     and the unsigned ``flwr run .`` are refused by both, none of their code runs there."""

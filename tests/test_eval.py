@@ -49,3 +49,35 @@ def test_answer_metrics_average_rouge_l_per_example_and_category(monkeypatch):
     assert m["rouge_l/d"] == 1.0 and m["exact_match/d"] == 1.0 and m["exact_match/c"] == 0.0
     assert m["rouge_l"] == pytest.approx((2 / 3 + 1 / 3 + 1) / 3)
     assert (m["evaluated/c"], m["evaluated/d"]) == (2.0, 1.0)
+
+
+def test_ni_prompts_are_fitted_so_the_answer_fits_stories260ks_context(stories_path):
+    """stories260k has 512 positions: prompt + max-new-tokens must fit them. A long definition
+    gives way; an input too long even without it is not generated but counted."""
+    from fedtune.data.tokenize import prompt_ids
+
+    tok = load_tokenizer(str(stories_path))
+    model = load_model(str(stories_path), choose_placement("cpu", "float32"))
+    assert model.config.max_position_embeddings == 512
+    examples = [Example("Say yes.", output="yes", input="Is it?", category="short"),
+                Example("Copy the word. " * 200, output="cat", input="cat", category="long-def"),
+                Example("Copy.", output="dog", input="dog bird " * 400, category="long-input")]
+    assert len(prompt_ids(tok, examples[1])) > 512 and len(prompt_ids(tok, examples[2])) > 512
+    lengths: list[int] = []
+    real = model.generate
+
+    def generate(**kw):
+        out = real(**kw)
+        lengths.append(out.shape[1])
+        assert kw["input_ids"].shape[1] + kw["max_new_tokens"] <= 512
+        return out
+
+    model.generate = generate
+    m = answer_metrics(model, tok, examples, max_new_tokens=32, max_len=512)
+    assert lengths and max(lengths) <= 512
+    assert m["eval_skipped"] == 1.0
+    assert m["evaluated/short"] == m["evaluated/long-def"] == 1.0
+    assert "evaluated/long-input" not in m
+    # the run's max-seq-len above the model's context: the context is the limit
+    m = answer_metrics(model, tok, examples[1:2], max_new_tokens=32, max_len=4096)
+    assert max(lengths) <= 512 and "eval_skipped" not in m

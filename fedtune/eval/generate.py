@@ -9,7 +9,7 @@ import torch
 
 from fedtune.data.example import Example
 from fedtune.data.template import render_prompt
-from fedtune.data.tokenize import fit_prompt
+from fedtune.data.tokenize import fit_prompt, prompt_ids
 
 
 def normalize_answer(text: str) -> str:
@@ -66,9 +66,20 @@ def answer_metrics(model: torch.nn.Module, tokenizer, examples: Sequence[Example
                    max_len: int | None = None) -> dict[str, float]:
     """Greedy answers scored by exact match (normalized) and Rouge-L F, overall and per
     category (keys ``exact_match``, ``rouge_l``, ``exact_match/<category>``, ...) plus the
-    number of examples evaluated per category (``evaluated/<category>``)."""
+    number of examples evaluated per category (``evaluated/<category>``).
+
+    With ``max_len`` (the run's max-seq-len; the model's own context if that is shorter) the
+    prompt and the ``max_new_tokens`` of the answer must fit it together: the instruction gives
+    way first (:func:`fit_prompt`), and an example whose prompt still does not fit (its input
+    alone is too long) is not generated nor scored but counted in ``eval_skipped`` (present
+    only when some were)."""
+    skipped = 0
     if max_len is not None:  # prompt + answer must fit the context: definitions give way
-        examples = [fit_prompt(tokenizer, e, max_len - max_new_tokens) for e in examples]
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        budget = min(max_len, context or max_len) - max_new_tokens
+        fitted = [fit_prompt(tokenizer, e, budget) for e in examples]
+        examples = [e for e in fitted if len(prompt_ids(tokenizer, e)) <= budget]
+        skipped = len(fitted) - len(examples)
     prompts = [render_prompt(e, tokenizer) for e in examples]
     answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     scores: dict[str, list[float]] = {}
@@ -82,4 +93,6 @@ def answer_metrics(model: torch.nn.Module, tokenizer, examples: Sequence[Example
     out = {k: sum(v) / len(v) for k, v in scores.items()}
     out.update({f"evaluated/{k.split('/', 1)[1]}": float(len(v))
                 for k, v in scores.items() if k.startswith("exact_match/")})
+    if skipped:
+        out["eval_skipped"] = float(skipped)
     return out

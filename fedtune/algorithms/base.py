@@ -72,12 +72,20 @@ class ServerHooks:
         return arrays
 
 
-class ServerSide(ServerHooks, Protocol):
-    """The server's half of an algorithm; the round loop drives it. Besides
-    :class:`ServerHooks`, ``payload`` (:class:`fedtune.payloads.Payload`): how one client's
-    update is read, measured and scaled (the trust policy, DP, SecAgg); named arrays when
-    absent (:func:`fedtune.payloads.payload_of`).
+class ServerSide(Protocol):
+    """The server's half of an algorithm; the round loop drives it. A server side inherits
+    :class:`ServerHooks` (the four hooks below, no-ops unless overridden). ``payload``
+    (:class:`fedtune.payloads.Payload`): how one client's update is read, measured and scaled
+    (the trust policy, DP, SecAgg); named arrays when absent (:func:`fedtune.payloads.payload_of`).
     """
+
+    def down_records(self, node: str) -> Records | None: ...
+
+    def delivered(self, node: str, ok: bool) -> None: ...
+
+    def receive(self, replies: list[Records]) -> list[Records]: ...
+
+    def merge(self, server_round: int, arrays: Arrays) -> Arrays: ...
 
     #: dtype of the outgoing ``arrays`` record (None: as the strategy made it)
     wire_dtype: type | None

@@ -2,7 +2,11 @@
 
 ``tiny`` needs no download and no files: a 4-layer Llama (about 1M parameters) with
 randomly initialised weights from a fixed seed, and a byte-level BPE tokenizer trained in code
-on the built-in task text. Both are deterministic, so every process builds the same model.
+on the built-in task text. Both are deterministic, so every process builds the same model. The
+trained tokenizer is cached on disk by the hash of everything its training reads (the text, the
+trainer's and the untrained tokenizer's settings, the ``tokenizers`` version), under
+``$XDG_CACHE_HOME/fedtune`` (default ``~/.cache/fedtune``); a cache that cannot be read or
+written is skipped silently and the tokenizer trained as before.
 
 A model that cannot be loaded (a folder that does not exist or lacks files, a hub id that
 cannot be downloaded) is a :class:`ModelError`: one sentence naming it and how to fix it, for
@@ -12,6 +16,9 @@ the tokenizer and the model alike.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,9 +68,55 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(dev, dt)
 
 
+def cache_dir() -> Path:
+    """fedtune's on-disk cache: ``$XDG_CACHE_HOME/fedtune``, else ``~/.cache/fedtune``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedtune"
+
+
+def _canonical(state: bytes) -> str:
+    """A trainer's JSON state with its sets (the initial alphabet) in a stable order."""
+    data = json.loads(state)
+    for settings in data.values():
+        if isinstance(settings.get("initial_alphabet"), list):
+            settings["initial_alphabet"] = sorted(settings["initial_alphabet"])
+    return json.dumps(data, sort_keys=True)
+
+
+def _train(tok, trainer, text: list[str]) -> None:
+    tok.train_from_iterator(text, trainer=trainer)
+
+
+def _trained(tok, trainer, text: list[str]):
+    """``tok`` trained on ``text``, from the on-disk cache when an identical training (same
+    inputs, same ``tokenizers`` version) was cached; else trained and cached. A cache that
+    cannot be read or written is skipped."""
+    import tokenizers
+
+    digest = hashlib.sha256()
+    for part in (tokenizers.__version__, tok.to_str(), _canonical(trainer.__getstate__())):
+        digest.update(part.encode() + b"\0")
+    for line in text:
+        digest.update(line.encode() + b"\0")
+    path = cache_dir() / "tokenizers" / f"tiny-{digest.hexdigest()[:32]}.json"
+    try:
+        return tokenizers.Tokenizer.from_str(path.read_text())
+    except Exception:  # absent, unreadable or corrupt (tokenizers raises a bare Exception)
+        pass
+    _train(tok, trainer, text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(tok.to_str())
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError:
+        pass
+    return tok
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE (digits split one by one) trained on the built-in task text."""
+    """Byte-level BPE (digits split one by one) trained on the built-in task text (cached on
+    disk, see the module's docstring)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from fedtune.data.synthetic import corpus
@@ -82,9 +135,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     text = [PROMPT_WITH_INPUT, PROMPT_NO_INPUT] * 50 + corpus()
-    tok.train_from_iterator(text, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=_trained(tok, trainer, text), bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>"
     )
 
 

@@ -217,7 +217,7 @@ def _per_client(cfg: Config, algo: Algorithm) -> str:
 
 def _robust_clip(cfg: Config, algo: Algorithm) -> str:
     what = _private(cfg)
-    if what and algo.payload == "seeds" and cfg.seeds.seeds_robust_clip > 0:
+    if what and cfg.seeds.seeds_robust_clip > 0:  # (only seeds algorithms read it)
         return (f"seeds-robust-clip cannot run with {what}: its bound is the median of all "
                 "clients' scalars, so it needs each client's scalars; set seeds-robust-clip=0.")
     return ""

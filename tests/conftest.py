@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+# the quick tier's time budget (FEDTUNE_TEST_BUDGET): hooks, found here by their names
+from tests.budget import pytest_configure, pytest_runtest_makereport  # noqa: F401
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 # Variables of the caller's shell that change what the code under test does: Hugging Face

@@ -1,0 +1,56 @@
+"""The quick tier's time budget (tests/budget.py) fails a test not marked slow that runs past
+it, and only such a test (checked in a child pytest on a file of small cases, about 2 s)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = """
+import time
+import pytest
+
+def test_quick():
+    pass
+
+def test_over_budget():
+    time.sleep(0.5)
+
+@pytest.mark.slow
+def test_marked_slow():
+    time.sleep(0.5)
+
+@pytest.fixture
+def slow_fixture():
+    time.sleep(0.5)
+
+def test_slow_setup(slow_fixture):
+    pass
+
+def test_failing_fast():
+    assert False
+"""
+
+
+def run(tmp_path: Path, budget: str) -> str:
+    (tmp_path / "test_cases.py").write_text(CASES)
+    env = {**os.environ, "FEDTUNE_TEST_BUDGET": budget, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.budget", "-p",
+                           "no:cacheprovider", "-rfE", "test_cases.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # test_failing_fast fails
+    return proc.stdout
+
+
+def test_a_test_over_the_budget_fails_and_says_why(tmp_path):
+    out = run(tmp_path, "0.2")
+    assert "2 failed, 2 passed, 1 error" in out
+    assert ("test_cases.py::test_over_budget: its call took " in out
+            and "over the 0.2 s budget of a test not marked slow" in out)
+    assert "test_cases.py::test_slow_setup: its setup took " in out
+    assert "FAILED test_cases.py::test_marked_slow" not in out
+
+
+def test_zero_turns_the_check_off(tmp_path):
+    assert "1 failed, 4 passed" in run(tmp_path, "0")

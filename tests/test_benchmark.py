@@ -1,8 +1,11 @@
 """The benchmark runner: a real (small) run, the table and the plot."""
 
+import pytest
+
 from simulations.benchmark import SUITES, _stat, main, table
 
 
+@pytest.mark.slow  # six rounds of the centralized baseline
 def test_smoke_suite_runs_a_method_and_writes_table_and_plot(tmp_path, capsys):
     assert main(["--suite", "smoke", "--methods", "centralized", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "results.md").read_text()

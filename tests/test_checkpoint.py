@@ -254,6 +254,7 @@ def finish(proc):
     return out
 
 
+@pytest.mark.slow  # the one Ray test of resume: three Ray launches
 @pytest.mark.parametrize("case", ["fedkseed-pro", pytest.param("fedit-fedadam", marks=SLOW)])
 def test_sigkill_after_round_2_and_resume_is_bit_identical(tmp_path, case):
     finish(simulate(tmp_path, "whole", SIM_CASES[case]))

@@ -9,11 +9,13 @@ every pair again in a combination that runs, where the table allows one), every 
 trust triple with each algorithm and each algorithm with each objective; the runs
 share a module-scoped cache (a combination that runs is run once) and skip the plot.
 ``FEDTUNE_EXHAUSTIVE=1`` walks the full product (the README's test command runs every test, so
-the long mode is an env var, not a marker).
+the long mode is an env var, not a marker). The quick tier (``-m "not slow"``) checks every
+refusal and runs each value of each factor once (:func:`_quick`); the other runs are slow.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -198,6 +200,27 @@ def runs(tmp_path_factory):
 CASES = _cases()
 
 
+@functools.cache
+def _runs(case: Case) -> bool:
+    return refusal(flat_config(case)) is None
+
+
+def _quick(cases: list[Case]) -> set[Case]:
+    """The running cases of the quick tier: in order, each one that runs a (factor, value) no
+    earlier quick case ran, so every value of every factor that can run runs once in the quick
+    tier (about 20 runs); the rest of the runs are marked slow. Refused cases are all quick."""
+    seen: set[tuple[str, str]] = set()
+    quick = set()
+    for case in cases:
+        if _runs(case) and not set(case) <= seen:
+            quick.add(case)
+            seen |= set(case)
+    return quick
+
+
+QUICK = _quick(CASES)
+
+
 def test_the_cover_has_every_pair_and_the_triples():
     names = list(FACTORS)
     seen = {((a, c[a]), (b, c[b])) for c in map(dict, CASES)
@@ -211,7 +234,9 @@ def test_the_cover_has_every_pair_and_the_triples():
     assert len(pairwise(FACTORS)) < 60  # the greedy cover stays small (10 x 5 pairs at least)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(v for _, v in c))
+@pytest.mark.parametrize("case", [
+    c if c in QUICK or not _runs(c) else pytest.param(c, marks=pytest.mark.slow) for c in CASES],
+    ids=lambda c: "-".join(v for _, v in c))
 def test_a_combination_runs_or_is_refused_in_one_sentence(case, runs, one_thread):
     flat = flat_config(case)
     err = refusal(flat)

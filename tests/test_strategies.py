@@ -231,6 +231,7 @@ def _final_loss(strategy: str, attacked: bool, data: tuple[str, str]) -> float:
     return rows[-1]["eval_loss"]
 
 
+@pytest.mark.slow  # eight 3-round runs of 5 clients
 def test_robust_strategies_survive_a_scaled_update_attack(capsys, tmp_path):
     data = _iid_files(tmp_path)
     table = {}

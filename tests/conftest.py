@@ -10,7 +10,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # the quick tier's time budget (FEDTUNE_TEST_BUDGET): hooks, found here by their names
-from tests.budget import pytest_configure, pytest_runtest_makereport  # noqa: F401
+from tests.budget import (  # noqa: F401
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+)
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 

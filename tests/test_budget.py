@@ -1,5 +1,5 @@
 """The quick tier's time budget (tests/budget.py) fails a test not marked slow that runs past
-it, and only such a test (checked in a child pytest on a file of small cases, about 2 s)."""
+it, and only such a test (checked in a child pytest on a file of small cases, about 3 s)."""
 
 import os
 import subprocess
@@ -11,19 +11,27 @@ CASES = """
 import time
 import pytest
 
+def busy(seconds):  # CPU and wall time both pass ``seconds``, however loaded the machine
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+
 def test_quick():
     pass
 
 def test_over_budget():
+    busy(0.5)
+
+def test_waiting_is_not_busy():
     time.sleep(0.5)
 
 @pytest.mark.slow
 def test_marked_slow():
-    time.sleep(0.5)
+    busy(0.5)
 
 @pytest.fixture
 def slow_fixture():
-    time.sleep(0.5)
+    busy(0.5)
 
 def test_slow_setup(slow_fixture):
     pass
@@ -44,8 +52,8 @@ def run(tmp_path: Path, budget: str) -> str:
 
 
 def test_a_test_over_the_budget_fails_and_says_why(tmp_path):
-    out = run(tmp_path, "0.2")
-    assert "2 failed, 2 passed, 1 error" in out
+    out = run(tmp_path, "0.2")  # test_waiting_is_not_busy: 0.5 s of wall time, no CPU
+    assert "2 failed, 3 passed, 1 error" in out
     assert ("test_cases.py::test_over_budget: its call took " in out
             and "over the 0.2 s budget of a test not marked slow" in out)
     assert "test_cases.py::test_slow_setup: its setup took " in out
@@ -53,4 +61,4 @@ def test_a_test_over_the_budget_fails_and_says_why(tmp_path):
 
 
 def test_zero_turns_the_check_off(tmp_path):
-    assert "1 failed, 4 passed" in run(tmp_path, "0")
+    assert "1 failed, 5 passed" in run(tmp_path, "0")

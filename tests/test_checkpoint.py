@@ -94,7 +94,12 @@ def rows(run_dir):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in out]  # timings aside
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+#: the costliest cases (merged bases, 4 rounds each twice) run in the full suite only
+SLOW_CASES = {"fedit-fedex", "fedit-flora", "fedit-ffa"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
+                                  else c for c in sorted(CASES)])
 def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread, monkeypatch):
     if CASES[case].get("dp"):  # DP's noise and sample: reproducible only with the secret
         monkeypatch.setenv(SECRET_ENV, "checkpoint-test-secret")

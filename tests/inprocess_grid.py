@@ -91,3 +91,47 @@ def poison_first_array(reply: Message) -> Message:
     broken.flat[0] = np.nan
     arrays[key] = Array(broken)
     return reply
+
+
+def simulate_in_process(argv: list[str], tamper: Tamper | None = None) -> int:
+    """``fedtune simulate ARGV`` with every check and setup step as is, the engine swapped for
+    this in-process grid (no Ray): the real ServerApp's main and ClientApp, one Context per
+    virtual node. What a test that does not test the Ray engine itself runs."""
+    from flwr.app import Context, RecordDict
+
+    from client_app.app import app as client_app
+    from fedtune import cli
+    from server_app.app import main as server_main
+
+    def engine(cfg, num_clients: int, args) -> int:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # for Messages
+        flat = cfg.to_flat()
+        grid = InProcessGrid(client_app, num_clients, flat, tamper=tamper)
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                  run_config=flat))
+        return _exit(cfg)
+
+    ray_engine = cli._run_flower_simulation
+    cli._run_flower_simulation = engine
+    try:
+        return cli.main(["simulate", *argv])
+    finally:
+        cli._run_flower_simulation = ray_engine
+
+
+def _exit(cfg) -> int:
+    """``fedtune simulate``'s exit code from the run's summary (as the CLI reads it)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    summary = Path(cfg.output.run_dir) / "summary.json"
+    if not summary.exists():
+        print(f"fedtune: the simulation ended without a summary; see {cfg.output.run_dir}",
+              file=sys.stderr)
+        return 1
+    done = json.loads(summary.read_text())
+    skipped = done.get("skipped_rounds", [])
+    return 1 if skipped and len(skipped) == done.get("rounds_run") else 0

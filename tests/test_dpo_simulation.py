@@ -1,11 +1,14 @@
-"""`fedtune simulate --objective dpo` end to end (Simulation Engine, Ray), then SFT -> DPO
-chaining through --init-adapter, on `tiny` with very few steps."""
+"""`fedtune simulate --objective dpo` end to end (the real ServerApp and ClientApps on the
+in-process grid; the Ray engine itself is tested in test_simulation.py), then SFT -> DPO chaining
+through --init-adapter, on `tiny` with very few steps."""
 
+import contextlib
+import io
 import json
 
 import pytest
 
-from tests.test_simulation import fedtune
+from tests.inprocess_grid import simulate_in_process
 
 SMALL = ("local-steps=4 examples-per-client=24 eval-examples=16 client-eval-examples=4 "
          "fraction-train=1.0 lr=1e-2")
@@ -18,8 +21,11 @@ def _rows(run):
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    stdout = fedtune("simulate", "--objective", "dpo", "--num-clients", "2", "--rounds", "2",
-                     "--output-dir", str(out), "--name", "dpo", "--run-config", SMALL, cwd=out)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # what the command prints
+        assert simulate_in_process(["--objective", "dpo", "--num-clients", "2", "--rounds",
+                                    "2", "--output-dir", str(out), "--name", "dpo",
+                                    "--run-config", SMALL]) == 0
+    stdout = printed.getvalue()
     assert "round   2/2" in stdout and "reward_acc" in stdout
     (run,) = out.glob("dpo-*")
     return run
@@ -50,9 +56,9 @@ def test_dpo_continues_from_an_adapter(dpo_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     adapter = dpo_run / "adapter"
-    fedtune("simulate", "--objective", "dpo", "--init-adapter", str(adapter), "--num-clients",
-            "2", "--rounds", "1", "--output-dir", str(tmp_path), "--name", "next",
-            "--run-config", SMALL, cwd=tmp_path)
+    assert simulate_in_process(["--objective", "dpo", "--init-adapter", str(adapter),
+                                "--num-clients", "2", "--rounds", "1", "--output-dir",
+                                str(tmp_path), "--name", "next", "--run-config", SMALL]) == 0
     (run,) = tmp_path.glob("next-*")
     rows = _rows(run)
     assert rows[0]["reward_margin"] == 0.0 and rows[-1]["reward_margin"] != 0.0

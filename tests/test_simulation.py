@@ -1,4 +1,7 @@
-"""A real Flower simulation (Simulation Engine, Ray) through the installed `fedtune` command."""
+"""`fedtune simulate` end to end: the results folder, the adapter, generate and export, FedKSeed-Pro
+and a non-default strategy through the real ServerApp and ClientApps on the in-process grid (no
+Ray); one real Flower simulation (Simulation Engine, Ray) through the `fedtune` command, marked
+slow."""
 
 import json
 import subprocess
@@ -37,29 +40,30 @@ def fedtune(*args, cwd):
     return proc.stdout
 
 
+def fedtune_here(*args) -> None:
+    """``fedtune ARGS`` in this process (generate, export: no engine); exit 0 expected."""
+    from fedtune.cli import main
+
+    assert main(list(args)) == 0
+
+
+def simulate_here(*args) -> None:
+    """``fedtune simulate ARGS`` on the in-process grid (tests/inprocess_grid.py)."""
+    from tests.inprocess_grid import simulate_in_process
+
+    assert simulate_in_process(list(args)) == 0
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    stdout = fedtune(
-        "simulate",
-        "--num-clients",
-        "3",
-        "--rounds",
-        "2",
-        "--output-dir",
-        str(out),
-        "--name",
-        "e2e",
-        "--run-config",
-        SMALL,
-        cwd=out,
-    )
-    assert "round   2/2" in stdout and "exact_match" in stdout
+    simulate_here("--num-clients", "3", "--rounds", "2", "--output-dir", str(out), "--name",
+                  "e2e", "--run-config", SMALL)
     (run,) = out.glob("e2e-*")
     return run
 
 
-def test_results_folder_follows_the_contract(run_dir):
+def check_results_folder(run_dir) -> None:
     assert json.loads((run_dir / "config.json").read_text())["train"]["local_steps"] == 10
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -71,6 +75,21 @@ def test_results_folder_follows_the_contract(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["final"]["round"] == 2
     assert (run_dir / "metrics.png").stat().st_size > 10_000
+
+
+def test_results_folder_follows_the_contract(run_dir):
+    check_results_folder(run_dir)
+
+
+@pytest.mark.slow
+def test_the_simulation_engine_runs_the_app_through_the_command(tmp_path):
+    """The one Ray run of this module: Ray start, actors importing the ClientApp, the same
+    results folder as the in-process run's."""
+    stdout = fedtune("simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
+                     str(tmp_path), "--name", "e2e", "--run-config", SMALL, cwd=tmp_path)
+    assert "round   2/2" in stdout and "exact_match" in stdout
+    (run,) = tmp_path.glob("e2e-*")
+    check_results_folder(run)
 
 
 def test_adapter_loads_with_peft_and_gives_the_reported_loss(run_dir):
@@ -92,7 +111,7 @@ def test_adapter_loads_with_peft_and_gives_the_reported_loss(run_dir):
     assert loss == pytest.approx(rows[-1]["eval_loss"], rel=1e-4)
 
 
-def test_generate_and_export_match_the_adapter(run_dir, tmp_path):
+def test_generate_and_export_match_the_adapter(run_dir, tmp_path, capsys):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,20 +123,12 @@ def test_generate_and_export_match_the_adapter(run_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
     prompt = render_prompt(Example("Is the number even or odd?", "", "12"))
     want = generate(peft_model, tok, [prompt], max_new_tokens=4)[0].strip()
-    answer = fedtune(
-        "generate",
-        str(run_dir),
-        "--prompt",
-        "Is the number even or odd?",
-        "--input",
-        "12",
-        "--max-new-tokens",
-        "4",
-        cwd=tmp_path,
-    )
-    assert answer.strip() == want
+    capsys.readouterr()
+    fedtune_here("generate", str(run_dir), "--prompt", "Is the number even or odd?", "--input",
+                 "12", "--max-new-tokens", "4")
+    assert capsys.readouterr().out.strip() == want
 
-    fedtune("export", str(run_dir), str(tmp_path / "merged"), cwd=tmp_path)
+    fedtune_here("export", str(run_dir), str(tmp_path / "merged"))
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     assert not any("lora" in name for name, _ in merged.named_parameters())
     ids = tok(prompt, return_tensors="pt")["input_ids"]
@@ -125,12 +136,12 @@ def test_generate_and_export_match_the_adapter(run_dir, tmp_path):
         torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_fedkseed_pro_runs_in_the_simulation_engine(tmp_path):
-    stdout = fedtune("simulate", "--algorithm", "fedkseed-pro", "--num-clients", "3", "--rounds",
-                     "2", "--output-dir", str(tmp_path), "--run-config",
-                     SMALL + " zo-seeds=512 zo-steps=20 batch-size=2 save-full-model=true",
-                     cwd=tmp_path)
-    assert "round   2/2" in stdout
+@pytest.mark.slow  # full-parameter: save-full-model, export replays every round
+def test_fedkseed_pro_runs_through_the_command(tmp_path, capsys):
+    simulate_here("--algorithm", "fedkseed-pro", "--num-clients", "3", "--rounds", "2",
+                  "--output-dir", str(tmp_path), "--run-config",
+                  SMALL + " zo-seeds=512 zo-steps=20 batch-size=2 save-full-model=true")
+    assert "round   2/2" in capsys.readouterr().out
     (run,) = tmp_path.glob("fedkseed-pro-sft-*")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
@@ -141,7 +152,7 @@ def test_fedkseed_pro_runs_in_the_simulation_engine(tmp_path):
     from transformers import AutoModelForCausalLM
 
     saved = AutoModelForCausalLM.from_pretrained(run / "model")
-    fedtune("export", str(run), str(tmp_path / "exported"), cwd=tmp_path)
+    fedtune_here("export", str(run), str(tmp_path / "exported"))
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     for (name, a), (_, b) in zip(saved.named_parameters(), exported.named_parameters(),
                                  strict=True):
@@ -150,11 +161,10 @@ def test_fedkseed_pro_runs_in_the_simulation_engine(tmp_path):
     assert not torch.equal(base.lm_head.weight, exported.lm_head.weight)
 
 
-def test_a_non_default_strategy_runs_in_the_simulation_engine(tmp_path):
-    stdout = fedtune("simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
-                     str(tmp_path), "--run-config", SMALL + " strategy='fedadam' server-lr=0.01",
-                     cwd=tmp_path)
-    assert "round   2/2" in stdout
+def test_a_non_default_strategy_runs_through_the_command(tmp_path, capsys):
+    simulate_here("--num-clients", "3", "--rounds", "2", "--output-dir", str(tmp_path),
+                  "--run-config", SMALL + " strategy='fedadam' server-lr=0.01")
+    assert "round   2/2" in capsys.readouterr().out
     (run,) = tmp_path.glob("fedit-sft-*")
     assert json.loads((run / "config.json").read_text())["strategy"]["strategy"] == "fedadam"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -154,7 +154,7 @@ def test_a_dp_run_resumed_without_the_secret_draws_fresh_noise(tmp_path, one_thr
     assert final_state(ends[0])["accumulated"] != final_state(ends[1])["accumulated"]
 
 
-def test_resume_refuses_another_config(tmp_path):
+def test_resume_refuses_another_config(tmp_path, one_thread):
     run(tmp_path, "r", {"num-server-rounds": 1, "fraction-evaluate": 0.0})
     with pytest.raises(CheckpointError, match=r"lr: 0.002 -> 0.01"):
         run(tmp_path, "r", {"num-server-rounds": 1, "fraction-evaluate": 0.0, "lr": 0.01},

@@ -113,12 +113,16 @@ def simulate_in_process(argv: list[str], tamper: Tamper | None = None) -> int:
                                   run_config=flat))
         return _exit(cfg)
 
-    ray_engine = cli._run_flower_simulation
+    import torch
+
+    ray_engine, threads = cli._run_flower_simulation, torch.get_num_threads()
     cli._run_flower_simulation = engine
+    torch.set_num_threads(1)  # as a Ray actor given one CPU; tiny tensors gain nothing from more
     try:
         return cli.main(["simulate", *argv])
     finally:
         cli._run_flower_simulation = ray_engine
+        torch.set_num_threads(threads)
 
 
 def _exit(cfg) -> int:

@@ -171,38 +171,28 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
     gpus = args.client_gpus
     if gpus is None:  # Ray hides GPUs from clients given none: share one by default
         gpus = 0.5 if torch.cuda.is_available() else 0.0
-    init_args = {"logging_level": "INFO" if args.verbose else "ERROR",
-                 "log_to_driver": bool(args.verbose)}
-    backend = {"client_resources": {"num_cpus": args.client_cpus, "num_gpus": gpus},
-               "init_args": init_args}
-    # Flower's own engine on CPU actors: Ray started here, its workers importing the ClientApp
-    # while the server evaluates round 0 (fedtune.flower.warm); a stand-in engine starts none
-    warm = gpus == 0 and getattr(_run_simulation, "__module__", "") == _run_simulation_module
-    if warm:
-        _start_ray_warm(cfg, init_args, args.client_cpus)
+    backend = {
+        "client_resources": {"num_cpus": args.client_cpus, "num_gpus": gpus},
+        "init_args": {"logging_level": "INFO" if args.verbose else "ERROR",
+                      "log_to_driver": bool(args.verbose)},
+    }
     flat = cfg.to_flat()
-    try:
-        with tempfile.TemporaryDirectory(prefix="fedtune-app-") as tmp:
-            app_dir = _write_app_dir(cfg, Path(tmp))
-            context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
-                              run_config=flat)
-            _run_simulation(
-                num_supernodes=num_clients,
-                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                client_app_attr="client_app.app:app",
-                server_app_attr="server_app.app:app",
-                server_app_context=context,
-                backend_name="ray",
-                backend_config=backend,
-                app_dir=str(app_dir),
-                is_app=True,
-                verbose_logging=args.verbose,
-            )
-    finally:
-        if warm:  # Flower shut it down unless it failed before building its backend
-            from fedtune.flower.warm import stop_ray
-
-            stop_ray()
+    with tempfile.TemporaryDirectory(prefix="fedtune-app-") as tmp:
+        app_dir = _write_app_dir(cfg, Path(tmp))
+        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
+                          run_config=flat)
+        _run_simulation(
+            num_supernodes=num_clients,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app_attr="client_app.app:app",
+            server_app_attr="server_app.app:app",
+            server_app_context=context,
+            backend_name="ray",
+            backend_config=backend,
+            app_dir=str(app_dir),
+            is_app=True,
+            verbose_logging=args.verbose,
+        )
     summary = Path(cfg.output.run_dir) / "summary.json"
     if not summary.exists():
         print(f"fedtune: the simulation ended without a summary; see {cfg.output.run_dir}",
@@ -211,29 +201,6 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
     done = json.loads(summary.read_text())  # every round skipped: the server said why
     skipped = done.get("skipped_rounds", [])
     return 1 if skipped and len(skipped) == done.get("rounds_run") else 0
-
-
-_run_simulation_module = "flwr.simulation.run_simulation"
-
-
-def _start_ray_warm(cfg: Config, init_args: dict[str, Any], client_cpus: float) -> None:
-    """Start Ray (warm workers) while a thread imports what the ServerApp and Flower's loading
-    of the ClientApp import next, so neither waits for the other."""
-    import threading
-
-    from fedtune.flower.warm import start_ray, warm_modules
-
-    def imports() -> None:
-        try:
-            import client_app.app  # noqa: F401
-            import server_app.app  # noqa: F401
-        except Exception:  # noqa: BLE001 - Flower reports it when it loads the apps
-            pass
-
-    early = threading.Thread(target=imports, name="fedtune-imports", daemon=True)
-    early.start()
-    start_ray(init_args, client_cpus, warm_modules(resolve(cfg).client))
-    early.join()
 
 
 def _run_model(run_dir: Path):

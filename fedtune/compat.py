@@ -48,7 +48,7 @@ def _key(name: str) -> str:
 
 #: keys of a section that only a federated reader uses (the baselines run FedIT's local rounds
 #: and aggregate nothing)
-FEDERATED_ONLY = frozenset({"lora-aggregation"})
+FEDERATED_ONLY = frozenset({"lora-aggregation", "lora-restart-init"})
 
 
 @functools.cache
@@ -328,6 +328,24 @@ def _ranks(cfg: Config, algo: Algorithm) -> str:
     return ""
 
 
+def _restart_init(cfg: Config, algo: Algorithm) -> str:
+    found, how = _variant(cfg, algo), cfg.lora.lora_restart_init
+    if found is None or how == "shared":
+        return ""
+    from fedtune.algorithms.fedit.variants import VARIANTS
+
+    v = found[0]
+    if not v.restarts:
+        restarting = [r.name for r in VARIANTS.values() if r.restarts]
+        return (f"lora-restart-init='{how}' applies to an adapter that restarts every round, "
+                f"but lora-aggregation='{v.name}' keeps its adapter; set lora-aggregation="
+                f"'{restarting[0]}' or drop lora-restart-init.")
+    if cfg.train.init_adapter:
+        return (f"lora-restart-init='{how}' draws a new adapter for every client and round, so "
+                "init-adapter's adapter would never be used; drop one of them.")
+    return ""
+
+
 def _variant_strategy(cfg: Config, algo: Algorithm) -> str:
     found = _variant(cfg, algo)
     if found is None:
@@ -383,6 +401,7 @@ RULES: list[Rule] = [
     Rule(("algorithm", "dp/secagg"), _no_privacy),
     Rule(("algorithm", "dp+secagg"), _no_dp_with_secagg),
     Rule(("lora-aggregation", "lora-ranks"), _ranks),
+    Rule(("lora-restart-init", "lora-aggregation/init-adapter"), _restart_init),
     Rule(("lora-aggregation", "strategy"), _variant_strategy),
     Rule(("lora-aggregation", "dp/secagg"), _variant_private),
 ]

@@ -39,7 +39,7 @@ FACTORS: dict[str, list[str]] = {
     "algorithm": ["fedit", "fedkseed", "fedkseed-pro", "ferret", "full-ft"],
     "objective": ["sft", "dpo"],
     "strategy": list(dict.fromkeys(name for _, name in STRATEGIES)),
-    "lora-aggregation": list(AGGREGATIONS),
+    "lora-aggregation": [*AGGREGATIONS, "flora-fresh"],  # flora with lora-restart-init=fresh
     "dp": ["off", "server", "client"],
     "secagg": ["off", "on"],
     "trust": list(TRUST),
@@ -151,7 +151,9 @@ def flat_config(case: Case) -> dict:
     c = dict(case)
     flat = {**FAST, **SEEDS.get(c["algorithm"], {}), **TRUST[c["trust"]],
             **{k: c[k] for k in ("algorithm", "objective", "strategy", "dp", "secagg")}}
-    if c["lora-aggregation"] != "fedit":
+    if c["lora-aggregation"] == "flora-fresh":
+        flat.update({"lora-aggregation": "flora", "lora-restart-init": "fresh"})
+    elif c["lora-aggregation"] != "fedit":
         flat["lora-aggregation"] = c["lora-aggregation"]
     return flat
 
@@ -278,6 +280,7 @@ BREAKS = [
     {"algorithm": "fedkseed-pro", "dp": "client", "secagg": "on", "fraction-evaluate": 0.0,
      "min-train-nodes": 2},
     {"lora-aggregation": "ffa", "lora-ranks": "4,16"},
+    {"lora-aggregation": "fedex", "lora-restart-init": "fresh"},
     {"lora-aggregation": "flora", "strategy": "fedadam"},
     {"lora-aggregation": "fedex", "dp": "client", "fraction-evaluate": 0.0},
 ]

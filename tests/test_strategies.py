@@ -6,6 +6,7 @@ import pytest
 from flwr.app import Array, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedtune.algorithms.base import ServerHooks
 from fedtune.config import Config
 from fedtune.flower.loop import run_rounds
 from fedtune.strategies import build_strategy, names_for
@@ -36,7 +37,7 @@ def _train(msg: Message, context) -> Message:
     return Message(content, reply_to=msg)
 
 
-class Toy:
+class Toy(ServerHooks):
     wire_dtype = None  # float32 both ways: exact hand computations
 
     def __init__(self) -> None:

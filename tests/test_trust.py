@@ -9,6 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedtune.algorithms.base import ServerHooks
 from fedtune.config import Config, ConfigError
 from fedtune.flower.loop import run_rounds
 from fedtune.payloads import BlockSeedsPayload, SeedsPayload
@@ -46,7 +47,7 @@ def _train(msg: Message, context) -> Message:
                    reply_to=msg)
 
 
-class ArraysServer:
+class ArraysServer(ServerHooks):
     wire_dtype = None  # float32 both ways: exact hand computations
 
     def __init__(self) -> None:

@@ -9,6 +9,8 @@ from fedtune.errors import at_least_one, one_of, require
 OBJECTIVES = ("sft", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+#: Ferret's server lr over rounds (:func:`fedtune.train.schedule.server_lr`)
+SERVER_LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")  # local optimizers (fedtune.train.local.make_optimizer)
 
 

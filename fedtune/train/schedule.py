@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 
+from fedtune.train.config import SERVER_LR_SCHEDULES
+
 #: Server lr schedules (Ferret's ``--anneal``: no, linear, cosine in allen4747/Ferret main.py).
-SERVER_LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def round_lr(base_lr: float, server_round: int, num_rounds: int, schedule: str,

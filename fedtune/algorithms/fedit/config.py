@@ -39,14 +39,6 @@ class LoraSection:
         require(self.lora_alpha > 0, f"lora-alpha={self.lora_alpha} must be positive.")
         one_of("lora-aggregation", self.lora_aggregation, AGGREGATIONS)
         one_of("lora-restart-init", self.lora_restart_init, RESTART_INITS)
-        from fedtune.algorithms.fedit.variants import VARIANTS
-
-        restarting = [v.name for v in VARIANTS.values() if v.restarts]
-        require(self.lora_restart_init == "shared" or self.lora_aggregation in restarting,
-                f"lora-restart-init='{self.lora_restart_init}' applies to an adapter that "
-                f"restarts every round, but lora-aggregation='{self.lora_aggregation}' keeps "
-                f"its adapter; set lora-aggregation='{restarting[0]}' or drop "
-                "lora-restart-init.")
         self.ranks()
 
     def ranks(self) -> list[int]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedtune.errors import one_of, require
-from fedtune.train.config import OPTIMIZERS
-from fedtune.train.schedule import SERVER_LR_SCHEDULES
+from fedtune.train.config import OPTIMIZERS, SERVER_LR_SCHEDULES
 
 
 @dataclass

@@ -13,12 +13,12 @@ algorithm names in code: the few algorithm-specific rows are data (:data:`NO_PRI
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedtune.errors import ConfigError
+from fedtune.key_readers import changed_keys, foreign_keys, key_readers, strategy_key_readers
 
 if TYPE_CHECKING:
     from fedtune.algorithms.base import Algorithm
@@ -46,71 +46,12 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-#: keys of a section that only a federated reader uses (the baselines run FedIT's local rounds
-#: and aggregate nothing)
-FEDERATED_ONLY = frozenset({"lora-aggregation", "lora-restart-init"})
-
-
-@functools.cache
-def key_readers() -> dict[str, tuple[str, ...]]:
-    """Key of a method section -> the algorithms that read it, from what the registries declare
-    (an algorithm's ``sections``; a strategy's ``section``, read by every algorithm whose payload
-    it aggregates). Any other algorithm refuses a non-default value: a key that is accepted and
-    ignored looks like it did something. The framework's own sections are read by every
-    algorithm or checked by their own rules (``init-adapter``)."""
-    from fedtune.algorithms import REGISTRY
-    from fedtune.config import SECTIONS
-    from fedtune.strategies import REGISTRY as STRATEGIES
-
-    readers: dict[str, list[str]] = {}
-    for algo in REGISTRY.values():
-        mine = set(algo.sections) | {e.section for (kind, _), e in STRATEGIES.items()
-                                     if e.section and kind == algo.payload and algo.federated}
-        for section in sorted(mine):
-            for f in fields(SECTIONS[section]):
-                key = _key(f.name)
-                if key not in FEDERATED_ONLY or algo.federated:
-                    readers.setdefault(key, []).append(algo.name)
-    return {key: tuple(names) for key, names in readers.items()}
-
-
-@functools.cache
-def strategy_key_readers() -> dict[str, tuple[str, ...]]:
-    """Parameter of the ``strategy`` section -> the strategies that read it (their ``reads``)."""
-    from fedtune.strategies import REGISTRY as STRATEGIES
-
-    readers: dict[str, list[str]] = {}
-    for entry in STRATEGIES.values():
-        for key in entry.reads:
-            readers.setdefault(key, []).append(entry.name)
-    return {key: tuple(names) for key, names in readers.items()}
-
-
 #: algorithms whose payload DP and SecAgg do not cover yet, and why
 NO_PRIVACY = {"ferret": "its clipping and noise are defined for FedKSeed's scalars, not "
                         "projection coefficients"}
 #: algorithms that cannot run dp and secagg together, and why
 NO_DP_WITH_SECAGG = {"fedkseed-pro": "the seeds' statistics would be summed securely but "
                                      "released without noise"}
-
-
-def _changed(cfg: Config, section: str) -> list[str]:
-    """The keys of ``section`` set to a non-default value."""
-    from fedtune.config import SECTIONS
-
-    cls = SECTIONS[section]
-    default, ours = cls(), getattr(cfg, section)
-    return [_key(f.name) for f in fields(cls)
-            if getattr(ours, f.name) != getattr(default, f.name)]
-
-
-def foreign_keys(cfg: Config, algorithm: str) -> list[str]:
-    """The keys set to a non-default value that ``algorithm`` does not read."""
-    from fedtune.config import SECTIONS
-
-    readers = key_readers()
-    return [key for section in SECTIONS for key in _changed(cfg, section)
-            if key in readers and algorithm not in readers[key]]
 
 
 def _private(cfg: Config) -> str:
@@ -177,7 +118,7 @@ def _foreign_strategy_key(cfg: Config, algo: Algorithm) -> str:
     if not algo.federated:
         return ""
     name, readers = cfg.strategy.strategy, strategy_key_readers()
-    for key in _changed(cfg, "strategy"):
+    for key in changed_keys(cfg, "strategy"):
         if key in readers and name not in readers[key]:
             return (f"{key} is a parameter of strategy {', '.join(readers[key])}, not of "
                     f"strategy='{name}', which would ignore it; drop {key} or use that "

@@ -42,7 +42,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedtune.seeded.pool import pack_pairs, unpack_pairs
 from fedtune.wire import Records
 
 Record = Mapping[str, Any]
@@ -158,6 +157,8 @@ class SeedsPayload:
     default_clip_range = 65536.0
 
     def pairs(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
+        from fedtune.seeded.pool import unpack_pairs  # (torch: only where a reply is read)
+
         return unpack_pairs(record["pairs"], self.pool_size)
 
     def contribution(self, record: Record, reference: Arrays) -> np.ndarray:
@@ -171,6 +172,8 @@ class SeedsPayload:
 
     def write(self, record: Record, vector: np.ndarray, reference: Arrays) -> dict[str, Any]:
         """The record whose pairs are one (s, vector[s]) per entry of the pool."""
+        from fedtune.seeded.pool import pack_pairs
+
         return {**record, "pairs": pack_pairs(np.arange(self.pool_size),
                                               vector.astype(np.float32), self.pool_size)}
 
@@ -180,6 +183,8 @@ class SeedsPayload:
     def scaled(self, record: Record, reference: Arrays, scale: float) -> dict[str, Any]:
         """The scalars times ``scale`` in float32 arithmetic."""
         indices, scalars = self.pairs(record)
+        from fedtune.seeded.pool import pack_pairs
+
         pairs = pack_pairs(indices, (scalars * np.float32(scale)).astype(np.float32),
                            self.pool_size)
         return {**record, "pairs": pairs}

@@ -233,7 +233,7 @@ def test_the_cover_has_every_pair_and_the_triples():
     assert privacy == set(itertools.product(*(FACTORS[f] for f in ("algorithm", "dp", "secagg",
                                                                    "trust"))))
     assert pairwise(FACTORS) == pairwise(FACTORS)  # deterministic
-    assert len(pairwise(FACTORS)) < 60  # the greedy cover stays small (10 x 5 pairs at least)
+    assert len(pairwise(FACTORS)) < 70  # the greedy cover stays small (10 x 6 pairs at least)
 
 
 @pytest.mark.parametrize("case", [

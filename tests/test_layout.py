@@ -26,7 +26,8 @@ LAYERS = [
     ("wire", r"fedtune\.wire(\..+)?$"),
     ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg)(\..+)?$"
                 r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint|driver)$"),
-    ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$|fedtune\.compat$"),
+    ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"
+                r"|fedtune\.(compat|key_readers)$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),
 ]

@@ -46,7 +46,7 @@ def _server(algorithm: str) -> Any:
         return srv
     srv = (FerretServer if algorithm == "ferret" else FedKSeedServer).__new__(
         FerretServer if algorithm == "ferret" else FedKSeedServer)
-    srv.cfg, srv.pro = cfg, False
+    srv.cfg, srv.pro, srv.server_lr_factor = cfg, False, 1.0  # (Ferret's: a constant lr)
     srv.pool = SeedPool(np.arange(1, (BLOCKS if algorithm == "ferret" else 1) * K + 1))
     return srv
 
@@ -161,7 +161,7 @@ def _round(algorithm: str, contents: list[Any], caplog: pytest.LogCaptureFixture
     from fedtune.flower.hooks import aggregate, reply_check
     from fedtune.flower.loop import NodeRegistry, SampledGrid, collect
     from fedtune.strategies import build_strategy
-    from fedtune.strategies.trust import TrustPolicy
+    from fedtune.strategies.hooks import hooks_of
     from fedtune.wire.flower import to_arrayrecord
 
     srv = _server(algorithm)
@@ -186,10 +186,8 @@ def _round(algorithm: str, contents: list[Any], caplog: pytest.LogCaptureFixture
     assert all(": " in line.split("dropped reply from ", 1)[1] for line in dropped)
     if not got.valid:
         return
-    policy = TrustPolicy(srv.cfg.strategy, srv.cfg.zo.zo_seeds, srv.wire_dtype)
     names = [registry.name(r.metadata.src_node_id) for r in got.valid]
-    policy.weigh(got.valid, names)
-    policy.bound(got.valid, names, glob)
+    hooks_of(strategy).screen(got.valid, names, glob)  # the trust policy, when the chain has it
     new, _ = aggregate(strategy, srv, 1, got.valid)
     if new is None:
         return

@@ -297,13 +297,20 @@ def _variant_strategy(cfg: Config, algo: Algorithm) -> str:
         return (f"strategy='{name}' does not fit {key}: its aggregate is the exact product of "
                 "each client's factors, which an averaging strategy cannot form; use one of "
                 f"{', '.join(v.strategies)}.")
-    if name == "scaffold" and mixed:
-        return (f"strategy='scaffold' needs every client to train the whole global adapter, "
+    from fedtune.algorithms.fedit.variants import VARIANTS
+    from fedtune.strategies import entry
+
+    if not entry(name, algo.payload, algo.name).client_hook:
+        return ""  # only a strategy's client half needs the whole adapter on every client
+    if mixed:
+        return (f"strategy='{name}' needs every client to train the whole global adapter, "
                 f"which lora-ranks='{cfg.lora.lora_ranks}' (mixed ranks) does not; use "
                 "another strategy or drop lora-ranks.")
-    if name == "scaffold" and v.name != "fedit":
-        return (f"strategy='scaffold' needs every client to train the whole global adapter, "
-                f"which {key} does not; use another strategy or lora-aggregation='fedit'.")
+    if not v.trains_whole_adapter:
+        whole = [w.name for w in VARIANTS.values() if w.trains_whole_adapter]
+        return (f"strategy='{name}' needs every client to train the whole global adapter, "
+                f"which {key} does not; use another strategy or lora-aggregation="
+                f"'{whole[0]}'.")
     return ""
 
 

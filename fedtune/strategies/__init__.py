@@ -82,21 +82,21 @@ def _load(module: str) -> Any:
     return importlib.import_module(module if "." in module else f"fedtune.strategies.{module}")
 
 
+def _trust_active(cfg: Config) -> bool:
+    from fedtune.strategies.trust import active
+
+    return active(cfg.strategy)
+
+
 #: The strategy chain, innermost first: the configured strategy, then each wrapper whose setting
 #: is on. The trust policy reads each client's reply, so it sits inside differential privacy
 #: (which releases only a noised sum) and secure aggregation, outermost, which alone sees the
 #: masked replies. (module, whether the run needs it)
 CHAIN: list[tuple[str, Callable[[Config], bool]]] = [
-    ("trust", lambda cfg: _trust_active(cfg)),
+    ("trust", _trust_active),
     ("dp", lambda cfg: cfg.privacy.enabled),
     ("secagg", lambda cfg: cfg.secagg.enabled),
 ]
-
-
-def _trust_active(cfg: Config) -> bool:
-    from fedtune.strategies.trust import active
-
-    return active(cfg.strategy)
 
 
 def build_strategy(cfg: Config, payload: str, server: Any) -> Any:

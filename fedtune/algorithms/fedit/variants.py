@@ -40,6 +40,13 @@ class Variant:
     #                                   SCAFFOLD only with fedit at one rank: fedtune.compat)
 
     @property
+    def trains_whole_adapter(self) -> bool:
+        """Whether every client trains, uploads and is sent back the whole adapter, as a
+        strategy with a client half over every trainable parameter (SCAFFOLD) needs."""
+        return (self.shares == ALL and self.uploads == ALL and not self.frozen
+                and not self.local and not self.merges and not self.restarts)
+
+    @property
     def pads_ranks(self) -> bool:
         """Whether clients of other ranks are zero-padded to the global adapter's rank
         (``lora-r``), so no client's rank may exceed it (a merging variant stacks instead)."""

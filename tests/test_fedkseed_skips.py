@@ -107,7 +107,7 @@ def test_skipped_steps_are_left_out_of_the_upload_the_aggregate_and_pro(monkeypa
         np.testing.assert_array_equal(idx, [s.seed_index for s in taken])
         np.testing.assert_array_equal(g, np.array([s.g for s in taken], dtype=np.float32))
         assert np.all(g != 0.0)  # nothing uploaded is a placeholder
-        assert reply.content["metrics"]["skipped-steps"] == len(forced)
+        assert reply.content["metrics"].get("skipped-steps", 0) == len(forced)  # if any
         lengths.append(len(idx))
     assert lengths == [0, TAU - 3, TAU]
 
@@ -145,7 +145,7 @@ def test_default_zo_clip_uploads_every_step_bit_for_bit_as_before(monkeypatch):
         before = pack_pairs(np.array([s.seed_index for s in steps], np.int64), old, K)
         assert reply.content["zo"]["pairs"] == before
         assert len(pairs_of(reply)[0]) == TAU
-        assert reply.content["metrics"]["skipped-steps"] == 0
+        assert "skipped-steps" not in reply.content["metrics"]  # sent only when some were
 
 
 def _reply(n_pairs: int) -> Records:

@@ -16,8 +16,10 @@ FedKSeed (:mod:`fedtune.algorithms.fedkseed.model`) and Ferret build their model
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +43,30 @@ def pool_fingerprint(seeds: np.ndarray) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+IDENTITY = "identity"
+"""The round-config key of :func:`identity_digest` (sent instead of the identity's fields)."""
+
+
+def identity_digest(identity: dict[str, str | int]) -> str:
+    """128 bits of SHA-256 over the identity's fields (canonical JSON of their string values,
+    as :func:`identity_mismatch` compares them), base64url without padding: 22 characters on
+    the wire instead of every field, and as collision-resistant as the 128-bit model
+    fingerprint it covers."""
+    text = json.dumps({k: str(v) for k, v in identity.items()}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 def identity_mismatch(mine: dict[str, str | int], theirs: dict[str, object]) -> str | None:
     """One sentence naming what differs between this party's identity and the server's (a
-    round config: the keys it lacks are not compared)."""
+    round config: the fields it carries are compared by name, and its :data:`IDENTITY` digest,
+    if any, in full against the digest of all of this party's fields)."""
     differs = [k for k, v in mine.items() if k in theirs and str(theirs[k]) != str(v)]
+    if not differs and IDENTITY in theirs and str(theirs[IDENTITY]) != identity_digest(mine):
+        names = ["the model", "seed pool"] + [k for k in mine if k not in ("model", "pool")]
+        return (", ".join(names[:-1]) + " or " + names[-1] + " of this client differ from the "
+                "server's (its identity digest); run both with the same model, seed and "
+                "algorithm settings")
     if not differs:
         return None
     what = {"model": "the model (parameter names, shapes, dtypes or w0 weights)",

@@ -16,6 +16,7 @@ from fedtune.eval.central import CentralEvaluator
 from fedtune.models.loading import build_tiny, is_tiny
 from fedtune.payloads import Payload, SeedsPayload
 from fedtune.seeded import SeedPool, unpack_pairs
+from fedtune.seeded.shared import IDENTITY, identity_digest
 from fedtune.wire import Records, check_metrics
 
 STATE_FILE = "fedkseed-state.npz"
@@ -79,8 +80,10 @@ class FedKSeedServer(ServerHooks):
             return np.zeros(0, np.int64), f"bad {what} pairs: {err}"
 
     def train_config(self, server_round: int) -> dict[str, int | str | bytes]:
-        """What a version means (clients refuse a mismatch) and, for Pro, the importance."""
-        config: dict[str, int | str | bytes] = dict(self.zm.identity)
+        """What a version means (clients refuse a mismatch: the digest of the model's identity,
+        whose fields each client hashes itself and compares in full) and, for Pro, the
+        importance."""
+        config: dict[str, int | str | bytes] = {IDENTITY: identity_digest(self.zm.identity)}
         if self.pro:
             config["importance"] = encode_importance(self.pool)
         return config

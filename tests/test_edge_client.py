@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from client_app.app import app as client_app
 from fedtune.algorithms.fedkseed import model as zo_model
 from fedtune.data.synthetic import make_examples
+from fedtune.seeded.shared import IDENTITY, identity_digest
 from fedtune.wire.flower import recorddict_to_proto, to_arrayrecord
 from tests.conftest import small_config
 
@@ -99,15 +100,17 @@ def test_a_node_cache_spares_the_next_process_the_replay(tmp_path, one_thread):
 def test_a_client_of_another_model_refuses_the_round_naming_what_differs(tmp_path):
     cfg = small_config(**ZO)
     ctx = context(cfg, {"node-name": "site", "data-path": str(private_file(tmp_path))})
-    identity = {**server_identity(cfg), "model": "0" * 32, "zo-lr": "0.5"}
-    with pytest.raises(ValueError, match=r"the model \(parameter names, shapes, dtypes or w0 "
-                       r"weights\) and zo-lr of this client differ from the server's"):
+    other = {**zo_model.zo_model_for(cfg).identity, "model": "0" * 32, "zo-lr": "0.5"}
+    identity = {IDENTITY: identity_digest(other)}  # what that server's round config carries
+    with pytest.raises(ValueError, match=r"the model, seed pool, zo-lr or zo-eps of this client "
+                       r"differ from the server's \(its identity digest\)"):
         client_app(message("train", {"accumulated": np.zeros(32, np.float32)}, **identity), ctx)
 
 
 def server_identity(cfg) -> dict:
-    """What the server's round config says a version means (FedKSeedServer.train_config)."""
-    return dict(zo_model.zo_model_for(cfg).identity)
+    """What the server's round config says a version means (FedKSeedServer.train_config): the
+    digest of its identity."""
+    return {IDENTITY: identity_digest(zo_model.zo_model_for(cfg).identity)}
 
 
 def test_a_deployed_node_without_data_path_refuses_in_one_sentence(one_thread):

@@ -258,7 +258,11 @@ def algorithms_cmd(args: argparse.Namespace) -> int:
 
 
 def config_cmd(args: argparse.Namespace) -> int:
-    del args
+    if args.markdown:
+        from fedtune.config_help import markdown
+
+        print(markdown(), end="")
+        return 0
     for key, value in Config().to_flat().items():
         print(f"{key} = {json.dumps(value)}")
     return 0
@@ -320,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     algos.set_defaults(func=algorithms_cmd)
 
     conf = sub.add_parser("config", help="list every config key with its default")
+    conf.add_argument("--markdown", action="store_true",
+                      help="the config reference: a Markdown table of key, default, section, help")
     conf.set_defaults(func=config_cmd)
 
     plan = sub.add_parser("dp-plan", help="epsilon of a DP schedule, or the noise multiplier "

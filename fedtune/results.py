@@ -21,7 +21,7 @@ CLIENTS = "clients.jsonl"
 class OutputConfig:
     """The ``output`` config section: where the run folder goes."""
 
-    output_dir: str = "runs"
+    output_dir: str = "runs"  # where run folders go
     run_name: str = ""  # default: "<algorithm>-<objective>"
     run_dir: str = ""  # set by `fedtune simulate`; otherwise output-dir/run-name-timestamp
     resume: str = ""  # a run folder: continue it from its checkpoint (same config)

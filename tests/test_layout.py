@@ -22,7 +22,7 @@ MAX_LINES = 400
 #: other.
 LAYERS = [
     ("sections", r"fedtune$|fedtune\.(errors|seeding|logs|results|[\w.]+\.config)$"),
-    ("config", r"fedtune\.config$"),
+    ("config", r"fedtune\.config(_help)?$"),
     ("wire", r"fedtune\.wire(\..+)?$"),
     ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg)(\..+)?$"
                 r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint|driver)$"),

@@ -50,14 +50,18 @@ class DataConfig:
     # dataset name; a Natural Instructions folder; or a folder of local_training_<i>.json files
     data: str = "builtin"
     eval_data: str = ""  # centralized held-out file/folder; default: a seeded sample of `data`
-    examples_per_client: int = 160
+    examples_per_client: int = 160  # built-in data: training examples per client
     eval_examples: int = 96  # held-out examples for centralized evaluation (all categories)
     client_eval_examples: int = 16  # held-out examples per client for federated evaluation
     data_fields: str = ""  # e.g. "instruction=question,output=answer,category=topic"
-    partition: str = "auto"  # auto | iid | dirichlet | natural | shards
+    # auto (one client per file of a local_training_<i>.json folder, per task for Natural
+    # Instructions, else iid), iid, dirichlet, natural (one client per partition-by value) or
+    # shards; built-in data keeps its own split
+    partition: str = "auto"
     partition_by: str = "category"  # the record field that labels dirichlet/natural/shards
+    # Dirichlet concentration: smaller means stronger label skew per client
     dirichlet_alpha: float = 0.5
-    shards_per_client: int = 2
+    shards_per_client: int = 2  # shards: label-sorted shards per client (the FedIT split)
     data_tasks: str = ""  # Natural Instructions: training task list file or comma list
     eval_tasks: str = ""  # Natural Instructions: held-out task list file or comma list
     ni_max_input_chars: int = 1024  # keep instances whose input is shorter than this

@@ -9,9 +9,9 @@ from fedtune.errors import at_least_one, require
 
 @dataclass
 class EvalConfig:
-    eval_every: int = 1
-    eval_batch_size: int = 32
-    max_new_tokens: int = 16
+    eval_every: int = 1  # centralized evaluation every N rounds (and the last)
+    eval_batch_size: int = 32  # evaluation batch size
+    max_new_tokens: int = 16  # greedy generation length for exact match
 
     def validate(self) -> None:
         at_least_one(eval_every=self.eval_every, eval_batch_size=self.eval_batch_size)

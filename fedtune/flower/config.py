@@ -10,13 +10,13 @@ from fedtune.errors import at_least_one, require
 @dataclass
 class ServerConfig:
     num_server_rounds: int = 0  # 0 = auto: 12 for objective=sft, 20 for objective=dpo
-    fraction_train: float = 0.5
-    min_train_nodes: int = 2
+    fraction_train: float = 0.5  # share of nodes sampled per round
+    min_train_nodes: int = 2  # fewest nodes per round; a round with fewer valid replies is skipped
     min_available_nodes: int = 2  # wait for this many nodes before round 1 (simulate: all)
-    fraction_evaluate: float = 0.25
-    min_evaluate_nodes: int = 1
+    fraction_evaluate: float = 0.25  # share of nodes for federated evaluation (0 = off)
+    min_evaluate_nodes: int = 1  # fewest nodes for federated evaluation
     round_timeout: float = 600.0  # seconds to wait for replies before aggregating what arrived
-    seed: int = 0
+    seed: int = 0  # run seed: sampling, batches, dropout, LoRA init, data
 
     def validate(self) -> None:
         at_least_one(num_server_rounds=self.num_server_rounds,

@@ -14,8 +14,10 @@ class ModelConfig:
     model: str = "tiny"  # "tiny" (built in, no download), a Hugging Face hub id, or a local folder
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     device: str = "auto"  # auto: cuda when available, else cpu
+    # tokens per example (prompt + response); longer responses are cut, examples with no response
+    # left are dropped
     max_seq_len: int = 128
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # trade compute for activation memory in local rounds
     # CUDA only: deterministic kernels and cuBLAS workspace (fedtune.seeding.deterministic_cuda)
     deterministic: bool = True
 

@@ -18,6 +18,7 @@ class PrivacyConfig:
     upload, so the server never sees an unclipped update (it still enforces the bound).
     """
 
+    # off, server (the server clips each reply) or client (each node clips before upload)
     dp: str = "off"
     dp_noise_multiplier: float = 1.0  # z: noise std on the sum = z x dp-clip-norm
     dp_clip_norm: float = 0.0  # C, the L2 bound of one client's contribution; 0 = auto

@@ -14,7 +14,7 @@ class SecAggConfig:
     """SecAgg+ (Bell et al., CCS 2020): the server learns only the sum of the sampled clients'
     quantised updates, even when some drop out."""
 
-    secagg: str = "off"  # off | on
+    secagg: str = "off"  # on: the server learns only the sum of the sampled clients' updates
     secagg_neighbours: int = 0  # k, each client's neighbourhood; 0 = auto (all up to 32)
     secagg_threshold: float = 0.0  # shares needed, as a fraction of k (> 0.5); 0 = auto
     secagg_clip_range: float = 0.0  # values are clipped to +-R before quantising; 0 = auto

@@ -18,6 +18,7 @@ EXAMPLE_WEIGHTS = ("auto", "reported", "capped", "equal")
 class StrategySection:
     """Which strategy aggregates the clients' updates (see :mod:`fedtune.strategies`)."""
 
+    # server strategy; must fit the algorithm (`fedtune algorithms` lists them)
     strategy: str = "fedavg"
     server_lr: float = 0.0  # 0: 1.0 for fedavgm, 1e-3 for fedadam/fedyogi/fedadagrad
     server_momentum: float = 0.9  # fedavgm
@@ -27,8 +28,10 @@ class StrategySection:
     prox_mu: float = 0.01  # fedprox: weight of the proximal term
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     krum_malicious: int = 1  # krum: number of malicious clients to tolerate
-    # trust policy, applied by the round loop before any strategy sees the replies
-    example_weights: str = "auto"  # reported | capped | equal | auto (see EXAMPLE_WEIGHTS)
+    # Trust policy (applied by the round loop before any strategy sees the replies), the clients'
+    # weights: reported (as each client says), capped (at most max-examples, or max-examples-ratio x
+    # the round's median report), equal; auto = capped through a SuperLink, reported in simulation
+    example_weights: str = "auto"
     max_examples: int = 0  # capped: each client's weight <= this; 0 = a multiple of the median
     max_examples_ratio: float = 3.0  # capped, max-examples=0: <= ratio x the round's median
     max_update_norm_ratio: float = 0.0  # > 0: updates scaled to <= ratio x the median norm

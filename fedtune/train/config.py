@@ -16,19 +16,21 @@ OPTIMIZERS = ("adamw", "sgd")  # local optimizers (fedtune.train.local.make_opti
 
 @dataclass
 class TrainConfig:
-    algorithm: str = "fedit"  # a name in fedtune.algorithms' registry
-    objective: str = "sft"
-    local_steps: int = 20
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-3
+    # fedit, fedkseed, fedkseed-pro, ferret, full-ft (every weight, FedAvg); baselines local (each
+    # client alone) and centralized (all data pooled); `fedtune algorithms` lists them
+    algorithm: str = "fedit"
+    objective: str = "sft"  # sft (instruction tuning) or dpo (preference pairs)
+    local_steps: int = 20  # optimizer steps per client per round
+    batch_size: int = 8  # examples per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-3  # peak learning rate (AdamW)
     lr_schedule: str = "cosine"  # across rounds; constant within a round
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    min_lr_ratio: float = 0.1  # final lr / peak lr for cosine and linear
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     # DPO (objective=dpo; Rafailov et al., 2023): beta, loss (sigmoid | ipo), label smoothing
     dpo_beta: float = 0.0  # 0 = auto: 0.5 on `tiny` (a random start learns faster), else 0.1
-    dpo_loss: str = "sigmoid"
+    dpo_loss: str = "sigmoid"  # sigmoid (DPO) or ipo (IPO, token-averaged as in TRL)
     dpo_label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed label noise
     dpo_sft_weight: float = 0.0  # + weight x NLL of the chosen responses (RPO); 0 = pure DPO
     init_adapter: str = ""  # FedIT: start from (and use as the DPO reference) this PEFT adapter

@@ -15,16 +15,19 @@ RESTART_INITS = ("shared", "fresh")
 
 @dataclass
 class LoraSection:
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA alpha (scale alpha/r)
+    lora_dropout: float = 0.05  # LoRA dropout
     # "all-linear" (every linear layer but the head), "auto" (peft's table for the model type)
     # or a comma list of layer names (fedtune.models.targets)
     lora_target_modules: str = "all-linear"
     # "auto": train embeddings and LM head too when the base is randomly initialised (the
     # `tiny` preset), since LoRA alone barely moves a random base; "" for none; or a comma list.
     lora_modules_to_save: str = "auto"
-    lora_aggregation: str = "fedit"  # fedit | ffa | fedsa | flora | fedex
+    # how the server combines adapters: fedit (average A and B), ffa (A frozen, B averaged), fedsa
+    # (A shared, B personal), flora (stacked factors merged into the base), fedex (average + exact
+    # residual merged into the base)
+    lora_aggregation: str = "fedit"
     # Simulation: client ranks by partition id ("4,8,16": partition i gets the (i mod 3)-th);
     # "" = every client uses lora-r. A deployed node sets its own with --node-config "lora-r=8".
     lora_ranks: str = ""

@@ -19,7 +19,7 @@ class ZOConfig:
     """FedKSeed (Qin et al., ICML 2024). Paper defaults: K=4096, tau=200, eps=5e-4, lr=3e-7
     for 1.3B parameters."""
 
-    zo_seeds: int = 4096  # K, the fixed seed pool
+    zo_seeds: int = 4096  # K, the fixed seed pool (at most 7,576: the exact versions' sums)
     zo_steps: int = 200  # tau, ZO steps per client per round (batch: batch-size)
     zo_lr: float = 0.0  # constant; 0 = auto from the parameter count
     zo_eps: float = 0.0  # perturbation scale; 0 = auto

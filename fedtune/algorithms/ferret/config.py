@@ -19,7 +19,7 @@ class FerretConfig:
     equal client weights; see ``simulations/recipes/ferret-ni.toml``."""
 
     ferret_seeds: int = 200  # K: the shared seed pool; each block projects onto up to K of them
-    ferret_lr: float = 0.0  # the local optimizer's lr; 0 = auto (:func:`ferret_lr`)
+    ferret_lr: float = 0.0  # the local optimizer's lr; 0 = auto: 0.1 on `tiny`, else by size
     ferret_server_lr: float = 1.0  # eta_s: w <- w - eta_s * mean of the reconstructed updates
     # eta_s across rounds (the official --anneal): constant, or linear / cosine towards 0 at
     # round R + 1 (:func:`fedtune.train.schedule.server_lr`)

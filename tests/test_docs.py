@@ -1,0 +1,55 @@
+"""The documentation site: every config key has a one-line help in its dataclass (the config
+reference is rendered from it), and ``mkdocs build --strict`` passes."""
+
+import os
+import subprocess
+import sys
+
+from fedtune.config import Config
+from fedtune.config_help import field_comments, key_help, markdown, missing_help
+from tests.conftest import ROOT
+
+
+def test_every_config_key_has_help():
+    assert not missing_help(), f"config keys without a `# comment` in their dataclass: " \
+        f"{missing_help()}"
+    assert [k.key for k in key_help()] == list(Config().to_flat())
+
+
+def test_help_is_read_from_trailing_and_preceding_comments():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Section:
+        a: int = 1  # trailing help
+        # a block above,
+        # two lines
+        b: str = "x"
+        c: float = 0.0
+
+    assert field_comments(Section) == {"a": "trailing help", "b": "a block above, two lines",
+                                       "c": ""}
+
+
+def test_reference_table_has_every_key_with_default_and_section():
+    table = markdown()
+    for k in key_help():
+        assert f"| `{k.key}` |" in table and f" | {k.section} | " in table
+    assert '| `lora-r` | `16` | lora | LoRA rank |' in table
+    assert "<i>" not in table  # angle brackets escaped
+
+
+def test_config_markdown_command_prints_the_reference(capsys):
+    from fedtune.cli import main
+
+    assert main(["config", "--markdown"]) == 0
+    assert capsys.readouterr().out == markdown()
+
+
+def test_mkdocs_build_strict(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+                           "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "config" / "index.html").exists()

@@ -1,0 +1,169 @@
+"""``fedtune evaluate``: lm-evaluation-harness on a run's final model (issue #28 item 2).
+
+One-round runs of FedIT, FedKSeed and Ferret on the `tiny` preset (in-process grid), scored on
+the shipped local task ``fedtune_mc`` (a few documents) and on a task YAML this file writes
+itself (a generation task in a format fedtune never wrote); the user errors, each one sentence
+and exit 2 before any model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from fedtune.cli import main as cli  # noqa: E402
+from fedtune.eval import harness  # noqa: E402
+from fedtune.eval.harness_task import documents, write_task  # noqa: E402
+from tests.inprocess_grid import simulate_in_process  # noqa: E402
+
+SMALL = ("num-server-rounds=1 local-steps=1 batch-size=2 examples-per-client=4 eval-examples=4 "
+         "client-eval-examples=2 max-new-tokens=1 fraction-evaluate=0.0")
+EXTRA = {"fedit": "", "fedkseed": " zo-seeds=16 zo-steps=2", "ferret": " ferret-seeds=8"}
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tasks")
+    write_task(folder, n=8)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("runs")
+    made = {}
+    for algorithm, extra in EXTRA.items():
+        assert simulate_in_process(["--algorithm", algorithm, "--num-clients", "2", "--output-dir",
+                                    str(out), "--name", algorithm,
+                                    "--run-config", SMALL + extra]) == 0
+        (made[algorithm],) = out.glob(f"{algorithm}-*")
+    return made
+
+
+def evaluate(*args: str) -> int:
+    return cli(["evaluate", *args])
+
+
+@pytest.mark.parametrize("algorithm", list(EXTRA))
+def test_evaluate_writes_lm_eval_json_and_prints_the_table(algorithm, runs, task_dir, capsys):
+    run = runs[algorithm]
+    assert evaluate(str(run), "--tasks", "fedtune_mc", "--include-path", str(task_dir),
+                    "--limit", "4", "--batch-size", "4") == 0
+    out = capsys.readouterr().out
+    assert "|fedtune_mc|" in out and "|acc     |" in out and "results written to" in out
+    results = json.loads((run / "lm-eval.json").read_text())
+    row = results["results"]["fedtune_mc"]
+    assert 0.0 <= row["acc,none"] <= 1.0 and results["n-samples"]["fedtune_mc"]["effective"] == 4
+    assert results["config"]["fedtune_run"] == str(run)
+    assert results["config"]["algorithm"] == algorithm
+    assert harness.scores(results)["lm-eval/fedtune_mc/acc"] == row["acc,none"]
+
+
+def test_the_task_is_held_out_seeded_and_well_formed():
+    from fedtune.data.synthetic import CATEGORIES, is_held_out
+
+    docs = documents(40, seed=3)
+    assert docs == documents(40, seed=3) and docs != documents(40, seed=4)
+    assert [d["category"] for d in docs] == [c for c in CATEGORIES for _ in range(10)]
+    for d in docs:
+        assert len(set(d["choices"])) == len(d["choices"]) == (
+            2 if d["category"] in ("parity", "larger") else 4)
+        text = d["prompt"].split("### Input:\n")[1].split("\n")[0]
+        assert is_held_out(d["category"], text) and d["prompt"].endswith("### Response:\n")
+    labels = {d["label"] for d in docs if d["category"] == "first"}
+    assert len(labels) > 1  # the right answer is not always in one place
+
+
+def test_a_task_kept_back_from_developers_runs(runs, tmp_path, capsys):
+    """A generation task with its own fields, Jinja prompt and metric, written here."""
+    data = tmp_path / "held.json"
+    data.write_text(json.dumps([{"q": "Give the first word.", "x": "cat dog", "a": "cat"},
+                                {"q": "Which number is larger?", "x": "3 9", "a": "9"}]))
+    (tmp_path / "held_back.yaml").write_text(f"""\
+task: held_back
+dataset_path: json
+dataset_kwargs:
+  data_files: {{validation: {json.dumps(str(data))}}}
+validation_split: validation
+output_type: generate_until
+doc_to_text: "### Instruction:\\n{{{{q}}}}\\n\\n### Input:\\n{{{{x}}}}\\n\\n### Response:\\n"
+doc_to_target: "{{{{a}}}}"
+generation_kwargs: {{until: ["\\n"], max_gen_toks: 3, do_sample: false}}
+metric_list:
+  - {{metric: exact_match, aggregation: mean, higher_is_better: true}}
+""")
+    assert evaluate(str(runs["fedit"]), "--tasks", "held_back", "--include-path",
+                    str(tmp_path)) == 0
+    assert "|held_back|" in capsys.readouterr().out
+    row = json.loads((runs["fedit"] / "lm-eval.json").read_text())["results"]["held_back"]
+    assert row["exact_match,none"] in (0.0, 0.5, 1.0)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any attempt to load a run's model fails the test: the errors come before it."""
+    from fedtune import cli as cli_module
+
+    def refuse(run_dir):
+        raise AssertionError("the model loaded before the error")
+
+    monkeypatch.setattr(cli_module, "_run_model", refuse)
+
+
+def one_sentence(capsys, *args: str) -> str:
+    assert evaluate(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedtune: ") and err.count("\n") == 0 and "Traceback" not in err
+    return err
+
+
+def test_user_errors_are_one_sentence_before_the_model_loads(runs, task_dir, tmp_path, capsys,
+                                                             no_model, monkeypatch):
+    run, tasks = str(runs["fedit"]), ["--include-path", str(task_dir)]
+    assert "not a fedtune run folder" in one_sentence(capsys, str(tmp_path / "nope"), "--tasks",
+                                                      "fedtune_mc")
+    assert "not a folder" in one_sentence(capsys, run, "--tasks", "x", "--include-path",
+                                          str(tmp_path / "nope"))
+    assert "--batch-size 'big'" in one_sentence(capsys, run, "--tasks", "fedtune_mc", *tasks,
+                                                "--batch-size", "big")
+    assert "--limit 2.5" in one_sentence(capsys, run, "--tasks", "fedtune_mc", "--limit", "2.5")
+    assert "--tasks names no task" in one_sentence(capsys, run, "--tasks", " , ")
+    (tmp_path / "bad.yaml").write_text(
+        "task: bad_data\ndataset_path: json\ndataset_kwargs: {data_files: {test: /nonexistent/"
+        "x.jsonl}}\ntest_split: test\noutput_type: multiple_choice\ndoc_to_text: q\n"
+        "doc_to_choice: c\ndoc_to_target: 0\n")
+    assert "could not load the task(s) bad_data" in one_sentence(
+        capsys, run, "--tasks", "bad_data", "--include-path", str(tmp_path))
+    # lm-eval's own ~15,000 task files are indexed for a name not found locally: here only the
+    # local folder is (seconds saved), which changes nothing in the check
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setattr(harness, "_all_tasks", lambda path: TaskManager(
+        include_path=path, include_defaults=False))
+    err = one_sentence(capsys, run, "--tasks", "fedtune_mc,no_such_task", *tasks)
+    assert "Task 'no_such_task' is not in lm-eval's tasks or under" in err
+    monkeypatch.setitem(__import__("sys").modules, "lm_eval", None)
+    assert '.[eval]' in one_sentence(capsys, run, "--tasks", "fedtune_mc", *tasks)
+
+
+def test_a_run_without_a_final_model_is_one_sentence(runs, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((runs["fedit"] / "config.json").read_text())
+    assert "has no saved fedit result" in one_sentence(
+        capsys, str(unfinished), "--tasks", "fedtune_mc", "--include-path",
+        str(write_task(tmp_path / "t", n=4).parent))
+
+
+def test_json_safe_and_scores():
+    import numpy as np
+
+    safe = harness.json_safe({"a": np.float32(0.5), "b": float("nan"), "c": (1, np.int64(2)),
+                              "d": np.dtype("float32"), 3: None})
+    assert safe == {"a": 0.5, "b": None, "c": [1, 2], "d": "float32", "3": None}
+    assert harness.scores({"results": {"t": {"alias": "t", "acc,none": 0.25, "f1,strict": 1,
+                                             "acc_stderr,none": "N/A"}}}) == {
+        "lm-eval/t/acc": 0.25, "lm-eval/t/f1-strict": 1.0}

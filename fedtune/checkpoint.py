@@ -31,9 +31,10 @@ import numpy as np
 CHECKPOINT = "checkpoint.npz"
 
 # Keys that may differ between the original run and its resumption: where results go and how
-# long to wait, nothing that changes what is computed.
+# long to wait, nothing that changes what is computed (report-to: a resumed run may add a
+# tracker, which then gets the rounds so far).
 RESUMABLE_CHANGES = frozenset({"resume", "run-dir", "output-dir", "run-name", "round-timeout",
-                               "cache-dir", "node-state-dir", "device"})
+                               "cache-dir", "node-state-dir", "device", "report-to"})
 
 
 class CheckpointError(RuntimeError):

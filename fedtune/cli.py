@@ -142,6 +142,9 @@ def simulate(args: argparse.Namespace) -> int:
 
     model_source(cfg.model.model)
     load_tokenizer(cfg.model.model)  # a folder without tokenizer files, an unreachable hub id
+    from fedtune.tracking import check_trackers, parse_report_to
+
+    check_trackers(parse_report_to(cfg.output.report_to))  # installed, and able to start
     if cfg.output.resume and not algorithm.federated:
         raise ConfigError(f"--resume applies to federated runs, not to '{algorithm.name}'.")
     if cfg.output.resume and num_clients != cfg.server.min_available_nodes:

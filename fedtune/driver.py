@@ -1,6 +1,7 @@
-"""The one run driver: a run's folder, its progress lines and its finish, for a Flower run
-(:mod:`fedtune.flower.server`) and an in-process baseline (:mod:`fedtune.algorithms.baselines`)
-alike. The rounds themselves are the caller's."""
+"""The one run driver: a run's folder, its progress lines, its experiment trackers
+(``report-to``) and its finish, for a Flower run (:mod:`fedtune.flower.server`) and an
+in-process baseline (:mod:`fedtune.algorithms.baselines`) alike. The rounds themselves are the
+caller's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fedtune.plot import plot_metrics
 from fedtune.progress import final_table, round_line
 from fedtune.results import RunWriter, new_run_dir
+from fedtune.tracking import RunInfo, open_trackers, parse_report_to
 
 if TYPE_CHECKING:
     from fedtune.config import Config
@@ -19,8 +21,9 @@ if TYPE_CHECKING:
 
 class RunDriver:
     """A new run folder (``output-dir/<name>-<time>`` or ``run-dir``), or with ``resume_rows``
-    the resumed folder ``resume`` holding those rows; rows go to ``metrics.jsonl`` and, one
-    line each, to the console."""
+    the resumed folder ``resume`` holding those rows; rows go to ``metrics.jsonl``, to the
+    trackers of ``report-to`` (a resumed run continues their runs) and, one line each, to the
+    console."""
 
     def __init__(self, cfg: Config, headline: str,
                  resume_rows: list[dict[str, Any]] | None = None) -> None:
@@ -34,6 +37,13 @@ class RunDriver:
             self.dir = new_run_dir(cfg)
             self.writer = RunWriter(self.dir, cfg)
             print(f"fedtune: {headline}, results in {self.dir}", flush=True)
+        names = parse_report_to(cfg.output.report_to)
+        info = RunInfo(self.dir, cfg.name, cfg.train.algorithm, cfg.train.objective,
+                       cfg.to_flat(),
+                       resumed_round=resume_rows[-1]["round"] if resume_rows else None)
+        self.trackers = open_trackers(names, info, self.writer.rows)
+        if self.trackers.open:
+            print(f"fedtune: tracking to {self.trackers.describe()}", flush=True)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -41,6 +51,7 @@ class RunDriver:
 
     def log(self, row: dict[str, Any]) -> None:
         self.writer.log_round(row)
+        self.trackers.log_row(self.writer.rows[-1])
         print(round_line(row, self.cfg.server.num_server_rounds), flush=True)
 
     def finish(self, result: Path, title: str, report: dict[str, Any] | None = None) -> Path:
@@ -54,6 +65,7 @@ class RunDriver:
         skipped = skipped_rounds(self.rows)
         self.writer.write_summary({"result": str(result), **skipped, **(report or {})})
         plot_metrics(self.rows, self.dir / "metrics.png", f"{self.cfg.name}: {title}")
+        self.trackers.finish([Path(result), self.dir / "summary.json", self.dir / "metrics.png"])
         print(final_table(self.rows[0], self.rows[-1]), flush=True)
         print(f"result: {result}\nplot: {self.dir / 'metrics.png'}", flush=True)
         if skipped["skipped_rounds"]:  # every round skipped is a failed run: on stderr

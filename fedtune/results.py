@@ -33,9 +33,17 @@ class OutputConfig:
     # them: replayed FedKSeed/Ferret model versions, DPO reference log-probabilities ("" = no
     # sharing; `fedtune simulate` points it into the run folder).
     cache_dir: str = ""
+    # experiment trackers that get every metrics row, the config and the final model: a comma
+    # list of tensorboard, mlflow, wandb, or none (`pip install -e ".[tracking]"`)
+    report_to: str = "none"
 
     def validate(self) -> None:
-        """Any folder names are valid; resume's checkpoint is checked when the run starts."""
+        """Any folder names are valid; resume's checkpoint is checked when the run starts;
+        ``report-to`` names known trackers (whether they are installed is checked before the
+        engine starts: :func:`fedtune.tracking.check_trackers`)."""
+        from fedtune.tracking.base import parse_report_to
+
+        parse_report_to(self.report_to)
 
 
 def new_run_dir(cfg: Config) -> Path:

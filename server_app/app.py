@@ -10,6 +10,7 @@ from fedtune.config import Config
 from fedtune.flower.server import run_server
 from fedtune.logs import quiet_third_party
 from fedtune.strategies.trust import resolve_weights
+from fedtune.tracking import check_trackers, parse_report_to
 
 quiet_third_party()
 app = ServerApp()
@@ -25,4 +26,5 @@ def main(grid: Grid, context: Context) -> None:
     resolve_weights(cfg.strategy, deployed=deployed, masked=cfg.secagg.enabled)
     privacy = cfg.privacy
     privacy.check_population(privacy.population(cfg.server.min_available_nodes), deployed)
+    check_trackers(parse_report_to(cfg.output.report_to))  # report-to: installed, can start
     run_server(grid, cfg, run_id=context.run_id)

@@ -5,8 +5,8 @@ The commands are not written in this file: they are read from ``docs/deployment.
 blocks marked ``<!-- run: NAME -->``) and run with ``bash`` exactly as a reader would paste
 them, with the guide's variables (``$CERTS``, ``$PORT``, ``$NAME``, ...) set to a temporary
 folder and free ports. So the guide is the one source of the command lines: a change there is
-what this test runs, and a guide command that breaks fails here. (The README's deployment section
-points to the guide instead of repeating the commands.)
+what this test runs, and a guide command that breaks fails here. (The deployment overview,
+docs/deployment-overview.md, points to the guide instead of repeating the commands.)
 
 Costs: every message starts a new ClientApp process (torch + transformers import) on a node, so
 the runs are few and small (2 rounds, 2 local steps, 8 held-out examples) and each checks
@@ -127,11 +127,11 @@ def test_guide_blocks_and_variables_agree_with_this_test():
     Config.from_flat(example)  # every key exists and every value is valid
 
 
-def test_readme_quotes_the_guides_commands():
-    """The README's deployment section quotes commands; each must be (part of) a guide block
-    that this module runs."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Deployment on real machines", 1)[1].split("\n## ", 1)[0]
+def test_overview_quotes_the_guides_commands():
+    """The deployment overview (docs/deployment-overview.md) quotes commands; each must be (part
+    of) a guide block that this module runs."""
+    page = (ROOT / "docs" / "deployment-overview.md").read_text()
+    section = page.split("# Deployment on real machines", 1)[1].split("\n## ", 1)[0]
 
     def norm(text: str) -> str:
         return " ".join(text.replace("\\\n", " ").split())
@@ -141,7 +141,8 @@ def test_readme_quotes_the_guides_commands():
               if q.startswith(("fedtune ", "flwr ", "flower-"))]
     assert len(quoted) >= 8
     for command in quoted:
-        assert any(command in run for run in runs), f"README quotes '{command}', not in the guide"
+        assert any(command in run for run in runs), \
+            f"the overview quotes '{command}', not in the guide"
 
 
 def _check_run(c: Cluster, run_id: int, run_dir: Path, log: str, rounds: int = 2,

@@ -1,7 +1,9 @@
 """The documentation site: every config key has a one-line help in its dataclass (the config
-reference is rendered from it), and ``mkdocs build --strict`` passes."""
+reference is rendered from it), ``mkdocs build --strict`` passes, and the README stays a
+short entry point that links existing pages."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -53,3 +55,15 @@ def test_mkdocs_build_strict(tmp_path):
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "config" / "index.html").exists()
+
+
+def test_readme_is_short_keeps_the_two_commands_and_links_existing_pages():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    assert ("pip install torch==2.13.0 -e . && fedtune simulate\n" in readme
+            and 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q\n' in readme)
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert len(links) >= 15
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"README links pages that do not exist: {missing}"
+    assert "docs/default-run.png" in readme

@@ -1,5 +1,5 @@
-"""README's "Extending fedtune": its example is the real ``full-ft`` folder, and that algorithm
-runs through the ServerApp and ClientApp with the strategies that fit it."""
+"""docs/extending.md ("Extending fedtune"): its example is the real ``full-ft`` folder, and
+that algorithm runs through the ServerApp and ClientApp with the strategies that fit it."""
 
 import json
 import re
@@ -18,11 +18,11 @@ from tests.inprocess_grid import InProcessGrid
 BLOCK = re.compile(r"<!-- extending-example: (\S+) -->\n```python\n(.*?)```", re.S)
 
 
-def test_readme_example_is_the_real_folder():
-    blocks = BLOCK.findall((ROOT / "README.md").read_text())
-    assert blocks, "README has no extending-example block"
+def test_docs_example_is_the_real_folder():
+    blocks = BLOCK.findall((ROOT / "docs" / "extending.md").read_text())
+    assert blocks, "docs/extending.md has no extending-example block"
     for path, code in blocks:
-        assert (ROOT / path).read_text() == code, f"README's copy of {path} is stale"
+        assert (ROOT / path).read_text() == code, f"docs/extending.md's copy of {path} is stale"
     assert "full-ft" in REGISTRY
 
 

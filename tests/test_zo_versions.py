@@ -148,8 +148,8 @@ def test_a_version_on_cuda_has_the_bits_of_the_cpu_one():
 
 
 def test_the_documented_quantisation_bound_is_the_one_the_constants_give():
-    """README and the module's docstring state the bound; it is recomputed here from the store's
-    quantum, the table's max |z| and K, and a random A's rounding stays within it."""
+    """docs/fedkseed.md and the module's docstring state the bound; it is recomputed here from
+    the store's quantum, the table's max |z| and K, and a random A's rounding stays within it."""
     from pathlib import Path
 
     from fedtune.seeded import versions
@@ -160,7 +160,7 @@ def test_the_documented_quantisation_bound_is_the_one_the_constants_give():
     worst, rms = versions.quantisation_error(k)
     assert worst == k * 2.0 ** -(versions.A_FRAC_BITS + 1) * max_z
     assert f"{worst:.3g}" == "0.135" and f"{rms:.2g}" == "0.00028"
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "fedkseed.md").read_text()
     doc = " ".join(versions.__doc__.split())
     assert f"{max_z:.4g}" in doc and "0.135 * lr at K = 4096" in doc and "2.8e-4 * lr" in doc
     assert "= 0.135·lr at K = 4096" in readme and "RMS 2.8e-4·lr" in readme

@@ -43,12 +43,33 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: Hugging Face's offline flags set and every internet socket refused."""
+    import socket
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    real = socket.socket.connect
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise OSError(f"network used: {address}")
+        return real(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
 def evaluate(*args: str) -> int:
     return cli(["evaluate", *args])
 
 
 @pytest.mark.parametrize("algorithm", list(EXTRA))
-def test_evaluate_writes_lm_eval_json_and_prints_the_table(algorithm, runs, task_dir, capsys):
+def test_evaluate_writes_lm_eval_json_and_prints_the_table(algorithm, runs, task_dir, capsys,
+                                                           offline):
     run = runs[algorithm]
     assert evaluate(str(run), "--tasks", "fedtune_mc", "--include-path", str(task_dir),
                     "--limit", "4", "--batch-size", "4") == 0
@@ -167,3 +188,24 @@ def test_json_safe_and_scores():
     assert harness.scores({"results": {"t": {"alias": "t", "acc,none": 0.25, "f1,strict": 1,
                                              "acc_stderr,none": "N/A"}}}) == {
         "lm-eval/t/acc": 0.25, "lm-eval/t/f1-strict": 1.0}
+
+
+def test_scores_reach_the_runs_tensorboard(tmp_path, task_dir, capsys):
+    """A run with report-to='tensorboard': the scores land in its event file at its last
+    round, read back with TensorBoard's own reader."""
+    tracking = pytest.importorskip("fedtune.tracking")
+    if not hasattr(tracking, "log_final_metrics"):
+        pytest.skip("fedtune.tracking cannot reopen a run's trackers")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert simulate_in_process(["--num-clients", "2", "--output-dir", str(tmp_path),
+                                "--run-config", SMALL + " report-to='tensorboard'"]) == 0
+    (run,) = tmp_path.glob("fedit-*")
+    assert evaluate(str(run), "--tasks", "fedtune_mc", "--include-path", str(task_dir),
+                    "--limit", "2") == 0
+    assert "logged to tensorboard" in capsys.readouterr().out
+    acc = json.loads((run / "lm-eval.json").read_text())["results"]["fedtune_mc"]["acc,none"]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lm-eval/fedtune_mc/acc")] == [(1, acc)]

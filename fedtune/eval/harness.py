@@ -197,7 +197,8 @@ def scores(results: dict[str, Any]) -> dict[str, float]:
     for section in ("results", "groups"):
         for task, metrics in results.get(section, {}).items():
             for key, value in metrics.items():
-                if key == "alias" or isinstance(value, bool) or not isinstance(value, int | float):
+                if key in ("alias", "sample_len") or isinstance(value, bool) or not isinstance(
+                        value, int | float):
                     continue
                 metric, _, filt = key.partition(",")
                 name = metric if filt in ("", "none") else f"{metric}-{filt}"
@@ -223,8 +224,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def log_to_trackers(run_dir: Path, values: dict[str, float]) -> list[str]:
-    """Hook: the scores into the run's experiment trackers (``report-to``), if fedtune's
-    tracking package can reopen them; the names of the trackers written (none otherwise)."""
+    """The scores into the run's experiment trackers (its ``report-to``), reopened by
+    :func:`fedtune.tracking.log_final_metrics` at the run's last round; the names of the
+    trackers written (none when the run had none, or fedtune.tracking is absent)."""
     try:
         from fedtune import tracking
     except ImportError:

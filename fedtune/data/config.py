@@ -53,7 +53,9 @@ class DataConfig:
     examples_per_client: int = 160  # built-in data: training examples per client
     eval_examples: int = 96  # held-out examples for centralized evaluation (all categories)
     client_eval_examples: int = 16  # held-out examples per client for federated evaluation
-    data_fields: str = ""  # e.g. "instruction=question,output=answer,category=topic"
+    # map your fields to `instruction`, `input`, `output`, `category` or `messages`, e.g.
+    # `instruction=question,output=answer,category=topic`
+    data_fields: str = ""
     # auto (one client per file of a local_training_<i>.json folder, per task for Natural
     # Instructions, else iid), iid, dirichlet, natural (one client per partition-by value) or
     # shards; built-in data keeps its own split
@@ -62,13 +64,23 @@ class DataConfig:
     # Dirichlet concentration: smaller means stronger label skew per client
     dirichlet_alpha: float = 0.5
     shards_per_client: int = 2  # shards: label-sorted shards per client (the FedIT split)
-    data_tasks: str = ""  # Natural Instructions: training task list file or comma list
-    eval_tasks: str = ""  # Natural Instructions: held-out task list file or comma list
-    ni_max_input_chars: int = 1024  # keep instances whose input is shorter than this
-    ni_min_instances: int = 20  # keep training tasks with at least this many instances
-    ni_sample_fraction: float = 0.2  # share of each training task's instances used
-    ni_eval_min: int = 20  # held-out instances per task: up to max(ni-eval-min, ...
-    ni_eval_fraction: float = 0.02  # ... ni-eval-fraction of the task's instances)
+    # Natural Instructions: training tasks, a list file (a path, or relative to `data`) or a comma
+    # list; empty = every task file
+    data_tasks: str = ""
+    # Natural Instructions: held-out tasks for the server (from `eval-data`, else `data`), never
+    # trained on
+    eval_tasks: str = ""
+    # Natural Instructions: keep instances whose input is shorter than this (FedKSeed)
+    ni_max_input_chars: int = 1024
+    # Natural Instructions: keep training tasks with at least this many instances (FedKSeed)
+    ni_min_instances: int = 20
+    # Natural Instructions: share of each training task's instances sampled, seeded (FedKSeed)
+    ni_sample_fraction: float = 0.2
+    # Natural Instructions: held-out instances per task, up to max(`ni-eval-min`, `ni-eval-fraction`
+    # × n); `eval-examples` does not cap them
+    ni_eval_min: int = 20
+    # Natural Instructions: see `ni-eval-min` (FedKSeed: max(20, 2%))
+    ni_eval_fraction: float = 0.02
 
     def validate(self) -> None:
         at_least_one(examples_per_client=self.examples_per_client,

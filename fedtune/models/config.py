@@ -12,7 +12,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 @dataclass
 class ModelConfig:
     model: str = "tiny"  # "tiny" (built in, no download), a Hugging Face hub id, or a local folder
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    # `auto` (bfloat16 on CUDA, float32 on CPU), `float32`, `bfloat16`, `float16`
+    dtype: str = "auto"
     device: str = "auto"  # auto: cuda when available, else cpu
     # tokens per example (prompt + response); longer responses are cut, examples with no response
     # left are dropped

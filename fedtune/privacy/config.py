@@ -18,16 +18,22 @@ class PrivacyConfig:
     upload, so the server never sees an unclipped update (it still enforces the bound).
     """
 
-    # off, server (the server clips each reply) or client (each node clips before upload)
+    # differential privacy: `off`, `server` (the server clips each reply), `client` (each node clips
+    # before upload)
     dp: str = "off"
-    dp_noise_multiplier: float = 1.0  # z: noise std on the sum = z x dp-clip-norm
-    dp_clip_norm: float = 0.0  # C, the L2 bound of one client's contribution; 0 = auto
+    # z: Gaussian noise with std z × `dp-clip-norm` on every coordinate of the round's sum
+    dp_noise_multiplier: float = 1.0
+    # C, the L2 bound of one client's contribution per round; 0 = auto: 1.0 for adapter updates
+    # (FedIT, full-ft), 100.0 for FedKSeed's per-seed sums
+    dp_clip_norm: float = 0.0
     dp_delta: float = 0.0  # the delta epsilon is reported at; 0 = auto: 0.1 / dp-population
     # N, the number of clients that may ever take part: delta's default 0.1 / N and the check
     # delta < 1 / N. 0 = auto: the number of virtual clients in simulation (--num-clients);
     # a deployed ServerApp (real SuperNodes) with dp on requires it.
     dp_population: int = 0
-    dp_max_epsilon: float = 0.0  # budget: a round that would exceed it is not run (0 = none)
+    # privacy budget: a round that would take epsilon past it is not run, and the run ends cleanly
+    # (0 = no budget)
+    dp_max_epsilon: float = 0.0
 
     @property
     def enabled(self) -> bool:

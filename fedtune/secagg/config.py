@@ -14,10 +14,18 @@ class SecAggConfig:
     """SecAgg+ (Bell et al., CCS 2020): the server learns only the sum of the sampled clients'
     quantised updates, even when some drop out."""
 
-    secagg: str = "off"  # on: the server learns only the sum of the sampled clients' updates
-    secagg_neighbours: int = 0  # k, each client's neighbourhood; 0 = auto (all up to 32)
-    secagg_threshold: float = 0.0  # shares needed, as a fraction of k (> 0.5); 0 = auto
-    secagg_clip_range: float = 0.0  # values are clipped to +-R before quantising; 0 = auto
+    # secure aggregation: `on` = the server learns only the sum of the sampled clients' updates
+    # (SecAgg+)
+    secagg: str = "off"
+    # k, the clients each client shares its secrets with (even); 0 = auto: all up to 33 clients per
+    # round, else ⌈3·log₂ m⌉ rounded up to even
+    secagg_neighbours: int = 0
+    # shares needed to reconstruct a secret, as a fraction of k, in (0.5, 1]; 0 = auto: ⌊k/2⌋ + 1,
+    # the fewest that are safe, which tolerates the most dropouts
+    secagg_threshold: float = 0.0
+    # R: each value of a client's vector (n × update, n, n × loss) is clipped to ±R before
+    # quantising; 0 = auto: 64 for FedIT, 65536 for FedKSeed
+    secagg_clip_range: float = 0.0
     secagg_bits: int = 24  # quantisation levels 2^bits; the sum of 2^(32-bits) clients fits
 
     @property

@@ -18,12 +18,18 @@ EXAMPLE_WEIGHTS = ("auto", "reported", "capped", "equal")
 class StrategySection:
     """Which strategy aggregates the clients' updates (see :mod:`fedtune.strategies`)."""
 
-    # server strategy; must fit the algorithm (`fedtune algorithms` lists them)
+    # server strategy; must fit the algorithm: FedIT takes `fedavg`, `fedprox`, `fedavgm`,
+    # `fedadam`, `fedyogi`, `fedadagrad`, `fedmedian`, `fedtrimmedavg`, `krum`, `scaffold` (see
+    # Server strategies); `full-ft` the same but `scaffold` (its client does not run SCAFFOLD's
+    # client half); FedKSeed, FedKSeed-Pro and Ferret take `fedavg` (the seed-space aggregation,
+    # with the `seeds-equal-weights`, `seeds-server-momentum` and `seeds-robust-clip` options)
     strategy: str = "fedavg"
     server_lr: float = 0.0  # 0: 1.0 for fedavgm, 1e-3 for fedadam/fedyogi/fedadagrad
     server_momentum: float = 0.9  # fedavgm
-    beta_1: float = 0.9  # fedadam, fedyogi
-    beta_2: float = 0.99  # fedadam, fedyogi
+    # `fedadam`/`fedyogi` first-moment decay
+    beta_1: float = 0.9
+    # `fedadam`/`fedyogi` second-moment decay
+    beta_2: float = 0.99
     tau: float = 1e-3  # fedadam, fedyogi, fedadagrad: adaptivity
     prox_mu: float = 0.01  # fedprox: weight of the proximal term
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
@@ -34,7 +40,10 @@ class StrategySection:
     example_weights: str = "auto"
     max_examples: int = 0  # capped: each client's weight <= this; 0 = a multiple of the median
     max_examples_ratio: float = 3.0  # capped, max-examples=0: <= ratio x the round's median
-    max_update_norm_ratio: float = 0.0  # > 0: updates scaled to <= ratio x the median norm
+    # > 0: a reply whose update norm (of what moves the model, per payload: see the trust policy)
+    # exceeds ratio x the round's median update norm is scaled down to that bound and logged by
+    # name; 0 = off
+    max_update_norm_ratio: float = 0.0
 
     def validate(self) -> None:
         # the name is checked against the algorithm by fedtune.algorithms.resolve

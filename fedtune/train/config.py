@@ -28,12 +28,17 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # final lr / peak lr for cosine and linear
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    # DPO (objective=dpo; Rafailov et al., 2023): beta, loss (sigmoid | ipo), label smoothing
-    dpo_beta: float = 0.0  # 0 = auto: 0.5 on `tiny` (a random start learns faster), else 0.1
+    # DPO (objective=dpo; Rafailov et al., 2023): β of the DPO loss (implicit reward = β ×
+    # log-ratio to the reference); 0 = auto: 0.5 on `tiny`, 0.1 (TRL's default) otherwise
+    dpo_beta: float = 0.0
     dpo_loss: str = "sigmoid"  # sigmoid (DPO) or ipo (IPO, token-averaged as in TRL)
     dpo_label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed label noise
-    dpo_sft_weight: float = 0.0  # + weight x NLL of the chosen responses (RPO); 0 = pure DPO
-    init_adapter: str = ""  # FedIT: start from (and use as the DPO reference) this PEFT adapter
+    # adds this × the mean NLL of the chosen responses to the DPO loss (RPO; TRL's
+    # `loss_type=["sigmoid","sft"]`)
+    dpo_sft_weight: float = 0.0
+    # FedIT: start from this PEFT adapter folder (e.g. `runs/<sft-run>/adapter`); with objective=dpo
+    # it is also the fixed reference; its own LoRA config is used
+    init_adapter: str = ""
 
     def validate(self) -> None:
         require(self.objective in OBJECTIVES, f"objective='{self.objective}' is not supported; "

@@ -21,9 +21,13 @@ class ZOConfig:
 
     zo_seeds: int = 4096  # K, the fixed seed pool (at most 7,576: the exact versions' sums)
     zo_steps: int = 200  # tau, ZO steps per client per round (batch: batch-size)
-    zo_lr: float = 0.0  # constant; 0 = auto from the parameter count
-    zo_eps: float = 0.0  # perturbation scale; 0 = auto
-    zo_clip: float = 0.0  # skip a step whose |g| exceeds this (0 = never)
+    # FedKSeed: constant learning rate; 0 = chosen from the model size
+    zo_lr: float = 0.0
+    # FedKSeed: perturbation scale; 0 = chosen from the model size
+    zo_eps: float = 0.0
+    # FedKSeed: skip a step whose |g| exceeds this; a skipped step is not uploaded (official
+    # `grad_clip` = 2·eps·`zo-clip`); 0 = never
+    zo_clip: float = 0.0
     save_full_model: bool = False  # FedKSeed: also write the replayed model as an HF folder
 
     def validate(self) -> None:

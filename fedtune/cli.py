@@ -250,6 +250,7 @@ def export_cmd(args: argparse.Namespace) -> int:
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
     """lm-evaluation-harness on the run's final model: the table, RUN/lm-eval.json, trackers."""
+    from fedtune.algorithms import REGISTRY
     from fedtune.eval import harness
 
     run_dir = Path(args.run)
@@ -258,6 +259,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"'{run_dir}' is not a fedtune run folder (no readable config.json); "
                           "pass a finished run folder.") from None
+    if getattr(REGISTRY.get(algorithm), "load_result", None) is None:
+        _run_model(run_dir)  # its one sentence: no single final model to load
     tasks = harness.parse_tasks(args.tasks)
     batch, limit = harness.parse_batch_size(args.batch_size), harness.parse_limit(args.limit)
     harness.check_device(args.device)

@@ -171,12 +171,17 @@ def test_user_errors_are_one_sentence_before_the_model_loads(runs, task_dir, tmp
 
 
 def test_a_run_without_a_final_model_is_one_sentence(runs, tmp_path, capsys):
-    unfinished = tmp_path / "unfinished"
+    config = json.loads((runs["fedit"] / "config.json").read_text())
+    unfinished, local = tmp_path / "unfinished", tmp_path / "local"
     unfinished.mkdir()
-    (unfinished / "config.json").write_text((runs["fedit"] / "config.json").read_text())
-    assert "has no saved fedit result" in one_sentence(
-        capsys, str(unfinished), "--tasks", "fedtune_mc", "--include-path",
-        str(write_task(tmp_path / "t", n=4).parent))
+    (unfinished / "config.json").write_text(json.dumps(config))
+    tasks = ["--tasks", "fedtune_mc", "--include-path", str(write_task(tmp_path / "t", 4).parent)]
+    assert "has no saved fedit result" in one_sentence(capsys, str(unfinished), *tasks)
+    local.mkdir()  # the local baseline leaves one adapter per client: said before any task loads
+    (local / "config.json").write_text(json.dumps({**config, "train": {
+        **config["train"], "algorithm": "local"}}))
+    assert "which leaves no single final model" in one_sentence(capsys, str(local), "--tasks",
+                                                                "no_such_task")
 
 
 def test_json_safe_and_scores():

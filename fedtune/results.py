@@ -41,7 +41,7 @@ class OutputConfig:
         """Any folder names are valid; resume's checkpoint is checked when the run starts;
         ``report-to`` names known trackers (whether they are installed is checked before the
         engine starts: :func:`fedtune.tracking.check_trackers`)."""
-        from fedtune.tracking.base import parse_report_to
+        from fedtune.tracking.config import parse_report_to
 
         parse_report_to(self.report_to)
 

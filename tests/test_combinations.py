@@ -45,11 +45,12 @@ FACTORS: dict[str, list[str]] = {
     "trust": list(TRUST),
 }
 DEFAULT = {name: values[0] for name, values in FACTORS.items()}
-#: one round, the tiny model, 2 nodes, few examples, a small seed pool
+#: one round, the tiny model, 2 nodes, few examples, a small seed pool; every run reports to
+#: TensorBoard (report-to fits every combination; a few ms a run), the cheapest tracker
 FAST = {"num-server-rounds": 1, "local-steps": 1, "examples-per-client": 4, "eval-examples": 2,
         "client-eval-examples": 2, "max-new-tokens": 1, "fraction-evaluate": 0.0,
         "fraction-train": 1.0, "min-train-nodes": NODES, "min-available-nodes": NODES,
-        "batch-size": 2, "lr-schedule": "constant", "seed": 1}
+        "batch-size": 2, "lr-schedule": "constant", "seed": 1, "report-to": "tensorboard"}
 SEEDS = {"fedkseed": {"zo-seeds": 64, "zo-steps": 2}, "fedkseed-pro": {"zo-seeds": 64,
          "zo-steps": 2}, "ferret": {"ferret-seeds": 8}}
 Case = tuple[tuple[str, str], ...]
@@ -255,6 +256,9 @@ def test_a_combination_runs_or_is_refused_in_one_sentence(case, runs, one_thread
     assert math.isfinite(last["eval_loss"]), last
     assert last["bytes_up_per_client"] > 0 and last["bytes_down_per_client"] > 0, last
     assert (run_dir / "checkpoint.npz").exists()
+    from tests.test_tracking import tb_points
+
+    assert [step for step, _ in tb_points(run_dir, "eval_loss")] == [0, 1]
 
 
 #: one config per rule of the table that breaks it (and no rule before it)

@@ -16,7 +16,8 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "fedtune"
 MAX_LINES = 400
 #: Bottom to top. A module may import its own layer and the layers below, never above.
-#: ``results`` holds the ``output`` section and imports nothing of fedtune at run time.
+#: ``results`` holds the ``output`` section and imports nothing of fedtune at run time but the
+#: ``report-to`` parser (``tracking.config``, a section module).
 #: ``wire`` (records, reply checks, the 16-bit rounding, Flower conversion and byte counts) is
 #: below every method, so algorithms, strategies and privacy share it without importing each
 #: other.
@@ -24,7 +25,7 @@ LAYERS = [
     ("sections", r"fedtune$|fedtune\.(errors|seeding|logs|results|[\w.]+\.config)$"),
     ("config", r"fedtune\.config(_help)?$"),
     ("wire", r"fedtune\.wire(\..+)?$"),
-    ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg)(\..+)?$"
+    ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg|tracking)(\..+)?$"
                 r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint|driver)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"
                 r"|fedtune\.(compat|key_readers)$"),

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.errors import ConfigError
-from fedtune.tracking.base import EXTRA, RunInfo
+from fedtune.tracking.base import RunInfo
+from fedtune.tracking.config import EXTRA
 
 DB, ARTIFACTS = "mlflow.db", "mlartifacts"
 _BAD = re.compile(r"[^\w\-. /]")  # what MLflow refuses in a metric or param name
@@ -24,7 +25,39 @@ def _uri(run_dir: Path, saved: dict[str, Any] | None = None) -> str:
     if saved and saved.get("tracking_uri"):
         return str(saved["tracking_uri"])
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env or f"sqlite:///{(Path(run_dir) / DB).resolve()}"
+    if env:
+        return env
+    db = (Path(run_dir) / DB).resolve()
+    if not db.exists():
+        _new_local_store(db)
+    return f"sqlite:///{db}"
+
+
+def _new_local_store(db: Path) -> None:
+    """An empty MLflow database at ``db``, copied from one made once per machine and MLflow
+    version (``~/.cache/fedtune``): MLflow builds a new one by running its ~60 schema
+    migrations, 3-6 s on a busy CPU, which every run would pay."""
+    import shutil
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedtune"
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    if not template.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".mlflow-", suffix=".db", dir=cache)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            with _quiet():
+                MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+            os.replace(tmp, template)  # atomic: a concurrent run sees all of it or none
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
 
 
 def _experiment() -> str:

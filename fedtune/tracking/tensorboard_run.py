@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtune.errors import ConfigError
-from fedtune.tracking.base import EXTRA, RunInfo
+from fedtune.tracking.base import RunInfo
+from fedtune.tracking.config import EXTRA
 
 FOLDER = "tensorboard"
 

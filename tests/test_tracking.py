@@ -172,6 +172,22 @@ def test_every_row_config_tags_and_artifacts_reach_each_tracker(tmp_path):
                if i.key == "lm_eval/acc")
 
 
+def test_nothing_per_client_reaches_a_tracker(tmp_path):
+    """A row's per-client replies go to clients.jsonl in the run folder only (under DP they are
+    counts), never to a tracker, which may upload what it gets."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    replies = [{"node": "client-0001", "train_loss": 9.5, "examples": 7}]
+    _drive(_cfg(run_dir, "tensorboard"), [{**ROWS[0], "replies": replies}])
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {
+        "eval_loss", "exact_match/parity", "bytes_down_per_client", "epsilon", "seconds"}
+    assert all(v.value != 9.5 for tag in acc.Tags()["scalars"] for v in acc.Scalars(tag))
+    assert "client-0001" in (run_dir / "clients.jsonl").read_text()
+
+
 def test_no_tracker_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     _drive(_cfg(run_dir, "none"), ROWS[:2])

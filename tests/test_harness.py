@@ -214,3 +214,31 @@ def test_scores_reach_the_runs_tensorboard(tmp_path, task_dir, capsys):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("lm-eval/fedtune_mc/acc")] == [(1, acc)]
+
+
+def test_the_harness_scores_as_fedtune_trains():
+    """lm-eval's log-likelihood of an answer equals the model's own on the ids fedtune trains
+    on: BOS + prompt, then the answer (lm-eval moves the prompt's final newline into the scored
+    part, the same for every choice)."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from fedtune.data.example import Example
+    from fedtune.data.template import render_prompt
+    from fedtune.data.tokenize import prompt_ids
+    from fedtune.models.loading import build_tiny, tiny_tokenizer
+
+    model, tok = build_tiny().eval(), tiny_tokenizer()
+    example = Example("Give the first word.", "cat", "cat dog owl")
+    with harness.quiet_lm_eval():
+        lm = HFLM(pretrained=model, tokenizer=harness.with_bos(tok), batch_size=2)
+        (got, _), = lm.loglikelihood([Instance("loglikelihood", {}, (render_prompt(example),
+                                                                    example.output), 0)])
+    ids = prompt_ids(tok, example) + tok(example.output, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok("x")["input_ids"][0] != tok.bos_token_id
+    scored = len(ids) - len(prompt_ids(tok, example)) + 1  # the answer and the newline before it
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    want = sum(logp[i - 1, ids[i]].item() for i in range(len(ids) - scored, len(ids)))
+    assert got == pytest.approx(want, abs=1e-4)

@@ -146,6 +146,26 @@ def load_tasks(tasks: Sequence[str], manager) -> list:
     return [objects.get(t, t) for t in tasks]
 
 
+def with_bos(tokenizer):
+    """``tokenizer``, or a copy of it that starts every text with the BOS token, as fedtune's
+    training and evaluation encode prompts (:func:`fedtune.data.tokenize.prompt_ids`): lm-eval
+    adds only what the tokenizer adds itself, which for many tokenizers (the ``tiny`` preset's,
+    GPT-2's) is nothing. A tokenizer with no BOS token, or one that adds it, is kept."""
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer.bos_token_id is None or not getattr(tokenizer, "is_fast", False):
+        return tokenizer
+    if tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return tokenizer
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    out = copy.deepcopy(tokenizer)
+    out.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+    return out
+
+
 def run_harness(model, tokenizer, tasks: list, manager, *, limit: float | None = None,
                 batch_size: int | str = 1, device: str | None = None, verbose: bool = False,
                 about: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -157,7 +177,7 @@ def run_harness(model, tokenizer, tasks: list, manager, *, limit: float | None =
     if device is not None:
         model = model.to(device)
     with quiet_lm_eval(verbose):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=with_bos(tokenizer), batch_size=batch_size)
         results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
                                           limit=limit, log_samples=False,
                                           bootstrap_iters=BOOTSTRAP_ITERS)

@@ -67,3 +67,13 @@ def test_readme_is_short_keeps_the_two_commands_and_links_existing_pages():
     missing = [link for link in links if not (ROOT / link).exists()]
     assert not missing, f"README links pages that do not exist: {missing}"
     assert "docs/default-run.png" in readme
+
+
+def test_every_figure_in_the_readme_is_on_a_docs_page():
+    """The README summarises the pages: a figure there that no page holds has drifted."""
+    readme = (ROOT / "README.md").read_text()
+    pages = "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    figures = set(re.findall(r"\d+(?:[.,]\d+)+", readme))
+    assert len(figures) >= 20
+    drifted = sorted(f for f in figures if f not in pages)
+    assert not drifted, f"README figures on no docs page: {drifted}"

@@ -16,6 +16,7 @@ from typing import Any
 
 from fedtune.algorithms import resolve
 from fedtune.cli_deploy import add_deploy_commands
+from fedtune.cli_evaluate import add_evaluate_command
 from fedtune.config import Config, parse_overrides
 from fedtune.errors import ConfigError
 
@@ -248,37 +249,6 @@ def export_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_cmd(args: argparse.Namespace) -> int:
-    """lm-evaluation-harness on the run's final model: the table, RUN/lm-eval.json, trackers."""
-    from fedtune.algorithms import REGISTRY
-    from fedtune.eval import harness
-
-    run_dir = Path(args.run)
-    try:
-        algorithm = json.loads((run_dir / "config.json").read_text())["train"]["algorithm"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"'{run_dir}' is not a fedtune run folder (no readable config.json); "
-                          "pass a finished run folder.") from None
-    if getattr(REGISTRY.get(algorithm), "load_result", None) is None:
-        _run_model(run_dir)  # its one sentence: no single final model to load
-    tasks = harness.parse_tasks(args.tasks)
-    batch, limit = harness.parse_batch_size(args.batch_size), harness.parse_limit(args.limit)
-    harness.check_device(args.device)
-    harness.require_lm_eval()
-    with harness.quiet_lm_eval(args.verbose):
-        manager = harness.task_manager(tasks, args.include_path)
-        loaded = harness.load_tasks(tasks, manager)
-    model, tokenizer = _run_model(run_dir)
-    results = harness.run_harness(model, tokenizer, loaded, manager, limit=limit,
-                                  batch_size=batch, device=args.device, verbose=args.verbose,
-                                  about={"fedtune_run": str(run_dir), "algorithm": algorithm})
-    print(harness.table(results))
-    path = harness.write_results(run_dir, results)
-    logged = harness.log_to_trackers(run_dir, harness.scores(results))
-    print(f"results written to {path}" + (f"; logged to {', '.join(logged)}" if logged else ""))
-    return 0
-
-
 def algorithms_cmd(args: argparse.Namespace) -> int:
     from fedtune.algorithms import REGISTRY
     from fedtune.strategies import fitting
@@ -352,16 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out")
     exp.set_defaults(func=export_cmd)
 
-    ev = sub.add_parser("evaluate", help="score a run's final model with lm-evaluation-harness")
-    ev.add_argument("run")
-    ev.add_argument("--tasks", required=True, help="comma list of lm-eval task names")
-    ev.add_argument("--include-path", metavar="DIR", help="folder of your own task YAML files")
-    ev.add_argument("--limit", type=float, help="documents per task (a fraction if below 1)")
-    ev.add_argument("--batch-size", default="1", help="an integer, or 'auto'")
-    ev.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: where the model loads)")
-    ev.add_argument("--verbose", action="store_true", help="lm-eval's own logs too")
-    ev.set_defaults(func=evaluate_cmd)
-
+    add_evaluate_command(sub)
     add_deploy_commands(sub)
 
     algos = sub.add_parser("algorithms", help="list the algorithms and the strategies that fit")

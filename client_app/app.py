@@ -18,6 +18,7 @@ the node never identifies itself to it (it is never sampled) and never trains fo
 from __future__ import annotations
 
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
@@ -34,6 +35,38 @@ if TYPE_CHECKING:
 quiet_third_party()
 app = ClientApp()
 BUILTIN_DATA = "builtin"  # data-path='builtin': the built-in synthetic data, on purpose
+_warming: threading.Thread | None = None  # see _warm_up
+
+
+def _warm_up(context: Context) -> None:
+    """In the simulation engine an actor is a long-lived process: after it answers
+    ``identify`` it imports torch, transformers, peft and the client code (about 5 CPU-s) and
+    loads the tokenizer in the background, while the server evaluates round 0, instead of in
+    the first train message. A deployed ClientApp (a process per message) does not."""
+    global _warming
+    if _warming is not None or "partition-id" not in context.node_config:
+        return
+
+    def work() -> None:
+        try:
+            import peft  # noqa: F401
+            import torch  # noqa: F401
+
+            from fedtune.flower import client  # noqa: F401
+            from fedtune.models.loading import load_tokenizer
+
+            load_tokenizer(_config(context).model.model)
+        except Exception:  # the message that needs it will raise it, with its own context
+            pass
+
+    _warming = threading.Thread(target=work, name="fedtune-warm-up", daemon=True)
+    _warming.start()
+
+
+def _warmed() -> None:
+    """Wait for the warm-up, if any: a handler never imports alongside it."""
+    if _warming is not None:
+        _warming.join()
 
 
 def _name(context: Context) -> str:
@@ -105,6 +138,7 @@ def identify(msg: Message, context: Context) -> Message:
     refused = _refusal(msg, context)
     if refused is not None:
         return refused
+    _warm_up(context)
     return Message(RecordDict({"node": ConfigRecord({"name": _name(context)})}), reply_to=msg)
 
 
@@ -114,6 +148,7 @@ def secagg(msg: Message, context: Context) -> Message:
     refused = _refusal(msg, context, data=False)
     if refused is not None:
         return refused
+    _warmed()
     from fedtune.flower import secure
 
     return Message(secure.stage(msg.content, context.state, context.run_id), reply_to=msg)
@@ -124,6 +159,7 @@ def train(msg: Message, context: Context) -> Message:
     refused = _refusal(msg, context)
     if refused is not None:
         return refused
+    _warmed()
     from fedtune.flower import client
 
     content = client.train(_config(context), _node(context), msg.content, context.state)
@@ -135,6 +171,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     refused = _refusal(msg, context)
     if refused is not None:
         return refused
+    _warmed()
     from fedtune.flower import client
 
     content = client.evaluate(_config(context), _node(context), msg.content, context.state)

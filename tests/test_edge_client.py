@@ -145,3 +145,35 @@ def test_the_data_report_names_the_files_own_category_field(tmp_path):
         report = data_report(small_config(**{"data-fields": fields}), node)
         assert report == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                           "categories": ["arith"]}, fields
+
+
+def test_only_a_simulation_actor_warms_up_after_identify(tmp_path):
+    """A Ray actor imports torch, transformers and peft in the background once it has answered
+    ``identify`` (it lives on); a deployed ClientApp, a process per message, does not."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from flwr.supercore.task_identity import TaskIdentity
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+import client_app.app as ca
+from fedtune.config import Config
+
+def identify(node_config):
+    ctx = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(),
+                  run_config=Config().to_flat())
+    msg = Message(RecordDict({{"config": ConfigRecord({{}})}}), dst_node_id=5,
+                  message_type="query.identify")
+    assert not ca.app(msg, ctx).has_error()
+
+identify({{"node-name": "site", "data-path": {str(private_file(tmp_path))!r}}})
+deployed = (ca._warming is not None, "torch" in sys.modules)
+identify({{"partition-id": 0, "num-partitions": 2}})
+ca._warmed()
+print(deployed, ca._warming is not None, "peft" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "(False, False) True True", done.stderr[-2000:]

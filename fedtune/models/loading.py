@@ -23,18 +23,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+from typing import TYPE_CHECKING
 
 from fedtune.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and transformers are imported where used: the CLI's checks of a
+    import torch  # model name run before the simulation engine starts, without them
+    from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 TINY = "tiny"
 TINY_SEED = 1234
@@ -56,6 +51,8 @@ class Placement:
 
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """CUDA + bfloat16 when a GPU is present, else CPU + float32; both overridable."""
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -118,6 +115,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE (digits split one by one) trained on the built-in task text (cached on
     disk, see the module's docstring)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     from fedtune.data.synthetic import corpus
     from fedtune.data.template import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
@@ -142,6 +140,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(vocab_size: int) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -158,6 +158,9 @@ def tiny_config(vocab_size: int) -> LlamaConfig:
 
 
 def build_tiny() -> PreTrainedModel:
+    import torch
+    from transformers import LlamaForCausalLM
+
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
@@ -223,6 +226,8 @@ def load_tokenizer(name: str):
                              f"has none of {', '.join(TOKENIZER_FILES)}); the folder needs "
                              "config.json, the weights and the tokenizer files, as "
                              "save_pretrained writes them.")
+        from transformers import AutoTokenizer
+
         tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -234,6 +239,8 @@ def load_model(name: str, placement: Placement) -> PreTrainedModel:
     if is_tiny(name):
         model = build_tiny()
     else:
+        from transformers import AutoModelForCausalLM
+
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name, "model",
                                  dtype=placement.dtype)
     model = model.to(device=placement.device, dtype=placement.dtype)

@@ -13,13 +13,12 @@ the config key and the model's own linear layers.
 
 from __future__ import annotations
 
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from peft.utils.other import ModulesToSaveWrapper
-from torch import nn
-from transformers.pytorch_utils import Conv1D
+from typing import TYPE_CHECKING
 
-from fedtune.models.loading import ModelError
+from fedtune.models.loading import ModelError, is_tiny
+
+if TYPE_CHECKING:  # torch, transformers and peft are imported where used: the CLI's check of
+    from torch import nn  # the built-in model's default targets runs without them
 
 ALL_LINEAR = "all-linear"
 AUTO = ("auto", "")
@@ -30,6 +29,9 @@ PEFT_PARTS = ("base_layer", "original_module", "modules_to_save")  # peft's wrap
 def linear_layer_names(model: nn.Module) -> list[str]:
     """Last name components of the model's Linear/Conv1D layers except the output head, in
     first-seen order (what ``all-linear`` adapts)."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
     head = _unwrap(model.get_output_embeddings()) if hasattr(
         model, "get_output_embeddings") else None
     names: list[str] = []
@@ -46,6 +48,9 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 def _unwrap(module: nn.Module | None) -> nn.Module | None:
     """The original layer of a peft wrapper (LoRA layer, modules_to_save copy)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
+
     if isinstance(module, BaseTunerLayer):
         return module.get_base_layer()
     if isinstance(module, ModulesToSaveWrapper):
@@ -71,6 +76,8 @@ def lora_targets(value: str, model: nn.Module | None = None) -> str | list[str] 
     if value.lower() in AUTO:
         if model is None:
             return None
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
         table = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind)
         if not table:
             raise ModelError(f"peft has no default LoRA target modules for model type '{kind}'; "
@@ -92,11 +99,14 @@ def lora_targets(value: str, model: nn.Module | None = None) -> str | list[str] 
 def check_targets(name: str, value: str) -> None:
     """Resolve ``lora-target-modules`` against the model ``name`` without loading its weights
     (its config, built on the meta device): a bad value is one sentence before any engine
-    starts."""
+    starts. The built-in ``tiny`` Llama has linear layers and a peft table, so ``all-linear``
+    and ``auto`` fit it without building it (nor importing torch)."""
+    if is_tiny(name) and value.strip().lower() in (ALL_LINEAR, *AUTO):
+        return
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
-    from fedtune.models.loading import _from_pretrained, is_tiny, tiny_config, tiny_tokenizer
+    from fedtune.models.loading import _from_pretrained, tiny_config, tiny_tokenizer
 
     with torch.device("meta"):
         if is_tiny(name):

@@ -242,7 +242,7 @@ def test_a_tracker_failing_mid_run_is_logged_and_the_run_and_others_go_on(tmp_pa
 
     monkeypatch.setattr(TensorBoardRun, "log", flaky)
     run_dir = tmp_path / "run"
-    with caplog.at_level(logging.ERROR, logger="fedtune"):
+    with caplog.at_level(logging.WARNING, logger="fedtune"):
         _drive(_cfg(run_dir, "tensorboard,wandb"), ROWS)
     assert (run_dir / "summary.json").exists()  # the run finished
     lines = [r.getMessage() for r in caplog.records if r.name == "fedtune"]
@@ -296,7 +296,8 @@ def test_a_tracker_that_cannot_start_is_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
     with pytest.raises(ConfigError) as err:
         check_trackers(["mlflow"])
-    assert "does not answer" in str(err.value) and "\n" not in str(err.value)
+    assert "MLFLOW_TRACKING_URI='http://127.0.0.1:9' fails" in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).endswith(".")
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))

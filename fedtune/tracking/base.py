@@ -132,7 +132,7 @@ class Trackers:
             call(*args)
             return True
         except Exception as err:  # a tracker never stops the run
-            log.error("fedtune: the %s tracker failed %s (%s: %s); the run goes on without it",
+            log.warning("the %s tracker failed %s (%s: %s); the run goes on without it",
                       tracker.name, what, type(err).__name__, err)
             self.open.remove(tracker)
             self._save()
@@ -179,7 +179,7 @@ def open_trackers(names: Iterable[str], info: RunInfo,
         try:
             tracker = _module(name).open_run(info, saved.get(name))
         except Exception as err:
-            log.error("fedtune: the %s tracker did not start (%s: %s); the run goes on "
+            log.warning("the %s tracker did not start (%s: %s); the run goes on "
                       "without it", name, type(err).__name__, err)
             continue
         trackers.open.append(tracker)
@@ -216,7 +216,7 @@ def log_final_metrics(run_dir: Path, values: dict[str, float]) -> list[str]:
         try:
             tracker = _module(name).open_run(info, saved[name], extra=True)
         except Exception as err:
-            log.error("fedtune: the %s tracker did not reopen (%s: %s)", name,
+            log.warning("the %s tracker did not reopen (%s: %s)", name,
                       type(err).__name__, err)
             continue
         trackers.open.append(tracker)

@@ -45,19 +45,23 @@ def _new_local_store(db: Path) -> None:
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedtune"
     template = cache / f"mlflow-{mlflow.__version__}.db"
-    if not template.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".mlflow-", suffix=".db", dir=cache)
-        os.close(fd)
-        os.unlink(tmp)
-        try:
-            with _quiet():
-                MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-            os.replace(tmp, template)  # atomic: a concurrent run sees all of it or none
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, db)
+    try:
+        if not template.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".mlflow-", suffix=".db", dir=cache)
+            os.close(fd)
+            os.unlink(tmp)
+            try:
+                with _quiet():
+                    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(
+                        max_results=1)
+                os.replace(tmp, template)  # atomic: a concurrent run sees all of it or none
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        shutil.copyfile(template, db)
+    except OSError:  # no writable cache: MLflow builds the database in the run folder itself
+        db.unlink(missing_ok=True)
 
 
 def _experiment() -> str:
@@ -66,8 +70,12 @@ def _experiment() -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """MLflow's INFO lines about creating its tables say nothing about the run."""
+    """MLflow's INFO lines about creating its tables, and SQLAlchemy's deprecation notes about
+    MLflow's queries, say nothing about the run."""
     import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow(\.|$)")
 
     loggers = [logging.getLogger(n) for n in ("mlflow", "alembic")]
     levels = [lg.level for lg in loggers]
@@ -98,9 +106,9 @@ def check(run_dir: Path | None = None) -> None:
             MlflowClient(tracking_uri=env).search_experiments(max_results=1)
     except Exception as err:
         text = " ".join(str(err).split())[:200].rstrip(".")
-        raise ConfigError(f"report-to names mlflow, but MLFLOW_TRACKING_URI='{env}' does not "
-                          f"answer ({type(err).__name__}: {text}); fix or unset it (unset: a "
-                          "local store in the run folder).") from None
+        raise ConfigError(f"report-to names mlflow, but MLFLOW_TRACKING_URI='{env}' fails "
+                          f"({type(err).__name__}: {text}); fix or unset it (unset: a local "
+                          "store in the run folder).") from None
     finally:
         for k, v in before.items():
             if v is None:
@@ -122,6 +130,7 @@ class MlflowRun:
             not os.environ.get("MLFLOW_TRACKING_URI")
         with _quiet():
             self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # the store opens here, quietly
         self.last_step = -1
         if saved is not None and saved.get("run_id"):
             self.run_id = str(saved["run_id"])

@@ -9,6 +9,7 @@ import json
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,26 +79,42 @@ def mlflow_points(run_dir: Path, key: str) -> list[tuple[int, float]]:
 def wandb_records(run_dir: Path) -> list:
     """Every record of the run's offline ``.wandb`` files (W&B's transaction log: a 7-byte
     header, then LevelDB-style 32 KiB blocks of chunks, each ``crc32c, length, type``; the
-    records are W&B's own ``Record`` protobuf). W&B 0.31 ships no Python reader for it."""
+    records are W&B's own ``Record`` protobuf). W&B 0.31 ships no Python reader for it. Its
+    service process may still be flushing a file when ``finish()`` returns: read until every
+    file holds its run's exit record (at most 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        files = [_wandb_file(p) for p in sorted((run_dir / "wandb").glob(
+            "offline-run-*/run-*.wandb"))]
+        done = all(any(r.WhichOneof("record_type") == "exit" for r in f) for f in files)
+        if done or time.monotonic() > deadline:
+            return [r for f in files for r in f]
+        time.sleep(0.2)
+
+
+def _wandb_file(path: Path) -> list:
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out = []
-    for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
-        data, pos, buf = path.read_bytes(), 7, b""
-        assert data[:4] == b":W&B"
-        while pos + 7 <= len(data):
-            if 32768 - pos % 32768 < 7:  # a block's tail too short for a header: padding
-                pos += 32768 - pos % 32768
-                continue
-            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-            if kind == 0:
-                break
-            buf = chunk if kind in (1, 2) else buf + chunk
-            if kind in (1, 4):  # FULL or LAST: one whole record
-                record = pb.Record()
+    data, pos, buf, out = path.read_bytes(), 7, b"", []
+    if data[:4] != b":W&B":  # not written yet
+        return out
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header: padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0 or len(chunk) < length:  # the end, or a chunk still being written
+            break
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):  # FULL or LAST: one whole record
+            record = pb.Record()
+            try:
                 record.ParseFromString(buf)
-                out.append(record)
+            except DecodeError:
+                break
+            out.append(record)
     return out
 
 

@@ -222,7 +222,7 @@ def log_final_metrics(run_dir: Path, values: dict[str, float]) -> list[str]:
         trackers.open.append(tracker)
     written = []
     for tracker in list(trackers.open):
-        if trackers._call(tracker, "logging the scores", tracker.log, step, dict(values)):
+        if trackers._call(tracker, "logging the scores", tracker.log, step, metrics_of(values)):
             written.append(tracker.name)
     trackers.close()
     return written

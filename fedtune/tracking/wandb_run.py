@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +68,6 @@ class WandbRun:
         self.id = str(saved["id"]) if saved and saved.get("id") else secrets.token_hex(6)
         self.project = (saved or {}).get("project") or os.environ.get("WANDB_PROJECT") \
             or "fedtune"
-        if any((info.run_dir / "wandb").glob(f"*-{self.id}")):
-            # W&B names a run's folder by its start second: a reopened run started within
-            # the same second as the last one would overwrite that one's .wandb file
-            time.sleep(1 - time.time() % 1 + 0.01)
         self.run = wandb.init(
             project=self.project, id=self.id, resume="allow", dir=str(info.run_dir),
             name=info.run_name, group=info.name, tags=[info.algorithm, info.objective],

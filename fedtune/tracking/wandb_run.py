@@ -57,6 +57,15 @@ def check(run_dir: Path | None = None) -> None:
                           "`wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline.")
 
 
+def _settings(wandb: Any) -> Any:
+    """Quiet, no code or system stats; the offline file flushed every 0.1 s, not every 15 s
+    (W&B's default), so a run killed mid-round keeps its rounds for ``--resume``."""
+    options: dict[str, Any] = {"silent": True, "console": "off", "save_code": False,
+                               "x_disable_stats": True, "x_transaction_log_flush_interval": 0.1}
+    known = getattr(wandb.Settings, "model_fields", options)
+    return wandb.Settings(**{k: v for k, v in options.items() if k in known})
+
+
 class WandbRun:
     name = "wandb"
 
@@ -72,8 +81,7 @@ class WandbRun:
             project=self.project, id=self.id, resume="allow", dir=str(info.run_dir),
             name=info.run_name, group=info.name, tags=[info.algorithm, info.objective],
             config=info.config, allow_val_change=True, reinit="create_new",
-            settings=wandb.Settings(silent=True, console="off", save_code=False,
-                                    x_disable_stats=True))
+            settings=_settings(wandb))
         if saved is None:
             self.run.summary.update({"run_dir": str(info.run_dir)})
 
@@ -86,7 +94,7 @@ class WandbRun:
         if self.extra:  # scores of a finished run: its summary (W&B steps only go forward)
             self.run.summary.update(metrics)
             return
-        self.run.log(metrics, step=step)
+        self.run.log(metrics, step=step, commit=True)  # written now, not at the next step
 
     def finish(self, files: list[Path]) -> None:
         import wandb

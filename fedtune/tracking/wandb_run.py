@@ -7,6 +7,7 @@ reopens the same id with ``resume="allow"``."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ class WandbRun:
     def finish(self, files: list[Path]) -> None:
         import wandb
 
-        name = self.run.name or self.id
+        name = re.sub(r"[^\w.-]", "-", self.run.name or self.id)  # W&B's artifact names
         results = wandb.Artifact(f"{name}-results", type="results")
         for path in files:
             if path.is_dir():  # the final model folder: its own artifact

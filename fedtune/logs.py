@@ -30,16 +30,24 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=".*accelerator visible devices.*")
-    if "transformers" in sys.modules:
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # transformers reads this when imported: the ClientApp's
+    # `identify`, and any command that loads no model, never import it (0.7 s of CPU)
+    if _imported("transformers"):  # imported before: tell it too
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    else:  # transformers reads this when imported: the ClientApp's `identify`, and any
-        # command that loads no model, never import it (about 0.7 s of CPU)
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
     one_sentence_errors()
+
+
+def _imported(name: str) -> bool:
+    """``name`` is imported and done: not still being imported by another thread (the
+    simulation engine loads the ClientApp while the ServerApp's thread imports transformers;
+    reaching into the half-built module raised a circular-import error)."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
 
 
 def user_error(text: str) -> str | None:

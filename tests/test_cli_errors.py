@@ -249,3 +249,19 @@ def test_the_default_run_reaches_the_engine_without_importing_torch(tmp_path):
     gpu_driver = any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/dxg"))
     assert torch_imported == str(gpu_driver), done.stderr[-2000:]
     assert "'num_gpus': 0.0" in resources or gpu_driver
+
+
+def test_loading_an_app_leaves_a_half_imported_transformers_alone(monkeypatch):
+    """The simulation engine loads the ClientApp (its module calls quiet_third_party) while
+    the ServerApp's thread may still be importing transformers: reaching into the half-built
+    module raised a circular-import error once. Such a module is left alone."""
+    import importlib.machinery
+    import types
+
+    from fedtune.logs import quiet_third_party
+
+    half = types.ModuleType("transformers")
+    half.__spec__ = importlib.machinery.ModuleSpec("transformers", None, is_package=True)
+    half.__spec__._initializing = True  # what importlib sets while the module runs
+    monkeypatch.setitem(sys.modules, "transformers", half)
+    quiet_third_party()  # no import from the half-built module

@@ -265,3 +265,17 @@ def test_loading_an_app_leaves_a_half_imported_transformers_alone(monkeypatch):
     half.__spec__._initializing = True  # what importlib sets while the module runs
     monkeypatch.setitem(sys.modules, "transformers", half)
     quiet_third_party()  # no import from the half-built module
+
+
+def test_the_command_exits_with_mains_code_and_all_its_output():
+    """``fedtune`` ends with os._exit after the exit handlers (no module teardown): what main
+    printed into a pipe still arrives, and the exit code is main's."""
+    from fedtune.config import Config
+
+    listed = subprocess.run([sys.executable, "-m", "fedtune.cli", "config"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == len(Config().to_flat())
+    refused = subprocess.run([sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients",
+                              "0"], capture_output=True, text=True, timeout=60)
+    assert (refused.returncode, refused.stderr) == (2, "fedtune: --num-clients=0 must be at "
+                                                        "least 1.\n")

@@ -223,6 +223,7 @@ def _final_loss(strategy: str, attacked: bool, data: tuple[str, str]) -> float:
     cfg = small_config(**{"strategy": strategy, "num-server-rounds": 3, "fraction-train": 1.0,
                           "fraction-evaluate": 0.0, "local-steps": 6, "eval-examples": 32,
                           "min-available-nodes": 5, "trim-beta": 0.2, "krum-malicious": 1,
+                          "eval-every": 3, "max-new-tokens": 1,  # only the final loss is read
                           "data": data[0], "eval-data": data[1], "partition": "iid"})
     ref: list = []
     grid = InProcessGrid(app, 5, cfg.to_flat(), tamper=_attack(0, ref) if attacked else None)
@@ -232,20 +233,20 @@ def _final_loss(strategy: str, attacked: bool, data: tuple[str, str]) -> float:
     return rows[-1]["eval_loss"]
 
 
-@pytest.mark.slow  # eight 3-round runs of 5 clients
+@pytest.mark.slow  # five 3-round runs of 5 clients
 def test_robust_strategies_survive_a_scaled_update_attack(capsys, tmp_path):
+    """One client sends its update scaled up in every round: FedAvg ends far from where it
+    ends unattacked, the robust strategies end within 10% of that clean FedAvg run."""
     data = _iid_files(tmp_path)
-    table = {}
-    for name in ("fedavg", "fedmedian", "fedtrimmedavg", "krum"):
-        table[name] = (_final_loss(name, False, data), _final_loss(name, True, data))
+    clean = _final_loss("fedavg", False, data)
+    hit = {name: _final_loss(name, True, data)
+           for name in ("fedavg", "fedmedian", "fedtrimmedavg", "krum")}
     with capsys.disabled():
-        for name, (clean, hit) in table.items():
-            print(f"\n{name:>14}: clean {clean:.3f}  attacked {hit:.3f}  ({hit / clean - 1:+.0%})")
+        print(f"\nclean fedavg {clean:.3f}; attacked: " + ", ".join(
+            f"{name} {loss:.3f} ({loss / clean - 1:+.0%})" for name, loss in hit.items()))
     for name in ("fedmedian", "fedtrimmedavg", "krum"):
-        clean, hit = table[name]
-        assert abs(hit - clean) <= 0.10 * clean, (name, clean, hit)
-    clean, hit = table["fedavg"]
-    assert hit > 1.10 * clean, ("fedavg", clean, hit)
+        assert abs(hit[name] - clean) <= 0.10 * clean, (name, clean, hit[name])
+    assert hit["fedavg"] > 1.10 * clean, ("fedavg", clean, hit["fedavg"])
 
 
 CONTROL_DELTAS = [np.full((2, 2), 0.1 * (p + 1), np.float32) for p in range(5)]

@@ -128,10 +128,13 @@ def child(argv: list[str]) -> int:
     """The default run in this process (``fedtune simulate`` and ``argv``), with the clocks."""
     _record("python")
     sys.meta_path.insert(0, _AfterImport())
-    from fedtune.cli import main
+    from fedtune import cli
 
     _record("imports")
-    return main(["simulate", *argv])
+    sys.argv = ["fedtune", "simulate", *argv]
+    if hasattr(cli, "entry"):  # the console script's way out (a tree before it: main's)
+        cli.entry()
+    return cli.main()
 
 
 # ---- the parent: run it, time its output, put the parts together ------------------------------

@@ -19,6 +19,13 @@ from tests.budget import (  # noqa: F401
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+# pytest-xdist runs one worker per core (pyproject's addopts): each worker's torch, and the
+# processes its tests start (Ray actors, a SuperNode's ClientApps), get their share of the
+# cores, not all of them: oversubscribed OpenMP threads spin, and a test then took 3x its time
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 # Variables of the caller's shell that change what the code under test does: Hugging Face
 # (offline mode, endpoint, caches), Flower (home, telemetry), the visible GPUs and proxies
 # (gRPC and HTTP clients route even localhost through them). Tests that need one set it.

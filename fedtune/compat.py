@@ -328,6 +328,62 @@ def _variant_private(cfg: Config, algo: Algorithm) -> str:
             "factors, not only their sum; use fedit, ffa or fedsa with one rank.")
 
 
+# ---- quantization (fedtune.models.quantize) --------------------------------------------------
+def _quantized(cfg: Config) -> str:
+    """``"quantization='nf4'"``, or "" for an unquantised base."""
+    q = cfg.model.quantization
+    return "" if q == "none" else f"quantization='{q}'"
+
+
+def _quantized_algorithm(cfg: Config, algo: Algorithm) -> str:
+    what = _quantized(cfg)
+    if not what or "lora" in algo.sections:
+        return ""
+    from fedtune.algorithms import REGISTRY
+
+    able = [a.name for a in REGISTRY.values() if "lora" in a.sections]
+    return (f"{what} quantises the frozen base under a PEFT adapter, but {algo.name} perturbs or "
+            "trains every base weight, which 4- or 8-bit weights cannot take in small steps; "
+            f"use one of the algorithms {', '.join(able)}, or quantization='none'.")
+
+
+def _quantized_variant(cfg: Config, algo: Algorithm) -> str:
+    found, what = _variant(cfg, algo), _quantized(cfg)
+    if found is None or not what or not found[0].merges:
+        return ""
+    from fedtune.algorithms.fedit.variants import VARIANTS
+
+    keep = [v.name for v in VARIANTS.values() if not v.merges]
+    return (f"lora-aggregation='{found[0].name}' writes each round's merged change into the "
+            f"base weights, which {what} stores quantised; use one of lora-aggregation "
+            f"{', '.join(keep)}, or quantization='none'.")
+
+
+def _quantized_method(cfg: Config, algo: Algorithm) -> str:
+    what = _quantized(cfg)
+    if not what or "lora" not in algo.sections:
+        return ""
+    from fedtune.models.quantize import QUANTIZED_METHODS, method_fits
+
+    q, lora = cfg.model.quantization, cfg.lora
+    method = getattr(lora, "peft_method", "lora")
+    if not method_fits(method, q):
+        return (f"peft-method='{method}' cannot train on a base quantised as {q}: its peft "
+                "layers read the base weight tensor itself, which bitsandbytes stores packed or "
+                "without its "
+                f"scales; use one of the peft-methods {', '.join(sorted(QUANTIZED_METHODS))}, or "
+                "quantization='none'.")
+    if getattr(lora, "lora_use_dora", False) and q == "int8":
+        return ("lora-use-dora cannot run with quantization='int8': peft's DoRA does not "
+                "support 8-bit layers; use quantization nf4 or fp4, or drop lora-use-dora.")
+    init = getattr(lora, "lora_init", "default")
+    if init in ("pissa", "olora"):
+        return (f"lora-init='{init}' rewrites the base weights into a residual W - s B A, which "
+                f"{what} would hold re-quantised and export could not merge into the "
+                "full-precision base; use lora-init default or gaussian, or quantization='none'.")
+    return ""
+
+
 #: The table, in the order its rules are checked (the first broken one is reported).
 RULES: list[Rule] = [
     Rule(("algorithm", "objective"), _objective),
@@ -352,6 +408,10 @@ RULES: list[Rule] = [
     Rule(("lora-restart-init", "lora-aggregation/init-adapter"), _restart_init),
     Rule(("lora-aggregation", "strategy"), _variant_strategy),
     Rule(("lora-aggregation", "dp/secagg"), _variant_private),
+    # ---- quantization
+    Rule(("quantization", "algorithm"), _quantized_algorithm),
+    Rule(("quantization", "lora-aggregation"), _quantized_variant),
+    Rule(("quantization", "peft-method/lora-use-dora/lora-init"), _quantized_method),
 ]
 
 

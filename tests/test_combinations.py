@@ -287,6 +287,10 @@ BREAKS = [
     {"lora-aggregation": "fedex", "lora-restart-init": "fresh"},
     {"lora-aggregation": "flora", "strategy": "fedadam"},
     {"lora-aggregation": "fedex", "dp": "client", "fraction-evaluate": 0.0},
+    # ---- quantization
+    {"algorithm": "fedkseed", "quantization": "nf4"},
+    {"lora-aggregation": "flora", "quantization": "nf4"},
+    {"peft-method": "hra", "quantization": "nf4"},
 ]
 
 

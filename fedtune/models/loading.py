@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # torch and transformers are imported where used: the CLI's c
     import torch  # model name run before the simulation engine starts, without them
     from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+    from fedtune.models.quantize import Quantization
+
 TINY = "tiny"
 TINY_SEED = 1234
 #: the files a saved tokenizer has at least one of (fast, sentencepiece, BPE, WordPiece)
@@ -234,8 +236,14 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_model(name: str, placement: Placement) -> PreTrainedModel:
-    """A causal LM in ``placement``'s dtype and device, in eval mode."""
+def load_model(name: str, placement: Placement, quantization: Quantization | None = None
+               ) -> PreTrainedModel:
+    """A causal LM in ``placement``'s dtype and device, in eval mode; with ``quantization``,
+    its linear layers quantised by bitsandbytes (:mod:`fedtune.models.quantize`)."""
+    if quantization is not None:
+        from fedtune.models.quantize import load_quantized
+
+        return load_quantized(name, placement, quantization)
     if is_tiny(name):
         model = build_tiny()
     else:

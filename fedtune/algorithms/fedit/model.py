@@ -23,6 +23,7 @@ from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.config import Config
 from fedtune.errors import ConfigError
 from fedtune.models.loading import choose_placement, is_tiny, load_model, load_tokenizer
+from fedtune.models.quantize import Quantization
 from fedtune.seeding import derive_seed
 
 
@@ -53,10 +54,14 @@ class _Loaded:
 
 @functools.lru_cache(maxsize=2)
 def _cached(model: str, device: str, dtype: str, lora_key: tuple, seed: int,
-            init_adapter: str = "") -> _Loaded:
+            init_adapter: str = "", quant: Quantization | None = None) -> _Loaded:
     placement = choose_placement(device, dtype)
     tokenizer = load_tokenizer(model)
-    base = load_model(model, placement)
+    base = load_model(model, placement, quant)
+    if quant is not None:  # QLoRA: base frozen, norms in float32; train_round owns checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     lora = LoraSection(*lora_key)
     if init_adapter:
         peft_model = _from_adapter(base, init_adapter)
@@ -165,4 +170,4 @@ def set_base(cfg: Config, delta: dict[str, np.ndarray] | None) -> None:
 
 def _key(cfg: Config) -> tuple:
     return (cfg.model.model, cfg.model.device, cfg.model.dtype, astuple(cfg.lora),
-            cfg.server.seed, cfg.train.init_adapter)
+            cfg.server.seed, cfg.train.init_adapter, Quantization.of(cfg.model))

@@ -34,6 +34,7 @@ from fedtune.algorithms.fedit.variants import variant
 from fedtune.config import Config
 from fedtune.eval.central import CentralEvaluator
 from fedtune.models.loading import build_tiny, is_tiny
+from fedtune.models.quantize import saved_quantization
 from fedtune.train.schedule import round_lr
 from fedtune.wire import NUM_EXAMPLES, Records, as_received, check_metrics, check_record
 
@@ -191,7 +192,8 @@ class FedITServer(ServerHooks):
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         (out / "fedtune.json").write_text(json.dumps(
-            {"base_model": base_ref, "lora_aggregation": self.variant.name}, indent=2))
+            {"base_model": base_ref, "lora_aggregation": self.variant.name,
+             **saved_quantization(self.cfg.model)}, indent=2))
         return out
 
     def _save_merged(self, run_dir: Path) -> Path:

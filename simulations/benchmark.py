@@ -11,7 +11,9 @@ client per round, total bytes per client, wall time, peak memory; mean ± std ov
 package versions and seeds) and ``results.png`` (held-out loss and metric per round). The
 ``privacy`` suite also writes ``privacy.md`` and ``privacy.png`` (held-out loss against epsilon,
 :mod:`simulations.privacy_report`); the ``lora-aggregation`` suites write ``lora.md`` and
-``lora.png`` (held-out loss against bytes per client, :mod:`simulations.lora_report`).
+``lora.png`` (held-out loss against bytes per client, :mod:`simulations.lora_report`); the
+``frontier`` suite writes ``frontier.md`` and ``frontier.png`` (every method's final held-out loss
+against bytes, client memory and compute, :mod:`simulations.frontier_report`).
 
 ``--suite privacy`` also runs its 1,000-client part, ``privacy-1000`` (written to
 ``benchmarks/privacy-1000``; ``--suite privacy-1000`` runs it alone): 1,000 virtual clients on
@@ -37,6 +39,7 @@ from typing import Any
 import psutil
 
 from fedtune.algorithms.fedit.config import AGGREGATIONS
+from simulations.frontier_methods import FRONTIER_ALGORITHMS, FRONTIER_COMMON, FRONTIER_METHODS
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Suite:
     full_report: bool = False  # also write the full-parameter table (fullparam_report)
     engine: str = "ray"  # "ray": fedtune simulate; "inprocess": simulations.inprocess_simulate
     population_report: bool = False  # the 1,000-client DP table and plot (privacy_report)
+    frontier_report: bool = False  # the bytes-quality-memory frontier (frontier_report)
     then: tuple[str, ...] = ()  # suites that `--suite <this>` runs after it
 
 
@@ -242,6 +246,15 @@ SUITES = {
         recipe="fedit-dolly", methods=LORA_METHODS | LORA_RESTART_METHODS,
         algorithms={m: "fedit" for m in LORA_METHODS | LORA_RESTART_METHODS}, lora_report=True,
     ),
+    # Every method fedtune has on the same data and rounds (issue #29): final held-out loss
+    # against bytes per client per round, with one client round's memory and compute measured
+    # in a fresh process (simulations.client_round) on stories260k and on a 134M Llama.
+    "frontier": Suite(
+        "the bytes-quality-memory frontier: every method, stories260k (pretrained), built-in "
+        "tasks, 8 clients (4 per round), 4 rounds of 10 local steps",
+        metric="exact_match", num_clients=8, common=FRONTIER_COMMON, methods=FRONTIER_METHODS,
+        algorithms=FRONTIER_ALGORITHMS, engine="inprocess", frontier_report=True,
+    ),
 }
 
 
@@ -393,14 +406,24 @@ def run_suite(name: str, methods: list[str], seeds: list[int], out: Path, jobs: 
     out.mkdir(parents=True, exist_ok=True)
 
     def one(seed: int, method: str) -> dict[str, Any]:
+        done = out / "done" / f"{method}-seed{seed}.json"  # frontier: a rerun reuses a run
+        if suite.frontier_report and done.exists():
+            return json.loads(done.read_text())
         print(f"[{name}] {method} seed {seed} ...", flush=True)
         res = run_one(suite, method, seed, out)
+        if suite.frontier_report:
+            done.parent.mkdir(exist_ok=True)
+            done.write_text(json.dumps(res))
         last = res["rows"][-1]
         print(f"    [{name}] {method} seed {seed}: {suite.metric} "
               f"{last.get(suite.metric) or 0:.3f}, held-out loss {last['eval_loss']:.3f}, "
               f"{res['wall']:.0f} s, {res['peak_mib']:.0f} MiB", flush=True)
         return res
 
+    if suite.frontier_report:  # methods this tree's config refuses are left out, said so
+        from simulations import frontier_report
+
+        methods = frontier_report.runnable(suite, methods)
     todo = [(seed, method) for seed in seeds for method in methods]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is its own process
@@ -429,6 +452,9 @@ def run_suite(name: str, methods: list[str], seeds: list[int], out: Path, jobs: 
 
         print(lora_report.write(results, seeds, out, suite.description, suite.metric))
         print(f"wrote {out / 'lora.md'} and {out / 'lora.png'}")
+    if suite.frontier_report:
+        print(frontier_report.write(suite, results, seeds, out))
+        print(f"wrote {out / 'frontier.md'} and {out / 'frontier.png'}")
     if suite.full_report:
         from simulations import fullparam_report
 

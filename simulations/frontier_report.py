@@ -1,0 +1,248 @@
+"""The frontier report of ``python -m simulations.benchmark --suite frontier``.
+
+From the suite's runs (every method of :mod:`simulations.frontier_methods`, same data and
+rounds) and one client-round probe per method (:mod:`simulations.client_round`, a fresh process
+each: one local round on stories260k with the suite's settings, and one on a Llama of 134M
+parameters with fewer steps) it writes ``frontier.md``, one table (mean ± std over seeds), and
+``frontier.png``: the final held-out loss against the bytes per client per round (log x), one
+labelled point per method, a marker per family, and beside it the same loss against the client's
+peak memory on the 134M Llama. The probes are kept in ``probes.json`` (a rerun reuses them).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from simulations.benchmark import Suite, _round_bytes, _stat
+from simulations.frontier_methods import BY_NAME, FAMILIES
+
+PROBES = "probes.json"
+MODELS = ("stories260k", "llama134m")
+
+
+def _flat(suite: Suite, method: str) -> str:
+    return " ".join(x for x in (suite.common, suite.methods[method]) if x)
+
+
+def runnable(suite: Suite, methods: list[str]) -> list[str]:
+    """The methods whose config this tree accepts; each one left out is said on stdout (a key
+    not yet in the tree, a combination the compatibility table refuses)."""
+    from fedtune.algorithms import resolve
+    from fedtune.config import Config, parse_overrides
+    from fedtune.errors import ConfigError
+
+    kept = []
+    for method in methods:
+        flat = {**parse_overrides(_flat(suite, method)),
+                "algorithm": suite.algorithms.get(method, method)}
+        try:
+            resolve(Config.from_flat(flat))
+        except ConfigError as err:
+            print(f"[frontier] {method} left out: {err}", flush=True)
+            continue
+        kept.append(method)
+    return kept
+
+
+def probe_overrides(suite: Suite, method: str, model: str) -> str:
+    """A probe's overrides: the suite's (the model aside), on the 134M Llama with the
+    method's ``probe_134m`` (fewer steps)."""
+    words = [w for w in _flat(suite, method).split() if not w.startswith("model=")]
+    if model == "llama134m":
+        words.append(BY_NAME[method].probe_134m)
+    return " ".join(words)
+
+
+def run_probes(suite: Suite, methods: list[str], out: Path, models: tuple[str, ...] = MODELS
+               ) -> dict[str, dict[str, Any]]:
+    """``{"<method>/<model>": probe}`` for every method on each model; reuses ``probes.json``
+    entries whose overrides are unchanged, writes it after each probe."""
+    from simulations.client_round import probe
+
+    path = out / PROBES
+    done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+    for model in models:
+        for method in methods:
+            key, overrides = f"{method}/{model}", probe_overrides(suite, method, model)
+            if done.get(key, {}).get("overrides") == overrides:
+                continue
+            print(f"[frontier] client round: {method} on {model} ...", flush=True)
+            try:
+                done[key] = probe(suite.algorithms.get(method, method), overrides,
+                                  None if model == "stories260k" else model)
+            except RuntimeError as err:  # one probe failing leaves its cells empty
+                print(f"[frontier] {err}", flush=True)
+                continue
+            # merged with what another process (a probe run of its own) wrote meanwhile
+            saved = json.loads(path.read_text()) if path.exists() else {}
+            done = {**saved, **{k: v for k, v in done.items() if k not in saved}, key: done[key]}
+            path.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def _first_lr(rows: list[dict[str, Any]]) -> float | None:
+    return next((float(r["lr"]) for r in rows[1:] if r.get("lr") is not None), None)
+
+
+def _probe_cell(probes: dict[str, dict[str, Any]], key: str, field: str, fmt: str) -> str:
+    value = probes.get(key, {}).get(field)
+    return "—" if value is None else format(value, fmt)
+
+
+def table(suite: Suite, results: list[dict[str, Any]], seeds: list[int],
+          probes: dict[str, dict[str, Any]]) -> str:
+    """One line per method, in suite order."""
+    lines = [f"### Frontier: {suite.description}", "",
+             f"Mean ± std over seeds {seeds}. Held-out loss: the server's held-out set after "
+             "the last round (round 0, before training: "
+             f"{_round0(results)}). Bytes: measured messages, down + up per participating "
+             "client per round. lr: the learning rate of round 1 as the run's rows report it "
+             "(FedKSeed: its ZO step size; Ferret: its local SGD lr). Client round: one local "
+             "round of one client in a fresh process (`simulations.client_round`); compute s: "
+             "the client's `train-seconds` (the round's wall time for full-ft, which does not "
+             "report it); peak MiB: the process's peak RSS (Python, torch, the model, the "
+             "round). On the 134M Llama (random weights) the round is 1 local step (FedKSeed: 2 "
+             "ZO steps), its compute s include the round's setup (FedKSeed's and Ferret's "
+             "version of the model, the projection).", "",
+             "| method | family | lr | final held-out loss | bytes/client/round | "
+             "client compute s/round | client peak MiB | 134M: peak MiB | 134M: compute s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in suite.methods:
+        runs = [r for r in results if r["method"] == name]
+        if not runs:
+            continue
+        method = BY_NAME[name]
+        lrs = [x for x in (_first_lr(r["rows"]) for r in runs) if x is not None]
+        lines.append(
+            f"| {name} | {method.family} | {format(lrs[0], '.3g') if lrs else '—'} | "
+            f"{_stat([float(r['rows'][-1]['eval_loss']) for r in runs], '.3f')} | "
+            f"{_stat([_round_bytes(r['rows']) for r in runs], ',.0f')} | "
+            f"{_probe_cell(probes, f'{name}/stories260k', 'train_seconds', '.2f')} | "
+            f"{_probe_cell(probes, f'{name}/stories260k', 'peak_mib', ',.0f')} | "
+            f"{_probe_cell(probes, f'{name}/llama134m', 'peak_mib', ',.0f')} | "
+            f"{_probe_cell(probes, f'{name}/llama134m', 'train_seconds', '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _round0(results: list[dict[str, Any]]) -> str:
+    losses = [float(r["rows"][0]["eval_loss"]) for r in results
+              if r["rows"] and r["rows"][0].get("eval_loss") is not None]
+    return _stat(losses, ".2f") if losses else "—"
+
+
+def points(suite: Suite, results: list[dict[str, Any]], probes: dict[str, dict[str, Any]]
+           ) -> list[dict[str, Any]]:
+    """Per method: family, mean bytes per round, mean and std of the final held-out loss, and
+    the 134M client's peak MiB (None without a probe)."""
+    out = []
+    for name in suite.methods:
+        runs = [r for r in results if r["method"] == name]
+        if not runs:
+            continue
+        losses = [float(r["rows"][-1]["eval_loss"]) for r in runs]
+        out.append({"method": name, "family": BY_NAME[name].family,
+                    "bytes": statistics.fmean(_round_bytes(r["rows"]) for r in runs),
+                    "loss": statistics.fmean(losses),
+                    "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                    "peak_134m": probes.get(f"{name}/llama134m", {}).get("peak_mib")})
+    return out
+
+
+def _label(ax, pts: list[dict[str, Any]], xkey: str) -> None:
+    """Each point's name beside it; names of points close on the axes are stacked apart."""
+    import math
+
+    placed: list[tuple[float, float]] = []
+    for p in sorted(pts, key=lambda p: (p[xkey], p["loss"])):
+        x, y = math.log10(p[xkey]), p["loss"]
+        near = sum(1 for px, py in placed if abs(px - x) < 0.35 and abs(py - y) < 0.12)
+        placed.append((x, y))
+        ax.annotate(p["method"], (p[xkey], p["loss"]), xytext=(6, -3 + 10 * near),
+                    textcoords="offset points", fontsize=7.5)
+
+
+def plot(suite: Suite, results: list[dict[str, Any]], probes: dict[str, dict[str, Any]],
+         path: Path) -> None:
+    """Final held-out loss against bytes per client per round (log x), and against the 134M
+    client's peak memory; one marker per family, each point labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = points(suite, results, probes)
+    fig, (ax_bytes, ax_mem) = plt.subplots(1, 2, figsize=(14, 6),
+                                           gridspec_kw={"width_ratios": [3, 2]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (family, marker) in enumerate(FAMILIES.items()):
+        mine = [p for p in pts if p["family"] == family]
+        if not mine:
+            continue
+        style = {"marker": marker, "color": colors[i % len(colors)], "ls": "none", "ms": 7,
+                 "capsize": 2, "label": family}
+        ax_bytes.errorbar([p["bytes"] for p in mine], [p["loss"] for p in mine],
+                          yerr=[p["std"] for p in mine], **style)
+        mem = [p for p in mine if p["peak_134m"]]
+        if mem:
+            ax_mem.errorbar([p["peak_134m"] for p in mem], [p["loss"] for p in mem],
+                            yerr=[p["std"] for p in mem], **style)
+    _label(ax_bytes, pts, "bytes")
+    _label(ax_mem, [p for p in pts if p["peak_134m"]], "peak_134m")
+    ax_bytes.set_xscale("log")
+    ax_mem.set_xscale("log")
+    ax_bytes.set_xlabel("bytes per participating client per round (down + up), log scale")
+    ax_mem.set_xlabel("client peak RSS (MiB) of one round on a 134M Llama, log scale")
+    start = _round0(results)
+    for ax in (ax_bytes, ax_mem):
+        ax.set_ylabel(f"final held-out loss (mean ± std over seeds; round 0: {start})")
+        ax.grid(alpha=0.3, which="both")
+    ax_bytes.set_title("loss against communication", fontsize=10)
+    ax_mem.set_title("loss against client memory", fontsize=10)
+    ax_bytes.legend(fontsize=8, loc="best")
+    fig.suptitle(textwrap.fill(f"Frontier: {suite.description}", 140), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(suite: Suite, results: list[dict[str, Any]], seeds: list[int], out: Path,
+          probes: dict[str, dict[str, Any]] | None = None) -> str:
+    """``frontier.md`` and ``frontier.png`` in ``out`` (the probes run first unless given);
+    returns the Markdown."""
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    if probes is None:
+        probes = run_probes(suite, methods, out)
+    md = table(suite, results, seeds, probes)
+    (out / "frontier.md").write_text(md)
+    plot(suite, results, probes, out / "frontier.png")
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The client-round probes alone (``--suite frontier`` runs them after its runs)."""
+    import argparse
+
+    from simulations.benchmark import SUITES
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks") / "frontier")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--methods", nargs="+", help="a subset of the suite's methods")
+    args = parser.parse_args(argv)
+    suite = SUITES["frontier"]
+    methods = runnable(suite, [m for m in suite.methods
+                               if not args.methods or m in args.methods])
+    args.out.mkdir(parents=True, exist_ok=True)
+    probes = run_probes(suite, methods, args.out, tuple(args.models))
+    print(json.dumps(probes, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

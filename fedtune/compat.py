@@ -328,6 +328,72 @@ def _variant_private(cfg: Config, algo: Algorithm) -> str:
             "factors, not only their sum; use fedit, ffa or fedsa with one rank.")
 
 
+# ---- FedIT's PEFT methods and LoRA options (fedtune.algorithms.fedit.methods) --------------
+def _reads_adapter(algo: Algorithm) -> bool:
+    return "lora" in algo.sections
+
+
+def _method_keys(cfg: Config, algo: Algorithm) -> str:
+    """A lora-section key set for a ``peft-method`` that does not read it."""
+    if not _reads_adapter(algo):
+        return ""
+    from fedtune.algorithms.fedit.methods import COMMON, METHODS
+
+    name = cfg.lora.peft_method
+    for key in changed_keys(cfg, "lora"):
+        if key in COMMON or key in METHODS[name].reads:
+            continue
+        able = [m.name for m in METHODS.values() if key in m.reads]
+        return (f"{key} is not read by peft-method='{name}', which would ignore it; drop {key} "
+                f"or use peft-method {', '.join(able)}.")
+    return ""
+
+
+def _method_init_adapter(cfg: Config, algo: Algorithm) -> str:
+    lora = cfg.lora
+    if not (_reads_adapter(algo) and cfg.train.init_adapter):
+        return ""
+    for key, value, default in (("peft-method", lora.peft_method, "lora"),
+                                ("lora-init", lora.lora_init, "default")):
+        if value != default:
+            return (f"{key}='{value}' cannot start from init-adapter, whose folder brings its own "
+                    f"method and initialisation; drop {key} or init-adapter.")
+    return ""
+
+
+def _dora_variant(cfg: Config, algo: Algorithm) -> str:
+    found = _variant(cfg, algo)
+    if found is None or not cfg.lora.lora_use_dora:
+        return ""
+    v = found[0]
+    if not (v.merges or v.frozen):
+        return ""
+    return (f"lora-use-dora cannot run with lora-aggregation='{v.name}': DoRA rescales each "
+            f"column by a trained magnitude, so a client's change is not the s B A that "
+            f"{v.name} {'merges' if v.merges else 'measures'}; use lora-aggregation 'fedit' or "
+            "'fedsa'.")
+
+
+def _lora_init(cfg: Config, algo: Algorithm) -> str:
+    found, how = _variant(cfg, algo), cfg.lora.lora_init
+    if found is None or how == "default":
+        return ""
+    from fedtune.algorithms.fedit.methods import REWRITES_BASE
+
+    (v, mixed), key = found, f"lora-init='{how}'"
+    if how in REWRITES_BASE and v.restarts:
+        return (f"{key} cannot run with lora-aggregation='{v.name}': it restarts every round "
+                "from an adapter whose product it counts as zero, but this initialisation's "
+                "product is not zero; use fedit, ffa, fedsa or fedex.")
+    if v.restarts and cfg.lora.lora_restart_init == "fresh":
+        return (f"{key} cannot run with lora-restart-init='fresh', which draws peft's default "
+                "initialisation for every client and round; drop one of them.")
+    if how in REWRITES_BASE and mixed:
+        return (f"{key} rewrites the base weights for one rank, so lora-ranks cannot mix ranks; "
+                "drop lora-ranks or lora-init.")
+    return ""
+
+
 # ---- quantization (fedtune.models.quantize) --------------------------------------------------
 def _quantized(cfg: Config) -> str:
     """``"quantization='nf4'"``, or "" for an unquantised base."""
@@ -392,6 +458,8 @@ RULES: list[Rule] = [
     Rule(("init-adapter", "algorithm"), _init_adapter),
     Rule(("<another algorithm's key>", "algorithm"), _foreign),
     Rule(("<another strategy's parameter>", "strategy"), _foreign_strategy_key),
+    Rule(("<a lora-section key>", "peft-method"), _method_keys),
+    Rule(("peft-method/lora-init", "init-adapter"), _method_init_adapter),
     Rule(("dp", "secagg"), _server_dp_secagg),
     Rule(("dp/secagg", "algorithm"), _baseline),
     Rule(("strategy", "dp/secagg"), _per_client),
@@ -408,6 +476,8 @@ RULES: list[Rule] = [
     Rule(("lora-restart-init", "lora-aggregation/init-adapter"), _restart_init),
     Rule(("lora-aggregation", "strategy"), _variant_strategy),
     Rule(("lora-aggregation", "dp/secagg"), _variant_private),
+    Rule(("lora-use-dora", "lora-aggregation"), _dora_variant),
+    Rule(("lora-init", "lora-aggregation/lora-ranks"), _lora_init),
     # ---- quantization
     Rule(("quantization", "algorithm"), _quantized_algorithm),
     Rule(("quantization", "lora-aggregation"), _quantized_variant),

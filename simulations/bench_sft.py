@@ -7,9 +7,9 @@ by this process's CPU time, which other load on a shared machine disturbs much l
 thread by default (``--threads``): a simulated client gets one core, and timings are steadier.
 
 Both frameworks train, and the script checks what is marked (checked):
-* the same model (a fresh copy per run) with the same LoRA adapter: ``lora_config``
+* the same model (a fresh copy per run) with the same LoRA adapter: ``adapter_config``
   (``fedtune.algorithms.fedit.adapter``) is passed to ``SFTTrainer(peft_config=...)`` and used
-  by ``add_lora``, same init seed; same trainable tensors (checked), every one of them
+  by ``add_adapter``, same init seed; same trainable tensors (checked), every one of them
   updated by training (checked);
 * exactly the same batches: fedtune's seeded batch order (``fedtune.train.local.batches``) is laid
   out as the TRL dataset (pre-tokenized ``input_ids`` + ``completion_mask``,
@@ -62,7 +62,7 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from fedtune.algorithms.fedit.adapter import add_lora, lora_config  # noqa: E402
+from fedtune.algorithms.fedit.adapter import add_adapter, adapter_config  # noqa: E402
 from fedtune.algorithms.fedit.config import LoraSection  # noqa: E402
 from fedtune.data.synthetic import client_examples  # noqa: E402
 from fedtune.data.tokenize import EncodedSet, encode_examples  # noqa: E402
@@ -132,7 +132,7 @@ def base_model(name: str) -> torch.nn.Module:
 def run_fedtune(bench: Bench, args: argparse.Namespace) -> Run:
     """A warm-up round, then the timed round, with fedtune's own ``train_round``."""
     torch.manual_seed(INIT_SEED)
-    model = add_lora(base_model(bench.name), LoraSection(), base_is_random=is_tiny(bench.name))
+    model = add_adapter(base_model(bench.name), LoraSection(), base_is_random=is_tiny(bench.name))
     before = snapshot(model)
 
     def settings(steps: int) -> SFTSettings:
@@ -196,7 +196,7 @@ def run_trl(bench: Bench, args: argparse.Namespace) -> Run:
         trainer = SFTTrainer(
             model=base_model(bench.name), args=config, train_dataset=dataset,
             processing_class=load_tokenizer(bench.name),
-            peft_config=lora_config(LoraSection(), base_is_random=is_tiny(bench.name)),
+            peft_config=adapter_config(LoraSection(), base_is_random=is_tiny(bench.name)),
             callbacks=[clock],
         )
         trainer.remove_callback(PrinterCallback)  # it would print the end-of-training metrics

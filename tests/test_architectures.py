@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from client_app.app import app as client_app
-from fedtune.algorithms.fedit.adapter import add_lora
+from fedtune.algorithms.fedit.adapter import add_adapter
 from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.cli import main as cli
 from fedtune.models.loading import ModelError, tiny_tokenizer
@@ -140,11 +140,11 @@ def adapted(model) -> set[str]:
 def test_lora_targets_are_found_per_architecture(arch):
     name, folder = arch
     model = AutoModelForCausalLM.from_pretrained(folder)
-    assert adapted(add_lora(model, LoraSection())) == ALL_LINEAR[name]  # the default
+    assert adapted(add_adapter(model, LoraSection())) == ALL_LINEAR[name]  # the default
     model = AutoModelForCausalLM.from_pretrained(folder)
     layers = linear_layer_names(model)
     assert layers == LAYERS[name] and lora_targets("auto", model) == AUTO[name]
-    wrapped = add_lora(model, LoraSection(lora_target_modules="", lora_modules_to_save="lm_head"))
+    wrapped = add_adapter(model, LoraSection(lora_target_modules="", lora_modules_to_save="lm_head"))
     assert adapted(wrapped) == set(AUTO[name])
     assert linear_layer_names(wrapped.get_base_model()) == layers  # peft's wrappers see through
     with pytest.raises(ModelError) as err:
@@ -162,12 +162,12 @@ def test_a_model_type_without_known_targets_names_the_key():
                                        num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
                                        eos_token_id=2))
     with pytest.raises(ModelError) as err:
-        add_lora(model, LoraSection(lora_target_modules="auto"))
+        add_adapter(model, LoraSection(lora_target_modules="auto"))
     assert str(err.value) == (
         "peft has no default LoRA target modules for model type 'phi3'; set "
         "lora-target-modules='all-linear' or a comma list of its layers (o_proj, qkv_proj, "
         "gate_up_proj, down_proj).")
-    assert adapted(add_lora(model, LoraSection())) == {"qkv_proj", "o_proj", "gate_up_proj",
+    assert adapted(add_adapter(model, LoraSection())) == {"qkv_proj", "o_proj", "gate_up_proj",
                                                         "down_proj"}
 
 

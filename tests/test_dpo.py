@@ -24,12 +24,12 @@ PAIRS = [
 def _perturbed_lora_model():
     """A `tiny` LoRA model (not the process's cached one) with a nonzero adapter, so policy
     and reference differ."""
-    from fedtune.algorithms.fedit.adapter import add_lora
+    from fedtune.algorithms.fedit.adapter import add_adapter
     from fedtune.algorithms.fedit.config import LoraSection
     from fedtune.models.loading import build_tiny, load_tokenizer
 
     torch.manual_seed(0)
-    model = add_lora(build_tiny(), LoraSection(lora_dropout=0.0), base_is_random=True)
+    model = add_adapter(build_tiny(), LoraSection(lora_dropout=0.0), base_is_random=True)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedtune.algorithms.fedit.adapter import adapter_state, add_lora
+from fedtune.algorithms.fedit.adapter import adapter_state, add_adapter
 from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.data.synthetic import make_examples
 from fedtune.data.tokenize import encode_examples
@@ -25,7 +25,7 @@ def test_lr_schedules_over_rounds():
 def _setup(dropout=0.0):
     tok = load_tokenizer("tiny")
     torch.manual_seed(0)
-    model = add_lora(build_tiny(), LoraSection(lora_dropout=dropout), base_is_random=True)
+    model = add_adapter(build_tiny(), LoraSection(lora_dropout=dropout), base_is_random=True)
     # parity answers are one word ("even"/"odd"): similar lengths keep micro-batch means close
     data = encode_examples(tok, make_examples("parity", 16, seed=0), 128)
     return model, tok, data

@@ -21,6 +21,7 @@ def heldout_loss(model: torch.nn.Module, data: EncodedSet, pad_id: int,
         batch = collate(data.items[start:start + batch_size], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, -batch["input_ids"].shape[1]:]  # after a soft prompt's positions
         labels = batch["labels"][:, 1:]
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         mask = labels != IGNORE_INDEX

@@ -26,8 +26,11 @@ def load_model_folder(folder: Path) -> tuple[torch.nn.Module, object]:
 
 
 def load_adapter_folder(folder: Path) -> tuple[torch.nn.Module, object]:
-    """(base model with the peft adapter merged in, tokenizer) of a saved adapter folder."""
+    """(base model with the peft adapter merged in, tokenizer) of a saved adapter folder; a
+    soft prompt (prompt tuning) has no weights to merge, so its PeftModel comes back as is."""
     from peft import AutoPeftModelForCausalLM
 
-    model = AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload()
+    model = AutoPeftModelForCausalLM.from_pretrained(folder)
+    if not model.active_peft_config.is_prompt_learning:
+        model = model.merge_and_unload()
     return model.eval(), _tokenizer(folder)

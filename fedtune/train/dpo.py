@@ -69,6 +69,7 @@ class DPOTerms:
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-probs of the labelled (response) tokens of every row; shape [rows]."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, -batch["input_ids"].shape[1]:]  # after a soft prompt's positions
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)

@@ -1,8 +1,9 @@
-"""FedIT: LoRA adapters with peft, and adapter state <-> named numpy arrays.
+"""FedIT: peft adapters, and their trainable state <-> named numpy arrays.
 
-The adapter state is exactly what ``get_peft_model_state_dict`` returns (LoRA A/B matrices and
-any ``modules_to_save`` copies), keyed by peft's names, so a saved global adapter loads with
-``PeftModel.from_pretrained``.
+The adapter state is what ``get_peft_model_state_dict`` returns for the method
+(:mod:`~fedtune.algorithms.fedit.methods`; LoRA: its A/B matrices and any ``modules_to_save``
+copies) less the frozen tensors every party builds itself (VeRA's shared projections), keyed by
+peft's names, so a saved global adapter loads with ``PeftModel.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from peft import (
-    LoraConfig,
+    PeftConfig,
     PeftModel,
     get_peft_model,
     get_peft_model_state_dict,
@@ -21,7 +22,7 @@ from peft import (
 from transformers import PreTrainedModel
 
 from fedtune.algorithms.fedit.config import LoraSection
-from fedtune.models.targets import lora_targets
+from fedtune.algorithms.fedit.methods import peft_config
 
 WIRE_DTYPE = np.float16  # adapters travel in 16 bits; the server keeps float32 masters
 
@@ -35,58 +36,77 @@ def modules_to_save(cfg: LoraSection, base_is_random: bool) -> list[str] | None:
     return names or None
 
 
-def lora_config(cfg: LoraSection, base_is_random: bool = False,
-                model: PreTrainedModel | None = None) -> LoraConfig:
-    """peft's LoraConfig for this section; with ``model``, ``lora-target-modules`` is resolved
-    and checked against that model's layers (:func:`fedtune.models.targets.lora_targets`)."""
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=lora_targets(cfg.lora_target_modules, model),
-        modules_to_save=modules_to_save(cfg, base_is_random),
-        task_type="CAUSAL_LM",
-    )
+def adapter_config(cfg: LoraSection, base_is_random: bool = False,
+                   model: PreTrainedModel | None = None) -> PeftConfig:
+    """peft's config of the section's ``peft-method``; with ``model``, ``lora-target-modules``
+    is resolved and checked against that model's layers."""
+    return peft_config(cfg, model, modules_to_save(cfg, base_is_random))
 
 
-def add_lora(model: PreTrainedModel, cfg: LoraSection, base_is_random: bool = False) -> PeftModel:
-    """Wrap ``model`` with a fresh LoRA adapter (deterministic init given torch's seed)."""
-    return get_peft_model(model, lora_config(cfg, base_is_random, model))
+def add_adapter(model: PreTrainedModel, cfg: LoraSection, base_is_random: bool = False
+                ) -> PeftModel:
+    """Wrap ``model`` with a fresh adapter (deterministic init given torch's seed)."""
+    return get_peft_model(model, adapter_config(cfg, base_is_random, model))
+
+
+def _state(model: PeftModel) -> dict[str, torch.Tensor]:
+    return get_peft_model_state_dict(model, adapter_name=model.active_adapter)
+
+
+def _frozen_keys(model: PeftModel, state: dict[str, torch.Tensor]) -> set[str]:
+    """The state's entries that are views of frozen tensors (VeRA's projections): built by
+    every party from the same inputs, never trained or sent."""
+    frozen = {t.data_ptr() for t in model.buffers()}
+    frozen |= {p.data_ptr() for p in model.parameters() if not p.requires_grad}
+    return {k for k, v in state.items() if v.data_ptr() in frozen}
+
+
+def _trainable_state(model: PeftModel) -> OrderedDict[str, torch.Tensor]:
+    state = _state(model)
+    frozen = _frozen_keys(model, state)
+    return OrderedDict((k, v) for k, v in state.items() if k not in frozen)
 
 
 def adapter_state(model: PeftModel) -> OrderedDict[str, np.ndarray]:
     """The trainable adapter as float32 numpy arrays, in peft's key order."""
-    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
     return OrderedDict(
         (k, v.detach().to(device="cpu", dtype=torch.float32).numpy().copy())
-        for k, v in state.items()
+        for k, v in _trainable_state(model).items()
     )
 
 
 def load_adapter_state(model: PeftModel, arrays: dict[str, np.ndarray]) -> None:
-    """Load named arrays into the adapter; every key must match the model's adapter exactly."""
-    expected = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
-    missing, extra = set(expected) - set(arrays), set(arrays) - set(expected)
+    """Load named arrays into the adapter's trainable state; the keys must match it exactly
+    (the frozen parts stay as the process built them)."""
+    state = _state(model)
+    frozen = _frozen_keys(model, state)
+    expected = {k for k in state if k not in frozen}
+    missing, extra = expected - set(arrays), set(arrays) - expected
     if missing or extra:
         raise KeyError(f"adapter keys differ: missing {sorted(missing)[:3]}, "
                        f"extra {sorted(extra)[:3]}")
-    ref = next(iter(expected.values()))
-    tensors = {
-        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(ref.device, expected[k].dtype)
+    device = next(iter(state.values())).device
+    tensors = {k: state[k] for k in frozen}
+    tensors.update({
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32)).to(device, state[k].dtype)
         for k, v in arrays.items()
-    }
+    })
     set_peft_model_state_dict(model, tensors, adapter_name=model.active_adapter)
 
 
 def adapter_spec(model: PeftModel) -> dict[str, tuple[int, ...]]:
-    """Key -> shape, used by the server to validate client replies."""
-    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
-    return {k: tuple(v.shape) for k, v in state.items()}
+    """Key -> shape of the trainable state, used by the server to validate client replies."""
+    return {k: tuple(v.shape) for k, v in _trainable_state(model).items()}
 
 
 def trainable_keys(model: PeftModel) -> list[str]:
     """The adapter-state key of every trainable parameter, in ``model.parameters()`` order
-    (matched by storage: peft's state dict holds views of the parameters)."""
-    state = get_peft_model_state_dict(model, adapter_name=model.active_adapter)
+    (matched by storage: peft's state dict holds views of the parameters, but a soft prompt's
+    is computed from its embedding table, which is matched by name)."""
+    state = _trainable_state(model)
     by_ptr = {v.data_ptr(): k for k, v in state.items()}
-    return [by_ptr[p.data_ptr()] for p in model.parameters() if p.requires_grad]
+    prompt = {p.data_ptr() for n, p in model.named_parameters()
+              if n.startswith("prompt_encoder.")}
+    return [by_ptr.get(p.data_ptr()) or ("prompt_embeddings" if p.data_ptr() in prompt else
+                                         by_ptr[p.data_ptr()])
+            for p in model.parameters() if p.requires_grad]

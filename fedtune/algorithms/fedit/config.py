@@ -1,8 +1,9 @@
-"""FedIT's config section: the LoRA adapter every client trains and how the server aggregates
-it (``lora-*`` keys)."""
+"""FedIT's config section: the adapter every client trains (``peft-method``, LoRA by default)
+and how the server aggregates it (``lora-*`` keys)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedtune.errors import ConfigError, at_least_one, one_of, require
@@ -15,7 +16,11 @@ RESTART_INITS = ("shared", "fresh")
 
 @dataclass
 class LoraSection:
-    lora_r: int = 16  # LoRA rank
+    # the PEFT method, built by peft: lora, vera, ia3, prompt-tuning, loha, lokr, oft, hra,
+    # fourierft, ln-tuning (fedtune.algorithms.fedit.methods; only lora has the lora-aggregation
+    # variants, ranks and options)
+    peft_method: str = "lora"
+    lora_r: int = 16  # LoRA rank (VeRA, LoHa, LoKr, HRA: their rank; OFT: its number of blocks)
     lora_alpha: int = 32  # LoRA alpha (scale alpha/r)
     lora_dropout: float = 0.05  # LoRA dropout
     # "all-linear" (every linear layer but the head), "auto" (peft's table for the model type)
@@ -35,9 +40,19 @@ class LoraSection:
     # or "fresh" (a new one per client and round, seeded by (run seed, round, node): the
     # official code's get_peft_model per client and round, ATP-1010/FederatedLLM main.py).
     lora_restart_init: str = "shared"
+    lora_use_dora: bool = False  # DoRA: a trained magnitude per output feature (Liu et al. 2024)
+    lora_use_rslora: bool = False  # rsLoRA: scale alpha / sqrt(r) instead of alpha / r
+    # peft's initialisation: default (kaiming-uniform A, zero B), gaussian, pissa or olora (the
+    # last two start from the base's principal/orthogonal directions and keep a residual base)
+    lora_init: str = "default"
+    prompt_virtual_tokens: int = 16  # prompt-tuning: the trained soft prompt's length
 
     def validate(self) -> None:
-        at_least_one(lora_r=self.lora_r)
+        from fedtune.algorithms.fedit.methods import LORA_INITS, METHODS
+
+        one_of("peft-method", self.peft_method, tuple(METHODS))
+        one_of("lora-init", self.lora_init, LORA_INITS)
+        at_least_one(lora_r=self.lora_r, prompt_virtual_tokens=self.prompt_virtual_tokens)
         require(0 <= self.lora_dropout < 1, f"lora-dropout={self.lora_dropout} must be in [0, 1).")
         require(self.lora_alpha > 0, f"lora-alpha={self.lora_alpha} must be positive.")
         one_of("lora-aggregation", self.lora_aggregation, AGGREGATIONS)
@@ -65,9 +80,14 @@ class LoraSection:
 
     @property
     def scale(self) -> float:
-        """alpha / r of the run's ``lora-r``: every client's adapter uses this scale whatever its
-        rank, so a rank-4 and a rank-16 update count on the same footing."""
-        return self.lora_alpha / self.lora_r
+        """s = alpha / r of the run's ``lora-r`` (rsLoRA: alpha / sqrt(r)): every client's
+        adapter uses this scale whatever its rank, so a rank-4 and a rank-16 update count on the
+        same footing."""
+        return self.lora_alpha / (math.sqrt(self.lora_r) if self.lora_use_rslora else self.lora_r)
+
+    def alpha_for(self, rank: int) -> float:
+        """The alpha that gives an adapter of ``rank`` the run's :attr:`scale`."""
+        return self.scale * (math.sqrt(rank) if self.lora_use_rslora else rank)
 
 
 SECTION = ("lora", LoraSection)  # found by fedtune.config; read by the algorithms that list "lora"

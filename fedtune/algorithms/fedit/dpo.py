@@ -1,7 +1,8 @@
 """FedIT with the DPO objective: the fixed reference of a LoRA run and its cached log-probs.
 
 The reference is the model the run starts from: the base with the adapter disabled, or, with
-``init-adapter``, that (SFT) adapter. Its log-probs are computed once per example set (the
+``init-adapter`` or a ``lora-init`` that rewrites the base into a residual (PiSSA, OLoRA), the
+run's initial adapter. Its log-probs are computed once per example set (the
 adapter weights are loaded for it, then the caller loads the global adapter), so no second
 model or adapter is held in memory.
 """
@@ -14,6 +15,7 @@ import numpy as np
 from peft import PeftModel
 
 from fedtune.algorithms.fedit.adapter import load_adapter_state
+from fedtune.algorithms.fedit.methods import REWRITES_BASE
 from fedtune.algorithms.fedit.model import initial_adapter
 from fedtune.config import Config
 from fedtune.data.pairs import PairSet, encode_pairs
@@ -32,7 +34,9 @@ def _reference_id(cfg: Config) -> str:
     if init:
         files = sorted(f for f in os.listdir(init) if f.startswith("adapter_model"))
         stamp = ",".join(f"{f}:{os.stat(os.path.join(init, f)).st_mtime_ns}" for f in files)
-    return f"fedit|{m.model}|{m.dtype}|{m.device}|{init}|{stamp}"
+    rewrites = cfg.lora.lora_init if cfg.lora.lora_init in REWRITES_BASE else ""
+    return f"fedit|{m.model}|{m.dtype}|{m.device}|{init}|{stamp}" + (
+        f"|{rewrites}" if rewrites else "")
 
 
 def reference_logps(cfg: Config, model: PeftModel, data: PairSet, pad_id: int) -> np.ndarray:
@@ -40,7 +44,7 @@ def reference_logps(cfg: Config, model: PeftModel, data: PairSet, pad_id: int) -
     it had to compute them: load the adapter you need afterwards."""
 
     def compute() -> np.ndarray:
-        if cfg.train.init_adapter:
+        if cfg.train.init_adapter or cfg.lora.lora_init in REWRITES_BASE:
             load_adapter_state(model, initial_adapter(cfg))
             return pair_logps(model, data, pad_id, cfg.eval.eval_batch_size)
         with model.disable_adapter():

@@ -1,4 +1,5 @@
-"""The LoRA-wrapped model a process trains or evaluates, built once per process.
+"""The adapter-wrapped model (``peft-method``, LoRA by default) a process trains or evaluates,
+built once per process.
 
 In simulation a Ray worker serves many virtual clients one after another: they share this
 model and only swap the adapter weights, so the base model is loaded once per worker. Clients of
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from fedtune.algorithms.fedit.adapter import adapter_state, add_lora, lora_config
+from fedtune.algorithms.fedit.adapter import adapter_config, adapter_state, add_adapter
 from fedtune.algorithms.fedit.config import LoraSection
 from fedtune.config import Config
 from fedtune.errors import ConfigError
@@ -40,8 +41,8 @@ class _Loaded:
         """Make the adapter of ``rank`` (None: lora-r's, peft's "default") the active one."""
         name = "default" if rank is None or rank == self.lora.lora_r else f"rank-{rank}"
         if name not in self.model.peft_config:
-            cfg = lora_config(self.lora, model=self.model.get_base_model())
-            cfg.r, cfg.lora_alpha = rank, self.lora.scale * rank  # the scale of lora-r
+            cfg = adapter_config(self.lora, model=self.model.get_base_model())
+            cfg.r, cfg.lora_alpha = rank, self.lora.alpha_for(rank)  # the scale of lora-r
             cfg.modules_to_save = self.model.peft_config["default"].modules_to_save
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(self.seed, "lora-init", rank))
@@ -68,7 +69,7 @@ def _cached(model: str, device: str, dtype: str, lora_key: tuple, seed: int,
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "lora-init"))
-            peft_model = add_lora(base, lora, base_is_random=is_tiny(model))
+            peft_model = add_adapter(base, lora, base_is_random=is_tiny(model))
     loaded = _Loaded(peft_model, tokenizer, lora, seed)
     loaded.initial[lora.lora_r] = adapter_state(peft_model)
     return loaded

@@ -9,20 +9,24 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedtune.algorithms.base import ServerHooks
 from fedtune.algorithms.fedit.adapter import WIRE_DTYPE, adapter_spec, load_adapter_state
 from fedtune.algorithms.fedit.dpo import heldout_pairs
 from fedtune.algorithms.fedit.factors import (
+    OTHER,
     A,
     B,
     check_ranks,
     exact_residual,
     pad,
+    part,
     select,
     stacked,
 )
 from fedtune.algorithms.fedit.merged import MergedBase
+from fedtune.algorithms.fedit.methods import REWRITES_BASE
 from fedtune.algorithms.fedit.model import (
     base_shapes,
     initial_adapter,
@@ -189,12 +193,41 @@ class FedITServer(ServerHooks):
         else:
             base_ref = self.cfg.model.model
         self.model.peft_config["default"].base_model_name_or_path = base_ref
-        self.model.save_pretrained(out)
+        if self.cfg.lora.lora_init in REWRITES_BASE:
+            self._save_converted(arrays, out)
+        else:
+            self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         (out / "fedtune.json").write_text(json.dumps(
-            {"base_model": base_ref, "lora_aggregation": self.variant.name,
+            {"base_model": base_ref, "peft_method": self.cfg.lora.peft_method,
+             "lora_aggregation": self.variant.name,
              **saved_quantization(self.cfg.model)}, indent=2))
         return out
+
+    def _save_converted(self, arrays: dict[str, np.ndarray], out: Path) -> None:
+        """PiSSA/OLoRA: the process's base is the residual W - s B0 A0, so the adapter is saved
+        as the plain LoRA of rank 2r that gives the same model on the untouched base: [B, B0]
+        [A; -A0] = B A - B0 A0, alpha doubled (rsLoRA: times sqrt 2) to keep the scale (as
+        peft's ``path_initial_model_for_weight_conversion``, which cannot convert an adapter
+        with ``modules_to_save``)."""
+        from safetensors.torch import save_file
+
+        lora = self.cfg.lora
+        trained, initial = self.full_adapter(arrays), initial_adapter(self.cfg)
+        state = {}
+        for k, v in trained.items():
+            p = part(k)
+            if p != OTHER:
+                v = (np.concatenate([v, -initial[k]], axis=0) if p == A
+                     else np.concatenate([v, initial[k]], axis=1))
+            state[k] = torch.from_numpy(np.ascontiguousarray(v, np.float32))
+        config = copy.deepcopy(self.model.peft_config["default"])
+        config.r = 2 * lora.lora_r
+        config.lora_alpha = lora.lora_alpha * (np.sqrt(2) if lora.lora_use_rslora else 2)
+        config.init_lora_weights = True
+        out.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(out)
+        save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
 
     def _save_merged(self, run_dir: Path) -> Path:
         """W0 + Delta + s B A (and the trained modules_to_save) as a Hugging Face model folder."""

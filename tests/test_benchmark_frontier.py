@@ -79,7 +79,8 @@ def test_points_and_write(tmp_path):
 
 @pytest.mark.parametrize("algorithm,overrides,payload", [
     ("fedit", "local-steps=2 batch-size=4", 10_000),  # a LoRA adapter in float16
-    ("fedkseed", "zo-steps=3 batch-size=4", 0),  # (seed, scalar) pairs: a few bytes
+    # (seed, scalar) pairs: a few bytes; two more child processes, so in the full tier only
+    pytest.param("fedkseed", "zo-steps=3 batch-size=4", 0, marks=pytest.mark.slow),
 ])
 def test_client_round_probe_measures_a_fresh_process(algorithm, overrides, payload):
     got = client_round.probe(algorithm, overrides, model="tiny")

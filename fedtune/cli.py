@@ -255,11 +255,9 @@ def generate_cmd(args: argparse.Namespace) -> int:
 
 
 def export_cmd(args: argparse.Namespace) -> int:
-    model, tokenizer = _run_model(Path(args.run))
-    if hasattr(model, "peft_config"):  # a soft prompt, which no weight can hold
-        raise ConfigError(f"'{args.run}' trained a soft prompt (peft-method='prompt-tuning'), "
-                          "which cannot be merged into the model's weights; load its adapter "
-                          "folder with PeftModel.from_pretrained instead.")
+    from fedtune.models.saved import require_merged
+
+    model, tokenizer = require_merged(*_run_model(Path(args.run)), args.run)
     out = Path(args.out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -1,5 +1,5 @@
 """The combination matrix (issue #26 item 5): algorithm x objective x strategy x lora-aggregation
-x dp x secagg x trust policy. Every combination either is refused by the compatibility table
+x dp x secagg x trust policy x FedIT's adapter (peft-method and LoRA options) x quantization. Every combination either is refused by the compatibility table
 (:mod:`fedtune.compat`) or a section's own check in ONE sentence before any engine starts, or
 runs one short round on the in-process grid with a finite loss, bytes counted and a checkpoint
 written. No third outcome.
@@ -33,6 +33,8 @@ from fedtune.config import Config, ConfigError
 from fedtune.strategies import REGISTRY as STRATEGIES
 
 NODES = 2
+ADAPTERS = {"lora": {}, "vera": {"peft-method": "vera"}, "prompt": {"peft-method": "prompt-tuning"},
+            "dora": {"lora-use-dora": True}, "pissa": {"lora-init": "pissa"}}
 TRUST = {"none": {}, "norm-ratio-3": {"max-update-norm-ratio": 3.0},
          "capped": {"example-weights": "capped"}}
 FACTORS: dict[str, list[str]] = {
@@ -43,6 +45,11 @@ FACTORS: dict[str, list[str]] = {
     "dp": ["off", "server", "client"],
     "secagg": ["off", "on"],
     "trust": list(TRUST),
+    # FedIT's adapter: a representative of each kind of peft-method (LoRA's factors; VeRA's
+    # frozen shared parts; a soft prompt, no layer adapted; DoRA's magnitudes; PiSSA's residual
+    # base); every method and option alone: tests/test_peft_methods.py
+    "adapter": list(ADAPTERS),
+    "quantization": ["none", "nf4"],  # (int8 and fp4: tests/test_quantization.py)
 }
 DEFAULT = {name: values[0] for name, values in FACTORS.items()}
 #: one round, the tiny model, 2 nodes, few examples, a small seed pool; every run reports to
@@ -156,6 +163,9 @@ def flat_config(case: Case) -> dict:
         flat.update({"lora-aggregation": "flora", "lora-restart-init": "fresh"})
     elif c["lora-aggregation"] != "fedit":
         flat["lora-aggregation"] = c["lora-aggregation"]
+    flat.update(ADAPTERS[c["adapter"]])
+    if c["quantization"] != "none":
+        flat["quantization"] = c["quantization"]
     return flat
 
 
@@ -269,6 +279,8 @@ BREAKS = [
     {"algorithm": "ferret", "init-adapter": "runs/x/adapter"},
     {"zo-steps": 3},
     {"strategy": "fedavg", "prox-mu": 0.5},
+    {"peft-method": "vera", "lora-alpha": 8},
+    {"peft-method": "ia3", "init-adapter": "runs/x/adapter"},
     {"dp": "server", "secagg": "on"},
     {"algorithm": "local", "dp": "server"},
     {"strategy": "krum", "dp": "server"},
@@ -287,6 +299,8 @@ BREAKS = [
     {"lora-aggregation": "fedex", "lora-restart-init": "fresh"},
     {"lora-aggregation": "flora", "strategy": "fedadam"},
     {"lora-aggregation": "fedex", "dp": "client", "fraction-evaluate": 0.0},
+    {"lora-aggregation": "ffa", "lora-use-dora": True},
+    {"lora-aggregation": "flora", "lora-init": "pissa"},
     # ---- quantization
     {"algorithm": "fedkseed", "quantization": "nf4"},
     {"lora-aggregation": "flora", "quantization": "nf4"},

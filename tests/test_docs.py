@@ -37,7 +37,7 @@ def test_reference_table_has_every_key_with_default_and_section():
     table = markdown()
     for k in key_help():
         assert f"| `{k.key}` |" in table and f" | {k.section} | " in table
-    assert '| `lora-r` | `16` | lora | LoRA rank |' in table
+    assert '| `lora-alpha` | `32` | lora | LoRA alpha (scale alpha/r) |' in table
     assert "<i>" not in table  # angle brackets escaped
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from fedtune.errors import ConfigError
+
 
 def _tokenizer(folder: Path | str):
     from transformers import AutoTokenizer
@@ -28,9 +30,23 @@ def load_model_folder(folder: Path) -> tuple[torch.nn.Module, object]:
 def load_adapter_folder(folder: Path) -> tuple[torch.nn.Module, object]:
     """(base model with the peft adapter merged in, tokenizer) of a saved adapter folder; a
     soft prompt (prompt tuning) has no weights to merge, so its PeftModel comes back as is."""
-    from peft import AutoPeftModelForCausalLM
+    from peft import AutoPeftModelForCausalLM, PeftModel
 
-    model = AutoPeftModelForCausalLM.from_pretrained(folder)
+    from fedtune.models.quantize import adapter_base
+
+    base = adapter_base(folder)  # trained on a quantised base: merge into its dequantised copy
+    model = (AutoPeftModelForCausalLM.from_pretrained(folder) if base is None
+             else PeftModel.from_pretrained(base, folder))
     if not model.active_peft_config.is_prompt_learning:
         model = model.merge_and_unload()
     return model.eval(), _tokenizer(folder)
+
+
+def require_merged(model: torch.nn.Module, tokenizer, run: str) -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer) if the model is plain weights; a soft prompt (a PeftModel, which
+    :func:`load_adapter_folder` cannot merge) is one sentence."""
+    if hasattr(model, "peft_config"):
+        raise ConfigError(f"'{run}' trained a soft prompt (peft-method='prompt-tuning'), which "
+                          "cannot be merged into the model's weights; load its adapter folder "
+                          "with PeftModel.from_pretrained instead.")
+    return model, tokenizer

@@ -12,6 +12,11 @@ from fedtune.errors import ConfigError, at_least_one, one_of, require
 AGGREGATIONS = ("fedit", "ffa", "fedsa", "flora", "fedex")
 #: ``lora-restart-init`` values: where FLoRA's clients restart their adapter each round.
 RESTART_INITS = ("shared", "fresh")
+#: ``peft-method`` values, each a :class:`~fedtune.algorithms.fedit.methods.Method`
+PEFT_METHODS = ("lora", "vera", "ia3", "prompt-tuning", "loha", "lokr", "oft", "hra",
+                "fourierft", "ln-tuning")
+#: ``lora-init`` values: peft's ``init_lora_weights`` (``default``: kaiming-uniform A, zero B)
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
 
 
 @dataclass
@@ -48,9 +53,7 @@ class LoraSection:
     prompt_virtual_tokens: int = 16  # prompt-tuning: the trained soft prompt's length
 
     def validate(self) -> None:
-        from fedtune.algorithms.fedit.methods import LORA_INITS, METHODS
-
-        one_of("peft-method", self.peft_method, tuple(METHODS))
+        one_of("peft-method", self.peft_method, PEFT_METHODS)
         one_of("lora-init", self.lora_init, LORA_INITS)
         at_least_one(lora_r=self.lora_r, prompt_virtual_tokens=self.prompt_virtual_tokens)
         require(0 <= self.lora_dropout < 1, f"lora-dropout={self.lora_dropout} must be in [0, 1).")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fedtune.algorithms.fedit.config import PEFT_METHODS
 from fedtune.models.targets import lora_targets
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
     from fedtune.algorithms.fedit.config import LoraSection
 
-#: ``lora-init`` values: peft's ``init_lora_weights`` (``default``: kaiming-uniform A, zero B)
-LORA_INITS = ("default", "gaussian", "pissa", "olora")
 #: ``lora-init`` values that rewrite the base weights into a residual (W - s B0 A0), so the
 #: adapter starts from a non-zero product and the untouched base is gone from the process
 REWRITES_BASE = frozenset({"pissa", "olora"})
@@ -155,6 +154,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _LAYERS, _fourierft),
     Method("ln-tuning", "Zhao et al., ICLR 2024 (LN tuning)", frozenset(), _ln_tuning),
 )}
+
+
+assert tuple(METHODS) == PEFT_METHODS  # the section's list, kept import-light for the CLI
 
 
 def method(name: str) -> Method:

@@ -11,6 +11,8 @@
 (b) the default FedIT and FedKSeed runs learn on CUDA (the ServerApp's main on an in-process
     Grid of ClientApps, 3 small rounds): the final held-out loss is below round 0's; and FedIT
     run twice with ``deterministic = true`` gives the same bits (a third run, false, is timed);
+    QLoRA (``quantization='nf4'``) learns on a Linear4bit base on CUDA, the same bits twice
+    (skipped without bitsandbytes);
 (c) throughput on CUDA in seed-elements/s (seeds applied x elements per second) of the replay,
     of one ZO perturbation pass, and of ``add_codes_`` when it exists;
 (d) Ray with GPU fractions: ``fedtune simulate --rounds 2 --client-gpus 0.5`` on tiny finishes
@@ -164,6 +166,44 @@ def check_deterministic(plan: Plan) -> Result:
                         "seconds": {k: v[1] for k, v in runs.items()}})
 
 
+def check_qlora(plan: Plan) -> list[Result]:
+    """QLoRA on ``plan.other``: FedIT with ``quantization='nf4'`` (compute dtype auto: bfloat16
+    on CUDA) learns, its base's linear layers are bitsandbytes' Linear4bit on that device, and
+    a second run gives the same losses bit for bit. Skipped where bitsandbytes is not
+    installed (``pip install -e ".[quantization]"``)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return [Result("b/qlora", "skip", "bitsandbytes is not installed "
+                                          "(pip install -e \".[quantization]\")")]
+    from fedtune.algorithms.fedit.model import peft_model_for
+    from fedtune.config import Config
+
+    cuda = plan.other.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rows, printed = run_quiet(plan, "fedit", quantization="nf4")
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    flat = {**run_config(plan, "fedit", Path("unused")), "quantization": "nf4"}
+    model, _ = peft_model_for(Config.from_flat(flat))  # the runs' model, cached in-process
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj.get_base_layer()
+    kind, where = type(layer).__name__, layer.weight.device.type
+    first, last = rows[0]["eval_loss"], rows[-1]["eval_loss"]
+    rounds_ok = len(rows) == plan.rounds + 1 and all(r["clients"] >= 2 for r in rows[1:])
+    ok = rounds_ok and last < first and kind == "Linear4bit" and where == plan.other
+    learns = Result("b/qlora", "pass" if ok else "fail",
+                    f"nf4 eval_loss {first:.3f} -> {last:.3f} in {len(rows) - 1} rounds, base "
+                    f"{kind} on {where}" + (f", peak {peak / 2**20:.0f} MiB" if cuda else ""),
+                    data={"eval_loss": [r["eval_loss"] for r in rows], "layer": kind,
+                          "device": where, "peak_cuda_bytes": peak,
+                          "output_tail": "" if ok else printed[-4000:]})
+    if plan.dry_run:  # CPU determinism is tests/test_quantization.py's (exact resume)
+        return [learns, Result("b/qlora-deterministic", "skip", "dry run: CUDA only")]
+    again, _ = run_quiet(plan, "fedit", quantization="nf4")
+    same = losses(again) == losses(rows)
+    return [learns, Result("b/qlora-deterministic", "pass" if same else "fail",
+                           f"two nf4 FedIT runs {'identical' if same else 'DIFFER'}",
+                           data={"losses": [losses(rows), losses(again)]})]
+
+
 # ---- (c) throughput -----------------------------------------------------------------------------
 def _best(fn: Callable[[], object], device: str, repeats: int) -> float:
     fn()  # warm-up (kernels, tables, workspaces)
@@ -270,7 +310,7 @@ def check_fedkseed(plan: Plan) -> Result:
 Check = Callable[[Plan], Result | list[Result]]
 CHECKS: dict[str, list[Check]] = {
     "a": [check_z, check_replay, check_add_codes, check_version],
-    "b": [check_fedit, check_fedkseed, check_deterministic],
+    "b": [check_fedit, check_fedkseed, check_deterministic, check_qlora],
     "c": [check_throughput],
     "d": [check_ray],
 }

@@ -27,9 +27,9 @@ def test_cpu_dry_run_runs_every_check_and_writes_json(tmp_path: Path, one_thread
     status = {r["check"]: r["status"] for r in report["results"]}
     assert set(status) == {"a/z", "a/replay", "a/add_codes_", "a/version", "b/fedit",
                            "b/fedkseed", "b/deterministic", "c/replay_", "c/add_perturbation_",
-                           "c/add_codes_", "d/ray"}
+                           "c/add_codes_", "d/ray", "b/qlora", "b/qlora-deterministic"}
     for name in ("a/z", "a/replay", "a/version", "b/fedit", "b/fedkseed", "b/deterministic",
-                 "c/replay_", "c/add_perturbation_"):
+                 "c/replay_", "c/add_perturbation_", "b/qlora"):
         assert status[name] == "pass", report
     assert status["d/ray"] == "skip"  # parsed, not started: no Ray in the dry run
     rates = [r["data"]["seed_elements_per_s"] for r in report["results"]
@@ -125,6 +125,13 @@ def test_default_runs_learn_on_cuda(algorithm: str) -> None:
 def test_deterministic_runs_repeat_bit_for_bit_on_cuda() -> None:
     result = gpu_check.check_deterministic(FULL)
     assert result.status == "pass", result
+
+
+@pytest.mark.gpu
+def test_qlora_learns_on_cuda_and_repeats_bit_for_bit() -> None:
+    pytest.importorskip("bitsandbytes")
+    results = gpu_check.check_qlora(FULL)
+    assert all(r.status == "pass" for r in results), results
 
 
 @pytest.mark.gpu

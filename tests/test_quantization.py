@@ -172,12 +172,17 @@ def test_a_qlora_run_trains_and_the_server_evaluates_on_the_quantised_base(qlora
     assert plain.evaluate(initial)["eval_loss"] != metrics[0]["eval_loss"]
 
 
-def test_export_merges_into_the_full_precision_base(qlora_run, tmp_path):
+def test_export_merges_into_the_dequantised_base_in_full_precision(qlora_run, tmp_path):
+    """``fedtune export`` gives a plain float32 model whose weights are the quantised base's,
+    dequantised, plus s B A: the model the server evaluated, not W0 + s B A."""
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
+    from fedtune.algorithms.fedit.server import FedITServer
     from fedtune.cli import main
+    from fedtune.eval.central import CentralEvaluator
     from fedtune.models.loading import build_tiny
+    from fedtune.models.quantize import Quantization, dequantized
 
     saved = json.loads((qlora_run / "adapter" / "fedtune.json").read_text())
     assert saved["quantization"] == {"kind": "nf4", "compute_dtype": "auto",
@@ -187,14 +192,22 @@ def test_export_merges_into_the_full_precision_base(qlora_run, tmp_path):
     assert not is_quantized(merged)
     layer = merged.model.layers[0].self_attn.q_proj
     assert type(layer) is torch.nn.Linear and layer.weight.dtype == torch.float32
-    # W = W0 (full precision, the preset's own weights) + s B A
     adapter = load_file(qlora_run / "adapter" / "adapter_model.safetensors")
     prefix = "base_model.model.model.layers.0.self_attn.q_proj"
     a, b = adapter[f"{prefix}.lora_A.weight"], adapter[f"{prefix}.lora_B.weight"]
-    w0 = build_tiny().model.layers[0].self_attn.q_proj.weight.detach().numpy()
-    scale = small_config(**QUICK).lora.scale
-    np.testing.assert_allclose(layer.weight.detach().numpy(), w0 + scale * b @ a, atol=1e-6)
     assert np.abs(b).sum() > 0
+    scale = small_config(**QUICK).lora.scale
+    w_q = dequantized("tiny", Quantization("nf4")).model.layers[0].self_attn.q_proj.weight
+    w0 = build_tiny().model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    np.testing.assert_allclose(layer.weight.detach().numpy(),
+                               w_q.detach().numpy() + scale * b @ a, atol=1e-6)
+    assert np.abs(w_q.detach().numpy() - w0).max() > 1e-3  # nf4 moved the weights
+    # the exported model scores what the server reported for the final round
+    cfg = small_config(**{**QUICK, "run-dir": str(qlora_run)})
+    server = FedITServer(cfg)
+    final = json.loads((qlora_run / "metrics.jsonl").read_text().splitlines()[-1])
+    exported = CentralEvaluator(cfg, server.tokenizer)(merged)["eval_loss"]
+    assert exported == pytest.approx(final["eval_loss"], rel=1e-5)
 
 
 def test_a_resumed_qlora_run_equals_the_uninterrupted_one(qlora_run, tmp_path, one_thread):

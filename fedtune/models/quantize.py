@@ -5,8 +5,12 @@ A quantised base is loaded with ``from_pretrained(..., quantization_config=...)`
 folder or hub id directly; the built-in ``tiny`` preset (built in code) is saved once per
 process to a temporary folder and loaded from there, so it is quantised exactly as a real
 checkpoint would be. Embeddings and the output head stay unquantised (transformers' default).
-Only the frozen base is quantised: the adapter trains, travels and is saved in full precision,
-and ``fedtune export`` merges it into an unquantised copy of the base.
+Only the frozen base is quantised: the adapter trains, travels and is saved in full precision.
+The adapter folder's base is the unquantised one; ``fedtune export`` (and ``generate``)
+quantise it as the run did and merge the adapter into its dequantised float32 weights
+(:func:`adapter_base`): the model the run trained and evaluated, in full precision. (Merging
+into the original weights instead gives another model: W0 + s B A where the adapter was
+trained against Q(W0); ``AutoPeftModelForCausalLM.from_pretrained(adapter_folder)`` does that.)
 
 Every party quantises the same weights with the same settings, so clients and server hold
 bit-identical quantised bases (quantisation is deterministic).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 import warnings
@@ -132,6 +137,31 @@ def load_quantized(name: str, placement: Placement, quant: Quantization) -> PreT
     return model
 
 
+def dequantized(name: str, quant: Quantization) -> PreTrainedModel:
+    """The base exactly as a quantised run computed with it, in float32 on CPU: ``name``
+    quantised as ``quant``, then every bitsandbytes layer replaced by a ``Linear`` holding its
+    dequantised weight (transformers' ``dequantize``). With nf4/fp4 its outputs equal the
+    quantised model's; with int8 they differ by LLM.int8()'s rounding of the activations."""
+    from fedtune.models.loading import choose_placement
+
+    model = load_quantized(name, choose_placement("cpu", "float32"), quant).dequantize()
+    model.is_loaded_in_4bit = model.is_loaded_in_8bit = False
+    return model
+
+
+def adapter_base(folder: Path | str) -> PreTrainedModel | None:
+    """For an adapter folder trained on a quantised base (its ``fedtune.json`` says so): the
+    :func:`dequantized` base to merge it into; None for any other folder."""
+    try:
+        saved = json.loads((Path(folder) / "fedtune.json").read_text())["quantization"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    from peft import PeftConfig
+
+    base = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+    return dequantized(base, Quantization(**saved))
+
+
 def is_quantized(model) -> bool:
     """Whether ``model`` (or the base under a peft model) was loaded quantised."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -140,10 +170,12 @@ def is_quantized(model) -> bool:
 
 
 def saved_quantization(m: ModelConfig) -> dict:
-    """The ``fedtune.json`` entry of an adapter trained on a quantised base (``{}`` if none):
-    the adapter folder's base itself is saved unquantised, so ``fedtune export`` merges into
-    full precision."""
+    """The ``fedtune.json`` entry of an adapter trained on a quantised base (``{}`` if none).
+    The adapter folder's base is the unquantised one; ``fedtune export`` quantises it as the
+    run did and merges into its dequantised float32 weights (:func:`adapter_base`), the model
+    the run trained and evaluated."""
     quant = Quantization.of(m)
     if quant is None:
         return {}
-    return {"quantization": quant.as_dict(), "export_merges_into": "full-precision base"}
+    return {"quantization": quant.as_dict(),
+            "export_merges_into": "the dequantised base (the quantised weights in float32)"}

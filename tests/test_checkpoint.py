@@ -50,6 +50,10 @@ CASES = {
     "fedit-fedex": {"lora-aggregation": "fedex"},
     "fedit-ffa": {"lora-aggregation": "ffa"},
     "fedit-scaffold": {"strategy": "scaffold"},  # c on the server, c_i in the nodes' snapshots
+    # PEFT methods: VeRA's frozen projections rebuilt, not restored; a soft prompt's SCAFFOLD
+    # control variates (its state is computed from the embedding table, matched by name)
+    "fedit-vera": {"peft-method": "vera", "lr": 1e-2},
+    "fedit-prompt-scaffold": {"peft-method": "prompt-tuning", "strategy": "scaffold"},
     # Ferret: A of (block, seed) coefficients and the seeds strategy's momentum
     "ferret": {"algorithm": "ferret", "ferret-seeds": 16, "seeds-server-momentum": 0.5},
 }
@@ -95,7 +99,7 @@ def rows(run_dir):
 
 
 #: the costliest cases (merged bases, 4 rounds each twice) run in the full suite only
-SLOW_CASES = {"fedit-fedex", "fedit-flora", "fedit-ffa"}
+SLOW_CASES = {"fedit-fedex", "fedit-flora", "fedit-ffa", "fedit-vera", "fedit-prompt-scaffold"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
@@ -118,7 +122,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, one_thread, monke
             next(k for k in ckpt.algorithm if k.startswith("delta/"))]).sum() > 0
     elif case == "ferret":
         assert np.abs(ckpt.strategy["momentum/array/"]).sum() > 0
-    elif case in ("fedit-fedsa", "fedit-ffa", "fedit-scaffold"):
+    elif case in ("fedit-fedsa", "fedit-ffa", "fedit-scaffold", "fedit-vera",
+                  "fedit-prompt-scaffold"):
         assert not ckpt.algorithm
     else:  # DP: (z, m, N) of the 2 released rounds; Pro counts the dense noisy mean per reply
         assert ckpt.strategy["dp:ledger"].tolist() == [[0.8, 2, 2]] * 2

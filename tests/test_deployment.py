@@ -39,6 +39,7 @@ import psutil
 import pytest
 
 from tests.deployment_cluster import (
+    FAST,
     GUIDE_VARS,
     ROOT,
     Cluster,
@@ -125,6 +126,27 @@ def test_guide_blocks_and_variables_agree_with_this_test():
 
     example = tomllib.loads(blocks["example"]["run-config"])
     Config.from_flat(example)  # every key exists and every value is valid
+
+
+def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
+    """tests/fast_flower, imported by every process these tests start: Flower's fixed 3 s polls
+    (a SuperNode's, the ServerApp grid's) sleep FAST's seconds, other sleeps as they were, and
+    a SuperNode declares 10 s heartbeats (the SuperLink's minimum) instead of 30 s."""
+    code = ("import time, flwr.superlink.grid.http_grid as g, "
+            "flwr.supernode.start_client_internal as n, flwr.supernode.fleet_http_connection "
+            "as f, flwr.supercore.heartbeat as h\n"
+            "t = time.monotonic(); g.time.sleep(3); n.time.sleep(3); polls = time.monotonic() - t\n"
+            "t = time.monotonic(); n.time.sleep(0.5); other = time.monotonic() - t\n"
+            "print(polls, other, f.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL)")
+    env = Cluster(tmp_path, {}).env("home")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    polls, other, *beats = map(float, out.stdout.split())
+    assert polls < 2.5 and 0.5 <= other < 1.5, (out.stdout, out.stderr)  # not 6 s; 0.5 s
+    assert beats == [10.0, 10.0] and FAST["FEDTUNE_TEST_FLOWER_HEARTBEAT"] == "10"
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
+
+    assert HEARTBEAT_DEFAULT_INTERVAL == 30 and HEARTBEAT_MIN_INTERVAL == 10  # here: Flower's
 
 
 def test_overview_quotes_the_guides_commands():
@@ -277,12 +299,13 @@ def test_supernode_killed_mid_round(cluster):
     The run has dp='server' with a budget of dp-max-epsilon=8, so the victim, pinned to DP as
     in the Ferret test (``require-dp=true max-epsilon=8.0``, the same SuperNode), takes part:
     its train message is the proof that a run meeting its pins gets it. While round 1 waits
-    for the lost node (Flower notices it 36-60 s after the kill, by its missed heartbeats),
-    the refusals of the next test are started: that wait is idle."""
+    for the lost node (Flower notices it by its missed heartbeats: 36-60 s after the kill at
+    Flower's 30 s interval, about 20 s at the 10 s these tests' SuperNodes declare,
+    tests/fast_flower), the refusals of the next test are started: that wait is idle."""
     from fedtune.config import Config
 
     c, t0 = cluster, time.monotonic()
-    timeout = 60.0  # Flower gives up on a silent node 36-60 s after the kill (heartbeats)
+    timeout = 60.0  # a bound: Flower gives up on a silent node ~20 s after the kill here
     run_dir = c.tmp / "runs" / "killed"
     victim, victim_log = pinned_node(c)
     seen = len(victim_log.read_text(errors="replace"))  # what the Ferret run wrote there

@@ -1,0 +1,80 @@
+"""Shorter Flower waits in the deployment tests' processes (issue #27).
+
+``tests/deployment_cluster.py`` puts this folder first on ``PYTHONPATH`` of every process it
+starts (SuperLink, SuperNodes, and the ServerApp, ClientApp and ``flwr`` processes they start),
+so Python imports this module as each starts. Flower 1.42 fixes two waits in code, with no
+option: a SuperNode asks the SuperLink for messages every 3 s, and the ServerApp's grid asks
+for replies every 3 s; each message exchange waits for both. With
+``FEDTUNE_TEST_FLOWER_POLL=<seconds>`` those two sleeps take that long instead. With
+``FEDTUNE_TEST_FLOWER_HEARTBEAT=<seconds>`` (at least the SuperLink's minimum, 10) a SuperNode
+declares and sends heartbeats at that interval instead of 30 s, so the SuperLink notices a
+killed node about 2 intervals after the kill instead of 60 s. Nothing else changes: the same
+Flower code runs, only these waits are shorter. Without the variables this does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+POLL = os.environ.get("FEDTUNE_TEST_FLOWER_POLL")
+HEARTBEAT = os.environ.get("FEDTUNE_TEST_FLOWER_HEARTBEAT")
+FLOWER_POLL = 3  # the literal in both loops
+
+
+class _Clock:
+    """``time`` for one Flower module, whose ``sleep(3)`` (its poll) sleeps ``poll`` s."""
+
+    def __init__(self, poll: float) -> None:
+        self._poll = poll
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self._poll if seconds == FLOWER_POLL else seconds)
+
+
+def _polls(module: Any) -> None:
+    module.time = _Clock(float(POLL))  # type: ignore[arg-type]
+
+
+def _heartbeats(module: Any) -> None:
+    module.HEARTBEAT_DEFAULT_INTERVAL = float(HEARTBEAT)  # type: ignore[arg-type]
+
+
+PATCHES: dict[str, Any] = {}
+if POLL:
+    PATCHES.update({"flwr.supernode.start_client_internal": _polls,
+                    "flwr.superlink.grid.http_grid": _polls})
+if HEARTBEAT:
+    PATCHES.update({"flwr.supernode.fleet_http_connection": _heartbeats,
+                    "flwr.supercore.heartbeat": _heartbeats})
+
+
+class _AfterImport:
+    """Patches a module of :data:`PATCHES` once it has been imported, whoever imports it."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in PATCHES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                run, patch = spec.loader.exec_module, PATCHES[name]
+
+                def exec_module(module: Any, run: Any = run, patch: Any = patch) -> None:
+                    run(module)
+                    patch(module)
+
+                spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+                return spec
+        return None
+
+
+if PATCHES:
+    sys.meta_path.insert(0, _AfterImport())

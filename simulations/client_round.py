@@ -10,8 +10,9 @@ train message's content; the second (the one measured) imports the client code, 
 content, runs the algorithm's client side for one round as a node (partition 0 of 8) would, and
 reports its RSS after the imports, its RSS right after the model load (the first call of
 :func:`fedtune.models.loading.load_model`), its peak RSS (``getrusage``'s ``ru_maxrss``: every
-byte the round ever held, imports and model included), the round's wall seconds, the client's
-own ``train-seconds`` metric and the reply's size. ``--model llama134m`` is a Llama of about 134M
+byte the round ever held, imports and model included), the round's wall and CPU seconds (CPU:
+what the round costs whatever else the machine runs), the client's own ``train-seconds``
+metric and the reply's size. ``--model llama134m`` is a Llama of about 134M
 parameters built in code (random weights, stories260k's tokenizer), saved once under the cache.
 """
 
@@ -49,6 +50,13 @@ def _rss_mib() -> float:
 
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _cpu_seconds() -> float:
+    """This process's user + system CPU time: a round's compute, whatever else the machine
+    runs (with one torch thread, its wall time on an idle core)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def llama134m(cache: Path | None = None) -> Path:
@@ -137,15 +145,15 @@ def measure(path: Path) -> dict[str, Any]:
     with path.open("rb") as fh:  # the message's content, as the client receives it
         pickle.load(fh)
         content = pickle.load(fh)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     reply = side.train(content, node, {})
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     metrics = reply.metrics.get("metrics", {})
     up = sum(a.nbytes for rec in reply.arrays.values() for a in rec.values())
     up += sum(len(v) for rec in reply.configs.values() for v in rec.values()
               if isinstance(v, bytes))
     return {"rss_imports_mib": imports, "rss_model_mib": after_load[0] if after_load else None,
-            "peak_mib": _peak_mib(), "round_seconds": wall,
+            "peak_mib": _peak_mib(), "round_seconds": wall, "cpu_seconds": cpu,
             "train_seconds": float(metrics.get("train-seconds", wall)),
             "train_loss": metrics.get("train-loss"), "reply_payload_bytes": int(up),
             "threads": torch.get_num_threads()}

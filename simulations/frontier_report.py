@@ -68,7 +68,7 @@ def run_probes(suite: Suite, methods: list[str], out: Path, models: tuple[str, .
     for model in models:
         for method in methods:
             key, overrides = f"{method}/{model}", probe_overrides(suite, method, model)
-            if done.get(key, {}).get("overrides") == overrides:
+            if done.get(key, {}).get("overrides") == overrides and "cpu_seconds" in done[key]:
                 continue
             print(f"[frontier] client round: {method} on {model} ...", flush=True)
             try:
@@ -102,14 +102,14 @@ def table(suite: Suite, results: list[dict[str, Any]], seeds: list[int],
              f"{_round0(results)}). Bytes: measured messages, down + up per participating "
              "client per round. lr: the learning rate of round 1 as the run's rows report it "
              "(FedKSeed: its ZO step size; Ferret: its local SGD lr). Client round: one local "
-             "round of one client in a fresh process (`simulations.client_round`); compute s: "
-             "the client's `train-seconds` (the round's wall time for full-ft, which does not "
-             "report it); peak MiB: the process's peak RSS (Python, torch, the model, the "
+             "round of one client (round 1, partition 0) in a fresh process "
+             "(`simulations.client_round`), one torch thread; CPU s: the process's CPU time "
+             "over the round (model load, local steps, and for FedKSeed/Ferret the catch-up "
+             "and projection); peak MiB: the process's peak RSS (Python, torch, the model, the "
              "round). On the 134M Llama (random weights) the round is 1 local step (FedKSeed: 2 "
-             "ZO steps), its compute s include the round's setup (FedKSeed's and Ferret's "
-             "version of the model, the projection).", "",
+             "ZO steps).", "",
              "| method | family | lr | final held-out loss | bytes/client/round | "
-             "client compute s/round | client peak MiB | 134M: peak MiB | 134M: compute s |",
+             "client CPU s/round | client peak MiB | 134M: peak MiB | 134M: CPU s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in suite.methods:
         runs = [r for r in results if r["method"] == name]
@@ -121,10 +121,10 @@ def table(suite: Suite, results: list[dict[str, Any]], seeds: list[int],
             f"| {name} | {method.family} | {format(lrs[0], '.3g') if lrs else '—'} | "
             f"{_stat([float(r['rows'][-1]['eval_loss']) for r in runs], '.3f')} | "
             f"{_stat([_round_bytes(r['rows']) for r in runs], ',.0f')} | "
-            f"{_probe_cell(probes, f'{name}/stories260k', 'train_seconds', '.2f')} | "
+            f"{_probe_cell(probes, f'{name}/stories260k', 'cpu_seconds', '.2f')} | "
             f"{_probe_cell(probes, f'{name}/stories260k', 'peak_mib', ',.0f')} | "
             f"{_probe_cell(probes, f'{name}/llama134m', 'peak_mib', ',.0f')} | "
-            f"{_probe_cell(probes, f'{name}/llama134m', 'train_seconds', '.1f')} |")
+            f"{_probe_cell(probes, f'{name}/llama134m', 'cpu_seconds', '.1f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,7 @@ def _run(method, seed, losses, down, up, lr=0.002):
 
 def _probe(method, model, peak, seconds):
     return {"algorithm": SUITE.algorithms[method], "model": model, "peak_mib": peak,
-            "train_seconds": seconds, "overrides": probe_overrides(SUITE, method, model)}
+            "cpu_seconds": seconds, "overrides": probe_overrides(SUITE, method, model)}
 
 
 RESULTS = [_run("lora", 0, [3.0, 2.0], 200_000, 200_000),
@@ -87,6 +87,6 @@ def test_client_round_probe_measures_a_fresh_process(algorithm, overrides, paylo
     assert got["model"] == "tiny" and got["algorithm"] == algorithm
     assert 50 < got["rss_imports_mib"] <= got["peak_mib"] < 4096
     assert got["rss_model_mib"] is not None and got["rss_model_mib"] <= got["peak_mib"]
-    assert 0 < got["train_seconds"] <= got["round_seconds"] + 1e-6
+    assert 0 < got["train_seconds"] <= got["round_seconds"] + 1e-6 and got["cpu_seconds"] > 0
     assert got["train_loss"] is not None and got["threads"] == 1
     assert got["reply_payload_bytes"] > payload

@@ -11,6 +11,7 @@ peak memory on the 134M Llama. The probes are kept in ``probes.json`` (a rerun r
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import textwrap
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.benchmark import Suite, _round_bytes, _stat
-from simulations.frontier_methods import BY_NAME, FAMILIES
+from simulations.frontier_methods import BY_NAME, FAMILIES, STORIES260K
 
 PROBES = "probes.json"
 MODELS = ("stories260k", "llama134m")
@@ -88,6 +89,31 @@ def _first_lr(rows: list[dict[str, Any]]) -> float | None:
     return next((float(r["lr"]) for r in rows[1:] if r.get("lr") is not None), None)
 
 
+@functools.lru_cache(maxsize=4)
+def auto_zo_lr(model: str) -> float:
+    """FedKSeed's ZO step size when ``zo-lr`` is 0 (its rows carry no ``lr``), as its client
+    computes it from the model's ZO-tuned parameter count."""
+    from fedtune.algorithms.fedkseed.config import ZOConfig
+    from fedtune.algorithms.fedkseed.defaults import zo_lr
+    from fedtune.models.loading import choose_placement, is_tiny, load_model
+    from fedtune.seeded.params import zo_named_parameters
+
+    net = load_model(model, choose_placement("cpu", "float32"))
+    n = sum(p.numel() for _, p in zo_named_parameters(net))
+    return zo_lr(ZOConfig(), n, is_tiny(model))
+
+
+def _lr(suite: Suite, name: str, runs: list[dict[str, Any]]) -> str:
+    """Round 1's lr from the rows; FedKSeed's auto ZO step size (marked) where they have none."""
+    lrs = [x for x in (_first_lr(r["rows"]) for r in runs) if x is not None]
+    if lrs:
+        return format(lrs[0], ".3g")
+    if suite.algorithms.get(name, name).startswith("fedkseed") and "zo-lr=" not in \
+            suite.methods[name]:
+        return f"{auto_zo_lr(str(STORIES260K)):.2g} (zo)"
+    return "—"
+
+
 def _probe_cell(probes: dict[str, dict[str, Any]], key: str, field: str, fmt: str) -> str:
     value = probes.get(key, {}).get(field)
     return "—" if value is None else format(value, fmt)
@@ -116,9 +142,8 @@ def table(suite: Suite, results: list[dict[str, Any]], seeds: list[int],
         if not runs:
             continue
         method = BY_NAME[name]
-        lrs = [x for x in (_first_lr(r["rows"]) for r in runs) if x is not None]
         lines.append(
-            f"| {name} | {method.family} | {format(lrs[0], '.3g') if lrs else '—'} | "
+            f"| {name} | {method.family} | {_lr(suite, name, runs)} | "
             f"{_stat([float(r['rows'][-1]['eval_loss']) for r in runs], '.3f')} | "
             f"{_stat([_round_bytes(r['rows']) for r in runs], ',.0f')} | "
             f"{_probe_cell(probes, f'{name}/stories260k', 'cpu_seconds', '.2f')} | "

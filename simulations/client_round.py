@@ -4,16 +4,17 @@ memory and compute time.
     python -m simulations.client_round --algorithm fedit --run-config "model='...' local-steps=2"
     python -m simulations.client_round --algorithm full-ft --model llama134m
 
-Two child processes per measurement: the first builds the server side (initial state, round-1
-train config, the node's extra records), casts the arrays to the wire dtype, and pickles the
-train message's content; the second (the one measured) imports the client code, loads the
-content, runs the algorithm's client side for one round as a node (partition 0 of 8) would, and
-reports its RSS after the imports, its RSS right after the model load (the first call of
-:func:`fedtune.models.loading.load_model`), its peak RSS (``getrusage``'s ``ru_maxrss``: every
-byte the round ever held, imports and model included), the round's wall and CPU seconds (CPU:
-what the round costs whatever else the machine runs), the client's own ``train-seconds``
-metric and the reply's size. ``--model llama134m`` is a Llama of about 134M
-parameters built in code (random weights, stories260k's tokenizer), saved once under the cache.
+The caller (or, with ``in_process=False``, a child process) builds the server side (initial
+state, round-1 train config, the node's extra records), casts the arrays to the wire dtype and
+pickles the train message's content; a fresh child process (the one measured) imports the
+client code, loads the content, runs the algorithm's client side for one round as a node
+(partition 0 of 8) would, and reports its RSS after the imports, its RSS right after the model
+load (the first call of :func:`fedtune.models.loading.load_model`), its peak RSS
+(``getrusage``'s ``ru_maxrss``: every byte the round ever held, imports and model included),
+the round's wall and CPU seconds (CPU: what the round costs whatever else the machine runs),
+the client's own ``train-seconds`` metric and the reply's size. ``--model llama134m`` is a
+Llama of about 134M parameters built in code (random weights, stories260k's tokenizer), saved
+once under the cache.
 """
 
 from __future__ import annotations
@@ -170,17 +171,22 @@ def _child(args: list[str], threads: int) -> dict[str, Any]:
 
 
 def probe(algorithm: str, overrides: str = "", model: str | None = None,
-          threads: int = 1) -> dict[str, Any]:
+          threads: int = 1, in_process: bool = True) -> dict[str, Any]:
     """One client round of ``algorithm`` with ``overrides`` on ``model`` (a folder, ``tiny``
     or ``llama134m``; default stories260k), measured in a fresh process: see :func:`measure`.
-    ``threads``: torch's intra-op threads in both children."""
+    ``in_process``: the message is built in this process (the server side, which needs the
+    model too), else in a child of its own; ``threads``: torch's intra-op threads in the
+    children."""
     name = str(SHARED_MODEL) if model is None else model
     if name == LLAMA134M:
         name = str(llama134m())
     with tempfile.TemporaryDirectory(prefix="client-round-") as tmp:
         base = ["--algorithm", algorithm, "--run-config", overrides, "--model", name,
                 "--work", tmp]
-        _child([*base, "--stage", "prepare"], threads)
+        if in_process:
+            prepare(algorithm, overrides, name, Path(tmp))
+        else:
+            _child([*base, "--stage", "prepare"], threads)
         result = _child([*base, "--stage", "measure"], threads)
     return {"algorithm": algorithm, "overrides": overrides, "model": model or "stories260k",
             **result}

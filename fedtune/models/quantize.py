@@ -133,8 +133,25 @@ def load_quantized(name: str, placement: Placement, quant: Quantization) -> PreT
                              dtype=placement.dtype,
                              quantization_config=quant.bnb_config(placement),
                              device_map=_device_map(placement))
+    _own_memory(model)
     model.eval()
     return model
+
+
+def _own_memory(model) -> None:
+    """Copy the unquantised weights (embeddings, norms, head) that are still views of the
+    checkpoint's memory-mapped file into the process's own memory, so the mapping closes: it
+    would otherwise keep the full-precision weights just quantised resident (about 340 MB of a
+    134M Llama's 520 MB file, counted in the client's RSS though never read again)."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for _, tensor in own:
+                if tensor.device.type == "cpu" and type(tensor).__name__ not in (
+                        "Params4bit", "Int8Params"):
+                    tensor.data = tensor.data.clone()
 
 
 def dequantized(name: str, quant: Quantization) -> PreTrainedModel:

@@ -220,3 +220,24 @@ def test_a_resumed_qlora_run_equals_the_uninterrupted_one(qlora_run, tmp_path, o
     resumed = run(tmp_path, "crashed", QUICK, resume=True)
     assert final_state(resumed) == final_state(qlora_run)
     assert rows(resumed) == rows(qlora_run)
+
+
+def test_dpo_references_of_a_quantised_and_a_plain_base_are_kept_apart(one_thread):
+    """DPO's reference log-probs (cached per process by the reference's identity) come from the
+    base the run trains on: an nf4 run after an unquantised one in the same process does not
+    reuse the unquantised reference, and vice versa."""
+    from fedtune.algorithms.fedit.dpo import heldout_pairs
+    from fedtune.algorithms.fedit.model import peft_model_for
+    from fedtune.train.dpo import pair_logps
+
+    refs = {}
+    for quant in ("none", "nf4", "none"):
+        cfg = small_config(**{"objective": "dpo", "eval-examples": 8, "quantization": quant,
+                              "lora-r": 4})
+        model, tok = peft_model_for(cfg)
+        pairs = heldout_pairs(cfg, model, tok)
+        with model.disable_adapter():
+            direct = pair_logps(model, pairs.data, tok.pad_token_id, 8)
+        np.testing.assert_array_equal(pairs.reference, direct)
+        refs.setdefault(quant, pairs.reference)
+    assert not np.array_equal(refs["none"], refs["nf4"])

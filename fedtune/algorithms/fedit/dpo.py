@@ -35,8 +35,10 @@ def _reference_id(cfg: Config) -> str:
         files = sorted(f for f in os.listdir(init) if f.startswith("adapter_model"))
         stamp = ",".join(f"{f}:{os.stat(os.path.join(init, f)).st_mtime_ns}" for f in files)
     rewrites = cfg.lora.lora_init if cfg.lora.lora_init in REWRITES_BASE else ""
+    quant = "" if m.quantization == "none" else (
+        f"|{m.quantization},{m.quant_compute_dtype},{m.quant_double_quant}")
     return f"fedit|{m.model}|{m.dtype}|{m.device}|{init}|{stamp}" + (
-        f"|{rewrites}" if rewrites else "")
+        f"|{rewrites}" if rewrites else "") + quant
 
 
 def reference_logps(cfg: Config, model: PeftModel, data: PairSet, pad_id: int) -> np.ndarray:

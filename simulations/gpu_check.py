@@ -117,18 +117,18 @@ def run_quiet(plan: Plan, algorithm: str, **extra: Any) -> tuple[list[dict[str, 
     return rows, printed.getvalue()
 
 
-def check_learning(plan: Plan, algorithm: str) -> Result:
-    """A small default run of ``algorithm`` on ``plan.other``: every round aggregates and the
-    final held-out loss is below round 0's."""
+def check_learning(plan: Plan, algorithm: str, name: str = "", **extra: Any) -> Result:
+    """A small default run of ``algorithm`` (config overrides ``extra``) on ``plan.other``:
+    every round aggregates and the final held-out loss is below round 0's."""
     cuda = plan.other.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    rows, printed = run_quiet(plan, algorithm)
+    rows, printed = run_quiet(plan, algorithm, **extra)
     first, last = rows[0]["eval_loss"], rows[-1]["eval_loss"]
     rounds_ok = len(rows) == plan.rounds + 1 and all(r["clients"] >= 2 for r in rows[1:])
     peak = torch.cuda.max_memory_allocated() if cuda else 0
     ok = rounds_ok and last < first and (peak > 0 or not cuda)
-    return Result(f"b/{algorithm}", "pass" if ok else "fail",
+    return Result(f"b/{name or algorithm}", "pass" if ok else "fail",
                   f"eval_loss {first:.3f} -> {last:.3f} in {len(rows) - 1} rounds on "
                   f"{plan.other}" + (f", peak {peak / 2**20:.0f} MiB" if cuda else ""),
                   data={"eval_loss": [r["eval_loss"] for r in rows],
@@ -307,10 +307,16 @@ def check_fedkseed(plan: Plan) -> Result:
     return check_learning(plan, "fedkseed")
 
 
+def check_vera(plan: Plan) -> Result:
+    """A PEFT method other than LoRA (VeRA: shared frozen projections built on the device from
+    peft's PRNG key, only the scaling vectors trained and sent) learns on ``plan.other``."""
+    return check_learning(plan, "fedit", "vera", peft_method="vera", lr=2e-2)
+
+
 Check = Callable[[Plan], Result | list[Result]]
 CHECKS: dict[str, list[Check]] = {
     "a": [check_z, check_replay, check_add_codes, check_version],
-    "b": [check_fedit, check_fedkseed, check_deterministic, check_qlora],
+    "b": [check_fedit, check_fedkseed, check_deterministic, check_qlora, check_vera],
     "c": [check_throughput],
     "d": [check_ray],
 }

@@ -27,9 +27,9 @@ def test_cpu_dry_run_runs_every_check_and_writes_json(tmp_path: Path, one_thread
     status = {r["check"]: r["status"] for r in report["results"]}
     assert set(status) == {"a/z", "a/replay", "a/add_codes_", "a/version", "b/fedit",
                            "b/fedkseed", "b/deterministic", "c/replay_", "c/add_perturbation_",
-                           "c/add_codes_", "d/ray", "b/qlora", "b/qlora-deterministic"}
+                           "c/add_codes_", "d/ray", "b/qlora", "b/qlora-deterministic", "b/vera"}
     for name in ("a/z", "a/replay", "a/version", "b/fedit", "b/fedkseed", "b/deterministic",
-                 "c/replay_", "c/add_perturbation_", "b/qlora"):
+                 "c/replay_", "c/add_perturbation_", "b/qlora", "b/vera"):
         assert status[name] == "pass", report
     assert status["d/ray"] == "skip"  # parsed, not started: no Ray in the dry run
     rates = [r["data"]["seed_elements_per_s"] for r in report["results"]

@@ -130,7 +130,7 @@ def test_guide_blocks_and_variables_agree_with_this_test():
 
 def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
     """tests/fast_flower, imported by every process these tests start: Flower's fixed 3 s polls
-    (a SuperNode's, the ServerApp grid's) sleep FAST's seconds, other sleeps as they were, and
+    (a SuperNode's, the ServerApp grid's) sleep 1 s, other sleeps as they were, and
     a SuperNode declares 10 s heartbeats (the SuperLink's minimum) instead of 30 s."""
     code = ("import time, flwr.superlink.grid.http_grid as g, "
             "flwr.supernode.start_client_internal as n, flwr.supernode.fleet_http_connection "
@@ -142,7 +142,7 @@ def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     polls, other, *beats = map(float, out.stdout.split())
-    assert polls < 2.5 and 0.5 <= other < 1.5, (out.stdout, out.stderr)  # not 6 s; 0.5 s
+    assert polls < 4.5 and 0.5 <= other < 1.5, (out.stdout, out.stderr)  # not 6 s; 0.5 s
     assert beats == [10.0, 10.0] and FAST["FEDTUNE_TEST_FLOWER_HEARTBEAT"] == "10"
     from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
 
@@ -305,7 +305,9 @@ def test_supernode_killed_mid_round(cluster):
     from fedtune.config import Config
 
     c, t0 = cluster, time.monotonic()
-    timeout = 60.0  # a bound: Flower gives up on a silent node ~20 s after the kill here
+    # a bound: Flower gives up on a silent node ~20 s after the kill here; the two live nodes'
+    # replies took over 60 s on a 2-core machine at load average 13-17
+    timeout = 120.0
     run_dir = c.tmp / "runs" / "killed"
     victim, victim_log = pinned_node(c)
     seen = len(victim_log.read_text(errors="replace"))  # what the Ferret run wrote there

@@ -144,8 +144,12 @@ def test_each_quantisation_builds_and_trains_the_adapter(quant, one_thread):
 @pytest.fixture(scope="module")
 def qlora_run(tmp_path_factory):
     """A 3-round nf4 FedIT run on the real ServerApp over two in-process ClientApps."""
+    from flwr.supercore.task_identity import TaskIdentity
+
     from tests.test_checkpoint import run
 
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # (conftest's
+    # task_identity fixture is function-scoped: it comes after this module-scoped one)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -208,6 +212,19 @@ def test_export_merges_into_the_dequantised_base_in_full_precision(qlora_run, tm
     final = json.loads((qlora_run / "metrics.jsonl").read_text().splitlines()[-1])
     exported = CentralEvaluator(cfg, server.tokenizer)(merged)["eval_loss"]
     assert exported == pytest.approx(final["eval_loss"], rel=1e-5)
+
+
+def test_exporting_a_qlora_run_without_bitsandbytes_says_how_to_install_it(
+        qlora_run, tmp_path, monkeypatch, capsys):
+    from fedtune.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    assert main(["export", str(qlora_run), str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedtune: The adapter in ") and err.endswith(
+        'which needs bitsandbytes; run pip install -e ".[quantization]".'), err
 
 
 def test_a_resumed_qlora_run_equals_the_uninterrupted_one(qlora_run, tmp_path, one_thread):

@@ -173,8 +173,17 @@ def adapter_base(folder: Path | str) -> PreTrainedModel | None:
         saved = json.loads((Path(folder) / "fedtune.json").read_text())["quantization"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    import importlib.util
+
     from peft import PeftConfig
 
+    from fedtune.errors import ConfigError
+    from fedtune.models.config import INSTALL_HINT
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"The adapter in '{folder}' was trained on a base quantised as "
+                          f"{saved.get('kind')}, and merging it quantises that base again, "
+                          f"which needs bitsandbytes; run {INSTALL_HINT}.")
     base = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
     return dequantized(base, Quantization(**saved))
 

@@ -28,7 +28,7 @@ LAYERS = [
     ("library", r"fedtune\.(data|models|train|eval|seeded|deploy|secagg|tracking)(\..+)?$"
                 r"|fedtune\.(node|node_pins|plot|progress|payloads|checkpoint|driver)$"),
     ("methods", r"fedtune\.(algorithms|strategies|privacy)(\..+)?$"
-                r"|fedtune\.(compat|key_readers)$"),
+                r"|fedtune\.(compat(_adapter)?|key_readers)$"),
     ("runtime", r"fedtune\.flower(\..+)?$"),
     ("cli", r"fedtune\.cli(_\w+)?$"),
 ]

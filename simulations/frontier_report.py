@@ -182,15 +182,17 @@ def points(suite: Suite, results: list[dict[str, Any]], probes: dict[str, dict[s
 NOTES = {"fedsa": "fedsa (server's model: B = 0)"}
 
 
-def _groups(pts: list[dict[str, Any]], xkey: str) -> list[list[dict[str, Any]]]:
-    """Points that sit on top of each other (x within 12%, loss within 0.06), grouped."""
+def _groups(pts: list[dict[str, Any]], xkey: str, xtol: float, ytol: float
+            ) -> list[list[dict[str, Any]]]:
+    """Points that sit on top of each other (log10 x within ``xtol``, loss within ``ytol``),
+    grouped."""
     import math
 
     groups: list[list[dict[str, Any]]] = []
     for p in sorted(pts, key=lambda p: (p[xkey], p["loss"])):
         for g in groups:
-            if (abs(math.log10(g[0][xkey]) - math.log10(p[xkey])) < 0.05
-                    and abs(g[0]["loss"] - p["loss"]) < 0.06):
+            if (abs(math.log10(g[0][xkey]) - math.log10(p[xkey])) < xtol
+                    and abs(g[0]["loss"] - p["loss"]) < ytol):
                 g.append(p)
                 break
         else:
@@ -198,18 +200,19 @@ def _groups(pts: list[dict[str, Any]], xkey: str) -> list[list[dict[str, Any]]]:
     return groups
 
 
-def _label(ax, pts: list[dict[str, Any]], xkey: str) -> None:
+def _label(ax, pts: list[dict[str, Any]], xkey: str, xtol: float = 0.05,
+           ytol: float = 0.06) -> None:
     """Each point's name beside it; one label (two names a line) for points on top of each
     other; labels of groups close on the axes alternate above and below."""
     import math
 
     placed: list[tuple[float, float]] = []
-    for group in _groups(pts, xkey):
+    for group in _groups(pts, xkey, xtol, ytol):
         names = [NOTES.get(p["method"], p["method"]) for p in group]
         text = "\n".join(", ".join(names[i:i + 2]) for i in range(0, len(names), 2))
         x, y = group[0][xkey], statistics.fmean(p["loss"] for p in group)
         near = sum(1 for px, py in placed
-                   if abs(px - math.log10(x)) < 0.3 and abs(py - y) < 0.5)
+                   if abs(px - math.log10(x)) < 6 * xtol and abs(py - y) < 0.5)
         placed.append((math.log10(x), y))
         dy = -9 if near % 2 else 8
         ax.annotate(text, (x, y), xytext=(-4 if near % 2 else 5, dy),
@@ -259,7 +262,7 @@ def plot(suite: Suite, results: list[dict[str, Any]], probes: dict[str, dict[str
             ax_mem.errorbar([p["peak_134m"] for p in mem], [p["loss"] for p in mem],
                             yerr=[p["std"] for p in mem], **style)
     _label(ax_bytes, pts, "bytes")
-    _label(ax_mem, [p for p in pts if p["peak_134m"]], "peak_134m")
+    _label(ax_mem, [p for p in pts if p["peak_134m"]], "peak_134m", 0.012, 0.3)
     start = [float(r["rows"][0]["eval_loss"]) for r in results
              if r["rows"] and r["rows"][0].get("eval_loss") is not None]
     for ax, unit in ((ax_bytes, "B"), (ax_mem, "MiB")):

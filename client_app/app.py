@@ -40,16 +40,14 @@ _warming: threading.Thread | None = None  # see _warm_up
 
 def _warm_up(context: Context) -> None:
     """In the simulation engine an actor is a long-lived process: after it answers
-    ``identify`` it imports torch, transformers, peft and the client code (about 5 CPU-s;
-    ``fedtune simulate``'s actors started these as their process started) and loads the
-    tokenizer in the background, instead of in the first train message. A deployed ClientApp
-    (a process per message) does not."""
+    ``identify`` it imports torch, transformers, peft and the client code (about 5 CPU-s) and
+    loads the tokenizer in the background, while the server evaluates round 0, instead of in
+    the first train message. A deployed ClientApp (a process per message) does not."""
     global _warming
     if _warming is not None or "partition-id" not in context.node_config:
         return
 
     def work() -> None:
-        _actor_imports()
         try:
             import peft  # noqa: F401
             import torch  # noqa: F401
@@ -69,15 +67,6 @@ def _warmed() -> None:
     """Wait for the warm-up, if any: a handler never imports alongside it."""
     if _warming is not None:
         _warming.join()
-    _actor_imports()
-
-
-def _actor_imports() -> None:
-    """Wait for the imports a simulation actor started as its process started (Ray's setup
-    hook, :func:`fedtune.flower.ray_start.warm_actor`), if it did."""
-    started = sys.modules.get("fedtune.flower.ray_start")
-    if started is not None:
-        started.warmed()
 
 
 def _name(context: Context) -> str:

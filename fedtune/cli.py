@@ -175,10 +175,13 @@ def _cuda_available() -> bool:
 
 
 def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespace) -> int:
-    from fedtune.flower import ray_start
+    from flwr.app import Context, RecordDict
+    from flwr.simulation.run_simulation import EventType, _run_simulation
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not args.verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     gpus = args.client_gpus
     if gpus is None:  # Ray hides GPUs from clients given none: share one by default
         gpus = 0.5 if _cuda_available() else 0.0
@@ -190,13 +193,6 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
     flat = cfg.to_flat()
     with tempfile.TemporaryDirectory(prefix="fedtune-app-") as tmp:
         app_dir = _write_app_dir(cfg, Path(tmp))
-        ray_start.start(backend["init_args"], str(app_dir))  # while Flower's engine imports
-        from flwr.app import Context, RecordDict
-        from flwr.simulation.run_simulation import EventType, _run_simulation
-
-        ray_start.make_flower_wait()
-        if not args.verbose:  # after Flower's imports, which set its logger's level
-            logging.getLogger("flwr").setLevel(logging.WARNING)
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                           run_config=flat)
         _run_simulation(

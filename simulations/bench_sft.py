@@ -62,7 +62,7 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from fedtune.algorithms.fedit.adapter import add_adapter, adapter_config  # noqa: E402
+from fedtune.algorithms.fedit.adapter import adapter_config, add_adapter  # noqa: E402
 from fedtune.algorithms.fedit.config import LoraSection  # noqa: E402
 from fedtune.data.synthetic import client_examples  # noqa: E402
 from fedtune.data.tokenize import EncodedSet, encode_examples  # noqa: E402

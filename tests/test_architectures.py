@@ -144,7 +144,8 @@ def test_lora_targets_are_found_per_architecture(arch):
     model = AutoModelForCausalLM.from_pretrained(folder)
     layers = linear_layer_names(model)
     assert layers == LAYERS[name] and lora_targets("auto", model) == AUTO[name]
-    wrapped = add_adapter(model, LoraSection(lora_target_modules="", lora_modules_to_save="lm_head"))
+    wrapped = add_adapter(model, LoraSection(lora_target_modules="",
+                                             lora_modules_to_save="lm_head"))
     assert adapted(wrapped) == set(AUTO[name])
     assert linear_layer_names(wrapped.get_base_model()) == layers  # peft's wrappers see through
     with pytest.raises(ModelError) as err:

@@ -1,17 +1,16 @@
 """The combination matrix (issue #26 item 5): algorithm x objective x strategy x lora-aggregation
-x dp x secagg x trust policy x FedIT's adapter (peft-method and LoRA options) x quantization. Every combination either is refused by the compatibility table
-(:mod:`fedtune.compat`) or a section's own check in ONE sentence before any engine starts, or
-runs one short round on the in-process grid with a finite loss, bytes counted and a checkpoint
-written. No third outcome.
+x dp x secagg x trust policy x FedIT's adapter (peft-method and LoRA options) x quantization. Every
+combination either is refused by the compatibility table (:mod:`fedtune.compat`) or a section's own
+check in ONE sentence before any engine starts, or runs one short round on the in-process grid with
+a finite loss, bytes counted and a checkpoint written. No third outcome.
 
-CI tier: every pair of values of any two factors (a deterministic greedy pairwise cover, then
-every pair again in a combination that runs, where the table allows one), every dp x secagg x
-trust triple with each algorithm and each algorithm with each objective; the runs
-share a module-scoped cache (a combination that runs is run once) and skip the plot.
-``FEDTUNE_EXHAUSTIVE=1`` walks the full product (the README's test command runs every test, so
-the long mode is an env var, not a marker). The quick tier (``-m "not slow"``) checks every
-refusal and runs each value of each factor once (:func:`_quick`); the other runs are slow.
-"""
+CI tier: every pair of values of any two factors (a deterministic greedy pairwise cover, then every
+pair again in a combination that runs, where the table allows one), every dp x secagg x trust
+triple with each algorithm and each algorithm with each objective; the runs share a module-scoped
+cache (a combination that runs is run once) and skip the plot. ``FEDTUNE_EXHAUSTIVE=1`` walks the
+full product (the README's test command runs every test, so the long mode is an env var, not a
+marker). The quick tier (``-m "not slow"``) checks every refusal and runs each value of each factor
+once (:func:`_quick`); the other runs are slow."""
 
 from __future__ import annotations
 

@@ -1,0 +1,72 @@
+"""The deployment guide and the deployment tests' processes, checked without a cluster: the
+guide's blocks and variables are the ones ``tests/test_deployment.py`` runs, the overview quotes
+only guide commands, and every process the cluster starts waits less in Flower's fixed polls
+(``tests/fast_flower``)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.deployment_cluster import FAST, GUIDE_VARS, ROOT, Cluster, guide
+
+pytestmark = pytest.mark.deployment
+
+
+def test_guide_blocks_and_variables_agree_with_this_test():
+    blocks = guide()
+    assert set(blocks["run"]) >= {"certs", "superlink", "connection", "keys", "register",
+                                  "supernode", "supernode-pinned", "nodes", "launch", "list",
+                                  "log", "stop"}
+    assert "resume" in blocks["run"]
+    used = {v for text in blocks["run"].values() for v in re.findall(r"\$\{?(\w+)", text)}
+    assert used - {"HOME", "FLWR_HOME", "RUN_ID", "RUN_DIR"} <= set(GUIDE_VARS), "undefined vars"
+    assert set(GUIDE_VARS) == {"SUPERLINK_HOST", "PORT", "SUPERLINK", "CERTS", "STATE", "NAME",
+                               "KEYS", "DATA", "CACHE", "NODE_PORT", "RUN_CONFIG",
+                               "SIGNING", "APPS", "REGISTRY_PORT"}  # set below
+    from fedtune.config import Config, tomllib
+
+    example = tomllib.loads(blocks["example"]["run-config"])
+    Config.from_flat(example)  # every key exists and every value is valid
+
+
+def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
+    """tests/fast_flower, imported by every process these tests start: Flower's fixed 3 s polls
+    (a SuperNode's, the ServerApp grid's) sleep 1 s, other sleeps as they were, and
+    a SuperNode declares 10 s heartbeats (the SuperLink's minimum) instead of 30 s."""
+    code = ("import time, flwr.superlink.grid.http_grid as g, "
+            "flwr.supernode.start_client_internal as n, flwr.supernode.fleet_http_connection "
+            "as f, flwr.supercore.heartbeat as h\n"
+            "t = time.monotonic(); g.time.sleep(3); n.time.sleep(3); polls = time.monotonic() - t\n"
+            "t = time.monotonic(); n.time.sleep(0.5); other = time.monotonic() - t\n"
+            "print(polls, other, f.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL)")
+    env = Cluster(tmp_path, {}).env("home")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    polls, other, *beats = map(float, out.stdout.split())
+    assert polls < 4.5 and 0.5 <= other < 1.5, (out.stdout, out.stderr)  # not 6 s; 0.5 s
+    assert beats == [10.0, 10.0] and FAST["FEDTUNE_TEST_FLOWER_HEARTBEAT"] == "10"
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
+
+    assert HEARTBEAT_DEFAULT_INTERVAL == 30 and HEARTBEAT_MIN_INTERVAL == 10  # here: Flower's
+
+
+def test_overview_quotes_the_guides_commands():
+    """The deployment overview (docs/deployment-overview.md) quotes commands; each must be (part
+    of) a guide block that this module runs."""
+    page = (ROOT / "docs" / "deployment-overview.md").read_text()
+    section = page.split("# Deployment on real machines", 1)[1].split("\n## ", 1)[0]
+
+    def norm(text: str) -> str:
+        return " ".join(text.replace("\\\n", " ").split())
+
+    runs = [norm(text) for text in guide()["run"].values()]
+    quoted = [norm(q) for q in re.findall(r"`([^`]+)`", section)
+              if q.startswith(("fedtune ", "flwr ", "flower-"))]
+    assert len(quoted) >= 8
+    for command in quoted:
+        assert any(command in run for run in runs), \
+            f"the overview quotes '{command}', not in the guide"

@@ -202,21 +202,22 @@ def quantized_method(cfg: Config, algo: Algorithm) -> str:
     what = _quantized(cfg)
     if not what or "lora" not in algo.sections:
         return ""
+    from fedtune.algorithms.fedit.methods import REWRITES_BASE
     from fedtune.models.quantize import QUANTIZED_METHODS, method_fits
 
     q, lora = cfg.model.quantization, cfg.lora
-    method = getattr(lora, "peft_method", "lora")
+    method = lora.peft_method
     if not method_fits(method, q):
         return (f"peft-method='{method}' cannot train on a base quantised as {q}: its peft "
                 "layers read the base weight tensor itself, which bitsandbytes stores packed or "
                 "without its "
                 f"scales; use one of the peft-methods {', '.join(sorted(QUANTIZED_METHODS))}, or "
                 "quantization='none'.")
-    if getattr(lora, "lora_use_dora", False) and q == "int8":
+    if lora.lora_use_dora and q == "int8":
         return ("lora-use-dora cannot run with quantization='int8': peft's DoRA does not "
                 "support 8-bit layers; use quantization nf4 or fp4, or drop lora-use-dora.")
-    init = getattr(lora, "lora_init", "default")
-    if init in ("pissa", "olora"):
+    init = lora.lora_init
+    if init in REWRITES_BASE:
         return (f"lora-init='{init}' rewrites the base weights into a residual W - s B A, which "
                 f"{what} would hold re-quantised and export could not merge into the "
                 "full-precision base; use lora-init default or gaussian, or quantization='none'.")

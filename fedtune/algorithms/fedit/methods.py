@@ -43,7 +43,6 @@ class Method:
     reference: str  # the paper
     reads: frozenset[str]  # the lora-section keys it reads (besides COMMON)
     build: Callable[[LoraSection, dict, str], PeftConfig]  # (section, kwargs, model type)
-    identity_init: bool = True  # the freshly built adapter leaves the base model's output as is
 
     @property
     def targets(self) -> bool:
@@ -144,7 +143,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vera", "Kopiczko et al., ICLR 2024 (VeRA)", _RANKED | {"lora-dropout"}, _vera),
     Method("ia3", "Liu et al., NeurIPS 2022 (IA3)", _LAYERS, _ia3),
     Method("prompt-tuning", "Lester et al., EMNLP 2021 (prompt tuning)",
-           frozenset({"prompt-virtual-tokens"}), _prompt, identity_init=False),
+           frozenset({"prompt-virtual-tokens"}), _prompt),
     Method("loha", "Hyeon-Woo et al., ICLR 2022 (FedPara, LoHa)", _RANKED | {"lora-alpha"},
            _loha),
     Method("lokr", "Edalati et al., 2022 (KronA, LoKr)", _RANKED | {"lora-alpha"}, _lokr),
@@ -157,10 +156,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 
 assert tuple(METHODS) == PEFT_METHODS  # the section's list, kept import-light for the CLI
-
-
-def method(name: str) -> Method:
-    return METHODS[name]
 
 
 def peft_config(s: LoraSection, model: nn.Module | None = None,

@@ -54,7 +54,7 @@ def run_size(clients: int, rounds: int, sampled: int, out: Path, identify_batch:
             str(client_cpus), "--run-config",
             f"{SMALL} fraction-train={sampled / clients!r} min-available-nodes={clients}"]
     patch = ("" if identify_batch is None else
-             f"import fedtune.flower.loop as l; l.IDENTIFY_BATCH = {identify_batch or 10**9}; ")
+             f"import fedtune.flower.registry as l; l.IDENTIFY_BATCH = {identify_batch or 10**9}; ")
     code = f"{patch}import sys; from fedtune.cli import main; sys.exit(main({args!r}))"
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampled", type=int, default=10, help="clients per round")
     parser.add_argument("--client-cpus", type=float, default=1.0)
     parser.add_argument("--identify-batch", type=int, default=None,
-                        help="override fedtune.flower.loop.IDENTIFY_BATCH (0: all at once)")
+                        help="override fedtune.flower.registry.IDENTIFY_BATCH (0: all at once)")
     parser.add_argument("--out", default="", help="keep the run folders here")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,9 @@ STORIES = SHARED / "models" / "stories260k"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` are skipped where CUDA is not available."""
+    """Files that wait first, then the longest (see :func:`_longest_first`); tests marked
+    ``gpu`` are skipped where CUDA is not available."""
+    _longest_first(items)
     gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu:
         return
@@ -61,6 +64,25 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
         for item in gpu:
             item.add_marker(skip)
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    """Order the files for xdist (``--no-loadscope-reorder`` in pyproject.toml: it hands each
+    worker the next file in this order): the deployment files first (their tests mostly wait
+    for Flower's processes, so their waits overlap the rest), then by the number of slow tests,
+    then by the number of tests; each file's own order is kept. Otherwise xdist orders files by
+    their number of tests, and the deployment modules, a few long tests each, ran last, alone."""
+    def file(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    waits, slow, count = Counter(), Counter(), Counter()
+    for item in items:
+        count[file(item)] += 1
+        waits[file(item)] += bool(item.get_closest_marker("deployment")
+                                  and item.get_closest_marker("slow"))
+        slow[file(item)] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: (-waits[file(item)], -slow[file(item)], -count[file(item)],
+                                 file(item)))
 
 
 def _caller_specific(name: str) -> bool:

@@ -159,7 +159,8 @@ def _round(algorithm: str, contents: list[Any], caplog: pytest.LogCaptureFixture
     from flwr.app import ConfigRecord, Message
 
     from fedtune.flower.hooks import aggregate, reply_check
-    from fedtune.flower.loop import NodeRegistry, SampledGrid, collect
+    from fedtune.flower.loop import SampledGrid, collect
+    from fedtune.flower.registry import NodeRegistry
     from fedtune.strategies import build_strategy
     from fedtune.strategies.hooks import hooks_of
     from fedtune.wire.flower import to_arrayrecord

@@ -24,7 +24,7 @@ from fedtune.wire.flower import from_arrayrecord, to_recorddict, to_records
 log = logging.getLogger("fedtune")
 
 if TYPE_CHECKING:
-    from fedtune.flower.loop import NodeRegistry
+    from fedtune.flower.registry import NodeRegistry
 
 Check = Callable[[Records], str | None]
 

@@ -3,10 +3,11 @@
 Flower's ``Strategy.start`` always counts from round 1, samples with an unseeded
 ``random.sample`` and waits for nodes without a timeout. This loop keeps Flower's strategies for
 what they are good at (``configure_*`` builds the messages, ``aggregate_*`` does the math) and
-owns the rest: nodes named by something stable, sampling from the run's seeded RNG (under DP
-from secret randomness), a timeout per round, reply validation before aggregation, replies in a
-stable order, centralized evaluation (round 0 included), measured bytes and the results folder
-(under DP without anything per client: only each round's counts).
+owns the rest: nodes named by something stable (:mod:`fedtune.flower.registry`), sampling from
+the run's seeded RNG (under DP from secret randomness), a timeout per round, reply validation
+before aggregation, replies in a stable order, centralized evaluation (round 0 included),
+measured bytes and the results folder (under DP without anything per client: only each
+round's counts).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -35,6 +36,7 @@ from fedtune.flower.hooks import (
     round_report,
 )
 from fedtune.flower.records import reply_report
+from fedtune.flower.registry import WAIT_FOR_NODES, NodeRegistry
 from fedtune.logs import user_error
 from fedtune.privacy.randomness import privacy_rng
 from fedtune.seeding import rng
@@ -50,8 +52,6 @@ from fedtune.wire.flower import (
 
 log = logging.getLogger("fedtune")
 
-IDENTIFY = "query.identify"
-IDENTIFY_BATCH = 64  # identify messages in flight at once (see NodeRegistry._identify)
 
 
 class SampledGrid:
@@ -70,82 +70,6 @@ class SampledGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-
-@dataclass
-class NodeRegistry:
-    """Flower node id -> stable name (partition id in simulation, node-name in deployment).
-
-    A node that takes a name another connected node already holds is excluded for the rest of
-    the run (logged once); a node that refuses to identify itself (e.g. it has no data) is
-    asked again at the next refresh and logged when its reason changes."""
-
-    grid: Grid
-    timeout: float
-    names: dict[int, str] = field(default_factory=dict)
-    excluded: dict[int, str] = field(default_factory=dict)  # node id -> the name it duplicated
-    refused: dict[int, str] = field(default_factory=dict)  # node id -> why it did not identify
-
-    def refresh(self, min_nodes: int, wait: float, strict: bool = True) -> None:
-        """Wait (up to ``wait`` s) for ``min_nodes`` nodes, then ask new nodes for their name.
-
-        Past the deadline, raise if ``strict``; else go on with the nodes that are connected
-        (a node lost mid-run must not stop the run: its rounds are then skipped)."""
-        deadline = time.monotonic() + wait
-        while len(ids := list(self.grid.get_node_ids())) < min_nodes:
-            if time.monotonic() > deadline and not strict:
-                log.warning("only %d of the %d nodes needed are connected", len(ids), min_nodes)
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"only {len(ids)} of the {min_nodes} nodes needed connected within "
-                    f"{wait:.0f} s; start more SuperNodes or lower min-available-nodes"
-                )
-            time.sleep(0.5)
-        new = [i for i in ids if i not in self.names and i not in self.excluded]
-        if not new:
-            return
-        for reply in self._identify(new):
-            node_id = reply.metadata.src_node_id
-            if reply.has_error() or "node" not in reply.content.config_records:
-                reason = reply.error.reason if reply.has_error() else "no 'node' record"
-                if self.refused.get(node_id) != reason:
-                    log.warning("node %d did not identify itself (%s); it will not be sampled",
-                                node_id, reason)
-                self.refused[node_id] = reason
-                continue
-            self.refused.pop(node_id, None)
-            self._register(node_id, str(reply.content.config_records["node"]["name"]), set(ids))
-
-    def _identify(self, new: list[int]) -> Iterable[Message]:
-        """Ask ``new`` nodes for their names, :data:`IDENTIFY_BATCH` at a time within one
-        round-timeout. Flower's simulation engine scans every queued message once per node
-        every 0.1 s, so 1,000 messages at once cost 1,000 x 1,000 scans per pass."""
-        deadline = time.monotonic() + self.timeout
-        for start in range(0, len(new), IDENTIFY_BATCH):
-            msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=i,
-                            message_type=IDENTIFY) for i in new[start:start + IDENTIFY_BATCH]]
-            yield from self.grid.send_and_receive(
-                msgs, timeout=max(1.0, deadline - time.monotonic()))
-
-    def _register(self, node_id: int, name: str, live: set[int]) -> None:
-        """``name`` for ``node_id``, unless a connected node holds it already."""
-        holder = next((i for i, n in self.names.items() if n == name), None)
-        if holder is not None and holder in live:
-            self.excluded[node_id] = name
-            log.warning("node %d also calls itself '%s' (node %d does); it is excluded from "
-                        "this run: give each SuperNode a unique node-name", node_id, name, holder)
-            return
-        if holder is not None:  # the name's holder left: the new node takes its place
-            del self.names[holder]
-        self.names[node_id] = name
-
-    def sorted_ids(self) -> list[int]:
-        live = set(self.grid.get_node_ids())
-        return sorted([i for i in self.names if i in live], key=self.names.__getitem__)
-
-    def name(self, node_id: int) -> str:
-        return self.names.get(node_id, f"node-{node_id}")
 
 
 def sample(ids: list[int], fraction: float, min_nodes: int, *seed_parts: int | str,
@@ -265,10 +189,11 @@ def _as_float32(reply: Message) -> Message:
 
 
 def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
-               on_round: Callable[[dict[str, Any]], None], wait_for_nodes: float = 300.0,
+               on_round: Callable[[dict[str, Any]], None],
+               wait_for_nodes: float = WAIT_FOR_NODES,
                resume_from: tuple[int, dict[str, np.ndarray]] | None = None,
-               on_checkpoint: Callable[[int, dict[str, np.ndarray]], None] | None = None
-               ) -> dict[str, np.ndarray]:
+               on_checkpoint: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+               registry: NodeRegistry | None = None) -> dict[str, np.ndarray]:
     """Round 0 evaluation, then ``num-server-rounds`` rounds; returns the final arrays.
 
     A train reply is dropped (and logged) when :func:`reply_check` gives a reason; the valid
@@ -278,12 +203,13 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     A strategy's :func:`admit` may end the run before a round (a spent privacy budget).
     ``resume_from`` = (last complete round, its global arrays) continues a run from its
     checkpoint; ``on_checkpoint(round, arrays)`` runs after every round's ``on_round``.
+    ``registry``: one whose first refresh (:func:`first_refresh`) already started early.
     """
     s = cfg.server
     private = cfg.privacy.enabled
     check_reply = reply_check(algo, strategy)
     hooks = hooks_of(strategy)
-    registry = NodeRegistry(grid, timeout=s.round_timeout)
+    registry = registry or NodeRegistry(grid, timeout=s.round_timeout)
     if resume_from is None:
         done, arrays = 0, algo.initial_arrays()
         start = time.perf_counter()
@@ -297,7 +223,7 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
     for rnd in range(done + 1, s.num_server_rounds + 1):
         start = time.perf_counter()
         if rnd == done + 1:  # min-available-nodes gates the start only
-            registry.refresh(max(s.min_train_nodes, s.min_available_nodes), wait_for_nodes)
+            registry.refresh(first_refresh(cfg), wait_for_nodes)
         else:  # later, wait a round-timeout for lost nodes, then skip rounds rather than stop
             registry.refresh(s.min_train_nodes, s.round_timeout, strict=False)
         ids = registry.sorted_ids()
@@ -364,6 +290,11 @@ def run_rounds(grid: Grid, cfg: Config, algo: ServerSide, strategy: Strategy,
         if on_checkpoint is not None:
             on_checkpoint(rnd, arrays)
     return arrays
+
+
+def first_refresh(cfg: Config) -> int:
+    """The nodes the first round waits for: min-available-nodes gates the start."""
+    return max(cfg.server.min_train_nodes, cfg.server.min_available_nodes)
 
 
 def _row_defaults(cfg: Config) -> dict[str, Any]:

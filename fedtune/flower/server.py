@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from flwr.serverapp import Grid
 
-from fedtune.algorithms import resolve
+from fedtune.algorithms import Algorithm, resolve
 from fedtune.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -21,7 +21,8 @@ from fedtune.checkpoint import (
 from fedtune.config import Config
 from fedtune.driver import RunDriver
 from fedtune.errors import ConfigError
-from fedtune.flower.loop import run_rounds
+from fedtune.flower.loop import first_refresh, run_rounds
+from fedtune.flower.registry import WAIT_FOR_NODES, NodeRegistry
 from fedtune.privacy.randomness import WARNING, announce
 from fedtune.seeding import deterministic_cuda
 from fedtune.strategies import build_strategy
@@ -40,6 +41,16 @@ def run_server(grid: Grid, cfg: Config, run_id: int = 0) -> Path:
     if not algorithm.federated:
         raise ConfigError(f"'{algorithm.name}' is a baseline without federation; run it with "
                           f"`fedtune simulate --algorithm {algorithm.name}`.")
+    registry = NodeRegistry(grid, timeout=cfg.server.round_timeout)
+    registry.refresh_early(first_refresh(cfg), WAIT_FOR_NODES)  # while the model builds
+    try:
+        return _run(grid, cfg, algorithm, registry, run_id)
+    finally:
+        registry.stop()
+
+
+def _run(grid: Grid, cfg: Config, algorithm: Algorithm, registry: NodeRegistry,
+         run_id: int) -> Path:
     algo = algorithm.server(cfg)
     strategy = build_strategy(cfg, algorithm.payload, algo)
     flat = cfg.to_flat()
@@ -65,5 +76,5 @@ def run_server(grid: Grid, cfg: Config, run_id: int = 0) -> Path:
                                             strategy_state(strategy), run.rows))
 
     arrays = run_rounds(grid, cfg, algo, strategy, run.log, resume_from=resume_from,
-                        on_checkpoint=on_checkpoint)
+                        on_checkpoint=on_checkpoint, registry=registry)
     return run.finish(algo.save(arrays, run.dir), cfg.model.model, hooks.final_report())

@@ -62,3 +62,28 @@ def test_a_test_over_the_budget_fails_and_says_why(tmp_path):
 
 def test_zero_turns_the_check_off(tmp_path):
     assert "1 failed, 5 passed" in run(tmp_path, "0")
+
+
+class _Item:
+    def __init__(self, nodeid: str, *marks: str) -> None:
+        self.nodeid, self.marks = nodeid, marks
+
+    def get_closest_marker(self, name: str):
+        return name if name in self.marks else None
+
+
+def test_files_that_wait_run_first_then_the_longest_each_in_its_own_order():
+    """xdist (``--no-loadscope-reorder``) hands out files in the collected order: the
+    deployment files first (their waits overlap the rest), then by slow tests, then by size."""
+    from tests.conftest import _longest_first
+
+    items = [_Item("tests/test_a.py::one"), _Item("tests/test_a.py::two"),
+             _Item("tests/test_b.py::x", "slow"), _Item("tests/test_c.py::up", "deployment"),
+             _Item("tests/test_d.py::late", "deployment", "slow"),
+             _Item("tests/test_d.py::early", "deployment", "slow"),
+             _Item("tests/test_e.py::one")]
+    _longest_first(items)
+    assert [i.nodeid for i in items] == [
+        "tests/test_d.py::late", "tests/test_d.py::early", "tests/test_b.py::x",
+        "tests/test_a.py::one", "tests/test_a.py::two", "tests/test_c.py::up",
+        "tests/test_e.py::one"]

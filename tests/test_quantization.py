@@ -141,6 +141,27 @@ def test_each_quantisation_builds_and_trains_the_adapter(quant, one_thread):
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
+
+@pytest.mark.parametrize("quant", ["nf4", "fp4"])
+def test_an_evaluation_is_the_same_on_every_cpu(quant, monkeypatch, one_thread):
+    """On a CPU with AVX512-BF16 bitsandbytes repacks 4-bit weights for a bfloat16 kernel in
+    eval mode without grad (failing for tiny's 352-wide down_proj); fedtune keeps the portable
+    path, so an evaluation equals the same forward with grad on, whatever the CPU."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from fedtune.models.loading import choose_placement
+    from fedtune.models.quantize import Quantization, load_quantized
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)  # such a CPU, here
+    model = load_quantized("tiny", choose_placement("cpu", "float32"), Quantization(quant))
+    ids = torch.arange(3, 19).reshape(2, 8)
+    with torch.no_grad():
+        evaluated = model(ids).logits
+    with torch.enable_grad():
+        portable = model(ids).logits.detach()
+    assert torch.equal(evaluated, portable)
+
+
 @pytest.fixture(scope="module")
 def qlora_run(tmp_path_factory):
     """A 3-round nf4 FedIT run on the real ServerApp over two in-process ClientApps."""

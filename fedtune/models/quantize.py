@@ -134,8 +134,21 @@ def load_quantized(name: str, placement: Placement, quant: Quantization) -> PreT
                              quantization_config=quant.bnb_config(placement),
                              device_map=_device_map(placement))
     _own_memory(model)
+    _same_kernel_on_every_cpu(model)
     model.eval()
     return model
+
+
+def _same_kernel_on_every_cpu(model) -> None:
+    """Keep bitsandbytes' 4-bit layers on their portable CPU path. On a CPU with AVX512-BF16,
+    bitsandbytes (0.49-0.50) repacks a 4-bit weight for a bfloat16 kernel the first time the
+    layer runs in eval mode without grad: an evaluation would then depend on the machine's
+    instruction set, and the repacking fails outright for an input width that is not a
+    multiple of the block size (``tiny``'s 352-wide ``down_proj``). Turning the flag off keeps
+    one result for one config on every CPU; CUDA layers are not affected."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _own_memory(model) -> None:

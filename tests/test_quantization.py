@@ -141,7 +141,6 @@ def test_each_quantisation_builds_and_trains_the_adapter(quant, one_thread):
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
-
 @pytest.mark.parametrize("quant", ["nf4", "fp4"])
 def test_an_evaluation_is_the_same_on_every_cpu(quant, monkeypatch, one_thread):
     """On a CPU with AVX512-BF16 bitsandbytes repacks 4-bit weights for a bfloat16 kernel in

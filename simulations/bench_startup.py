@@ -3,6 +3,7 @@
     python -m simulations.bench_startup                  # `fedtune simulate`, no arguments
     python -m simulations.bench_startup --tree /tmp/old  # the same for another source tree
     python -m simulations.bench_startup --json out.json --metrics rows.json
+    python -m simulations.bench_startup --repeat 5           # five runs: the median and range
 
 It runs the default ``fedtune simulate`` (built-in defaults, Ray engine) in a fresh process in
 an empty folder and prints the wall time over 13 x its median steady round (rounds 2-12:
@@ -20,7 +21,10 @@ actor handles) and from the time each progress line is printed:
   median, the later rounds' spread, and after the last round (saving, plot, Ray shutdown).
 
 The machine's load average is printed with the result: these machines are shared, and a ratio
-measured under load is still a ratio, not a wall time to compare across machines.
+measured under load is still a ratio, not a wall time to compare across machines. On a quiet
+2-core machine two runs minutes apart differ by up to 0.1 in ratio (the median round moves),
+so ``--repeat N`` runs N times one after the other and prints each ratio, then the median
+run's parts; with ``--metrics`` it also checks that every run wrote the same rows.
 """
 
 from __future__ import annotations
@@ -248,27 +252,50 @@ def main(argv: list[str] | None = None) -> int:
         return child(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", type=Path, default=ROOT, help="source tree to run (default: this)")
-    ap.add_argument("--json", type=Path, help="write the parts here")
+    ap.add_argument("--repeat", type=int, default=1, help="runs, one after the other (default 1)")
+    ap.add_argument("--json", type=Path, help="write the parts here (a list: one per run)")
     ap.add_argument("--metrics", type=Path, help="write the rows without timings here")
-    ap.add_argument("--keep", action="store_true", help="keep the run folder")
+    ap.add_argument("--keep", action="store_true", help="keep the run folders")
     ap.add_argument("args", nargs="*", help="extra `fedtune simulate` arguments (after --)")
     args = ap.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="fedtune-startup-"))
-    got = run(args.tree.resolve(), args.args, workdir)
-    p = parts(got)
-    load = os.getloadavg()
-    print(report(p, load))
-    if args.json:
-        args.json.write_text(json.dumps({**p, "load": load, "tree": str(args.tree)}, indent=1))
-    if args.metrics:
-        args.metrics.write_text(json.dumps(results(got["rows"]), indent=0))
-    if args.keep:
-        print(f"run folder: {workdir}")
-    else:
-        import shutil
+    if args.repeat < 1:
+        ap.error(f"--repeat={args.repeat} must be at least 1")
+    runs, rows = [], []
+    for i in range(args.repeat):
+        workdir = Path(tempfile.mkdtemp(prefix="fedtune-startup-"))
+        got = run(args.tree.resolve(), args.args, workdir)
+        runs.append({**parts(got), "load": os.getloadavg(), "tree": str(args.tree)})
+        rows.append(results(got["rows"]))
+        if args.repeat > 1:
+            print(f"run {i + 1}/{args.repeat}: ratio {runs[-1]['ratio']:.2f}, "
+                  f"{runs[-1]['wall']:.1f} s wall, median round {runs[-1]['median_round']:.2f} s",
+                  flush=True)
+        if args.keep:
+            print(f"run folder: {workdir}")
+        else:
+            import shutil
 
-        shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+    middle = median_run(runs)
+    print(report(middle, middle["load"]))
+    if args.repeat > 1:
+        ratios = sorted(r["ratio"] for r in runs)
+        print(f"  {args.repeat} runs: ratio median {middle['ratio']:.2f} (the run above), "
+              f"range {ratios[0]:.2f}-{ratios[-1]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(runs if args.repeat > 1 else runs[0], indent=1))
+    if args.metrics:
+        if any(r != rows[0] for r in rows[1:]):
+            print("the runs wrote different metrics: the default run is not deterministic",
+                  file=sys.stderr)
+            return 1
+        args.metrics.write_text(json.dumps(rows[0], indent=0))
     return 0
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose ratio is the median (the lower middle one of an even number)."""
+    return sorted(runs, key=lambda r: r["ratio"])[(len(runs) - 1) // 2]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m simulations.bench_startup                  # `fedtune simulate`, no arguments
     python -m simulations.bench_startup --tree /tmp/old  # the same for another source tree
     python -m simulations.bench_startup --json out.json --metrics rows.json
-    python -m simulations.bench_startup --repeat 5           # five runs: the median and range
+    python -m simulations.bench_startup --repeat 5       # five runs: the median and range
 
 It runs the default ``fedtune simulate`` (built-in defaults, Ray engine) in a fresh process in
 an empty folder and prints the wall time over 13 x its median steady round (rounds 2-12:

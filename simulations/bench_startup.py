@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", type=Path, default=ROOT, help="source tree to run (default: this)")
     ap.add_argument("--repeat", type=int, default=1, help="runs, one after the other (default 1)")
-    ap.add_argument("--json", type=Path, help="write the parts here (with --repeat: a list, one per run)")
+    ap.add_argument("--json", type=Path,
+                    help="write the parts here (with --repeat: a list, one per run)")
     ap.add_argument("--metrics", type=Path, help="write the rows without timings here")
     ap.add_argument("--keep", action="store_true", help="keep the run folders")
     ap.add_argument("args", nargs="*", help="extra `fedtune simulate` arguments (after --)")

@@ -15,7 +15,7 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     """Left: train / eval loss per round. Right: exact match (overall and per category) and
     Rouge-L; for DPO runs, held-out reward accuracy and (right axis) the mean reward margin."""
     rounds = [r["round"] for r in rows]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11.5, 4))
     for key, style in (("eval_loss", "o-"), ("train_loss", "s--"), ("fed_eval_loss", "^:")):
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
@@ -42,8 +42,8 @@ def plot_metrics(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     if not any(r.get("reward_accuracy") is not None for r in rows):
         ax_metric.set_ylabel("exact match / Rouge-L (held-out)")
         ax_metric.set_ylim(-0.02, 1.02)
-    if metric_keys:
-        ax_metric.legend(fontsize=8)
+    if metric_keys:  # beside the panel: inside, it hid points (a category's early spikes)
+        ax_metric.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     ax_metric.grid(alpha=0.3)
     ticks = rounds if len(rounds) <= 13 else rounds[:: max(2, len(rounds) // 10)]
     ax_loss.set_xticks(ticks)

@@ -28,7 +28,10 @@ BIN = Path(sys.executable).parent
 # 30 s; the same Flower code runs, each message exchange waits less (issue #27). Shorter polls
 # cost CPU (SuperExec's at 0.25 s instead of its 1 s: +25% CPU-s for test_deployment.py)
 FAST_FLOWER = Path(__file__).with_name("fast_flower")
-FAST = {"FEDTUNE_TEST_FLOWER_POLL": "1.0", "FEDTUNE_TEST_FLOWER_HEARTBEAT": "10"}
+# and the SuperLink's SQLite waits 60 s for a lock, not 5 s (a loaded CI machine: "database is
+# locked", a failed run)
+FAST = {"FEDTUNE_TEST_FLOWER_POLL": "1.0", "FEDTUNE_TEST_FLOWER_HEARTBEAT": "10",
+        "FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS": "60000"}
 
 BLOCK = re.compile(r"<!-- (run|example|variables): ([\w -]+?) -->\n```\w+\n(.*?)\n```", re.S)
 
@@ -54,6 +57,17 @@ def free_port() -> int:
 def tail(path: Path, lines: int = 30) -> str:
     text = path.read_text(errors="replace") if path.exists() else "(no log)"
     return f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def run_lines(log: Path, run_id: int | None = None) -> str:
+    """A SuperNode's log, only the part from its messages of run ``run_id`` when given
+    (Flower logs a ``[RUN <id>]`` line before each): a run that a failed test left going is
+    not taken for the next test's."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if run_id is None:
+        return text
+    return "".join(part for part in re.split(r"(?=\[RUN \d+\])", text)
+                   if part.startswith(f"[RUN {run_id}]"))
 
 
 def kill_tree(pid: int, sig: int) -> list[psutil.Process]:
@@ -180,8 +194,9 @@ class Cluster:
         assert found, f"no run id in:\n{out.stdout}\n{out.stderr}"
         return int(found.group(1))
 
-    def follow(self, run_id: int, timeout: float = 420) -> str:
-        """``flwr log RUN_ID`` (guide block 'log'): streams until the run ends."""
+    def follow(self, run_id: int, timeout: float = 900) -> str:
+        """``flwr log RUN_ID`` (guide block 'log'): streams until the run ends (``timeout``
+        bounds a hang: CI's machines can be 3x slower than a developer's)."""
         out = self.run("log", self.operator(RUN_ID=str(run_id)), timeout=timeout)
         return out.stdout + out.stderr
 

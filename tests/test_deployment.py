@@ -46,6 +46,7 @@ from tests.deployment_cluster import (
     guide,
     kill_tree,
     rows,
+    run_lines,
     small_run,
     stop_tree,
     tail,
@@ -147,7 +148,7 @@ def test_fedkseed_learns_evaluates_on_nodes_and_each_node_trains_on_its_file(clu
         "zo-steps": 16, "zo-seeds": 64, "run-dir": "", "output-dir": "relative-runs",
         "fraction-evaluate": 1.0, "min-evaluate-nodes": 2})
     run_id = c.launch(config, "fedkseed")
-    log = c.follow(run_id, timeout=900)  # a cap for a busy machine; 2-3 min on an idle one
+    log = c.follow(run_id)  # 2-3 min on an idle machine
     found = list((c.tmp / "superlink" / "relative-runs").glob("fedkseed-sft-*"))
     assert len(found) == 1, log + c.logs()
     run_dir = found[0]
@@ -229,55 +230,56 @@ def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
     c.timings["ferret, one node pinned to dp"] = time.monotonic() - t0
 
 
-def sent_trains(c: Cluster, name: str) -> int:
-    """How many train replies node ``name``'s SuperNode log shows as sent."""
-    log = c.tmp / f"supernode-{name}.log"
-    return log.read_text(errors="replace").count("Sending: train message")
+def trains_received(log: Path, run_id: int | None = None) -> int:
+    """How many train messages (of run ``run_id``) a SuperNode's log shows as received."""
+    return run_lines(log, run_id).count("Receiving: train message")
+
+
+def sent_trains(c: Cluster, name: str, run_id: int) -> int:
+    """How many train replies of run ``run_id`` node ``name``'s SuperNode log shows as sent."""
+    return run_lines(c.tmp / f"supernode-{name}.log", run_id).count("Sending: train message")
 
 
 @pytest.mark.slow  # a real SuperLink and SuperNodes (the module's cluster)
 def test_supernode_killed_mid_round(cluster):
-    """SIGKILL one of three SuperNodes while it holds a train message: round 1 ends with the
-    other two replies within round-timeout, round 2 goes on without it, the run finishes.
-    The run has dp='server' with a budget of dp-max-epsilon=8, so the victim, pinned to DP as
-    in the Ferret test (``require-dp=true max-epsilon=8.0``, the same SuperNode), takes part:
-    its train message is the proof that a run meeting its pins gets it. While round 1 waits
-    for the lost node (Flower notices it by its missed heartbeats: 36-60 s after the kill at
-    Flower's 30 s interval, about 20 s at the 10 s these tests' SuperNodes declare,
-    tests/fast_flower), the refusals of the next test are started: that wait is idle."""
+    """SIGKILL one of three SuperNodes while it holds a train message: the SuperLink reports
+    the lost node (its missed heartbeats: 36-60 s after the kill at Flower's 30 s interval,
+    about 20 s at the 10 s these tests' SuperNodes declare, tests/fast_flower), so round 1 ends
+    with the other two replies without waiting for round-timeout, round 2 goes on without it,
+    the run finishes. The run has dp='server' with a budget of dp-max-epsilon=8, so the victim,
+    pinned to DP as in the Ferret test (``require-dp=true max-epsilon=8.0``, the same
+    SuperNode), takes part: its train message is the proof that a run meeting its pins gets it.
+    While round 1 waits for the lost node, the refusals of the next test are started: that wait
+    is idle. (A run whose node is silent but not lost ends its round at round-timeout:
+    tests/test_node_loss.py, tests/test_round_loop.py.)"""
     from fedtune.config import Config
 
     c, t0 = cluster, time.monotonic()
-    # a bound: Flower gives up on a silent node ~20 s after the kill here; the two live nodes'
-    # replies took over 60 s on a 2-core machine at load average 13-17
-    timeout = 120.0
+    # far above the round's real length (the live nodes' replies took 60 s on a 2-core machine
+    # at load average 13-17, and CI's machines can be 3x slower): the lost node must be
+    # reported by the SuperLink, not found by the timeout
+    timeout = 600.0
     run_dir = c.tmp / "runs" / "killed"
     victim, victim_log = pinned_node(c)
-    seen = len(victim_log.read_text(errors="replace"))  # what the Ferret run wrote there
-
-    def victim_lines() -> str:
-        return victim_log.read_text(errors="replace")[seen:]
-
     config = small_run(c.tmp, "killed", dp="server", **{
         "min-available-nodes": 3, "round-timeout": timeout, "dp-noise-multiplier": 4.0,
         "dp-max-epsilon": 8.0})
     if "dp-population" in Config.keys():  # a deployed DP run says how many nodes may join
         config["dp-population"] = 3
-    sent = {name: sent_trains(c, name) for name in NODES}
     run_id = c.launch(config, "killed")
-    deadline = time.monotonic() + 300
-    while "Receiving: train message" not in victim_lines():
+    deadline = time.monotonic() + 600  # bounds a hang; a minute or two when it works
+    while not trains_received(victim_log, run_id):
         assert time.monotonic() < deadline, c.logs()
         assert victim.poll() is None, tail(victim_log)
         time.sleep(0.2)
-    assert "refuses this run" not in victim_lines(), tail(victim_log)
+    assert "refuses this run" not in run_lines(victim_log, run_id), tail(victim_log)
     killed = kill_tree(victim.pid, signal.SIGKILL)  # the machine is gone: node, its ClientApp
     t_kill = time.monotonic()
     c.nodes.pop(SPARE)
     psutil.wait_procs(killed, timeout=10)
     while len(rows(run_dir)) < 2:
-        assert time.monotonic() - t_kill < timeout + 60, c.logs()
-        if "refusals" not in c.pending and all(sent_trains(c, n) > sent[n] for n in NODES):
+        assert time.monotonic() - t_kill < timeout, c.logs()
+        if "refusals" not in c.pending and all(sent_trains(c, n, run_id) for n in NODES):
             c.pending["refusals"] = start_refusals(c)  # the rest of round 1 is a wait
         time.sleep(0.5)
     round_done = time.monotonic() - t_kill
@@ -285,10 +287,10 @@ def test_supernode_killed_mid_round(cluster):
     got = _check_run(c, run_id, run_dir, log)
     first, second = got[1], got[2]
     assert (first["sampled"], first["clients"]) == (3, 2) and not first.get("skipped"), first
-    assert first["dropped"] + first["timed_out"] == 1, first
-    assert round_done <= timeout + 20, round_done  # the wait ended by round-timeout at the latest
+    # the SuperLink's "Node Unavailable" reply for the victim's message: dropped, not timed out
+    assert (first["dropped"], first["timed_out"]) == (1, 0), first
     assert second["clients"] == 2 and not second.get("skipped"), second
-    assert re.search(rf"(dropped reply from|no reply within \d+ s from) {SPARE}", log), log
+    assert re.search(rf"dropped reply from {SPARE}: .*Node Unavailable", log), log
     c.timings.update({"killed run": time.monotonic() - t0, "kill -> round 1 done": round_done,
                       "killed round 1": first["seconds"], "killed round 2": second["seconds"]})
     print("\nkilled-node rounds:", json.dumps(
@@ -332,18 +334,18 @@ def test_unregistered_key_and_missing_ca_are_refused(cluster):
     for case, text in expected.items():
         proc, log = started[case]
         try:
-            rc = proc.wait(timeout=120)
+            rc = proc.wait(timeout=300)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{case}: the SuperNode is still running, so it was let in\n{tail(log)}")
         out = log.read_text()
         assert rc != 0 and text in out, f"{case}: rc={rc}\n{tail(log)}"
         assert "Exit Code: 305" in out  # SUPERNODE_CONNECTION_ERROR
     plain, plain_log = started["plaintext"]
-    rc = plain.wait(timeout=60)
+    rc = plain.wait(timeout=300)
     out = plain_log.read_text(errors="replace")
     assert rc != 0 and "Exit Code: 303" in out, f"rc={rc}\n{tail(plain_log)}"  # TLS needed
     anon, anon_log = started["anonymous"]
-    deadline = time.monotonic() + 60  # the cases above took their time: so had this one
+    deadline = time.monotonic() + 120  # the cases above took their time: so had this one
     while anon_log.read_text(errors="replace").count(PLAINTEXT_REFUSED) < 2:
         assert time.monotonic() < deadline and anon.poll() is None, tail(anon_log)
         time.sleep(0.5)
@@ -356,11 +358,6 @@ def test_unregistered_key_and_missing_ca_are_refused(cluster):
     c.timings["refusals"] = time.monotonic() - t0
 
 
-def trains_received(log: Path) -> int:
-    """How many train messages a SuperNode's log shows as received."""
-    return log.read_text(errors="replace").count("Receiving: train message")
-
-
 def node_id_in(log: Path) -> int | None:
     found = re.findall(r"SuperNode ID: (\d+)", log.read_text(errors="replace"))
     return int(found[-1]) if found else None
@@ -369,11 +366,14 @@ def node_id_in(log: Path) -> int | None:
 @pytest.mark.slow  # a real SuperLink and SuperNodes (the module's cluster)
 def test_fedit_survives_restarts_and_resumes(cluster):
     """FedIT, 3 rounds, through restarts (last in the module: it restarts the SuperLink).
-    zurich's SuperNode is stopped while it holds its round-1 message and started again with
-    the same key: round 1 is skipped (one valid reply of the two min-train-nodes needs), round
-    2 waits for zurich, which comes back under its node id and is sampled again. (Stopped
-    after its reply instead, it may lose it: Flower 1.42 answers "Node Unavailable" for an
-    offline node before it looks for the reply the node pushed.) After round 2 the SuperLink
+    zurich's SuperNode is stopped while it holds its round-1 message: the SuperLink answers
+    for the node gone offline ("Node Unavailable"), so round 1 is skipped (one valid reply of
+    the two min-train-nodes needs) without waiting for round-timeout. zurich is started again
+    with the same key; round 2 waits for it, and it comes back under its node id and is sampled
+    again. (Started again at once, it would be online with its round-1 message lost: round 1
+    would wait the whole round-timeout. Stopped after its reply instead, it may lose the reply:
+    Flower 1.42 answers "Node Unavailable" for an offline node before it looks for the reply
+    the node pushed.) After round 2 the SuperLink
     is stopped (its ServerApp dies with it) and started again on its ``--database`` file: the
     SuperNodes reconnect under their ids, nothing registered again, and ``resume`` (guide
     block) runs round 3 in the same folder, each round once; the adapter learned, was saved."""
@@ -384,14 +384,17 @@ def test_fedit_survives_restarts_and_resumes(cluster):
         stop_tree(c.nodes.pop(SPARE).pid)
     run_dir = c.tmp / "runs" / "fedit"
     zurich_log = c.tmp / "supernode-zurich.log"
-    before = trains_received(zurich_log)
-    c.launch(small_run(c.tmp, "fedit", **{"num-server-rounds": 3, "round-timeout": 120.0}),
-             "fedit")
-    deadline = time.monotonic() + 300
-    while trains_received(zurich_log) == before:  # zurich holds its round-1 message
+    # far above a round's length, even on a slow machine: nothing here waits for it
+    run_id = c.launch(small_run(c.tmp, "fedit", **{"num-server-rounds": 3,
+                                                   "round-timeout": 600.0}), "fedit")
+    deadline = time.monotonic() + 900  # bounds a hang; 2-3 minutes when it works
+    while not trains_received(zurich_log, run_id):  # zurich holds round 1's
         assert time.monotonic() < deadline, c.logs()
         time.sleep(0.2)
     stop_tree(c.nodes["zurich"].pid)
+    while len(rows(run_dir)) < 2:  # round 1 ends: basel's reply, the SuperLink's for zurich
+        assert time.monotonic() < deadline, c.logs()
+        time.sleep(0.2)
     restarted_log = c.tmp / "supernode-zurich-restarted.log"
     c.start_node("zurich", restarted_log)
 
@@ -414,18 +417,18 @@ def test_fedit_survives_restarts_and_resumes(cluster):
     # resume at once: its ServerApp waits for min-available-nodes while the nodes reconnect
     resume_env = c.operator(RUN_CONFIG=str(c.tmp / "run-fedit.toml"), RUN_DIR=str(run_dir))
     while (out := c.run("resume", resume_env, cwd=ROOT, check=False)).returncode != 0:
-        assert time.monotonic() - t_restart < 180 and c.link.poll() is None, \
+        assert time.monotonic() - t_restart < 600 and c.link.poll() is None, \
             f"{out.stdout}\n{out.stderr}\n{c.logs()}"
         time.sleep(1)  # the SuperLink is still starting
     found = re.search(r"Successfully started run (\d+)", out.stdout + out.stderr)
     assert found, f"{out.stdout}\n{out.stderr}"
     while not all(re.search(rf"{c.node_ids[n]}.*online", c.run(
             "nodes", c.operator(), check=False).stdout) for n in NODES):  # no new registration
-        assert time.monotonic() - t_restart < 180, c.logs()
+        assert time.monotonic() - t_restart < 600, c.logs()
         time.sleep(1)
     c.timings["superlink restart -> nodes online"] = time.monotonic() - t_restart
     resumed = int(found.group(1))
-    log = c.follow(resumed, timeout=900)
+    log = c.follow(resumed)
     assert c.status(resumed) == "finished:completed", log + c.logs()
     assert f"resuming {run_dir} after round 2" in log, log
     got = rows(run_dir)
@@ -433,8 +436,8 @@ def test_fedit_survives_restarts_and_resumes(cluster):
     assert (run_dir / "summary.json").exists()
     assert all(math.isfinite(r["eval_loss"]) for r in got)
     first = got[1]
-    assert first["skipped"] and (first["sampled"], first["clients"]) == (2, 1), first
-    assert first["dropped"] + first["timed_out"] == 1, first
+    assert first.get("skipped") and (first["sampled"], first["clients"]) == (2, 1), first
+    assert (first["dropped"], first["timed_out"]) == (1, 0), first  # zurich: Node Unavailable
     for r in got[2:]:
         assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), r
         assert not r.get("skipped") and r["bytes_up_per_client"] > 100_000  # a 16-bit adapter

@@ -36,22 +36,31 @@ def test_guide_blocks_and_variables_agree_with_this_test():
 def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
     """tests/fast_flower, imported by every process these tests start: Flower's fixed 3 s polls
     (a SuperNode's, the ServerApp grid's) sleep 1 s, other sleeps as they were, and
-    a SuperNode declares 10 s heartbeats (the SuperLink's minimum) instead of 30 s."""
+    a SuperNode declares 10 s heartbeats (the SuperLink's minimum) instead of 30 s, and the
+    SuperLink's SQLite connections (a real database file) wait 60 s for a lock, not 5 s."""
     code = ("import time, flwr.superlink.grid.http_grid as g, "
             "flwr.supernode.start_client_internal as n, flwr.supernode.fleet_http_connection "
-            "as f, flwr.supercore.heartbeat as h\n"
+            "as f, flwr.supercore.heartbeat as h, flwr.supercore.sql_mixin as s, sys\n"
+            "from sqlalchemy import create_engine, event, text\n"
             "t = time.monotonic(); g.time.sleep(3); n.time.sleep(3); polls = time.monotonic() - t\n"
             "t = time.monotonic(); n.time.sleep(0.5); other = time.monotonic() - t\n"
-            "print(polls, other, f.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL)")
+            "engine = create_engine(f'sqlite:///{sys.argv[1]}')  # as SqlMixin.initialize does\n"
+            "event.listen(engine, 'connect', s._set_sqlite_pragmas)\n"
+            "with engine.connect() as conn:\n"
+            "    busy = conn.execute(text('PRAGMA busy_timeout')).scalar()\n"
+            "print(polls, other, f.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL, busy)")
     env = Cluster(tmp_path, {}).env("home")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
-    polls, other, *beats = map(float, out.stdout.split())
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.db")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    polls, other, *beats, busy = map(float, out.stdout.split() or ["nan"] * 5)
     assert polls < 4.5 and 0.5 <= other < 1.5, (out.stdout, out.stderr)  # not 6 s; 0.5 s
     assert beats == [10.0, 10.0] and FAST["FEDTUNE_TEST_FLOWER_HEARTBEAT"] == "10"
+    assert busy == 60_000, (out.stdout, out.stderr)
     from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
+    from flwr.supercore.constant import SQLITE_PRAGMAS
 
     assert HEARTBEAT_DEFAULT_INTERVAL == 30 and HEARTBEAT_MIN_INTERVAL == 10  # here: Flower's
+    assert ("busy_timeout", "5000") in SQLITE_PRAGMAS
 
 
 def test_overview_quotes_the_guides_commands():

@@ -30,6 +30,7 @@ from tests.deployment_cluster import (
     free_port,
     guide,
     rows,
+    run_lines,
     small_run,
     stop_tree,
     write_examples,
@@ -267,9 +268,7 @@ def _launch(c: Cluster, block: str, tag: str, cwd: Path, text: str | None = None
 
 def _node_lines(c: Cluster, name: str, run_id: int) -> str:
     """The lines of node ``name``'s log from its messages of run ``run_id``."""
-    text = (c.tmp / f"supernode-{name}.log").read_text(errors="replace")
-    parts = re.split(r"(?=\[RUN \d+)", text)
-    return "".join(p for p in parts if p.startswith(f"[RUN {run_id}"))
+    return run_lines(c.tmp / f"supernode-{name}.log", run_id)
 
 
 def _wait_nodes(c: Cluster, run_id: int, line: str, timeout: float = 300) -> None:

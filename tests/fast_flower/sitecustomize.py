@@ -8,8 +8,12 @@ for replies every 3 s; each message exchange waits for both. With
 ``FEDTUNE_TEST_FLOWER_POLL=<seconds>`` those two sleeps take that long instead. With
 ``FEDTUNE_TEST_FLOWER_HEARTBEAT=<seconds>`` (at least the SuperLink's minimum, 10) a SuperNode
 declares and sends heartbeats at that interval instead of 30 s, so the SuperLink notices a
-killed node about 2 intervals after the kill instead of 60 s. Nothing else changes: the same
-Flower code runs, only these waits are shorter. Without the variables this does nothing.
+killed node about 2 intervals after the kill instead of 60 s. With
+``FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS=<ms>`` the SuperLink's SQLite connections wait that long
+for a lock instead of Flower's fixed 5,000 ms: on a 2-core machine at load average 10 and over
+(a whole suite beside the cluster), a SuperLink on a ``--database`` file answered
+"database is locked" and a run's ServerApp failed. Nothing else changes: the same Flower code
+runs, only these waits differ. Without the variables this does nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 POLL = os.environ.get("FEDTUNE_TEST_FLOWER_POLL")
 HEARTBEAT = os.environ.get("FEDTUNE_TEST_FLOWER_HEARTBEAT")
+SQLITE_BUSY_MS = os.environ.get("FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS")
 FLOWER_POLL = 3  # the literal in both loops
 
 
@@ -45,6 +50,11 @@ def _heartbeats(module: Any) -> None:
     module.HEARTBEAT_DEFAULT_INTERVAL = float(HEARTBEAT)  # type: ignore[arg-type]
 
 
+def _sqlite_patience(module: Any) -> None:
+    module.SQLITE_PRAGMAS = tuple((name, SQLITE_BUSY_MS if name == "busy_timeout" else value)
+                                  for name, value in module.SQLITE_PRAGMAS)
+
+
 PATCHES: dict[str, Any] = {}
 if POLL:
     PATCHES.update({"flwr.supernode.start_client_internal": _polls,
@@ -52,6 +62,8 @@ if POLL:
 if HEARTBEAT:
     PATCHES.update({"flwr.supernode.fleet_http_connection": _heartbeats,
                     "flwr.supercore.heartbeat": _heartbeats})
+if SQLITE_BUSY_MS:  # read by the connect hook of this module, on each new connection
+    PATCHES["flwr.supercore.sql_mixin"] = _sqlite_patience
 
 
 class _AfterImport:

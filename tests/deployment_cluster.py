@@ -135,7 +135,7 @@ class Cluster:
         return env, home
 
     def run(self, name: str, env: dict[str, str], cwd: Path | None = None,
-            timeout: float = 120, check: bool = True, text: str | None = None
+            timeout: float = 300, check: bool = True, text: str | None = None
             ) -> subprocess.CompletedProcess:
         """Run guide block ``name`` to completion."""
         text = guide()["run"][name] if text is None else text
@@ -147,7 +147,7 @@ class Cluster:
         return out
 
     def run_all(self, jobs: list[tuple[str, dict[str, str]]], cwd: Path | None = None,
-                timeout: float = 120) -> list[str]:
+                timeout: float = 300) -> list[str]:
         """Run guide blocks ``(name, env)`` at the same time, as separate machines would
         (each block is a fresh CLI process that spends seconds importing); their stdouts."""
         procs = [subprocess.Popen(["bash", "-eu", "-o", "pipefail", "-c", guide()["run"][name]],
@@ -189,7 +189,7 @@ class Cluster:
         """Write a run.toml, ``flwr run`` it (guide block 'launch'), return the run id."""
         path = self.tmp / f"run-{tag}.toml"
         path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
-        out = self.run("launch", self.operator(RUN_CONFIG=str(path)), cwd=ROOT, timeout=120)
+        out = self.run("launch", self.operator(RUN_CONFIG=str(path)), cwd=ROOT)
         found = re.search(r"Successfully started run (\d+)", out.stdout + out.stderr)
         assert found, f"no run id in:\n{out.stdout}\n{out.stderr}"
         return int(found.group(1))

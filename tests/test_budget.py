@@ -46,7 +46,7 @@ def run(tmp_path: Path, budget: str) -> str:
     env = {**os.environ, "FEDTUNE_TEST_BUDGET": budget, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.budget", "-p",
                            "no:cacheprovider", "-rfE", "test_cases.py"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # test_failing_fast fails
     return proc.stdout
 

@@ -244,7 +244,7 @@ def test_the_default_run_reaches_the_engine_without_importing_torch(tmp_path):
             "from fedtune.cli import main\n"
             f"main(['simulate', '--output-dir', {str(tmp_path / 'runs')!r}])\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+                          timeout=300, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
     torch_imported, resources = done.stdout.strip().splitlines()[-1].split(" ", 1)
     gpu_driver = any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/dxg"))
     assert torch_imported == str(gpu_driver), done.stderr[-2000:]
@@ -273,9 +273,9 @@ def test_the_command_exits_with_mains_code_and_all_its_output():
     from fedtune.config import Config
 
     listed = subprocess.run([sys.executable, "-m", "fedtune.cli", "config"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == len(Config().to_flat())
     refused = subprocess.run([sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients",
-                              "0"], capture_output=True, text=True, timeout=60)
+                              "0"], capture_output=True, text=True, timeout=300)
     assert (refused.returncode, refused.stderr) == (2, "fedtune: --num-clients=0 must be at "
                                                         "least 1.\n")

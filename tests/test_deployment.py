@@ -97,7 +97,7 @@ def cluster(tmp_path_factory):
         write_examples(tmp / "superlink" / "heldout.jsonl", synthetic.eval_examples(8, seed=0))
 
         # the operator registers each edge machine's public key (not the intruder's)
-        c.register_all([*NODES, SPARE, REFUSED], link, time.monotonic() + 90)
+        c.register_all([*NODES, SPARE, REFUSED], link, time.monotonic() + 300)
         for name in NODES:
             c.start_node(name)
         c.timings["fixture"] = time.monotonic() - t0

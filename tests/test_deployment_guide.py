@@ -51,7 +51,7 @@ def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
             "print(polls, other, f.HEARTBEAT_DEFAULT_INTERVAL, h.HEARTBEAT_DEFAULT_INTERVAL, busy)")
     env = Cluster(tmp_path, {}).env("home")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.db")], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     polls, other, *beats, busy = map(float, out.stdout.split() or ["nan"] * 5)
     assert polls < 4.5 and 0.5 <= other < 1.5, (out.stdout, out.stderr)  # not 6 s; 0.5 s
     assert beats == [10.0, 10.0] and FAST["FEDTUNE_TEST_FLOWER_HEARTBEAT"] == "10"

@@ -234,7 +234,7 @@ def signed(tmp_path_factory):
                    *[("keys", c.edge(name)[0]) for name in NODES]])
         shutil.copy(tmp / "signing" / "trusted-entities.yaml", tmp / "certs")  # to each edge
         with ThreadPoolExecutor(1) as pool:  # the operator registers while the app is signed
-            registered = pool.submit(c.register_all, list(NODES), link, time.monotonic() + 90)
+            registered = pool.submit(c.register_all, list(NODES), link, time.monotonic() + 300)
             signed = c.run("sign", c.operator(), cwd=app).stdout
             registered.result()
         c.start("registry", c.operator(), tmp / "registry.log", cwd=tmp)

@@ -175,5 +175,5 @@ ca._warmed()
 print(deployed, ca._warming is not None, "peft" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "(False, False) True True", done.stderr[-2000:]

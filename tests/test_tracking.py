@@ -81,8 +81,8 @@ def wandb_records(run_dir: Path) -> list:
     header, then LevelDB-style 32 KiB blocks of chunks, each ``crc32c, length, type``; the
     records are W&B's own ``Record`` protobuf). W&B 0.31 ships no Python reader for it. Its
     service process may still be flushing a file when ``finish()`` returns: read until every
-    file holds its run's exit record (at most 20 s)."""
-    deadline = time.monotonic() + 20
+    file holds its run's exit record (at most 60 s)."""
+    deadline = time.monotonic() + 60
     while True:
         files = [_wandb_file(p) for p in sorted((run_dir / "wandb").glob(
             "offline-run-*/run-*.wandb"))]

@@ -86,7 +86,7 @@ def test_replay_is_bit_identical_in_another_process_with_more_threads() -> None:
         capture_output=True,
         text=True,
         check=True,
-        timeout=120,
+        timeout=300,
     ).stdout.strip()
     params = some_params()  # here: one thread (the autouse fixture)
     replay_(params, some_params(), some_accumulated(), SEEDS, 3e-3)

@@ -421,9 +421,9 @@ def test_fedit_survives_restarts_and_resumes(cluster):
     assert not (run_dir / "summary.json").exists()
     c.start_superlink(c.tmp / "superlink-restarted.log")
     # the nodes back first. A run resumed at once, while they reconnect, may find a node
-    # listed (online, as the SuperLink's database last saw it) whose identify message then
-    # comes back "Node Unavailable": that node is not sampled in the round, here the last
-    # (twice in four runs of this test alone on a quiet machine)
+    # listed (as the SuperLink's database last saw it) whose identify message then comes back
+    # as an error: that node is not sampled in the round, here the last (twice in four runs of
+    # this test alone on a quiet machine)
     while not all(reconnects(name) > before[name] for name in NODES):
         assert time.monotonic() - t_restart < 600 and c.link.poll() is None, c.logs()
         time.sleep(0.5)

@@ -370,8 +370,9 @@ def test_fedit_survives_restarts_and_resumes(cluster):
     for the node gone offline ("Node Unavailable"), so round 1 is skipped (one valid reply of
     the two min-train-nodes needs) without waiting for round-timeout. zurich is started again
     with the same key; round 2 waits for it, and it comes back under its node id and is sampled
-    again. (Started again at once, it would be online with its round-1 message lost: round 1
-    would wait the whole round-timeout. Stopped after its reply instead, it may lose the reply:
+    again. (Started again at once, it could be back before the ServerApp asks for replies:
+    its round-1 message lost, round 1 would wait the whole round-timeout. Stopped after its
+    reply instead, it may lose the reply:
     Flower 1.42 answers "Node Unavailable" for an offline node before it looks for the reply
     the node pushed.) After round 2 the SuperLink
     is stopped (its ServerApp dies with it) and started again on its ``--database`` file: the

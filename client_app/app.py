@@ -36,6 +36,10 @@ quiet_third_party()
 app = ClientApp()
 BUILTIN_DATA = "builtin"  # data-path='builtin': the built-in synthetic data, on purpose
 _warming: threading.Thread | None = None  # see _warm_up
+# False where a ServerApp shares this process (tests/inprocess_grid.py): the warm-up's imports
+# would run beside the server's, and transformers' lazy imports are not thread-safe (the
+# server's `from transformers import LlamaForCausalLM` failed with an ImportError)
+WARM_UP = True
 
 
 def _warm_up(context: Context) -> None:
@@ -44,7 +48,7 @@ def _warm_up(context: Context) -> None:
     loads the tokenizer in the background, while the server evaluates round 0, instead of in
     the first train message. A deployed ClientApp (a process per message) does not."""
     global _warming
-    if _warming is not None or "partition-id" not in context.node_config:
+    if not WARM_UP or _warming is not None or "partition-id" not in context.node_config:
         return
 
     def work() -> None:

@@ -25,6 +25,9 @@ class InProcessGrid(Grid):
         tamper: Tamper | None = None,
         first_id: int = 1001,
     ) -> None:
+        import client_app.app
+
+        client_app.app.WARM_UP = False  # the server runs in this process too (see WARM_UP)
         self.app = app
         self.tamper = tamper
         self.contexts = {

@@ -177,3 +177,25 @@ print(deployed, ca._warming is not None, "peft" in sys.modules)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "(False, False) True True", done.stderr[-2000:]
+
+
+def test_the_in_process_grid_starts_no_warm_up_beside_its_server(monkeypatch):
+    """The in-process grid runs the ServerApp in the same process: a warm-up there imported
+    transformers beside the server's own import, and the server's
+    ``from transformers import LlamaForCausalLM`` failed (transformers' lazy imports are not
+    thread-safe), so the grid turns the warm-up off."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    import client_app.app as ca
+    from fedtune.config import Config
+    from tests.inprocess_grid import InProcessGrid
+
+    monkeypatch.setattr(ca, "WARM_UP", True)
+    monkeypatch.setattr(ca, "_warming", None)
+    grid = InProcessGrid(ca.app, 1, Config().to_flat())
+    (node,) = grid.get_node_ids()
+    msg = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node,
+                  message_type="query.identify")
+    (reply,) = grid.send_and_receive([msg])
+    assert not reply.has_error()
+    assert ca._warming is None

@@ -1,12 +1,8 @@
 """Per-round checkpoints and exact resume: a run that crashes after round 2 and is resumed ends
-bit-identical to one that never stopped (the real ServerApp path, on an in-process Grid)."""
+bit-identical to one that never stopped (the real ServerApp path, on an in-process Grid). A
+Ray run killed with SIGKILL and resumed: tests/test_ray_engine.py."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -233,65 +229,3 @@ def test_a_strategy_with_undeclared_state_refuses_to_be_checkpointed():
         strategy_state(object())
     with pytest.raises(UndeclaredStateError, match="does not keep"):
         Scaffold(num_clients=2).load_state_dict({"m_t/dict/a": np.zeros(2)})
-
-
-# ---- the real thing: `fedtune simulate` (Ray) killed with SIGKILL, then `--resume` -----------
-SIM = ("local-steps=2 examples-per-client=16 eval-examples=8 client-eval-examples=4 "
-       "max-new-tokens=2 fraction-train=1.0 fraction-evaluate=0.0 ")
-# Each case costs two Ray launches and an in-process run (about 40 s on 2 cores), so CI runs
-# the SIGKILL path for FedKSeed-Pro (state in the algorithm, a version cache on disk); FedIT
-# with FedAdam's moments is resumed bit-identically in test_resume_after_a_crash_is_bit_identical
-# above, and through SIGKILL with FEDTUNE_SLOW_TESTS=1.
-SIM_CASES = {
-    "fedkseed-pro": ["--algorithm", "fedkseed-pro", "--run-config",
-                     SIM + "zo-seeds=64 zo-steps=4 batch-size=2"],
-    "fedit-fedadam": ["--run-config", SIM + "strategy='fedadam' server-lr=0.01"],
-}
-SLOW = pytest.mark.skipif(not os.environ.get("FEDTUNE_SLOW_TESTS"),
-                          reason="another 50 s of Ray runs; set FEDTUNE_SLOW_TESTS=1")
-
-
-def simulate(tmp_path, name, extra, **popen):
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients", "2", "--rounds",
-           "4", "--output-dir", str(tmp_path), "--name", name, *extra]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **popen)
-
-
-def finish(proc):
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-@pytest.mark.slow  # the one Ray test of resume: two Ray launches
-@pytest.mark.parametrize("case", ["fedkseed-pro", pytest.param("fedit-fedadam", marks=SLOW)])
-def test_sigkill_after_round_2_and_resume_is_bit_identical(tmp_path, case, one_thread):
-    """The uninterrupted run is the same command on the in-process grid (bit-identical to
-    Ray's, which saves a third Ray launch): the Ray run killed and resumed must match it."""
-    from tests.inprocess_grid import simulate_in_process
-
-    assert simulate_in_process(["--num-clients", "2", "--rounds", "4", "--output-dir",
-                                str(tmp_path), "--name", "whole", *SIM_CASES[case]]) == 0
-    (whole,) = tmp_path.glob("whole-*")
-
-    proc = simulate(tmp_path, "killed", SIM_CASES[case], start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        runs = list(tmp_path.glob("killed-*/" + CHECKPOINT))
-        if runs and load_checkpoint(runs[0].parent).round >= 2:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the server and everything it started, Ray included
-    proc.communicate(timeout=300)
-    (killed,) = tmp_path.glob("killed-*")
-    at_kill = load_checkpoint(killed).round
-    assert 2 <= at_kill < 4 and not (killed / "summary.json").exists()
-
-    out = finish(subprocess.Popen(
-        [sys.executable, "-m", "fedtune.cli", "simulate", "--resume", str(killed)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    assert f"resuming {killed} after round {at_kill}" in out
-    assert final_state(killed) == final_state(whole)
-    assert rows(killed) == rows(whole)

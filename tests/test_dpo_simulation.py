@@ -1,5 +1,5 @@
 """`fedtune simulate --objective dpo` end to end (the real ServerApp and ClientApps on the
-in-process grid; the Ray engine itself is tested in test_simulation.py), then SFT -> DPO chaining
+in-process grid; the Ray engine itself is tested in test_ray_engine.py), then SFT -> DPO chaining
 through --init-adapter, on `tiny` with very few steps."""
 
 import contextlib

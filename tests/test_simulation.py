@@ -1,11 +1,8 @@
 """`fedtune simulate` end to end: the results folder, the adapter, generate and export, FedKSeed-Pro
 and a non-default strategy through the real ServerApp and ClientApps on the in-process grid (no
-Ray); one real Flower simulation (Simulation Engine, Ray) through the `fedtune` command, marked
-slow."""
+Ray). The same command on Flower's Simulation Engine (Ray) is in tests/test_ray_engine.py."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -26,18 +23,6 @@ ROW_KEYS = {
     "clients",
     "seconds",
 }
-
-
-def fedtune(*args, cwd):
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedtune.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def fedtune_here(*args) -> None:
@@ -79,17 +64,6 @@ def check_results_folder(run_dir) -> None:
 
 def test_results_folder_follows_the_contract(run_dir):
     check_results_folder(run_dir)
-
-
-@pytest.mark.slow
-def test_the_simulation_engine_runs_the_app_through_the_command(tmp_path):
-    """The one Ray run of this module: Ray start, actors importing the ClientApp, the same
-    results folder as the in-process run's."""
-    stdout = fedtune("simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
-                     str(tmp_path), "--name", "e2e", "--run-config", SMALL, cwd=tmp_path)
-    assert "round   2/2" in stdout and "exact_match" in stdout
-    (run,) = tmp_path.glob("e2e-*")
-    check_results_folder(run)
 
 
 def test_adapter_loads_with_peft_and_gives_the_reported_loss(run_dir):

@@ -180,10 +180,6 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray starts its workers at nice 15, below every other process on the machine, but here
-    # they are the run itself (the clients' training): beside a busy neighbour a 30 s run took
-    # 155 s. The raylet reads this when ray.init starts it.
-    os.environ.setdefault("RAY_worker_niceness", "0")
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     gpus = args.client_gpus

@@ -2,10 +2,9 @@
 folder as the in-process one, and a run killed with SIGKILL after round 2 and resumed bit for bit.
 
 These are the suite's only Ray launches, and they share this file on purpose: pytest-xdist
-(``--dist loadfile``) runs a file on one worker, so two Ray clusters never start at once. Side by
-side, on a loaded 2-core machine, they slowed each other three to five times (a 30 s run took
-186-191 s, the SIGKILL test 122-299 s against 63 s). Every other end-to-end test runs the same
-ServerApp and ClientApps on the in-process grid (tests/inprocess_grid.py)."""
+(``--dist loadfile``) runs a file on one worker, so two Ray clusters never compete for the
+cores. Every other end-to-end test runs the same ServerApp and ClientApps on the in-process
+grid (tests/inprocess_grid.py)."""
 
 import os
 import signal
@@ -21,6 +20,16 @@ from fedtune.checkpoint import CHECKPOINT, load_checkpoint
 from tests.inprocess_grid import simulate_in_process
 from tests.test_checkpoint import final_state, rows
 from tests.test_simulation import SMALL, check_results_folder
+
+
+@pytest.fixture(autouse=True)
+def ray_actors_at_nice_0(monkeypatch):
+    """Ray starts its workers at nice 15: beside the other test workers (nice 0) the actors got
+    a small share of the cores, and the Ray run took 155-191 s instead of 30 s, the SIGKILL test
+    122-299 s instead of 63 s. The runs here start Ray with its workers at nice 0. (``fedtune
+    simulate`` keeps Ray's 15: on a quiet machine the server's work is what the run waits for,
+    and actors at nice 0 made the default run 1-3 s slower; docs/testing.md.)"""
+    monkeypatch.setenv("RAY_worker_niceness", "0")
 
 
 def actors_niceness(proc: subprocess.Popen) -> tuple[set[int], str]:
@@ -45,8 +54,8 @@ def actors_niceness(proc: subprocess.Popen) -> tuple[set[int], str]:
 @pytest.mark.slow
 def test_the_simulation_engine_runs_the_app_through_the_command(tmp_path):
     """Ray start, actors importing the ClientApp, the same results folder as the in-process
-    run's (tests/test_simulation.py). The actors run at nice 0, not Ray's 15: they are the
-    run's training, and at 15 a busy neighbour (another test worker) slowed this test 5x."""
+    run's (tests/test_simulation.py). Its actors run at the niceness the fixture above asks
+    for, or a Ray that ignored it would slow these tests 2-5x again, unseen."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients", "3", "--rounds", "2",
          "--output-dir", str(tmp_path), "--name", "e2e", "--run-config", SMALL],

@@ -32,6 +32,12 @@ def ray_actors_at_nice_0(monkeypatch):
     monkeypatch.setenv("RAY_worker_niceness", "0")
 
 
+def launch(tmp_path, *args: str, **popen) -> subprocess.Popen:
+    """``fedtune ARGS`` in ``tmp_path``, its stdout and stderr in one pipe."""
+    return subprocess.Popen([sys.executable, "-m", "fedtune.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
 def actors_niceness(proc: subprocess.Popen) -> tuple[set[int], str]:
     """The niceness of each Ray actor process (``ray::ClientAppActor``) that ``proc`` starts,
     sampled until it ends, and its output (read meanwhile: a full pipe would block it)."""
@@ -47,8 +53,9 @@ def actors_niceness(proc: subprocess.Popen) -> tuple[set[int], str]:
             pass
         time.sleep(0.2)
     reader.join(timeout=60)
-    assert proc.returncode == 0, "".join(out)[-3000:]
-    return set(found.values()), "".join(out)
+    output = "".join(out)
+    assert proc.returncode == 0, output[-3000:]
+    return set(found.values()), output
 
 
 @pytest.mark.slow
@@ -56,10 +63,8 @@ def test_the_simulation_engine_runs_the_app_through_the_command(tmp_path):
     """Ray start, actors importing the ClientApp, the same results folder as the in-process
     run's (tests/test_simulation.py). Its actors run at the niceness the fixture above asks
     for, or a Ray that ignored it would slow these tests 2-5x again, unseen."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients", "3", "--rounds", "2",
-         "--output-dir", str(tmp_path), "--name", "e2e", "--run-config", SMALL],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = launch(tmp_path, "simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
+                  str(tmp_path), "--name", "e2e", "--run-config", SMALL)
     niceness, stdout = actors_niceness(proc)
     assert "round   2/2" in stdout and "exact_match" in stdout
     assert niceness == {0}, niceness
@@ -84,10 +89,8 @@ SLOW = pytest.mark.skipif(not os.environ.get("FEDTUNE_SLOW_TESTS"),
 
 
 def simulate(tmp_path, name, extra, **popen):
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--num-clients", "2", "--rounds",
-           "4", "--output-dir", str(tmp_path), "--name", name, *extra]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **popen)
+    return launch(tmp_path, "simulate", "--num-clients", "2", "--rounds", "4", "--output-dir",
+                  str(tmp_path), "--name", name, *extra, **popen)
 
 
 def finish(proc):
@@ -119,9 +122,7 @@ def test_sigkill_after_round_2_and_resume_is_bit_identical(tmp_path, case, one_t
     at_kill = load_checkpoint(killed).round
     assert 2 <= at_kill < 4 and not (killed / "summary.json").exists()
 
-    out = finish(subprocess.Popen(
-        [sys.executable, "-m", "fedtune.cli", "simulate", "--resume", str(killed)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    out = finish(launch(tmp_path, "simulate", "--resume", str(killed)))
     assert f"resuming {killed} after round {at_kill}" in out
     assert final_state(killed) == final_state(whole)
     assert rows(killed) == rows(whole)

@@ -38,36 +38,50 @@ def launch(tmp_path, *args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def actors_niceness(proc: subprocess.Popen) -> tuple[set[int], str]:
-    """The niceness of each Ray actor process (``ray::ClientAppActor``) that ``proc`` starts,
-    sampled until it ends, and its output (read meanwhile: a full pipe would block it)."""
-    out, found = [], {}
+def ray_workers(proc: subprocess.Popen) -> tuple[dict[int, int], set[int], str]:
+    """What ``proc`` starts in Ray, sampled until it ends: the niceness of each actor process
+    (``ray::ClientAppActor``) by PID, the PIDs of all worker processes (actors, idle workers,
+    workers still starting: ``default_worker.py``), and its output (read meanwhile: a full
+    pipe would block it)."""
+    out, actors, workers = [], {}, set()
     reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
         try:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                if child.pid not in found and child.cmdline()[:1] == ["ray::ClientAppActor"]:
-                    found[child.pid] = child.nice()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
-            pass
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            try:
+                cmd = child.cmdline()
+                title = (cmd or [""])[0]  # ray::ClientAppActor.run while it handles a message
+                if title.startswith("ray::ClientAppActor") and child.pid not in actors:
+                    actors[child.pid] = child.nice()
+                if title.startswith(("ray::ClientAppActor", "ray::IDLE")) or \
+                        any(part.endswith("default_worker.py") for part in cmd):
+                    workers.add(child.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
         time.sleep(0.2)
     reader.join(timeout=60)
     output = "".join(out)
     assert proc.returncode == 0, output[-3000:]
-    return set(found.values()), output
+    return actors, workers, output
 
 
 @pytest.mark.slow
 def test_the_simulation_engine_runs_the_app_through_the_command(tmp_path):
     """Ray start, actors importing the ClientApp, the same results folder as the in-process
     run's (tests/test_simulation.py). Its actors run at the niceness the fixture above asks
-    for, or a Ray that ignored it would slow these tests 2-5x again, unseen."""
+    for, or a Ray that ignored it would slow these tests 2-5x again, unseen; and Ray starts no
+    worker process but the actors (``fedtune simulate`` turns off Ray's idle workers started
+    with the driver, which the actors cannot use: 4 worker processes on 2 cores instead of 2)."""
     proc = launch(tmp_path, "simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
                   str(tmp_path), "--name", "e2e", "--run-config", SMALL)
-    niceness, stdout = actors_niceness(proc)
+    actors, workers, stdout = ray_workers(proc)
     assert "round   2/2" in stdout and "exact_match" in stdout
-    assert niceness == {0}, niceness
+    assert set(actors.values()) == {0}, actors
+    assert actors and workers == set(actors), (workers, actors)
     (run,) = tmp_path.glob("e2e-*")
     check_results_folder(run)
 

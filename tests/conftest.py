@@ -34,7 +34,10 @@ ENV_PREFIXES = ("HF_", "FLWR_")
 ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_HUB_CACHE",
                        "http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy",
                        "ftp_proxy"})
-ENV_SET = {"FLWR_TELEMETRY_ENABLED": "0"}
+# and offline: no test, and no process a test starts, reaches the Hugging Face hub (peft
+# imports bitsandbytes, which on a CPU with AVX512-BF16 asks the hub for a kernel to download
+# and run: a network call in every such process); a test of the online path unsets it
+ENV_SET = {"FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
 
 # Hypothesis (tests/test_fuzz_*.py) runs derandomized, the same examples on every CI run, with
 # few examples; HYPOTHESIS_PROFILE=long searches longer. Found cases stay as @example or tests.
@@ -92,7 +95,8 @@ def _caller_specific(name: str) -> bool:
 @pytest.fixture(autouse=True)
 def hermetic_env(monkeypatch):
     """Every test starts without the caller's HF_*, FLWR_*, CUDA_VISIBLE_DEVICES and proxy
-    variables (Flower telemetry off); a test that needs a value sets it with monkeypatch."""
+    variables (Flower telemetry off, Hugging Face offline); a test that needs another value
+    sets it with monkeypatch."""
     for name in [n for n in os.environ if _caller_specific(n)]:
         monkeypatch.delenv(name)
     for name, value in ENV_SET.items():

@@ -116,6 +116,7 @@ def test_hub_names_load_through_datasets_or_fail_in_one_sentence(monkeypatch, tm
     datasets = pytest.importorskip("datasets")
     from fedtune.data import readers
 
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online (the hermetic default is offline)
     assert is_hub_name("databricks/databricks-dolly-15k") and is_hub_name("hf:squad:validation")
     assert not is_hub_name("data/missing.jsonl") and not is_hub_name(str(tmp_path))
     calls = []

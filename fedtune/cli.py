@@ -182,7 +182,7 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Ray starts idle workers with the driver, for tasks without a runtime env; the actors have
     # one (Flower's PYTHONPATH), so Ray starts others for them and kills the idle ones: on 2
-    # cores, 4 worker processes instead of 2, and the first round about 0.5 s later
+    # cores, 4 worker processes instead of 2, about 2 CPU-s per run (docs/testing.md)
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)

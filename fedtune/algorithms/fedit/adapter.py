@@ -50,7 +50,13 @@ def add_adapter(model: PreTrainedModel, cfg: LoraSection, base_is_random: bool =
 
 
 def _state(model: PeftModel) -> dict[str, torch.Tensor]:
-    return get_peft_model_state_dict(model, adapter_name=model.active_adapter)
+    # save_embedding_layers=False: peft's default ("auto") asks the Hugging Face hub on every
+    # call whether the base's config.json exists and reads its vocabulary size (fedtune never
+    # resizes embeddings): two requests per call, several calls a round, from every node of a
+    # run on a hub model. What "auto" would add (a targeted embedding's frozen base weight)
+    # is frozen, and left out of the trainable state anyway.
+    return get_peft_model_state_dict(model, adapter_name=model.active_adapter,
+                                     save_embedding_layers=False)
 
 
 def _frozen_keys(model: PeftModel, state: dict[str, torch.Tensor]) -> set[str]:

@@ -4,6 +4,7 @@ and a whole run on a model from the hub asks the hub nothing once the model is l
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import huggingface_hub
@@ -27,7 +28,8 @@ from fedtune.models import loading
 from fedtune.models.loading import build_tiny
 
 HUB_ID = "some-owner/some-model"  # what a node's model is named when it came from the hub
-SMALL = {"fedkseed": {"zo-seeds": 64, "zo-steps": 2}, "ferret": {"ferret-seeds": 8}}
+# each algorithm with a model of its own, and what keeps its run small
+SMALL = {"fedit": {}, "fedkseed": {"zo-seeds": 64, "zo-steps": 2}, "ferret": {"ferret-seeds": 8}}
 
 
 @pytest.fixture
@@ -91,7 +93,7 @@ def test_the_state_is_what_peft_saves_less_the_frozen_parts():
     assert torch.equal(model.base_model.model.model.embed_tokens.base_layer.weight, base)
 
 
-@pytest.mark.parametrize("algorithm", ["fedit", "fedkseed", "ferret"])
+@pytest.mark.parametrize("algorithm", SMALL)
 def test_a_run_on_a_hub_model_asks_the_hub_nothing(algorithm, hub_requests, monkeypatch,
                                                    tmp_path, one_thread):
     """Every model of a 1-round run named by a hub id (as ``from_pretrained`` names it): the
@@ -109,13 +111,22 @@ def test_a_run_on_a_hub_model_asks_the_hub_nothing(algorithm, hub_requests, monk
         loaded.append(name)
         return model
 
-    monkeypatch.setattr(loading, "load_model", from_hub)
+    # each algorithm's process-wide model cache: emptied, so the run loads its models through
+    # from_hub, and emptied again, so no later test gets a renamed one
+    modules = [importlib.import_module(f"fedtune.algorithms.{a}.model") for a in SMALL]
+    for module in modules:
+        monkeypatch.setattr(module, "load_model", from_hub)
+        module._cached.cache_clear()
     flat = {"algorithm": algorithm, "num-server-rounds": 1, "local-steps": 1, "batch-size": 2,
             "examples-per-client": 4, "eval-examples": 2, "client-eval-examples": 2,
             "fraction-evaluate": 1.0, "max-new-tokens": 1, "run-dir": str(tmp_path),
-            **SMALL.get(algorithm, {})}
-    server_main(InProcessGrid(client_app, 2, flat),
-                Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                        run_config=flat))
+            **SMALL[algorithm]}
+    try:
+        server_main(InProcessGrid(client_app, 2, flat),
+                    Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                            run_config=flat))
+    finally:
+        for module in modules:
+            module._cached.cache_clear()
     assert loaded  # the run's models were the renamed ones
     assert hub_requests == []

@@ -1,6 +1,12 @@
-"""Rouge-L and exact match against hand-computed values; generation is batched greedy."""
+"""Rouge-L and exact match against hand-computed values and against ``rouge-score``'s own
+scorer; generation is batched greedy."""
+
+import importlib.util
+import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedtune.data.example import Example
 from fedtune.eval.generate import answer_metrics, generate, normalize_answer, rouge_l
@@ -16,6 +22,38 @@ def test_rouge_l_matches_hand_computation():
     assert rouge_l("", "odd") == 0.0
     assert normalize_answer("  Red  Fox ") == "red fox"
 
+
+# words that repeat (so subsequences matter), case, digits, punctuation, non-ASCII, whitespace
+WORDS = st.sampled_from(["the", "The", "cat", "CAT", "sat", "mat", "a", "b", "42", "x7", "",
+                         ".", "...", "don't", "e-mail", "über", "naïve", "日本", "\t", "\n"])
+TEXTS = st.lists(WORDS, max_size=12).map(" ".join) | st.text(max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prediction=TEXTS, reference=TEXTS)
+def test_rouge_l_is_rouge_scores_rouge_l_bit_for_bit(prediction, reference):
+    """The score the results report is ``rouge-score``'s RougeScorer(["rougeL"]) F-measure,
+    the same float, whatever the text."""
+    from rouge_score import rouge_scorer
+
+    expected = rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"]
+    assert rouge_l(prediction, reference) == expected.fmeasure
+
+
+def test_rouge_l_imports_no_nltk(monkeypatch):
+    """``rouge_score.rouge_scorer`` imports nltk (0.4 CPU-s in each evaluating process, for a
+    stemmer Rouge-L here does not use): a fresh copy of the module scores with both hidden."""
+    monkeypatch.setitem(sys.modules, "nltk", None)  # `import nltk` now raises ImportError
+    monkeypatch.setitem(sys.modules, "rouge_score.rouge_scorer", None)
+    import rouge_score  # and not as the package's attribute, which an earlier import set
+
+    monkeypatch.delattr(rouge_score, "rouge_scorer", raising=False)
+    import fedtune.eval.generate as generate_module
+
+    spec = importlib.util.spec_from_file_location("fresh_generate", generate_module.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert fresh.rouge_l("the cat sat", "the cat sat on the mat") == pytest.approx(2 / 3)
 
 def test_batched_generation_equals_one_by_one_and_metrics_add_up():
     tok = load_tokenizer("tiny")

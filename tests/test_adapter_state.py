@@ -1,5 +1,5 @@
-"""The adapter state FedIT sends (``fedtune.algorithms.fedit.adapter``): read and loaded without
-asking the Hugging Face hub, and equal to what peft itself would save, less the frozen parts;
+"""The adapter state FedIT sends (``fedtune.algorithms.fedit.adapter``): read, loaded and saved
+without asking the Hugging Face hub, and equal to what peft itself would save, less the frozen parts;
 and a whole run on a model from the hub asks the hub nothing once the model is loaded."""
 
 from __future__ import annotations
@@ -92,6 +92,24 @@ def test_the_state_is_what_peft_saves_less_the_frozen_parts():
         load_adapter_state(model, dict(list(state.items())[1:]))
     assert torch.equal(model.base_model.model.model.embed_tokens.base_layer.weight, base)
 
+
+@pytest.mark.parametrize("targets", ["q_proj", "embed_tokens,q_proj"])
+def test_the_saved_adapter_asks_the_hub_nothing_and_loads_back(targets, hub_requests, tmp_path):
+    """A run's last save (FedIT's adapter folder) asks the hub nothing either (peft's default,
+    without an embedding among the targets: 1 request), and the folder loads back onto the base
+    (with one: without the base embedding's copy, which the base has) as the same adapter."""
+    from peft import PeftModel
+
+    from fedtune.algorithms.fedit.adapter import save_adapter
+
+    model = _adapter(targets)
+    trained = {k: v + 0.25 for k, v in adapter_state(model).items()}
+    load_adapter_state(model, trained)
+    save_adapter(model, tmp_path)
+    assert hub_requests == []
+    back = PeftModel.from_pretrained(build_tiny(), tmp_path)
+    for k, v in adapter_state(back).items():
+        assert np.array_equal(v, trained[k]), k
 
 @pytest.mark.parametrize("algorithm", SMALL)
 def test_a_run_on_a_hub_model_asks_the_hub_nothing(algorithm, hub_requests, monkeypatch,

@@ -9,6 +9,7 @@ peft's names, so a saved global adapter loads with ``PeftModel.from_pretrained``
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +59,13 @@ def _state(model: PeftModel) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(model, adapter_name=model.active_adapter,
                                      save_embedding_layers=False)
 
+
+def save_adapter(model: PeftModel, out: Path) -> None:
+    """``save_pretrained`` with ``save_embedding_layers=False``, for the reason in
+    :func:`_state`: a run's last save asks the hub nothing either. A targeted embedding's base
+    weight is not copied into the adapter file; the base model, which fedtune never resizes,
+    has it."""
+    model.save_pretrained(out, save_embedding_layers=False)
 
 def _frozen_keys(model: PeftModel, state: dict[str, torch.Tensor]) -> set[str]:
     """The state's entries that are views of frozen tensors (VeRA's projections): built by

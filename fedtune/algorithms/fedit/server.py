@@ -12,7 +12,12 @@ import numpy as np
 import torch
 
 from fedtune.algorithms.base import ServerHooks
-from fedtune.algorithms.fedit.adapter import WIRE_DTYPE, adapter_spec, load_adapter_state
+from fedtune.algorithms.fedit.adapter import (
+    WIRE_DTYPE,
+    adapter_spec,
+    load_adapter_state,
+    save_adapter,
+)
 from fedtune.algorithms.fedit.dpo import heldout_pairs
 from fedtune.algorithms.fedit.factors import (
     OTHER,
@@ -196,7 +201,7 @@ class FedITServer(ServerHooks):
         if self.cfg.lora.lora_init in REWRITES_BASE:
             self._save_converted(arrays, out)
         else:
-            self.model.save_pretrained(out)
+            save_adapter(self.model, out)
         self.tokenizer.save_pretrained(out)
         (out / "fedtune.json").write_text(json.dumps(
             {"base_model": base_ref, "peft_method": self.cfg.lora.peft_method,

@@ -1,6 +1,6 @@
 """The adapter state FedIT sends (``fedtune.algorithms.fedit.adapter``): read, loaded and saved
-without asking the Hugging Face hub, and equal to what peft itself would save, less the frozen parts;
-and a whole run on a model from the hub asks the hub nothing once the model is loaded."""
+without asking the Hugging Face hub, and equal to what peft itself would save, less the frozen
+parts; and a whole run on a model from the hub asks the hub nothing once the model is loaded."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The house rules, checked on the source: layers import only downwards, only the Flower layer
 and the deployment tools (which build and sign Flower's app bundles) import Flower, modules
-stay small, no code compares algorithm names, and the registries and the config are
-import-light (no torch, no Flower) so user errors come back in a blink."""
+stay small, no code compares algorithm names, the registries and the config are import-light
+(no torch, no Flower) so user errors come back in a blink, and ``ruff`` is clean."""
 
 import ast
 import re
@@ -140,3 +140,11 @@ def test_algorithms_and_strategies_do_not_import_each_other_both_ways():
                     "fedtune.algorithms"):
                 wrong.append(f"{module} imports {target}")
     assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def test_the_tree_is_ruff_clean():
+    """``ruff check`` passes on the whole tree (rules in pyproject.toml, ruff's version pinned
+    in the test extra): a style slip fails the suite, not a later reader."""
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -111,6 +111,7 @@ def test_the_saved_adapter_asks_the_hub_nothing_and_loads_back(targets, hub_requ
     for k, v in adapter_state(back).items():
         assert np.array_equal(v, trained[k]), k
 
+
 @pytest.mark.parametrize("algorithm", SMALL)
 def test_a_run_on_a_hub_model_asks_the_hub_nothing(algorithm, hub_requests, monkeypatch,
                                                    tmp_path, one_thread):

@@ -30,6 +30,14 @@ WORDS = st.sampled_from(["the", "The", "cat", "CAT", "sat", "mat", "a", "b", "42
 TEXTS = st.lists(WORDS, max_size=12).map(" ".join) | st.text(max_size=30)
 
 
+@functools.cache
+def _rouge_scorer():
+    """The reference: rouge-score's own scorer (it imports nltk, which the test may)."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
 @settings(max_examples=300, deadline=None)
 @given(prediction=TEXTS, reference=TEXTS)
 def test_rouge_l_is_rouge_scores_rouge_l_bit_for_bit(prediction, reference):
@@ -37,13 +45,6 @@ def test_rouge_l_is_rouge_scores_rouge_l_bit_for_bit(prediction, reference):
     the same float, whatever the text."""
     expected = _rouge_scorer().score(reference, prediction)["rougeL"]
     assert rouge_l(prediction, reference) == expected.fmeasure
-
-
-@functools.cache
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 def test_rouge_l_imports_no_nltk(monkeypatch):
@@ -60,6 +61,7 @@ def test_rouge_l_imports_no_nltk(monkeypatch):
     fresh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fresh)
     assert fresh.rouge_l("the cat sat", "the cat sat on the mat") == pytest.approx(2 / 3)
+
 
 def test_batched_generation_equals_one_by_one_and_metrics_add_up():
     tok = load_tokenizer("tiny")

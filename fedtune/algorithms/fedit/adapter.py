@@ -67,6 +67,7 @@ def save_adapter(model: PeftModel, out: Path) -> None:
     has it."""
     model.save_pretrained(out, save_embedding_layers=False)
 
+
 def _frozen_keys(model: PeftModel, state: dict[str, torch.Tensor]) -> set[str]:
     """The state's entries that are views of frozen tensors (VeRA's projections): built by
     every party from the same inputs, never trained or sent."""

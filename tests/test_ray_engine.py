@@ -1,11 +1,14 @@
-"""Flower's Simulation Engine (Ray) through the ``fedtune`` command: a run with the same results
-folder as the in-process one, and a run killed with SIGKILL after round 2 and resumed bit for bit.
+"""Flower's Simulation Engine (Ray) through the ``fedtune`` command: a run killed with SIGKILL
+after round 2 and resumed, both on Ray, with the same results folder as the in-process run's,
+bit for bit.
 
 These are the suite's only Ray launches, and they share this file on purpose: pytest-xdist
 (``--dist loadfile``) runs a file on one worker, so two Ray clusters never compete for the
-cores. Every other end-to-end test runs the same ServerApp and ClientApps on the in-process
+cores. (A separate Ray run of ``fedtune simulate`` was one Ray launch more, 34 CPU-s of the
+suite's; the resumed run checks what it did.) Every other end-to-end test runs the same ServerApp and ClientApps on the in-process
 grid (tests/inprocess_grid.py)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +22,6 @@ import pytest
 from fedtune.checkpoint import CHECKPOINT, load_checkpoint
 from tests.inprocess_grid import simulate_in_process
 from tests.test_checkpoint import final_state, rows
-from tests.test_simulation import SMALL, check_results_folder
 
 
 @pytest.fixture(autouse=True)
@@ -69,60 +71,45 @@ def ray_workers(proc: subprocess.Popen) -> tuple[dict[int, int], set[int], str]:
     return actors, workers, output
 
 
-@pytest.mark.slow
-def test_the_simulation_engine_runs_the_app_through_the_command(tmp_path):
-    """Ray start, actors importing the ClientApp, the same results folder as the in-process
-    run's (tests/test_simulation.py). Its actors run at the niceness the fixture above asks
-    for, or a Ray that ignored it would slow these tests 2-5x again, unseen; and Ray starts no
-    worker process but the actors (``fedtune simulate`` turns off Ray's idle workers started
-    with the driver, which the actors cannot use: 4 worker processes on 2 cores instead of 2)."""
-    proc = launch(tmp_path, "simulate", "--num-clients", "3", "--rounds", "2", "--output-dir",
-                  str(tmp_path), "--name", "e2e", "--run-config", SMALL)
-    actors, workers, stdout = ray_workers(proc)
-    assert "round   2/2" in stdout and "exact_match" in stdout
-    assert set(actors.values()) == {0}, actors
-    assert actors and workers == set(actors), (workers, actors)
-    (run,) = tmp_path.glob("e2e-*")
-    check_results_folder(run)
-
-
 # ---- `fedtune simulate` (Ray) killed with SIGKILL, then `--resume` ----------------------------
 SIM = ("local-steps=2 examples-per-client=16 eval-examples=8 client-eval-examples=4 "
        "max-new-tokens=2 fraction-train=1.0 fraction-evaluate=0.0 ")
 # Each case costs two Ray launches and an in-process run (about 40 s on 2 cores), so CI runs
-# the SIGKILL path for FedKSeed-Pro (state in the algorithm, a version cache on disk); FedIT
-# with FedAdam's moments is resumed bit-identically in tests/test_checkpoint.py's
+# the SIGKILL path for FedIT with FedAdam's moments on the server (its adapters, over 100 KB a
+# message, go through Ray's object store); FedKSeed-Pro (state in the algorithm, a version
+# cache on disk) is resumed bit-identically in tests/test_checkpoint.py's
 # test_resume_after_a_crash_is_bit_identical, and through SIGKILL with FEDTUNE_SLOW_TESTS=1.
 SIM_CASES = {
+    "fedit-fedadam": ["--run-config", SIM + "strategy='fedadam' server-lr=0.01"],
     "fedkseed-pro": ["--algorithm", "fedkseed-pro", "--run-config",
                      SIM + "zo-seeds=64 zo-steps=4 batch-size=2"],
-    "fedit-fedadam": ["--run-config", SIM + "strategy='fedadam' server-lr=0.01"],
 }
 SLOW = pytest.mark.skipif(not os.environ.get("FEDTUNE_SLOW_TESTS"),
-                          reason="another 50 s of Ray runs; set FEDTUNE_SLOW_TESTS=1")
+                          reason="another 40 s of Ray runs; set FEDTUNE_SLOW_TESTS=1")
+CLIENTS = ["--num-clients", "3", "--rounds", "4"]  # more clients than the 2 cores' actors
 
 
-def simulate(tmp_path, name, extra, **popen):
-    return launch(tmp_path, "simulate", "--num-clients", "2", "--rounds", "4", "--output-dir",
-                  str(tmp_path), "--name", name, *extra, **popen)
+@pytest.mark.slow  # the suite's two Ray launches
+@pytest.mark.parametrize("case", ["fedit-fedadam", pytest.param("fedkseed-pro", marks=SLOW)])
+def test_ray_runs_the_command_and_resumes_a_sigkilled_run_bit_identically(tmp_path, case,
+                                                                          one_thread):
+    """``fedtune simulate`` on Ray, killed with SIGKILL after round 2 (the server, Ray and its
+    actors at once), then ``fedtune simulate --resume`` on Ray to the end: the results folder
+    is the uninterrupted run's, bit for bit. The uninterrupted run is the same command on the
+    in-process grid (bit-identical to Ray's, which saves a third Ray launch).
 
-
-def finish(proc):
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-@pytest.mark.slow  # the one Ray test of resume: two Ray launches
-@pytest.mark.parametrize("case", ["fedkseed-pro", pytest.param("fedit-fedadam", marks=SLOW)])
-def test_sigkill_after_round_2_and_resume_is_bit_identical(tmp_path, case, one_thread):
-    """The uninterrupted run is the same command on the in-process grid (bit-identical to
-    Ray's, which saves a third Ray launch): the Ray run killed and resumed must match it."""
-    assert simulate_in_process(["--num-clients", "2", "--rounds", "4", "--output-dir",
-                                str(tmp_path), "--name", "whole", *SIM_CASES[case]]) == 0
+    The resumed run is also the suite's check of the engine itself: Ray starts, its actors
+    import the ClientApp and serve three clients, the table is printed and the folder written.
+    Its actors run at the niceness the fixture above asks for, or a Ray that ignored it would
+    slow these tests 2-5x again, unseen; and Ray starts no worker process but the actors
+    (``fedtune simulate`` turns off Ray's idle workers started with the driver, which the
+    actors cannot use: 4 worker processes on 2 cores instead of 2)."""
+    assert simulate_in_process([*CLIENTS, "--output-dir", str(tmp_path), "--name", "whole",
+                                *SIM_CASES[case]]) == 0
     (whole,) = tmp_path.glob("whole-*")
 
-    proc = simulate(tmp_path, "killed", SIM_CASES[case], start_new_session=True)
+    proc = launch(tmp_path, "simulate", *CLIENTS, "--output-dir", str(tmp_path), "--name",
+                  "killed", *SIM_CASES[case], start_new_session=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         runs = list(tmp_path.glob("killed-*/" + CHECKPOINT))
@@ -136,7 +123,21 @@ def test_sigkill_after_round_2_and_resume_is_bit_identical(tmp_path, case, one_t
     at_kill = load_checkpoint(killed).round
     assert 2 <= at_kill < 4 and not (killed / "summary.json").exists()
 
-    out = finish(launch(tmp_path, "simulate", "--resume", str(killed)))
+    actors, workers, out = ray_workers(launch(tmp_path, "simulate", "--resume", str(killed)))
     assert f"resuming {killed} after round {at_kill}" in out
+    assert "round   4/4" in out and "exact_match" in out
+    assert set(actors.values()) == {0}, actors
+    assert actors and workers == set(actors), (workers, actors)
     assert final_state(killed) == final_state(whole)
     assert rows(killed) == rows(whole)
+    assert all(r["clients"] == 3 for r in rows(killed)[1:])
+    if case == "fedit-fedadam":
+        assert all(r["bytes_up_per_client"] > 100_000 for r in rows(killed)[1:])
+    assert files(killed) == files(whole)
+    assert json.loads((killed / "summary.json").read_text())["final"]["round"] == 4
+    assert (killed / "metrics.png").stat().st_size > 10_000
+
+
+def files(run_dir) -> set[str]:
+    """The results folder's files, by path inside it."""
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}

@@ -5,8 +5,8 @@ bit for bit.
 These are the suite's only Ray launches, and they share this file on purpose: pytest-xdist
 (``--dist loadfile``) runs a file on one worker, so two Ray clusters never compete for the
 cores. (A separate Ray run of ``fedtune simulate`` was one Ray launch more, 34 CPU-s of the
-suite's; the resumed run checks what it did.) Every other end-to-end test runs the same ServerApp and ClientApps on the in-process
-grid (tests/inprocess_grid.py)."""
+suite's; the resumed run checks what it did.) Every other end-to-end test runs the same
+ServerApp and ClientApps on the in-process grid (tests/inprocess_grid.py)."""
 
 import json
 import os

@@ -129,10 +129,11 @@ def test_ray_runs_the_command_and_resumes_a_sigkilled_run_bit_identically(tmp_pa
     assert set(actors.values()) == {0}, actors
     assert actors and workers == set(actors), (workers, actors)
     assert final_state(killed) == final_state(whole)
-    assert rows(killed) == rows(whole)
-    assert all(r["clients"] == 3 for r in rows(killed)[1:])
+    got = rows(killed)
+    assert got == rows(whole)
+    assert all(r["clients"] == 3 for r in got[1:])
     if case == "fedit-fedadam":
-        assert all(r["bytes_up_per_client"] > 100_000 for r in rows(killed)[1:])
+        assert all(r["bytes_up_per_client"] > 100_000 for r in got[1:])
     assert files(killed) == files(whole)
     assert json.loads((killed / "summary.json").read_text())["final"]["round"] == 4
     assert (killed / "metrics.png").stat().st_size > 10_000

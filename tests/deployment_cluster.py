@@ -30,6 +30,11 @@ BIN = Path(sys.executable).parent
 FAST_FLOWER = Path(__file__).with_name("fast_flower")
 # and the SuperLink's SQLite waits 60 s for a lock, not 5 s (a loaded CI machine: "database is
 # locked", a failed run)
+# a warm process that forks each ServerApp and ClientApp with torch, transformers, peft and
+# Flower imported once (tests/warm_apps/warm.py); its flwr-serverapp and flwr-clientapp go
+# first on the PATH of a cluster that starts one (Cluster.start_warm); FEDTUNE_TEST_WARM_APPS=0:
+# Flower's own, fresh processes
+WARM_APPS = Path(__file__).with_name("warm_apps")
 FAST = {"FEDTUNE_TEST_FLOWER_POLL": "1.0", "FEDTUNE_TEST_FLOWER_HEARTBEAT": "10",
         "FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS": "60000"}
 
@@ -106,6 +111,7 @@ class Cluster:
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)  # running, by node name
     link: subprocess.Popen | None = None  # the SuperLink (guide block 'superlink')
     pending: dict[str, object] = field(default_factory=dict)  # started early, checked later
+    warm: Path | None = None  # the warm process's socket (start_warm); None: fresh processes
 
     def env(self, home: str, **variables: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -119,6 +125,9 @@ class Cluster:
                    PYTHONPATH=os.pathsep.join(filter(None, [str(FAST_FLOWER),
                                                             env.get("PYTHONPATH")])), **FAST)
         env.update({**self.common, **variables})
+        if self.warm is not None:  # flwr-clientapp, flwr-serverapp: forked by the warm process
+            env.update(PATH=f"{WARM_APPS / 'bin'}{os.pathsep}{env['PATH']}",
+                       FEDTUNE_TEST_WARM_SOCKET=str(self.warm))
         return env
 
     def operator(self, **variables: str) -> dict[str, str]:
@@ -133,6 +142,41 @@ class Cluster:
         if certs is not None:
             env["CERTS"] = certs
         return env, home
+
+    def start_warm(self) -> subprocess.Popen | None:
+        """Start the warm process (``tests/warm_apps/warm.py``), unless
+        ``FEDTUNE_TEST_WARM_APPS=0``: the SuperLink and SuperNodes started after this fork
+        their ServerApps and ClientApps from it. :meth:`wait_warm` before the first run."""
+        if os.environ.get("FEDTUNE_TEST_WARM_APPS", "1") == "0":
+            return None
+        with open(self.tmp / "warm.out", "wb") as out:
+            proc = subprocess.Popen([sys.executable, str(WARM_APPS / "warm.py"),
+                                     str(self.tmp / "warm.sock"), str(self.tmp / "warm.log")],
+                                    env=self.env("warm-flwr-home"), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        self.warm = self.tmp / "warm.sock"
+        return proc
+
+    def wait_warm(self, proc: subprocess.Popen | None) -> None:
+        """Return once the warm process listens (its imports take a few seconds)."""
+        log, deadline = self.tmp / "warm.log", time.monotonic() + 300  # bounds a hang
+        while proc is not None and not (log.exists() and "ready" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (self.tmp / "warm.out").read_text(errors="replace")
+            time.sleep(0.1)
+
+    def warm_launches(self, command: str) -> dict[int, int | None]:
+        """The warm process's children so far that ran ``command`` (``flwr-clientapp``,
+        ``flwr-serverapp``): {pid: exit code, None while running}."""
+        out: dict[int, int | None] = {}
+        for line in (self.tmp / "warm.log").read_text().splitlines():
+            what, pid, *rest = line.split()
+            if what == "launch" and rest[0].endswith(command):
+                out[int(pid)] = None
+            elif what == "exit" and int(pid) in out:
+                out[int(pid)] = int(rest[0])
+        return out
 
     def run(self, name: str, env: dict[str, str], cwd: Path | None = None,
             timeout: float = 300, check: bool = True, text: str | None = None

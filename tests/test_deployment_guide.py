@@ -63,6 +63,20 @@ def test_the_processes_here_wait_less_in_flowers_polls_and_heartbeats(tmp_path):
     assert ("busy_timeout", "5000") in SQLITE_PRAGMAS
 
 
+def test_the_warm_process_refuses_to_serve_once_the_app_is_imported(tmp_path):
+    """tests/warm_apps/warm.py forks each deployment test's ClientApp; a child must not inherit
+    the app's module state (each message a fresh process, as Flower starts it), so a warm
+    process that has imported the app exits before it listens."""
+    code = ("import sys; import fedtune.config; sys.path.insert(0, sys.argv[1]); import warm; "
+            "warm.main(sys.argv[2], sys.argv[3])")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "tests" / "warm_apps"),
+                          str(tmp_path / "warm.sock"), str(tmp_path / "warm.log")],
+                         env=Cluster(tmp_path, {}).env("home"), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1 and "imported the app (['fedtune'" in out.stderr, out.stderr
+    assert not (tmp_path / "warm.sock").exists() and not (tmp_path / "warm.log").exists()
+
+
 def test_overview_quotes_the_guides_commands():
     """The deployment overview (docs/deployment-overview.md) quotes commands; each must be (part
     of) a guide block that this module runs."""

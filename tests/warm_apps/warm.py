@@ -1,0 +1,126 @@
+"""A warm process for the deployment tests' ClientApps (issue #27): one per test cluster.
+
+Flower 1.42 starts a new ``flwr-clientapp`` process for every message a SuperNode receives, and
+each spends most of its CPU importing torch, transformers, peft and Flower's SuperNode code
+(3.7 CPU-s a message here, 85% of it imports). This process imports those libraries once; the
+``flwr-clientapp`` on the test nodes' ``PATH`` (``tests/warm_apps/bin``) hands its command line,
+environment, working folder and standard streams to it, and it forks one child per message. The
+child runs Flower's own ``flwr-clientapp`` entry point (``flwr.supernode.cli.flwr_clientapp``)
+with that command line and exits: each message is still its own process, which pulls its
+message, installs the run's FAB and loads the app from it (Flower's code), then exits.
+
+What keeps that equal to a fresh process: this process never imports the app (``fedtune``,
+``client_app``, ``server_app``): it refuses to fork if it has, so no module-level state of the
+app survives from one message to the next (docs/deployment.md; DESIGN: each message a new
+process). It forks only while it has one thread. It exits when the process that started it does.
+
+Usage: ``python warm.py SOCKET LOG``. One line per launch goes to LOG: ``launch PID ARGV0``, and
+``exit PID CODE`` when the child ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+APP_PACKAGES = ("fedtune", "client_app", "server_app")
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _app_modules() -> list[str]:
+    return sorted(m for m in sys.modules if m.split(".")[0] in APP_PACKAGES)
+
+
+def _child(request: dict, fds: list[int], entry) -> None:
+    """In the forked child: become the launched command and run it; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for target, fd in enumerate(fds):  # the launcher's stdin, stdout, stderr
+            os.dup2(fd, target)
+            os.close(fd)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        sys.argv = request["argv"]
+        try:
+            entry()
+            code = 0
+        except SystemExit as done:  # Flower ends its processes with sys.exit(code)
+            code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:  # noqa: BLE001 - a bug here must show in the node's log, not vanish
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def main(path: str, log_path: str) -> None:
+    if _app_modules():
+        raise SystemExit(f"the warm process imported the app ({_app_modules()}): each child "
+                         "would reuse its module state")
+    started = time.process_time()
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from flwr.superlink.cli import flwr_serverapp
+    from flwr.supernode.cli import flwr_clientapp
+    from transformers.models.llama import modeling_llama  # noqa: F401
+
+    entries = {"flwr-clientapp": flwr_clientapp, "flwr-serverapp": flwr_serverapp}
+
+    parent = os.getppid()
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.umask(0o077)  # the socket: its owner only
+    server.bind(path)
+    server.listen(64)
+    server.settimeout(0.5)
+    log.write(f"ready {time.process_time() - started:.1f} CPU-s of imports\n")
+    children: set[int] = set()
+    while os.getppid() == parent:
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.discard(pid)
+                log.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            conn.settimeout(30)
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            while not data.endswith(b"\n"):
+                more = conn.recv(1 << 20)
+                if not more:
+                    break
+                data += more
+            request = json.loads(data)
+            if _app_modules() or _threads() != 1:  # never: checked so a change cannot hide it
+                raise SystemExit(f"not forking: app modules {_app_modules()}, "
+                                 f"{_threads()} threads")
+            pid = os.fork()
+            if pid == 0:
+                server.close()
+                _child(request, fds, entries[os.path.basename(request["argv"][0])])
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            log.write(f"launch {pid} {request['argv'][0]}\n")
+            conn.sendall(f"{pid}\n".encode())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -378,15 +378,16 @@ def test_each_message_ran_in_a_process_of_its_own(cluster):
     c = cluster
     if c.warm is None:
         pytest.skip("FEDTUNE_TEST_WARM_APPS=0: Flower's own processes, each a fresh one")
-    received = sum(len(re.findall(r"Receiving: [\w.]+ message", log.read_text(errors="replace")))
-                   for log in c.tmp.glob("supernode-*.log"))
-    # the killed node may be gone between receiving its train message and starting its process
-    killed = trains_received(c.tmp / PINNED_LOG) if SPARE not in c.nodes else 0
+    logs = [log.read_text(errors="replace") for log in c.tmp.glob("supernode-*.log")]
+    received = sum(len(re.findall(r"Receiving: [\w.]+ message", log)) for log in logs)
+    # every reply a node sent came from a process of its own; a message may get none (the
+    # killed node gone before its process started, a stopped run's message dropped)
+    sent = sum(len(re.findall(r"Sending: [\w.]+ message", log)) for log in logs)
     deadline = time.monotonic() + 60  # the last replies' processes are exiting
     while None in (apps := c.warm_launches("flwr-clientapp")).values():
         assert time.monotonic() < deadline, apps
         time.sleep(0.5)
-    assert received > 20 and received - killed <= len(apps) <= received, (received, apps)
+    assert sent > 10 and sent <= len(apps) <= received, (sent, received, apps)
     # each exited 0, but the killed node's: SIGINT from Flower's parent check, its node gone
     assert sum(code != 0 for code in apps.values()) <= 1, apps
     servers = c.warm_launches("flwr-serverapp")

@@ -371,8 +371,8 @@ def node_id_in(log: Path) -> int | None:
 
 @pytest.mark.slow  # a real SuperLink and SuperNodes (the module's cluster)
 def test_each_message_ran_in_a_process_of_its_own(cluster):
-    """Every message a SuperNode received so far started one ClientApp process of its own, and
-    every run one ServerApp process, each forked from the warm process (tests/warm_apps), and
+    """Every reply a SuperNode sent so far came from a ClientApp process of its own, and every
+    run had its ServerApp process, each forked from the warm process (tests/warm_apps), and
     each ended; the warm process never imported the app, so no app state passes from one
     message to the next (tests/test_deployment_guide.py checks it refuses once it has)."""
     c = cluster
@@ -391,7 +391,8 @@ def test_each_message_ran_in_a_process_of_its_own(cluster):
     # each exited 0, but the killed node's: SIGINT from Flower's parent check, its node gone
     assert sum(code != 0 for code in apps.values()) <= 1, apps
     servers = c.warm_launches("flwr-serverapp")
-    assert len(servers) == len(list(c.tmp.glob("run-*.toml"))), servers  # one per c.launch
+    runs = len(list(c.tmp.glob("run-*.toml")))  # one per c.launch; the stopped one may be
+    assert runs - 1 <= len(servers) <= runs, (runs, servers)  # stopped before its ServerApp
     lines = (c.tmp / "warm.log").read_text().splitlines()
     assert len(apps) + len(servers) == sum(x.startswith("launch ") for x in lines)  # no pid twice
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -149,13 +150,16 @@ class Cluster:
         their ServerApps and ClientApps from it. :meth:`wait_warm` before the first run."""
         if os.environ.get("FEDTUNE_TEST_WARM_APPS", "1") == "0":
             return None
+        sock = self.tmp / "warm.sock"
+        if len(str(sock)) > 100:  # a Unix socket's path has room for 107 bytes
+            sock = Path(tempfile.mkdtemp(prefix="fedtune-warm-", dir="/tmp")) / "warm.sock"
         with open(self.tmp / "warm.out", "wb") as out:
-            proc = subprocess.Popen([sys.executable, str(WARM_APPS / "warm.py"),
-                                     str(self.tmp / "warm.sock"), str(self.tmp / "warm.log")],
+            proc = subprocess.Popen([sys.executable, str(WARM_APPS / "warm.py"), str(sock),
+                                     str(self.tmp / "warm.log")],
                                     env=self.env("warm-flwr-home"), stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        self.warm = self.tmp / "warm.sock"
+        self.warm = sock
         return proc
 
     def wait_warm(self, proc: subprocess.Popen | None) -> None:

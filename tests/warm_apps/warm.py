@@ -1,18 +1,23 @@
-"""A warm process for the deployment tests' ClientApps (issue #27): one per test cluster.
+"""A warm process for the deployment tests' ServerApps and ClientApps (issue #27): one per
+test cluster.
 
-Flower 1.42 starts a new ``flwr-clientapp`` process for every message a SuperNode receives, and
-each spends most of its CPU importing torch, transformers, peft and Flower's SuperNode code
-(3.7 CPU-s a message here, 85% of it imports). This process imports those libraries once; the
-``flwr-clientapp`` on the test nodes' ``PATH`` (``tests/warm_apps/bin``) hands its command line,
-environment, working folder and standard streams to it, and it forks one child per message. The
-child runs Flower's own ``flwr-clientapp`` entry point (``flwr.supernode.cli.flwr_clientapp``)
-with that command line and exits: each message is still its own process, which pulls its
-message, installs the run's FAB and loads the app from it (Flower's code), then exits.
+Flower 1.42 starts a new ``flwr-clientapp`` process for every message a SuperNode receives and a
+new ``flwr-serverapp`` for every run, and each spends most of its CPU importing torch,
+transformers, peft and Flower (3.7 CPU-s a train message here, 85% of it imports). This process
+imports those libraries once. The ``flwr-clientapp`` and ``flwr-serverapp`` first on the
+cluster's ``PATH`` (``tests/warm_apps/bin``, then ``launch.py``) hand it their command line,
+environment, working folder and standard streams, and it forks one child per launch. The child
+runs Flower's own entry point (``flwr.supernode.cli.flwr_clientapp``,
+``flwr.superlink.cli.flwr_serverapp``) with that command line and exits: each message is still
+its own process, which pulls its message, installs the run's FAB and loads the app from it
+(Flower's code), then exits.
 
 What keeps that equal to a fresh process: this process never imports the app (``fedtune``,
-``client_app``, ``server_app``): it refuses to fork if it has, so no module-level state of the
-app survives from one message to the next (docs/deployment.md; DESIGN: each message a new
+``client_app``, ``server_app``): it refuses to start, or to fork, once it has, so no
+module-level state of the app survives from one message to the next (DESIGN: each message a new
 process). It forks only while it has one thread. It exits when the process that started it does.
+A child is not in its SuperNode's (SuperLink's) process tree: Flower's ``--parent-pid`` check
+ends it when that goes.
 
 Usage: ``python warm.py SOCKET LOG``. One line per launch goes to LOG: ``launch PID ARGV0``, and
 ``exit PID CODE`` when the child ends.

@@ -1,6 +1,7 @@
-"""``flwr-clientapp`` for the deployment tests' nodes: hands its command line, environment,
-working folder and standard streams to the warm process (``warm.py``), which forks the real
-``flwr-clientapp`` for it. Run with ``python -S`` (nothing but the standard library)."""
+"""``flwr-clientapp`` and ``flwr-serverapp`` for the deployment tests' cluster (``bin/``): hands
+the command line, environment, working folder and standard streams to the warm process
+(``warm.py``), which forks Flower's real one for it. Run with ``python -S`` (nothing but the
+standard library)."""
 
 import json
 import os
@@ -12,4 +13,4 @@ with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
     request = {"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}
     socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
     if not conn.recv(64):  # the child's PID once it is forked
-        sys.exit("flwr-clientapp: the warm process did not fork")
+        sys.exit(f"{sys.argv[1]}: the warm process did not fork")

@@ -31,13 +31,13 @@ BIN = Path(sys.executable).parent
 FAST_FLOWER = Path(__file__).with_name("fast_flower")
 # and the SuperLink's SQLite waits 60 s for a lock, not 5 s (a loaded CI machine: "database is
 # locked", a failed run)
+FAST = {"FEDTUNE_TEST_FLOWER_POLL": "1.0", "FEDTUNE_TEST_FLOWER_HEARTBEAT": "10",
+        "FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS": "60000"}
 # a warm process that forks each ServerApp and ClientApp with torch, transformers, peft and
 # Flower imported once (tests/warm_apps/warm.py); its flwr-serverapp and flwr-clientapp go
 # first on the PATH of a cluster that starts one (Cluster.start_warm); FEDTUNE_TEST_WARM_APPS=0:
 # Flower's own, fresh processes
 WARM_APPS = Path(__file__).with_name("warm_apps")
-FAST = {"FEDTUNE_TEST_FLOWER_POLL": "1.0", "FEDTUNE_TEST_FLOWER_HEARTBEAT": "10",
-        "FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS": "60000"}
 
 BLOCK = re.compile(r"<!-- (run|example|variables): ([\w -]+?) -->\n```\w+\n(.*?)\n```", re.S)
 
@@ -74,6 +74,13 @@ def run_lines(log: Path, run_id: int | None = None) -> str:
         return text
     return "".join(part for part in re.split(r"(?=\[RUN \d+\])", text)
                    if part.startswith(f"[RUN {run_id}]"))
+
+
+def messages(log: Path, verb: str, kind: str = r"[\w.]+", run_id: int | None = None) -> int:
+    r"""How many ``kind`` messages (``train``, ``evaluate``, ``query\.identify``: a regex; any by
+    default) a SuperNode's log shows it ``verb`` (``Receiving``; ``Sending``: its reply), of run
+    ``run_id`` when given."""
+    return len(re.findall(rf"{verb}: {kind} message", run_lines(log, run_id)))
 
 
 def kill_tree(pid: int, sig: int) -> list[psutil.Process]:

@@ -10,7 +10,7 @@ docs/deployment-overview.md, points to the guide instead of repeating the comman
 
 Costs: every message starts a new ClientApp process on a node. Here each is forked from one warm
 process that imported torch, transformers, peft and Flower once (``tests/warm_apps``; this module
-used 174 CPU-s instead of 292 for its 36 messages). The child runs Flower's own
+used 139-142 CPU-s instead of 292, alone on a quiet 2-core machine). The child runs Flower's own
 ``flwr-clientapp`` and loads the app from the run's FAB, as a fresh process does;
 ``FEDTUNE_TEST_WARM_APPS=0`` starts fresh ones, and tests/test_deployment_signing.py always does.
 Still, the runs are few and small (2 rounds, 2 local steps, 8 held-out examples) and each checks
@@ -49,6 +49,7 @@ from tests.deployment_cluster import (
     free_port,
     guide,
     kill_tree,
+    messages,
     rows,
     run_lines,
     small_run,
@@ -215,7 +216,7 @@ def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
     sampled, and the run goes on with the other two."""
     c, t0 = cluster, time.monotonic()
     _, pinned_log = pinned_node(c)
-    before = trains_received(pinned_log)
+    before = messages(pinned_log, "Receiving", "train")
     run_dir = c.tmp / "runs" / "ferret"
     run_id = c.launch(small_run(c.tmp, "ferret", algorithm="ferret", **{
         "ferret-seeds": 16, "local-steps": 4, "min-available-nodes": 3}), "ferret")
@@ -232,18 +233,8 @@ def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
     assert log.count(f"did not identify itself ({why}); it will not be sampled") == 1, \
         log + c.logs()
     assert f"fedtune: {why}" in pinned_log.read_text(errors="replace"), tail(pinned_log)
-    assert trains_received(pinned_log) == before, tail(pinned_log)
+    assert messages(pinned_log, "Receiving", "train") == before, tail(pinned_log)
     c.timings["ferret, one node pinned to dp"] = time.monotonic() - t0
-
-
-def trains_received(log: Path, run_id: int | None = None) -> int:
-    """How many train messages (of run ``run_id``) a SuperNode's log shows as received."""
-    return run_lines(log, run_id).count("Receiving: train message")
-
-
-def sent_trains(c: Cluster, name: str, run_id: int) -> int:
-    """How many train replies of run ``run_id`` node ``name``'s SuperNode log shows as sent."""
-    return run_lines(c.tmp / f"supernode-{name}.log", run_id).count("Sending: train message")
 
 
 @pytest.mark.slow  # a real SuperLink and SuperNodes (the module's cluster)
@@ -274,7 +265,7 @@ def test_supernode_killed_mid_round(cluster):
         config["dp-population"] = 3
     run_id = c.launch(config, "killed")
     deadline = time.monotonic() + 600  # bounds a hang; a minute or two when it works
-    while not trains_received(victim_log, run_id):
+    while not messages(victim_log, "Receiving", "train", run_id):
         assert time.monotonic() < deadline, c.logs()
         assert victim.poll() is None, tail(victim_log)
         time.sleep(0.2)
@@ -285,7 +276,8 @@ def test_supernode_killed_mid_round(cluster):
     psutil.wait_procs(killed, timeout=10)
     while len(rows(run_dir)) < 2:
         assert time.monotonic() - t_kill < timeout, c.logs()
-        if "refusals" not in c.pending and all(sent_trains(c, n, run_id) for n in NODES):
+        if "refusals" not in c.pending and all(messages(
+                c.tmp / f"supernode-{n}.log", "Sending", "train", run_id) for n in NODES):
             c.pending["refusals"] = start_refusals(c)  # the rest of round 1 is a wait
         time.sleep(0.5)
     round_done = time.monotonic() - t_kill
@@ -378,11 +370,11 @@ def test_each_message_ran_in_a_process_of_its_own(cluster):
     c = cluster
     if c.warm is None:
         pytest.skip("FEDTUNE_TEST_WARM_APPS=0: Flower's own processes, each a fresh one")
-    logs = [log.read_text(errors="replace") for log in c.tmp.glob("supernode-*.log")]
-    received = sum(len(re.findall(r"Receiving: [\w.]+ message", log)) for log in logs)
+    logs = list(c.tmp.glob("supernode-*.log"))
+    received = sum(messages(log, "Receiving") for log in logs)
     # every reply a node sent came from a process of its own; a message may get none (the
     # killed node gone before its process started, a stopped run's message dropped)
-    sent = sum(len(re.findall(r"Sending: [\w.]+ message", log)) for log in logs)
+    sent = sum(messages(log, "Sending") for log in logs)
     deadline = time.monotonic() + 60  # the last replies' processes are exiting
     while None in (apps := c.warm_launches("flwr-clientapp")).values():
         assert time.monotonic() < deadline, apps
@@ -424,7 +416,7 @@ def test_fedit_survives_restarts_and_resumes(cluster):
     run_id = c.launch(small_run(c.tmp, "fedit", **{"num-server-rounds": 3,
                                                    "round-timeout": 600.0}), "fedit")
     deadline = time.monotonic() + 900  # bounds a hang; 2-3 minutes when it works
-    while not trains_received(zurich_log, run_id):  # zurich holds round 1's
+    while not messages(zurich_log, "Receiving", "train", run_id):  # zurich holds round 1's
         assert time.monotonic() < deadline, c.logs()
         time.sleep(0.2)
     stop_tree(c.nodes["zurich"].pid)

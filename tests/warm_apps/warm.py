@@ -71,9 +71,9 @@ def _child(request: dict, fds: list[int], entry) -> None:
 
 
 def main(path: str, log_path: str) -> None:
-    if _app_modules():
-        raise SystemExit(f"the warm process imported the app ({_app_modules()}): each child "
-                         "would reuse its module state")
+    if app := _app_modules():
+        raise SystemExit(f"the warm process imported the app ({app}): each child would reuse "
+                         "its module state")
     started = time.process_time()
     import peft  # noqa: F401
     import torch  # noqa: F401

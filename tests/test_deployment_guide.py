@@ -5,9 +5,13 @@ only guide commands, and every process the cluster starts waits less in Flower's
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,6 +79,48 @@ def test_the_warm_process_refuses_to_serve_once_the_app_is_imported(tmp_path):
                          timeout=300)
     assert out.returncode == 1 and "imported the app (['fedtune'" in out.stderr, out.stderr
     assert not (tmp_path / "warm.sock").exists() and not (tmp_path / "warm.log").exists()
+
+
+def test_the_warm_process_drops_a_launch_whose_launcher_died_and_serves_the_next(tmp_path):
+    """A SuperNode killed while its ``flwr-clientapp`` hands its launch over (as in
+    test_deployment.py's killed-node test) leaves the warm process a connection with nothing, or
+    half a request, or no one to read the child's PID: it logs and drops that launch and serves
+    the next. (It once died there, and the cluster's every later launch was refused.)"""
+    warm_dir = ROOT / "tests" / "warm_apps"
+    sock, log, ran = tmp_path / "warm.sock", tmp_path / "warm.log", tmp_path / "ran"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import warm; ran = sys.argv[4]; "
+            "warm.serve(sys.argv[2], sys.argv[3], {'flwr-clientapp': lambda: "
+            "open(ran, 'a').write(' '.join(sys.argv[1:]) + chr(10))})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(warm_dir), str(sock), str(log),
+                             str(ran)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "ready" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
+            time.sleep(0.05)
+        streams = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+        request = json.dumps({"argv": ["flwr-clientapp", "orphan"], "env": {},
+                              "cwd": str(tmp_path)}).encode() + b"\n"
+        for send in (b"", request[:10], request):  # nothing; half a request; all, then gone
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(str(sock))
+                if send:
+                    socket.send_fds(conn, [send], streams)
+        for fd in streams:
+            os.close(fd)
+        done = subprocess.run([sys.executable, "-S", str(warm_dir / "launch.py"),
+                               "bin/flwr-clientapp", "served"], capture_output=True, text=True,
+                              env={**os.environ, "FEDTUNE_TEST_WARM_SOCKET": str(sock)},
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        while "served" not in (ran.read_text() if ran.exists() else ""):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert proc.poll() is None, log.read_text()
+        assert log.read_text().count("dropped a launch") >= 2, log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_overview_quotes_the_guides_commands():

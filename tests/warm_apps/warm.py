@@ -20,7 +20,8 @@ A child is not in its SuperNode's (SuperLink's) process tree: Flower's ``--paren
 ends it when that goes.
 
 Usage: ``python warm.py SOCKET LOG``. One line per launch goes to LOG: ``launch PID ARGV0``, and
-``exit PID CODE`` when the child ends.
+``exit PID CODE`` when the child ends; ``dropped a launch: ERROR`` for a launcher that died
+mid-handshake (its SuperNode killed), after which the next launch is served.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 APP_PACKAGES = ("fedtune", "client_app", "server_app")
 
@@ -81,8 +84,16 @@ def main(path: str, log_path: str) -> None:
     from flwr.supernode.cli import flwr_clientapp
     from transformers.models.llama import modeling_llama  # noqa: F401
 
-    entries = {"flwr-clientapp": flwr_clientapp, "flwr-serverapp": flwr_serverapp}
+    serve(path, log_path, {"flwr-clientapp": flwr_clientapp, "flwr-serverapp": flwr_serverapp},
+          f"{time.process_time() - started:.1f} CPU-s of imports")
 
+
+def serve(path: str, log_path: str, entries: dict[str, Callable[[], object]],
+          ready: str = "") -> None:
+    """Fork ``entries[basename(argv[0])]`` for each launch on the socket at ``path``, until the
+    process that started this one ends. A launch that fails (its launcher killed before it got
+    the child's PID: a SuperNode killed mid-handshake) is logged and dropped; the next one is
+    served."""
     parent = os.getppid()
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
     if os.path.exists(path):
@@ -92,7 +103,7 @@ def main(path: str, log_path: str) -> None:
     server.bind(path)
     server.listen(64)
     server.settimeout(0.5)
-    log.write(f"ready {time.process_time() - started:.1f} CPU-s of imports\n")
+    log.write(f"ready {ready}\n")
     children: set[int] = set()
     while os.getppid() == parent:
         for pid in list(children):
@@ -105,26 +116,41 @@ def main(path: str, log_path: str) -> None:
         except TimeoutError:
             continue
         with conn:
-            conn.settimeout(30)
-            data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-            while not data.endswith(b"\n"):
-                more = conn.recv(1 << 20)
-                if not more:
-                    break
-                data += more
-            request = json.loads(data)
-            if _app_modules() or _threads() != 1:  # never: checked so a change cannot hide it
-                raise SystemExit(f"not forking: app modules {_app_modules()}, "
-                                 f"{_threads()} threads")
-            pid = os.fork()
-            if pid == 0:
-                server.close()
-                _child(request, fds, entries[os.path.basename(request["argv"][0])])
-            for fd in fds:
-                os.close(fd)
-            children.add(pid)
-            log.write(f"launch {pid} {request['argv'][0]}\n")
-            conn.sendall(f"{pid}\n".encode())
+            try:
+                _launch(conn, server, entries, children, log)
+            except (OSError, ValueError, KeyError) as err:
+                log.write(f"dropped a launch: {err!r}\n")
+
+
+def _launch(conn: socket.socket, server: socket.socket,
+            entries: dict[str, Callable[[], object]], children: set[int], log: TextIO) -> None:
+    """Read one launch request and its three streams from ``conn``, fork the child, answer
+    its PID."""
+    conn.settimeout(30)
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+    try:
+        while data and not data.endswith(b"\n"):
+            more = conn.recv(1 << 20)
+            if not more:
+                break
+            data += more
+        request = json.loads(data)  # ValueError: the launcher left mid-request
+        entry = entries[os.path.basename(request["argv"][0])]
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} standard streams, not 3")
+        if _app_modules() or _threads() != 1:  # never: checked so a change cannot hide it
+            raise SystemExit(f"not forking: app modules {_app_modules()}, "
+                             f"{_threads()} threads")
+        pid = os.fork()
+        if pid == 0:
+            server.close()
+            _child(request, fds, entry)
+        children.add(pid)
+        log.write(f"launch {pid} {request['argv'][0]}\n")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    conn.sendall(f"{pid}\n".encode())
 
 
 if __name__ == "__main__":

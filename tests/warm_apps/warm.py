@@ -118,7 +118,7 @@ def serve(path: str, log_path: str, entries: dict[str, Callable[[], object]],
         with conn:
             try:
                 _launch(conn, server, entries, children, log)
-            except (OSError, ValueError, KeyError) as err:
+            except (OSError, ValueError, LookupError, TypeError) as err:  # a malformed launch
                 log.write(f"dropped a launch: {err!r}\n")
 
 

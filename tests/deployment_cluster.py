@@ -182,11 +182,11 @@ class Cluster:
         ``flwr-serverapp``): {pid: exit code, None while running}."""
         out: dict[int, int | None] = {}
         for line in (self.tmp / "warm.log").read_text().splitlines():
-            what, pid, *rest = line.split()
-            if what == "launch" and rest[0].endswith(command):
-                out[int(pid)] = None
-            elif what == "exit" and int(pid) in out:
-                out[int(pid)] = int(rest[0])
+            what, *fields = line.split()  # also "ready ..." and "dropped a launch: ..."
+            if what == "launch" and fields[1].endswith(command):
+                out[int(fields[0])] = None
+            elif what == "exit" and int(fields[0]) in out:
+                out[int(fields[0])] = int(fields[1])
         return out
 
     def run(self, name: str, env: dict[str, str], cwd: Path | None = None,

@@ -94,10 +94,8 @@ def test_the_warm_process_drops_a_launch_whose_launcher_died_and_serves_the_next
     proc = subprocess.Popen([sys.executable, "-c", code, str(warm_dir), str(sock), str(log),
                              str(ran)])
     try:
+        Cluster(tmp_path, {}).wait_warm(proc)  # the log at tmp_path / "warm.log" says ready
         deadline = time.monotonic() + 60
-        while not (log.exists() and "ready" in log.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
-            time.sleep(0.05)
         streams = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
         request = json.dumps({"argv": ["flwr-clientapp", "orphan"], "env": {},
                               "cwd": str(tmp_path)}).encode() + b"\n"

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,20 +82,38 @@ def test_the_warm_process_refuses_to_serve_once_the_app_is_imported(tmp_path):
     assert not (tmp_path / "warm.sock").exists() and not (tmp_path / "warm.log").exists()
 
 
+WARM_DIR = ROOT / "tests" / "warm_apps"
+
+
+def _bare_warm(tmp_path: Path, entry: str) -> tuple[subprocess.Popen, Path, Path]:
+    """``warm.serve`` without the heavy imports, serving ``flwr-clientapp`` with a function
+    whose body is ``entry`` (Python, with ``sys`` imported); once ready: (process, socket,
+    log)."""
+    sock, log = tmp_path / "warm.sock", tmp_path / "warm.log"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import warm\n"
+            f"def entry():\n    {entry}\n"
+            "warm.serve(sys.argv[2], sys.argv[3], {'flwr-clientapp': entry})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(WARM_DIR), str(sock), str(log)])
+    Cluster(tmp_path, {}).wait_warm(proc)  # the log at tmp_path / "warm.log" says ready
+    return proc, sock, log
+
+
+def _launch(sock: Path, *args: str) -> subprocess.CompletedProcess:
+    """``flwr-clientapp ARGS`` through the warm process at ``sock``, as a SuperNode starts it."""
+    return subprocess.run([sys.executable, "-S", str(WARM_DIR / "launch.py"), "bin/flwr-clientapp",
+                           *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FEDTUNE_TEST_WARM_SOCKET": str(sock)})
+
+
 def test_the_warm_process_drops_a_launch_whose_launcher_died_and_serves_the_next(tmp_path):
     """A SuperNode killed while its ``flwr-clientapp`` hands its launch over (as in
     test_deployment.py's killed-node test) leaves the warm process a connection with nothing, or
     half a request, or no one to read the child's PID: it logs and drops that launch and serves
     the next. (It once died there, and the cluster's every later launch was refused.)"""
-    warm_dir = ROOT / "tests" / "warm_apps"
-    sock, log, ran = tmp_path / "warm.sock", tmp_path / "warm.log", tmp_path / "ran"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import warm; ran = sys.argv[4]; "
-            "warm.serve(sys.argv[2], sys.argv[3], {'flwr-clientapp': lambda: "
-            "open(ran, 'a').write(' '.join(sys.argv[1:]) + chr(10))})")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(warm_dir), str(sock), str(log),
-                             str(ran)])
+    ran = tmp_path / "ran"
+    proc, sock, log = _bare_warm(tmp_path, f"open({str(ran)!r}, 'a').write("
+                                           "' '.join(sys.argv[1:]) + chr(10))")
     try:
-        Cluster(tmp_path, {}).wait_warm(proc)  # the log at tmp_path / "warm.log" says ready
         deadline = time.monotonic() + 60
         streams = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
         request = json.dumps({"argv": ["flwr-clientapp", "orphan"], "env": {},
@@ -106,16 +125,39 @@ def test_the_warm_process_drops_a_launch_whose_launcher_died_and_serves_the_next
                     socket.send_fds(conn, [send], streams)
         for fd in streams:
             os.close(fd)
-        done = subprocess.run([sys.executable, "-S", str(warm_dir / "launch.py"),
-                               "bin/flwr-clientapp", "served"], capture_output=True, text=True,
-                              env={**os.environ, "FEDTUNE_TEST_WARM_SOCKET": str(sock)},
-                              timeout=60)
+        done = _launch(sock, "served")
         assert done.returncode == 0, done.stderr
         while "served" not in (ran.read_text() if ran.exists() else ""):
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         assert proc.poll() is None, log.read_text()
         assert log.read_text().count("dropped a launch") >= 2, log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_warm_child_ends_as_flowers_process_does_its_exit_handlers_run(tmp_path):
+    """Flower ends a ClientApp process with ``sys.exit``, which runs its exit handlers: a
+    FedKSeed node without ``cache-dir`` removes its temporary copy of the model there
+    (``weakref.finalize``). A child of the warm process must do the same before its
+    ``os._exit`` (it once skipped them, and each suite run left the model's copies in /tmp),
+    and keep the exit code (the warm log's ``exit PID CODE``)."""
+    made = tmp_path / "made"
+    proc, sock, log = _bare_warm(
+        tmp_path, "import atexit, tempfile, weakref, shutil; "
+        "d = tempfile.mkdtemp(dir=sys.argv[1]); entry.held = type('Held', (), {})(); "
+        "weakref.finalize(entry.held, shutil.rmtree, d); "
+        "atexit.register(lambda: open(sys.argv[1] + '/handled', 'w').close()); sys.exit(3)")
+    try:
+        made.mkdir()
+        assert _launch(sock, str(made)).returncode == 0
+        deadline = time.monotonic() + 60
+        while not (exits := re.findall(r"^exit \d+ (-?\d+)$", log.read_text(), re.M)):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert exits == ["3"], log.read_text()
+        assert sorted(p.name for p in made.iterdir()) == ["handled"]  # the folder removed
     finally:
         proc.kill()
         proc.wait()

@@ -15,7 +15,9 @@ its own process, which pulls its message, installs the run's FAB and loads the a
 What keeps that equal to a fresh process: this process never imports the app (``fedtune``,
 ``client_app``, ``server_app``): it refuses to start, or to fork, once it has, so no
 module-level state of the app survives from one message to the next (DESIGN: each message a new
-process). It forks only while it has one thread. It exits when the process that started it does.
+process). It forks only while it has one thread. A child ends as Flower's process does, its exit
+handlers run (the app's temporary folders removed), then ``os._exit``. This process exits when
+the process that started it does.
 A child is not in its SuperNode's (SuperLink's) process tree: Flower's ``--parent-pid`` check
 ends it when that goes.
 
@@ -26,6 +28,7 @@ mid-handshake (its SuperNode killed), after which the next launch is served.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -68,9 +71,12 @@ def _child(request: dict, fds: list[int], entry) -> None:
 
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        try:  # what Flower's own process runs at its exit: atexit, weakref.finalize's cleanups
+            atexit._run_exitfuncs()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
 
 def main(path: str, log_path: str) -> None:

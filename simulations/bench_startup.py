@@ -18,7 +18,9 @@ actor handles) and from the time each progress line is printed:
 - first message: the first train message an actor handles, less the median later one
   (torch, transformers, model, tokenizer and data built in a fresh actor);
 - the excess over 13 medians, by stretch: before round 0 starts, round 0 and round 1 over the
-  median, the later rounds' spread, and after the last round (saving, plot, Ray shutdown).
+  median, the later rounds' spread, and after the last round, itself split into the server's
+  finish (summary, plot, table), Flower's engine stop (until it calls the backend's
+  ``terminate``: its threads' 1 s queue polls), Ray's shutdown and the process's exit.
 
 The machine's load average is printed with the result: these machines are shared, and a ratio
 measured under load is still a ratio, not a wall time to compare across machines. On a quiet
@@ -84,7 +86,16 @@ def _patch_backend(mod: Any) -> None:
             _record("message", start=start, type=message.metadata.message_type,
                     partition=int(context.node_config.get("partition-id", -1)))
 
+    def timed_terminate(self: Any) -> None:
+        _record("terminate-start")
+        try:
+            terminate(self)
+        finally:
+            _record("terminate-end")
+
+    terminate = backend.terminate
     backend.build, backend.process_message = timed_build, timed_process
+    backend.terminate = timed_terminate
 
 
 def _patch_simulation(mod: Any) -> None:
@@ -217,6 +228,12 @@ def parts(got: dict[str, Any]) -> dict[str, Any]:
         "excess_rounds_2_on": sum(secs[r] - median for r in range(2, last + 1)),
         "excess_after": got["end"] - ends[last],
     }
+    plot = next((t for t, text in got["lines"] if text.startswith("plot: ")), None)
+    if plot is not None and "terminate-end" in first:  # the stretch after the last round
+        out |= {"after_finish": plot - ends[last],
+                "after_engine_stop": first["terminate-start"] - plot,
+                "after_ray_shutdown": first["terminate-end"] - first["terminate-start"],
+                "after_exit": got["end"] - first["terminate-end"]}
     return out
 
 
@@ -244,6 +261,11 @@ def report(p: dict[str, Any], load: tuple[float, float, float]) -> str:
          f"{p['excess_before_round0']:.1f} + round 0 {p['excess_round0']:+.1f} + round 1 "
          f"{p['excess_round1']:+.1f} + rounds 2-{p['rounds']} {p['excess_rounds_2_on']:+.1f} + "
          f"after the last round {p['excess_after']:.1f}")
+    if "after_finish" in p:
+        s += (f"\n  after the last round       {p['excess_after']:6.1f} s = the server's finish "
+              f"{p['after_finish']:.1f} (summary, plot, table) + Flower's engine stop "
+              f"{p['after_engine_stop']:.1f} + Ray's shutdown {p['after_ray_shutdown']:.1f} + "
+              f"exit {p['after_exit']:.1f}")
     return s
 
 

@@ -143,7 +143,7 @@ def test_a_warm_child_ends_as_flowers_process_does_its_exit_handlers_run(tmp_pat
     (``weakref.finalize``). A child of the warm process must do the same before its
     ``os._exit`` (it once skipped them, and each suite run left the model's copies in /tmp),
     and keep the exit code (the warm log's ``exit PID CODE``)."""
-    made = tmp_path / "made"
+    made, cluster = tmp_path / "made", Cluster(tmp_path, {})
     proc, sock, log = _bare_warm(
         tmp_path, "import atexit, tempfile, weakref, shutil; "
         "d = tempfile.mkdtemp(dir=sys.argv[1]); entry.held = type('Held', (), {})(); "
@@ -153,10 +153,10 @@ def test_a_warm_child_ends_as_flowers_process_does_its_exit_handlers_run(tmp_pat
         made.mkdir()
         assert _launch(sock, str(made)).returncode == 0
         deadline = time.monotonic() + 60
-        while not (exits := re.findall(r"^exit \d+ (-?\d+)$", log.read_text(), re.M)):
+        while None in (exits := cluster.warm_launches("flwr-clientapp")).values() or not exits:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        assert exits == ["3"], log.read_text()
+        assert list(exits.values()) == [3], log.read_text()
         assert sorted(p.name for p in made.iterdir()) == ["handled"]  # the folder removed
     finally:
         proc.kill()

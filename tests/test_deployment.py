@@ -29,6 +29,7 @@ in ``tests/test_deployment_guide.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -68,6 +69,9 @@ REFUSED = "lugano"  # registered, never let in: started only without the CA or w
 INTRUDER = "intruder"  # a valid key pair the operator never registered
 PLAINTEXT_REFUSED = "Connection attempt failed, retrying"  # a plaintext node at the TLS port
 PINNED_LOG = f"supernode-{SPARE}-pinned.log"
+# s the killed-node test stops the live SuperNodes for: past the 20 s without a heartbeat that
+# a node had at 10 s heartbeats, inside the 60 s it has at Flower's 30 s (tests/fast_flower)
+NODE_STALL = 25.0
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +191,15 @@ def test_fedkseed_learns_evaluates_on_nodes_and_each_node_trains_on_its_file(clu
 
 @pytest.mark.slow  # a real SuperLink and SuperNodes (the module's cluster)
 def test_flwr_stop(cluster):
+    """``flwr stop`` ends a running run: its status says so and it writes no summary. The run
+    waits for more nodes than the cluster has, so it sends no message before the stop: in
+    Flower 1.42 a ClientApp that is still pulling its message when its run is stopped retries
+    the pull (up to 500 times, for up to 2 h) and outlives the run, which a loaded machine made
+    happen here."""
     c, t0 = cluster, time.monotonic()
     run_dir = c.tmp / "runs" / "stopped"
-    run_id = c.launch(small_run(c.tmp, "stopped", **{"num-server-rounds": 50}), "stopped")
+    run_id = c.launch(small_run(c.tmp, "stopped", **{"num-server-rounds": 50,
+                                                     "min-available-nodes": 9}), "stopped")
     c.run("stop", c.operator(RUN_ID=str(run_id)))
     assert c.status(run_id) == "finished:stopped"
     time.sleep(2)
@@ -223,7 +233,8 @@ def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
     log = c.follow(run_id)
     got = _check_run(c, run_id, run_dir, log)
     for r in got[1:]:
-        assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), r
+        assert (r["sampled"], r["clients"], r["dropped"], r["timed_out"]) == (2, 2, 0, 0), \
+            f"{r}\n{log}"
         assert not r.get("skipped") and 0 < r["bytes_up_per_client"] < 5_000  # coefficients
     assert got[-1]["eval_loss"] < got[0]["eval_loss"]  # the nodes' data trained every weight
     assert (run_dir / "model" / "config.json").exists() and (run_dir / "ferret-state.npz").exists()
@@ -239,9 +250,10 @@ def test_ferret_learns_while_a_node_pinned_to_dp_refuses_the_run(cluster):
 
 @pytest.mark.slow  # a real SuperLink and SuperNodes (the module's cluster)
 def test_supernode_killed_mid_round(cluster):
-    """SIGKILL one of three SuperNodes while it holds a train message: the SuperLink reports
+    """SIGKILL one of three SuperNodes while it holds a train message, then stop the other two
+    for :data:`NODE_STALL` s (as a loaded machine may): the SuperLink reports
     the lost node (its missed heartbeats: 36-60 s after the kill at Flower's 30 s interval,
-    about 20 s at the 10 s these tests' SuperNodes declare, tests/fast_flower), so round 1 ends
+    which these tests keep, tests/fast_flower), so round 1 ends
     with the other two replies without waiting for round-timeout, round 2 goes on without it,
     the run finishes. The run has dp='server' with a budget of dp-max-epsilon=8, so the victim,
     pinned to DP as in the Ferret test (``require-dp=true max-epsilon=8.0``, the same
@@ -274,6 +286,13 @@ def test_supernode_killed_mid_round(cluster):
     t_kill = time.monotonic()
     c.nodes.pop(SPARE)
     psutil.wait_procs(killed, timeout=10)
+    # a loaded machine may not run the live SuperNodes for a while: they must not count as
+    # lost for it (this wait is inside the lost node's anyway)
+    stalled = [p for n in NODES for p in kill_tree(c.nodes[n].pid, signal.SIGSTOP)]
+    time.sleep(NODE_STALL)
+    for proc in stalled:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGCONT)
     while len(rows(run_dir)) < 2:
         assert time.monotonic() - t_kill < timeout, c.logs()
         if "refusals" not in c.pending and all(messages(

@@ -5,10 +5,11 @@ starts (SuperLink, SuperNodes, and the ServerApp, ClientApp and ``flwr`` process
 so Python imports this module as each starts. Flower 1.42 fixes two waits in code, with no
 option: a SuperNode asks the SuperLink for messages every 3 s, and the ServerApp's grid asks
 for replies every 3 s; each message exchange waits for both. With
-``FEDTUNE_TEST_FLOWER_POLL=<seconds>`` those two sleeps take that long instead. With
-``FEDTUNE_TEST_FLOWER_HEARTBEAT=<seconds>`` (at least the SuperLink's minimum, 10) a SuperNode
-declares and sends heartbeats at that interval instead of 30 s, so the SuperLink notices a
-killed node about 2 intervals after the kill instead of 60 s. With
+``FEDTUNE_TEST_FLOWER_POLL=<seconds>`` those two sleeps take that long instead. (Heartbeats
+keep Flower's 30 s, so a node counts as lost after 60 s without one. At 10 s, the SuperLink's
+minimum, that is 20 s, and a SuperLink slowed for about 12 s by a loaded machine is enough:
+on a CI machine 3 times slower than usual, a run most likely lost every node so and skipped
+all its rounds.) With
 ``FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS=<ms>`` the SuperLink's SQLite connections wait that long
 for a lock instead of Flower's fixed 5,000 ms: on a 2-core machine at load average 10 and over
 (a whole suite beside the cluster), a SuperLink on a ``--database`` file answered
@@ -24,7 +25,6 @@ import time
 from typing import Any
 
 POLL = os.environ.get("FEDTUNE_TEST_FLOWER_POLL")
-HEARTBEAT = os.environ.get("FEDTUNE_TEST_FLOWER_HEARTBEAT")
 SQLITE_BUSY_MS = os.environ.get("FEDTUNE_TEST_FLOWER_SQLITE_BUSY_MS")
 FLOWER_POLL = 3  # the literal in both loops
 
@@ -46,10 +46,6 @@ def _polls(module: Any) -> None:
     module.time = _Clock(float(POLL))  # type: ignore[arg-type]
 
 
-def _heartbeats(module: Any) -> None:
-    module.HEARTBEAT_DEFAULT_INTERVAL = float(HEARTBEAT)  # type: ignore[arg-type]
-
-
 def _sqlite_patience(module: Any) -> None:
     module.SQLITE_PRAGMAS = tuple((name, SQLITE_BUSY_MS if name == "busy_timeout" else value)
                                   for name, value in module.SQLITE_PRAGMAS)
@@ -59,9 +55,6 @@ PATCHES: dict[str, Any] = {}
 if POLL:
     PATCHES.update({"flwr.supernode.start_client_internal": _polls,
                     "flwr.superlink.grid.http_grid": _polls})
-if HEARTBEAT:
-    PATCHES.update({"flwr.supernode.fleet_http_connection": _heartbeats,
-                    "flwr.supercore.heartbeat": _heartbeats})
 if SQLITE_BUSY_MS:  # read by the connect hook of this module, on each new connection
     PATCHES["flwr.supercore.sql_mixin"] = _sqlite_patience
 

@@ -44,9 +44,13 @@ import numpy as np
 import torch
 
 from fedtune.seeded.rng import Z_FRAC_BITS, ZCODE_TABLE
+from fedtune.seeded.scratch import held_file, release, sweep_files, sweep_folders
 
 __all__ = ["A_FRAC_BITS", "A_LIMIT", "VersionStore", "a_limit", "check_bounds", "codes_path",
            "max_seeds", "quantisation_error", "scale", "to_codes"]
+
+TEMP_PREFIX = "fedtune-zo-"  # a store's own folder in the temp dir, without a cache-dir
+S_PREFIX, S_SUFFIX = ".S-", ".i64"  # a store's S file (held: fedtune.seeded.scratch)
 
 A_FRAC_BITS = 16
 A_LIMIT = 2.0**20
@@ -131,22 +135,29 @@ class VersionStore:
         self.chunk = chunk
         self.sizes = [p.numel() for p in params]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        # a SIGKILLed process's files are removed by the next store (fedtune.seeded.scratch)
         if folder is None:
-            folder = tempfile.mkdtemp(prefix="fedtune-zo-")
+            sweep_folders(Path(tempfile.gettempdir()), TEMP_PREFIX, f"{S_PREFIX}*{S_SUFFIX}")
+            folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
             weakref.finalize(self, _remove_tree, folder)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        sweep_files(self.folder, S_PREFIX, S_SUFFIX)
+        self.s_path, self._s_fd = held_file(self.folder, S_PREFIX, S_SUFFIX)
+        weakref.finalize(self, release, self.s_path, self._s_fd)
+        os.truncate(self._s_fd, 8 * int(self.offsets[-1]))  # S = 0 (sparse)
         self.w0_path = self._write_w0()
-        fd, name = tempfile.mkstemp(prefix=".S-", suffix=".i64", dir=self.folder)
-        os.close(fd)
-        self.s_path = Path(name)
-        weakref.finalize(self, self.s_path.unlink, missing_ok=True)
-        os.truncate(self.s_path, 8 * int(self.offsets[-1]))  # S = 0 (sparse)
         # the version S holds: entry b * K + k is seed k on block b
         self.codes = np.zeros(self.num_blocks * len(self.seeds), dtype=np.int64)
         self.current = True  # whether the parameters equal the version's weights
 
     # ---- files -----------------------------------------------------------------------------
+    def _s_file(self, mode: str):
+        """S, through the held descriptor (closing another would drop its lock on NFS)."""
+        file = os.fdopen(self._s_fd, mode, closefd=False)
+        file.seek(0)
+        return file
+
     def _write_w0(self) -> Path:
         """Write w0 (the parameters now) once per distinct model and hash it; returns its path.
         One tensor at a time crosses to the host, so the transient is the largest tensor."""
@@ -179,7 +190,7 @@ class VersionStore:
         from fedtune.seeded.fused import add_codes_
 
         i64, f32 = np.dtype(np.int64), np.dtype(np.float32)
-        with self.s_path.open("r+b") as s_file, self.w0_path.open("rb") as w0_file:
+        with self._s_file("r+b") as s_file, self.w0_path.open("rb") as w0_file:
             for index, p in enumerate(self.params):
                 seeds, deltas = changes.get(int(self.blocks[index]), ([], np.zeros(0, np.int64)))
                 if only_changed and not seeds:
@@ -210,7 +221,7 @@ class VersionStore:
         on the parameter's device), read from w0 and S: the weights before local steps, without
         a copy of the model."""
         at = int(self.offsets[index]) + start
-        with self.s_path.open("rb") as s_file, self.w0_path.open("rb") as w0_file:
+        with self._s_file("rb") as s_file, self.w0_path.open("rb") as w0_file:
             w0_file.seek(at * 4)
             w0 = torch.from_numpy(np.fromfile(w0_file, dtype=np.float32, count=n))
             s_file.seek(at * 8)
@@ -257,7 +268,7 @@ class VersionStore:
 
     def adopt(self, codes: np.ndarray, s_file: Path) -> None:
         """Take over a version another process computed: its codes and its S file (copied)."""
-        with s_file.open("rb") as src, self.s_path.open("r+b") as dst:
+        with s_file.open("rb") as src, self._s_file("r+b") as dst:
             while block := src.read(64 << 20):
                 dst.write(block)
         self.codes = np.asarray(codes, dtype=np.int64).copy()
@@ -266,7 +277,7 @@ class VersionStore:
     def publish(self, path: Path) -> None:
         """Copy this version's S to ``path`` atomically (for other processes to adopt)."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with self.s_path.open("rb") as src, tmp.open("wb") as dst:
+        with self._s_file("rb") as src, tmp.open("wb") as dst:
             while block := src.read(64 << 20):
                 dst.write(block)
         codes_tmp = path.with_name(f".{path.stem}.{os.getpid()}.codes.npy")

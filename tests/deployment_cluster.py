@@ -254,6 +254,13 @@ class Cluster:
         out = self.run("log", self.operator(RUN_ID=str(run_id)), timeout=timeout)
         return out.stdout + out.stderr
 
+    def show_log(self, run_id: int) -> str:
+        """The run's ServerApp log so far (guide block 'log' with ``--show``: no wait for the
+        run's end), for a failure's message: the logs of the processes say little of a run."""
+        out = self.run("log", self.operator(RUN_ID=str(run_id)), timeout=120, check=False,
+                       text=guide()["run"]["log"] + " --show")
+        return f"--- the ServerApp's log of run {run_id} ---\n{out.stdout}{out.stderr}"
+
     def status(self, run_id: int) -> str:
         """The run's status column in ``flwr ls`` (guide block 'list')."""
         out = self.run("list", self.operator())

@@ -278,7 +278,7 @@ def test_supernode_killed_mid_round(cluster):
     run_id = c.launch(config, "killed")
     deadline = time.monotonic() + 600  # bounds a hang; a minute or two when it works
     while not messages(victim_log, "Receiving", "train", run_id):
-        assert time.monotonic() < deadline, c.logs()
+        assert time.monotonic() < deadline, c.logs() + c.show_log(run_id)
         assert victim.poll() is None, tail(victim_log)
         time.sleep(0.2)
     assert "refuses this run" not in run_lines(victim_log, run_id), tail(victim_log)
@@ -294,7 +294,7 @@ def test_supernode_killed_mid_round(cluster):
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGCONT)
     while len(rows(run_dir)) < 2:
-        assert time.monotonic() - t_kill < timeout, c.logs()
+        assert time.monotonic() - t_kill < timeout, c.logs() + c.show_log(run_id)
         if "refusals" not in c.pending and all(messages(
                 c.tmp / f"supernode-{n}.log", "Sending", "train", run_id) for n in NODES):
             c.pending["refusals"] = start_refusals(c)  # the rest of round 1 is a wait

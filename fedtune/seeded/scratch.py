@@ -81,8 +81,6 @@ def is_held(path: Path) -> bool:
 
 def sweep_files(folder: Path, prefix: str, suffix: str) -> list[Path]:
     """Remove ``folder``'s ``<prefix>*<suffix>`` files that no live process holds."""
-    if fcntl is None:
-        return []
     gone = [p for p in folder.glob(f"{prefix}*{suffix}") if not is_held(p)]
     for path in gone:
         path.unlink(missing_ok=True)
@@ -92,8 +90,6 @@ def sweep_files(folder: Path, prefix: str, suffix: str) -> list[Path]:
 def sweep_folders(base: Path, prefix: str, held: str) -> list[Path]:
     """Remove ``base``'s ``<prefix>*`` folders that hold ``held`` files (a glob) and no live
     process holds any of them. One that holds none is being made: it is left alone."""
-    if fcntl is None:
-        return []
     gone = []
     for folder in base.glob(f"{prefix}*"):
         with contextlib.suppress(OSError):  # another user's, or removed meanwhile

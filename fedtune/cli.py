@@ -178,12 +178,10 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
     from flwr.app import Context, RecordDict
     from flwr.simulation.run_simulation import EventType, _run_simulation
 
+    from fedtune.flower.ray_backend import installed
+
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Ray starts idle workers with the driver, for tasks without a runtime env; the actors have
-    # one (Flower's PYTHONPATH), so Ray starts others for them and kills the idle ones: on 2
-    # cores, 4 worker processes instead of 2, about 2 CPU-s per run (docs/testing.md)
-    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     gpus = args.client_gpus
@@ -195,7 +193,7 @@ def _run_flower_simulation(cfg: Config, num_clients: int, args: argparse.Namespa
                       "log_to_driver": bool(args.verbose)},
     }
     flat = cfg.to_flat()
-    with tempfile.TemporaryDirectory(prefix="fedtune-app-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedtune-app-") as tmp, installed():
         app_dir = _write_app_dir(cfg, Path(tmp))
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
                           run_config=flat)

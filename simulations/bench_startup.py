@@ -94,8 +94,11 @@ def _patch_backend(mod: Any) -> None:
             _record("terminate-end")
 
     terminate = backend.terminate
-    backend.build, backend.process_message = timed_build, timed_process
-    backend.terminate = timed_terminate
+    own = vars(backend)  # a subclass's overrides only (fedtune's backend): each clock once
+    for name, timed in (("build", timed_build), ("process_message", timed_process),
+                        ("terminate", timed_terminate)):
+        if name in own:
+            setattr(backend, name, timed)
 
 
 def _patch_simulation(mod: Any) -> None:
@@ -109,7 +112,8 @@ def _patch_simulation(mod: Any) -> None:
 
 
 PATCHES = {"ray": _patch_ray, "flwr.server.superlink.fleet.vce.backend.raybackend":
-           _patch_backend, "flwr.simulation.run_simulation": _patch_simulation}
+           _patch_backend, "fedtune.flower.ray_backend": _patch_backend,
+           "flwr.simulation.run_simulation": _patch_simulation}
 
 
 class _AfterImport:

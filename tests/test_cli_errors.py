@@ -234,21 +234,29 @@ def test_a_run_with_some_skipped_rounds_exits_0_and_counts_them(monkeypatch, tmp
 def test_the_default_run_reaches_the_engine_without_importing_torch(tmp_path):
     """The checks of the built-in model (its tokenizer, its LoRA targets) and the GPU probe of
     a machine without an NVIDIA driver import no torch: the engine starts about 4 s sooner
-    (the server and the actors import it while Ray starts; see simulations/bench_startup)."""
+    (the server and the actors import it while Ray starts; see simulations/bench_startup).
+    The engine builds fedtune's Ray backend (``fedtune/flower/ray_backend.py``), and Flower's
+    is back in place once the run is over."""
     code = ("import sys\n"
             "import flwr.simulation.run_simulation\n"
+            "from flwr.server.superlink.fleet.vce.backend import raybackend\n"
             "engine = sys.modules['flwr.simulation.run_simulation']\n"
             "def started(**kwargs):\n"
+            "    print(raybackend.RayBackend.__module__)\n"
             "    print('torch' in sys.modules, kwargs['backend_config']['client_resources'])\n"
             "engine._run_simulation = started\n"
             "from fedtune.cli import main\n"
-            f"main(['simulate', '--output-dir', {str(tmp_path / 'runs')!r}])\n")
+            f"main(['simulate', '--output-dir', {str(tmp_path / 'runs')!r}])\n"
+            "print(raybackend.RayBackend.__module__)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
-    torch_imported, resources = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    during, started, after = done.stdout.strip().splitlines()[-3:]
+    torch_imported, resources = started.split(" ", 1)
     gpu_driver = any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/dxg"))
     assert torch_imported == str(gpu_driver), done.stderr[-2000:]
     assert "'num_gpus': 0.0" in resources or gpu_driver
+    assert (during, after) == ("fedtune.flower.ray_backend",
+                               "flwr.server.superlink.fleet.vce.backend.raybackend")
 
 
 def test_loading_an_app_leaves_a_half_imported_transformers_alone(monkeypatch):

@@ -40,12 +40,12 @@ def launch(tmp_path, *args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def ray_workers(proc: subprocess.Popen) -> tuple[dict[int, int], set[int], str]:
+def ray_workers(proc: subprocess.Popen) -> tuple[dict[int, int], set[int], set[int], str]:
     """What ``proc`` starts in Ray, sampled until it ends: the niceness of each actor process
-    (``ray::ClientAppActor``) by PID, the PIDs of all worker processes (actors, idle workers,
-    workers still starting: ``default_worker.py``), and its output (read meanwhile: a full
-    pipe would block it)."""
-    out, actors, workers = [], {}, set()
+    (``ray::ClientActor``, fedtune's) by PID, the PIDs of all worker processes (actors, idle
+    workers, workers still starting: ``default_worker.py``), those started through a runtime
+    env's ``setup_worker.py``, and its output (read meanwhile: a full pipe would block it)."""
+    out, actors, workers, setups = [], {}, set(), set()
     reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
@@ -56,19 +56,21 @@ def ray_workers(proc: subprocess.Popen) -> tuple[dict[int, int], set[int], str]:
         for child in children:
             try:
                 cmd = child.cmdline()
-                title = (cmd or [""])[0]  # ray::ClientAppActor.run while it handles a message
-                if title.startswith("ray::ClientAppActor") and child.pid not in actors:
+                title = (cmd or [""])[0]  # ray::ClientActor.run while it handles a message
+                if title.startswith("ray::ClientActor") and child.pid not in actors:
                     actors[child.pid] = child.nice()
-                if title.startswith(("ray::ClientAppActor", "ray::IDLE")) or \
+                if title.startswith(("ray::ClientActor", "ray::IDLE")) or \
                         any(part.endswith("default_worker.py") for part in cmd):
                     workers.add(child.pid)
+                if any(part.endswith("setup_worker.py") for part in cmd):
+                    setups.add(child.pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         time.sleep(0.2)
     reader.join(timeout=60)
     output = "".join(out)
     assert proc.returncode == 0, output[-3000:]
-    return actors, workers, output
+    return actors, workers, setups, output
 
 
 # ---- `fedtune simulate` (Ray) killed with SIGKILL, then `--resume` ----------------------------
@@ -101,9 +103,10 @@ def test_ray_runs_the_command_and_resumes_a_sigkilled_run_bit_identically(tmp_pa
     The resumed run is also the suite's check of the engine itself: Ray starts, its actors
     import the ClientApp and serve three clients, the table is printed and the folder written.
     Its actors run at the niceness the fixture above asks for, or a Ray that ignored it would
-    slow these tests 2-5x again, unseen; and Ray starts no worker process but the actors
-    (``fedtune simulate`` turns off Ray's idle workers started with the driver, which the
-    actors cannot use: 4 worker processes on 2 cores instead of 2)."""
+    slow these tests 2-5x again, unseen; Ray starts no worker process but the actors
+    (``fedtune simulate`` turns off Ray's idle workers started with the driver: 4 worker
+    processes on 2 cores instead of 2), and starts none through a runtime env's
+    ``setup_worker.py`` (fedtune's backend, ``fedtune/flower/ray_backend.py``)."""
     assert simulate_in_process([*CLIENTS, "--output-dir", str(tmp_path), "--name", "whole",
                                 *SIM_CASES[case]]) == 0
     (whole,) = tmp_path.glob("whole-*")
@@ -123,11 +126,13 @@ def test_ray_runs_the_command_and_resumes_a_sigkilled_run_bit_identically(tmp_pa
     at_kill = load_checkpoint(killed).round
     assert 2 <= at_kill < 4 and not (killed / "summary.json").exists()
 
-    actors, workers, out = ray_workers(launch(tmp_path, "simulate", "--resume", str(killed)))
+    actors, workers, setups, out = ray_workers(launch(tmp_path, "simulate", "--resume",
+                                                      str(killed)))
     assert f"resuming {killed} after round {at_kill}" in out
     assert "round   4/4" in out and "exact_match" in out
     assert set(actors.values()) == {0}, actors
     assert actors and workers == set(actors), (workers, actors)
+    assert not setups, setups  # no runtime env: no second Python process per worker
     assert final_state(killed) == final_state(whole)
     got = rows(killed)
     assert got == rows(whole)
@@ -142,3 +147,30 @@ def test_ray_runs_the_command_and_resumes_a_sigkilled_run_bit_identically(tmp_pa
 def files(run_dir) -> set[str]:
     """The results folder's files, by path inside it."""
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # a third Ray start, without actors: about 3 s
+def test_fedtunes_backend_keeps_flowers_simulation_package_out_of_actors_and_rays_wait_out():
+    """The two start-up and teardown costs ``fedtune/flower/ray_backend.py`` removes, on the
+    pinned Ray: the actor class's module imports no ``flwr.simulation`` (whose package brings
+    the SuperLink's state: 0.8 CPU-s per actor), and Ray's autoscaler monitor, found through
+    Ray's own handle on its processes, is stopped before ``ray.shutdown()`` would give it its
+    full second of grace. A Ray that moved that handle would make ``stop_monitor`` find nothing
+    (False), and this test fail, rather than every run end a second later unseen."""
+    code = ("import sys\n"
+            "import psutil, ray\n"
+            "import fedtune.flower.ray_actor\n"
+            "print('flwr.simulation' in sys.modules)\n"
+            "from fedtune.flower.ray_backend import stop_monitor\n"
+            "ray.init(num_cpus=1, include_dashboard=False, logging_level='ERROR')\n"
+            "(monitor,) = ray._private.worker._global_node.all_processes['monitor']\n"
+            "pid = monitor.process.pid\n"
+            "stopped = stop_monitor()\n"
+            "gone = not psutil.pid_exists(pid) or "
+            "psutil.Process(pid).status() == psutil.STATUS_ZOMBIE\n"
+            "print(stopped, gone, stop_monitor())\n"
+            "ray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "True", "False"], done.stderr[-3000:]

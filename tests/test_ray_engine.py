@@ -157,7 +157,7 @@ def test_fedtunes_backend_keeps_flowers_simulation_package_out_of_actors_and_ray
     Ray's own handle on its processes, is stopped before ``ray.shutdown()`` would give it its
     full second of grace. A Ray that moved that handle would make ``stop_monitor`` find nothing
     (False), and this test fail, rather than every run end a second later unseen."""
-    code = ("import sys\n"
+    code = ("import sys, time\n"
             "import psutil, ray\n"
             "import fedtune.flower.ray_actor\n"
             "print('flwr.simulation' in sys.modules)\n"
@@ -166,9 +166,15 @@ def test_fedtunes_backend_keeps_flowers_simulation_package_out_of_actors_and_ray
             "(monitor,) = ray._private.worker._global_node.all_processes['monitor']\n"
             "pid = monitor.process.pid\n"
             "stopped = stop_monitor()\n"
-            "gone = not psutil.pid_exists(pid) or "
-            "psutil.Process(pid).status() == psutil.STATUS_ZOMBIE\n"
-            "print(stopped, gone, stop_monitor())\n"
+            "def gone():\n"
+            "    try:\n"
+            "        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE\n"
+            "    except psutil.NoSuchProcess:\n"
+            "        return True\n"
+            "deadline = time.monotonic() + 60  # SIGKILL takes effect soon, not at once\n"
+            "while not gone() and time.monotonic() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            "print(stopped, gone(), stop_monitor())\n"
             "ray.shutdown()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)

@@ -68,7 +68,7 @@ REFUSED = "lugano"  # registered, never let in: started only without the CA or w
 INTRUDER = "intruder"  # a valid key pair the operator never registered
 PLAINTEXT_REFUSED = "Connection attempt failed, retrying"  # a plaintext node at the TLS port
 PINNED_LOG = f"supernode-{SPARE}-pinned.log"
-# s the killed-node test stops the live SuperNodes for: past the 20 s without a heartbeat that
+# seconds the killed-node test stops the live SuperNodes for: past the 20 s without a heartbeat
 # a node had at 10 s heartbeats, inside the 60 s it has at Flower's 30 s (tests/fast_flower)
 NODE_STALL = 25.0
 

@@ -70,9 +70,10 @@ def stop_monitor() -> bool:
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
     """Flower's simulation engine builds its backend from ``raybackend.RayBackend``, looked up
-    when the engine starts; within this block it finds fedtune's."""
-    # Ray starts a worker per core when the driver connects, in case tasks come; the run's only
-    # workers are its actors, which Ray starts for them (docs/testing.md)
+    when the engine starts; within this block it finds fedtune's. It also turns off Ray's
+    prestarted workers for this process, unless the caller set that: Ray starts a worker per
+    core when the driver connects, in case tasks come, and the run's only workers are its
+    actors, which Ray starts for them (docs/testing.md)."""
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     flower = raybackend.RayBackend
     raybackend.RayBackend = RayBackend
